@@ -1,0 +1,80 @@
+"""The `streamproc` command line: validate, schema, local.
+
+Each sub-command imports what it needs lazily, so `streamproc validate` stays
+fast and works without the runtime's heavy dependencies being imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from streamproc.config import validate_config
+
+    all_ok = True
+    for path in args.configs:
+        report = validate_config(path)
+        for warning in report.warnings:
+            print(f"{path}: warning: {warning}", file=sys.stderr)
+        for error in report.errors:
+            # File-level errors (unreadable, not JSON) already name the file.
+            line = error if error.startswith(str(path)) else f"{path}: {error}"
+            print(line, file=sys.stderr)
+        if report.ok:
+            print(f"{path}: ok")
+        all_ok = all_ok and report.ok
+    return 0 if all_ok else 1
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from streamproc.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=False))
+    return 0
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from streamproc.local import local_main
+
+    return local_main(list(args.local_args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the `streamproc` command."""
+    parser = argparse.ArgumentParser(
+        prog="streamproc",
+        description="Event-time stream processing from Kafka to PostgreSQL, exactly once.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="validate pipeline configs (exit 1 on any error)")
+    validate.add_argument("configs", nargs="+", metavar="CONFIG")
+    validate.set_defaults(func=_cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config format")
+    schema.set_defaults(func=_cmd_schema)
+
+    local = sub.add_parser(
+        "local",
+        help="start/stop the embedded broker and PostgreSQL (up | down | status)",
+        add_help=False,
+    )
+    local.add_argument("local_args", nargs=argparse.REMAINDER)
+    local.set_defaults(func=_cmd_local)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `streamproc` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

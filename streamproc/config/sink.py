@@ -1,0 +1,135 @@
+"""``load``: where results go (a PostgreSQL table, or a Kafka topic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr
+from typing_extensions import override
+
+from streamproc.config.base import SPARK_ONLY, ConfigModel
+from streamproc.config.fields import WholeNumber, choice
+from streamproc.config.names import (
+    BootstrapServers,
+    ColumnList,
+    ColumnNames,
+    PostgresUrl,
+    TableName,
+    Topic,
+)
+
+SinkType = Literal["postgresql", "kafka"]
+WriteMode = Literal["append", "overwrite", "upsert"]
+_SinkType = Annotated[SinkType, choice(SinkType, "sink type", component=True)]
+_WriteMode = Annotated[WriteMode, choice(WriteMode, "write mode")]
+
+DEFAULT_BATCHSIZE = 1000  # Spark's JDBC default, which configs of the original relied on
+DEFAULT_PORT = 5432
+
+
+@dataclass(frozen=True)
+class _UpsertKeys(ColumnNames):
+    """Upsert keys: a JSON list of columns, or (like groupByColumns) a comma-separated string."""
+
+    @override
+    def parse(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return ColumnList().parse(value)
+        return super().parse(value)
+
+    @override
+    def schema(self) -> dict[str, Any]:
+        return {"anyOf": [super().schema(), ColumnList().schema()]}
+
+
+class SinkConnectionParams(ConfigModel):
+    """``load.connectionParams``: the PostgreSQL connection, as parts or as one ``url``.
+
+    Attributes:
+        url: a ``postgresql://`` DSN (NEW), instead of host/port/database/user/password.
+        host, port, database, user, password: the parts of the DSN.
+        table: the original's copy of ``load.table`` (either may be given).
+        batchsize: rows per INSERT batch.
+        bootstrap_servers: ``kafka.bootstrap.servers`` of a Kafka sink, when it is
+            not the source's cluster.
+    """
+
+    url: Annotated[SecretStr, PostgresUrl()] | None = None
+    host: Annotated[str, Field(min_length=1)] | None = None
+    port: Annotated[int, WholeNumber(1, 65535)] | None = None
+    database: Annotated[str, Field(min_length=1)] | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    table: Annotated[str, TableName()] | None = None
+    batchsize: Annotated[int, WholeNumber()] | None = None
+    bootstrap_servers: Annotated[str, BootstrapServers()] | None = Field(
+        default=None, alias="kafka.bootstrap.servers"
+    )
+
+    # Spark JDBC writer options: asyncpg needs no driver class, and the writer's
+    # partitioning and isolation are streamproc's own (one transaction per batch).
+    driver: Any = Field(default=None, alias="driver", deprecated=SPARK_ONLY)
+    num_partitions: Any = Field(default=None, alias="numPartitions", deprecated=SPARK_ONLY)
+    isolation_level: Any = Field(default=None, alias="isolationLevel", deprecated=SPARK_ONLY)
+    truncate: Any = Field(default=None, alias="truncate", deprecated=SPARK_ONLY)
+
+
+class LoadConfig(ConfigModel):
+    """``load``: the sink of the pipeline.
+
+    ``schemaName`` is the original's name of the record schema (``"user-summary"``),
+    not a PostgreSQL schema: to write into a PostgreSQL schema, qualify the table
+    (``"analytics.user_event_aggregations"``).
+
+    Attributes:
+        sink_type: 'postgresql' or 'kafka'.
+        table_name: ``load.table`` as written; use :attr:`table`.
+        topic: the topic of a Kafka sink.
+        write_mode: 'append' (default), 'overwrite' or 'upsert' (batch mode).
+        upsert_keys: key columns of an upsert (a list, or a comma-separated string).
+        schema_name: the record schema's name, as written.
+        connection_params: see :class:`SinkConnectionParams`.
+    """
+
+    sink_type: _SinkType
+    table_name: Annotated[str, TableName()] | None = Field(default=None, alias="table")
+    topic: Annotated[str, Topic()] | None = None
+    write_mode: _WriteMode = "append"
+    upsert_keys: Annotated[tuple[str, ...], _UpsertKeys()] | None = None
+    schema_name: str | None = None
+    connection_params: SinkConnectionParams = Field(default_factory=SinkConnectionParams)
+
+    @property
+    def table(self) -> str | None:
+        """The target table (``load.table``, else ``connectionParams.table``)."""
+        return self.table_name or self.connection_params.table
+
+    @property
+    def batchsize(self) -> int:
+        """Rows per INSERT batch (default 1000)."""
+        return self.connection_params.batchsize or DEFAULT_BATCHSIZE
+
+    @property
+    def bootstrap_servers(self) -> str | None:
+        """The Kafka sink's own cluster, if given (else the runtime uses the source's)."""
+        return self.connection_params.bootstrap_servers
+
+    def dsn(self) -> str:
+        """The PostgreSQL DSN: ``url`` as given, or built from the parts (URL-quoted).
+
+        Missing parts take libpq's usual defaults: host localhost, port 5432.
+        """
+        params = self.connection_params
+        if params.url is not None:
+            return params.url.get_secret_value()
+        host = params.host or "localhost"
+        if ":" in host:  # an IPv6 literal must be bracketed in a URL
+            host = f"[{host}]"
+        auth = quote(params.user or "", safe="")
+        if params.password is not None:
+            auth += ":" + quote(params.password.get_secret_value(), safe="")
+        auth = f"{auth}@" if auth else ""
+        database = quote(params.database or "", safe="")
+        return f"postgresql://{auth}{host}:{params.port or DEFAULT_PORT}/{database}"

@@ -1,0 +1,135 @@
+"""``extract``: where records come from (a Kafka topic, or a directory of JSON-lines files)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic_core import PydanticKnownError
+from typing_extensions import override
+
+from streamproc.config.base import SPARK_ONLY, ConfigModel
+from streamproc.config.fields import HouseType, WholeNumber, choice
+from streamproc.config.names import BootstrapServers, Topic
+
+SourceType = Literal["kafka", "file"]
+StartingOffsets = Literal["earliest", "latest"]
+_SourceType = Annotated[SourceType, choice(SourceType, "source type", component=True)]
+_StartingOffsets = Annotated[StartingOffsets, choice(StartingOffsets, "starting offset")]
+
+_SECURITY_KEY = re.compile(r"kafka\.(?:security\.protocol|sasl\.[^\s]+|ssl\.[^\s]+)")
+
+
+@dataclass(frozen=True)
+class _SecurityKey(HouseType):
+    """A pass-through Kafka client setting: ``kafka.security.protocol``, ``kafka.sasl.*``,
+    ``kafka.ssl.*``. Any other extra key is reported as unknown (with a did-you-mean)."""
+
+    @override
+    def parse(self, value: Any) -> str:
+        if isinstance(value, str) and _SECURITY_KEY.fullmatch(value):
+            return value
+        raise PydanticKnownError("extra_forbidden")
+
+    @override
+    def schema(self) -> dict[str, Any]:  # keys are described by the model's patternProperties
+        return {"type": "string"}
+
+
+def _security_schema(schema: dict[str, Any]) -> None:
+    # Extras are restricted to the security patterns; say so instead of
+    # pydantic's "any string key".
+    schema.pop("additionalProperties", None)
+    schema["patternProperties"] = {f"^{_SECURITY_KEY.pattern}$": {"type": "string"}}
+    schema["additionalProperties"] = False
+
+
+class SourceConnectionParams(ConfigModel):
+    """``extract.connectionParams``: Spark's Kafka source option names.
+
+    Attributes:
+        bootstrap_servers: ``kafka.bootstrap.servers``.
+        subscribe: the topic (Spark's ``subscribe``); one topic.
+        starting_offsets: where a new consumer group starts: 'earliest' or 'latest'
+            (Spark's default).
+        max_offsets_per_trigger: at most this many records per micro-batch.
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_security_schema)
+    __pydantic_extra__: dict[Annotated[str, _SecurityKey()], str] = Field(init=False)
+    extra_keys: ClassVar[tuple[str, ...]] = (
+        "kafka.security.protocol",
+        "kafka.sasl.*",
+        "kafka.ssl.*",
+    )
+
+    bootstrap_servers: Annotated[str, BootstrapServers()] | None = Field(
+        default=None, alias="kafka.bootstrap.servers"
+    )
+    subscribe: Annotated[str, Topic()] | None = None
+    starting_offsets: _StartingOffsets = "latest"
+    max_offsets_per_trigger: Annotated[int, WholeNumber()] | None = None
+
+    # Spark source options with no meaning here: the consumer group, the offsets and
+    # the partitioning are owned by streamproc's ledger and worker group.
+    fail_on_data_loss: Any = Field(default=None, alias="failOnDataLoss", deprecated=SPARK_ONLY)
+    min_partitions: Any = Field(default=None, alias="minPartitions", deprecated=SPARK_ONLY)
+    group_id: Any = Field(default=None, alias="kafka.group.id", deprecated=SPARK_ONLY)
+    group_id_prefix: Any = Field(default=None, alias="groupIdPrefix", deprecated=SPARK_ONLY)
+    include_headers: Any = Field(default=None, alias="includeHeaders", deprecated=SPARK_ONLY)
+    poll_timeout_ms: Any = Field(
+        default=None, alias="kafkaConsumer.pollTimeoutMs", deprecated=SPARK_ONLY
+    )
+    fetch_offset_num_retries: Any = Field(
+        default=None, alias="fetchOffset.numRetries", deprecated=SPARK_ONLY
+    )
+    fetch_offset_retry_interval_ms: Any = Field(
+        default=None, alias="fetchOffset.retryIntervalMs", deprecated=SPARK_ONLY
+    )
+
+
+class ExtractConfig(ConfigModel):
+    """``extract``: the source of the pipeline.
+
+    Attributes:
+        source_type: 'kafka' or 'file' (normalized to lower case).
+        topic_name: ``extract.topic`` as written; use :attr:`topic`.
+        path: the directory of JSON-lines files (file source).
+        query, schema_name, credential_id: keys of the original format, kept as written.
+        connection_params: see :class:`SourceConnectionParams`.
+    """
+
+    source_type: _SourceType
+    topic_name: Annotated[str, Topic()] | None = Field(default=None, alias="topic")
+    path: str | None = None
+    query: str | None = None
+    schema_name: str | None = None
+    credential_id: str | None = None
+    connection_params: SourceConnectionParams = Field(default_factory=SourceConnectionParams)
+
+    @property
+    def topic(self) -> str | None:
+        """The topic to read: ``connectionParams.subscribe``, else ``topic``."""
+        return self.connection_params.subscribe or self.topic_name
+
+    @property
+    def bootstrap_servers(self) -> str | None:
+        """``kafka.bootstrap.servers`` (``host:port,host:port``)."""
+        return self.connection_params.bootstrap_servers
+
+    @property
+    def starting_offsets(self) -> StartingOffsets:
+        """Where a consumer group with no committed position starts."""
+        return self.connection_params.starting_offsets
+
+    @property
+    def max_offsets_per_trigger(self) -> int | None:
+        """At most this many records per micro-batch, or None for no limit."""
+        return self.connection_params.max_offsets_per_trigger
+
+    @property
+    def security_params(self) -> dict[str, str]:
+        """``kafka.security.protocol``, ``kafka.sasl.*``, ``kafka.ssl.*`` as written."""
+        return dict(self.connection_params.model_extra or {})

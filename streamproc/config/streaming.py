@@ -1,0 +1,178 @@
+"""``streamingConfigJson``: trigger, output mode, watermark and late data of a streaming query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from typing_extensions import override
+
+from streamproc.config.base import ConfigModel
+from streamproc.config.durations import (
+    DurationError,
+    case_insensitive,
+    duration_pattern,
+    format_duration_ms,
+    parse_duration_ms,
+)
+from streamproc.config.fields import DurationMs, Flag, HouseType, WholeNumber, choice
+from streamproc.config.messages import expected, render
+from streamproc.config.names import ColumnName, Name, TableName, Topic
+
+TriggerKind = Literal["continuous", "processingtime", "once", "availablenow"]
+OutputMode = Literal["append", "update", "complete"]
+EventTimeFormat = Literal["auto", "iso8601", "epoch_millis", "epoch_seconds"]
+LateDataStrategy = Literal["drop", "loganddrop", "sendtodlq", "separatestream"]
+_OutputMode = Annotated[OutputMode, choice(OutputMode, "output mode")]
+_EventTimeFormat = Annotated[EventTimeFormat, choice(EventTimeFormat, "event time format")]
+_LateDataStrategy = Annotated[
+    LateDataStrategy,
+    choice(
+        LateDataStrategy,
+        "late data strategy",
+        aliases={"logdrop": "loganddrop", "dlq": "sendtodlq", "separate": "separatestream"},
+        ignore_separators=True,
+    ),
+]
+
+_TRIGGER_HELP = "expected continuous, once, availablenow or processingtime=<duration>"
+_PROCESSING_TIME = ("processingtime", "processing_time")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """When micro-batches run (wall-clock time).
+
+    Attributes:
+        kind: 'continuous' (as soon as records are ready), 'processingtime' (every
+            ``interval_ms``), 'once' (one batch, then stop) or 'availablenow'
+            (everything available at start, in batches, then stop).
+        interval_ms: the wall-clock interval of 'processingtime'; None otherwise.
+    """
+
+    kind: TriggerKind
+    interval_ms: int | None = None
+
+    @property
+    def spec(self) -> str:
+        """The trigger as the config writes it (``processingtime=5 seconds``)."""
+        if self.interval_ms is None:
+            return self.kind
+        return f"processingtime={format_duration_ms(self.interval_ms)}"
+
+
+_SIMPLE_TRIGGERS: dict[str, Trigger] = {
+    kind: Trigger(kind) for kind in ("continuous", "once", "availablenow")
+}
+
+
+def parse_trigger(text: str) -> Trigger:
+    """Parse ``continuous``, ``once``, ``availablenow`` or ``processingtime=<duration>``.
+
+    Case-insensitive; ``processing_time=`` is accepted too.
+
+    Raises:
+        ValueError: one line naming the whole value and what is accepted.
+    """
+    simple = _SIMPLE_TRIGGERS.get(text.strip().lower())
+    if simple is not None:
+        return simple
+    head, sep, tail = text.partition("=")
+    if sep and head.strip().lower() in _PROCESSING_TIME:
+        try:
+            return Trigger("processingtime", parse_duration_ms(tail.strip()))
+        except DurationError as exc:
+            # Name the whole trigger: that is the value the author wrote.
+            raise ValueError(f"{render(text)} {exc.reason}") from None
+    raise ValueError(f"{render(text)} is not a trigger; {_TRIGGER_HELP}")
+
+
+@dataclass(frozen=True)
+class _TriggerSpec(HouseType):
+    @override
+    def parse(self, value: Any) -> Trigger:
+        if not isinstance(value, str):
+            raise ValueError(expected("a string", value))
+        return parse_trigger(value)
+
+    @override
+    def dump(self, value: Any) -> Any:
+        return value.spec if isinstance(value, Trigger) else value
+
+    @override
+    def schema(self) -> dict[str, Any]:
+        words = [case_insensitive(w) for w in ("continuous", "once", "availablenow")]
+        timed = f"{case_insensitive('processing')}_?{case_insensitive('time')}"
+        every = duration_pattern(anchored=False)
+        return {
+            "type": "string",
+            "pattern": rf"^\s*(?:{'|'.join(words)}|{timed}\s*=\s*{every})\s*$",
+            "description": _TRIGGER_HELP,
+        }
+
+
+class WatermarkConfig(ConfigModel):
+    """``watermark``: how far event time may run behind before a window closes.
+
+    Attributes:
+        event_time_column: the column holding each record's event time.
+        delay_ms: ``delayThreshold``: watermark = max event time seen - this (event time).
+        event_time_format: 'auto' (ISO-8601 string or integer epoch ms), 'iso8601',
+            'epoch_millis' or 'epoch_seconds'.
+        idle_timeout_ms: a partition idle this long (wall time) stops holding the
+            global watermark back; None: never.
+    """
+
+    event_time_column: Annotated[str, ColumnName()]
+    delay_ms: Annotated[int, DurationMs()] = Field(alias="delayThreshold")
+    event_time_format: _EventTimeFormat = "auto"
+    idle_timeout_ms: Annotated[int, DurationMs()] | None = Field(default=None, alias="idleTimeout")
+
+
+class LateDataConfig(ConfigModel):
+    """``lateDataConfig``: what happens to a record older than the watermark.
+
+    Attributes:
+        strategy: 'drop' (count only), 'loganddrop', 'sendtodlq' (to ``dlq_topic``)
+            or 'separatestream' (a row in ``late_data_table``).
+        dlq_topic: the Kafka topic of 'sendtodlq'.
+        late_data_table: the table of 'separatestream', in the sink's database.
+    """
+
+    strategy: _LateDataStrategy = "drop"
+    dlq_topic: Annotated[str, Topic()] | None = None
+    late_data_table: Annotated[str, TableName()] | None = None
+
+
+class StreamingConfig(ConfigModel):
+    """``streamingConfigJson``: the streaming query.
+
+    Attributes:
+        checkpoint_location: local directory for the query's working state.
+        query_name: identifies the query in the ledger and in metrics.
+        output_mode: 'append' (default), 'update' or 'complete'.
+        trigger: ``triggerMode``, parsed (default continuous).
+        watermark: see :class:`WatermarkConfig`; None without one.
+        enable_idempotence: default true.
+        max_records_per_trigger, max_files_per_trigger: batch size limits, or None.
+        state_timeout_ms: evict an idle key of a non-windowed aggregation (wall time).
+        late_data: see :class:`LateDataConfig`.
+    """
+
+    checkpoint_location: Annotated[str, Field(min_length=1)]
+    query_name: Annotated[str, Name("query name")]
+    output_mode: _OutputMode = "append"
+    trigger: Annotated[Trigger, _TriggerSpec()] = Field(
+        default=_SIMPLE_TRIGGERS["continuous"],
+        alias="triggerMode",
+        json_schema_extra={"default": "continuous"},
+    )
+    watermark: WatermarkConfig | None = None
+    enable_idempotence: Annotated[bool, Flag()] = True
+    max_records_per_trigger: Annotated[int, WholeNumber()] | None = None
+    max_files_per_trigger: Annotated[int, WholeNumber()] | None = None
+    state_timeout_ms: Annotated[int, DurationMs()] | None = Field(
+        default=None, alias="stateTimeout"
+    )
+    late_data: LateDataConfig = Field(default_factory=LateDataConfig, alias="lateDataConfig")
