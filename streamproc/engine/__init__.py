@@ -1,0 +1,67 @@
+"""Pure event-time engine: time parsing, windows, aggregates, watermarks, emission (no I/O)."""
+
+from streamproc.engine.aggregates import MAX_ABS_NUMBER, finalize, merge_states
+from streamproc.engine.engine import Engine, Record, wall_clock_ms
+from streamproc.engine.eventtime import (
+    MAX_EVENT_TS_MS,
+    MIN_EVENT_TS_MS,
+    EventTimeError,
+    event_time_parser,
+    format_event_time,
+    parse_event_time,
+)
+from streamproc.engine.results import (
+    LATE_WATERMARK,
+    LATE_WINDOW_CLOSED,
+    BadRecord,
+    BatchResult,
+    Emission,
+    LateRecord,
+    PartialRow,
+    PartitionProgress,
+    ResultRow,
+    WindowKey,
+)
+from streamproc.engine.spec import (
+    AggFunc,
+    AggSpec,
+    EventTimeFormat,
+    OutputMode,
+    QuerySpec,
+    WindowSpec,
+)
+from streamproc.engine.windows import open_window_starts, window_start, window_starts
+
+__all__ = [
+    "LATE_WATERMARK",
+    "LATE_WINDOW_CLOSED",
+    "MAX_ABS_NUMBER",
+    "MAX_EVENT_TS_MS",
+    "MIN_EVENT_TS_MS",
+    "AggFunc",
+    "AggSpec",
+    "BadRecord",
+    "BatchResult",
+    "Emission",
+    "Engine",
+    "EventTimeError",
+    "EventTimeFormat",
+    "LateRecord",
+    "OutputMode",
+    "PartialRow",
+    "PartitionProgress",
+    "QuerySpec",
+    "Record",
+    "ResultRow",
+    "WindowKey",
+    "WindowSpec",
+    "event_time_parser",
+    "finalize",
+    "format_event_time",
+    "merge_states",
+    "open_window_starts",
+    "parse_event_time",
+    "wall_clock_ms",
+    "window_start",
+    "window_starts",
+]

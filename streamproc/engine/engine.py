@@ -1,0 +1,340 @@
+"""The `Engine`: batches of decoded records in, `BatchResult` and `Emission` values out.
+
+The runtime calls `process` for each batch it reads and `emit` once per trigger; the
+engine does no I/O of its own beyond its WindowStores and reads wall time only through
+the injected clock (for idle and wall-clock state timeouts).
+
+Exactly-once contract with the runtime (DESIGN.md section 3):
+    * `Emission.partials` carry absolute per-partition states; upsert them, write the
+      rows, delete `Emission.evicted`, and commit the ledger in one transaction;
+    * a partition's store is written only at `emit`, together with its `next_offset`
+      meta, so after a crash or `close()` the store equals the state as of
+      `partition_next_offset(p)`; when that is not the ledger's next offset, call
+      `restore` with the committed partials instead;
+    * W counts local partitions (`assign`, or first seen in `process`/`restore`) and the
+      partitions given to `set_remote_watermark`. At start-up, call it for every other
+      partition of the topic (with its ledger watermark, or None) before the first
+      `emit`, so that W never runs ahead of a partition this worker does not own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
+
+from streamproc.engine.aggregates import checked_state, plan_for
+from streamproc.engine.emission import (
+    EmitInput,
+    collect_all,
+    collect_changed,
+    collect_closed,
+    partials_of,
+    to_rows,
+)
+from streamproc.engine.groupkeys import checked_internal_key, external_key_fn
+from streamproc.engine.kernel import NO_TS, build_kernel
+from streamproc.engine.partition import PartitionState
+from streamproc.engine.results import (
+    BadRecord,
+    BatchResult,
+    Emission,
+    LateRecord,
+    PartialRow,
+    PartitionProgress,
+    ResultRow,
+)
+from streamproc.engine.spec import QuerySpec
+from streamproc.engine.watermarks import GlobalWatermark, partition_watermark
+from streamproc.state.base import WindowStore
+
+Record = tuple[int, int, Mapping[str, Any]]
+_by_partition = itemgetter(0)
+
+
+def wall_clock_ms() -> int:
+    """Current wall time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Engine:
+    """Event-time windowed aggregation over the local partitions of one source.
+
+    Args:
+        spec: The query.
+        store_factory: Opens the WindowStore of a partition (called on first use).
+        clock: Wall clock in epoch milliseconds (idle timeout, wall state timeout).
+        max_cached_entries: Clean entries kept in memory across emits, over all local
+            partitions, before the caches are dropped (state then reads from the stores).
+    """
+
+    def __init__(
+        self,
+        spec: QuerySpec,
+        store_factory: Callable[[int], WindowStore],
+        clock: Callable[[], int] = wall_clock_ms,
+        *,
+        max_cached_entries: int = 1_000_000,
+    ) -> None:
+        self.spec = spec
+        self._plan = plan_for(spec)
+        self._kernel = build_kernel(spec, self._plan)
+        self._external = external_key_fn(len(spec.group_by))
+        self._factory = store_factory
+        self._clock = clock
+        self._max_cached = max_cached_entries
+        self._parts: dict[int, PartitionState] = {}
+        self._watermark = GlobalWatermark(spec.delay_ms, spec.idle_timeout_ms)
+        self._last_emit_watermark_ms: int | None = None
+
+    # Records ------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record]) -> BatchResult:
+        """Fold a batch of (partition, offset, decoded record) into state.
+
+        Records of one partition must come in offset order; partitions may interleave
+        in any way. Lateness uses each partition's watermark from the records before;
+        "window closed" uses the global watermark W as of the start of the batch (both
+        event time); idleness uses the clock (wall time) once per call.
+        """
+        now = self._clock()
+        w = self._update_watermark(now)
+        closed_w = NO_TS if w is None else w
+        late: list[LateRecord] = []
+        bad: list[BadRecord] = []
+        counts: dict[int, list[Any]] = {}
+        run = self._kernel.run_segment
+        for partition, group in groupby(records, key=_by_partition):
+            seg = list(group)
+            ps = self._parts.get(partition)
+            if ps is None:
+                ps = self._open(partition, now)
+            n_late, n_bad = len(late), len(bad)
+            run(ps, seg, closed_w, now, late, bad)
+            ps.last_active_ms = now
+            ps.next_offset = seg[-1][1] + 1
+            c = counts.get(partition)
+            if c is None:
+                counts[partition] = [len(seg), len(late) - n_late, len(bad) - n_bad, seg[0][1]]
+            else:
+                c[0] += len(seg)
+                c[1] += len(late) - n_late
+                c[2] += len(bad) - n_bad
+        self._update_watermark(now)
+        per_partition: dict[int, PartitionProgress] = {}
+        for partition, (n, n_late, n_bad, first) in counts.items():
+            ps = self._parts[partition]
+            per_partition[partition] = PartitionProgress(
+                records=n,
+                aggregated=n - n_late - n_bad,
+                late=n_late,
+                bad=n_bad,
+                first_offset=first,
+                next_offset=ps.next_offset,
+                max_event_ts_ms=ps.max_event_ts_ms,
+                watermark_ms=partition_watermark(ps.max_event_ts_ms, self.spec.delay_ms),
+            )
+        total = sum(p.records for p in per_partition.values())
+        return BatchResult(
+            records=total,
+            aggregated=total - len(late) - len(bad),
+            late=tuple(late),
+            bad=tuple(bad),
+            per_partition=per_partition,
+        )
+
+    def emit(self) -> Emission:
+        """Produce the trigger's rows, partials, evictions and closed windows.
+
+        Also writes every local partition's changed state and metadata to its store.
+        """
+        now = self._clock()
+        w = self._update_watermark(now)
+        spec = self.spec
+        parts = [self._parts[p] for p in sorted(self._parts)]
+        inp = EmitInput(
+            spec, self._plan, parts, w, self._last_emit_watermark_ms, now, self._external
+        )
+        mode = spec.output_mode
+        closed_states, closed, evictions = collect_closed(inp, evicting=mode != "complete")
+        rows: list[ResultRow]
+        if mode == "append":
+            rows = to_rows(inp, closed_states)
+        elif mode == "update":
+            rows = to_rows(inp, collect_changed(inp))
+        else:
+            rows = to_rows(inp, collect_all(inp, evictions))
+        partials: dict[int, tuple[PartialRow, ...]] = {}
+        for ps in parts:
+            ev = evictions[ps.partition]
+            partials[ps.partition], puts = partials_of(inp, ps, ev)
+            ps.commit(puts, ev.windows, ev.keys, self._meta(ps, w))
+        self._trim_caches()
+        if w is not None:
+            self._last_emit_watermark_ms = w
+        return Emission(
+            rows=tuple(rows),
+            partials=partials,
+            evicted={p: tuple(ev.window_keys) for p, ev in evictions.items()},
+            closed=tuple(closed),
+            global_watermark_ms=w,
+        )
+
+    # Partitions ---------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Open local partitions; until they have data they hold the watermark back."""
+        now = self._clock()
+        for partition in partitions:
+            if partition not in self._parts:
+                self._open(partition, now)
+        self._update_watermark(now)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Drop local partitions: close their stores, discard changes since the last emit."""
+        for partition in partitions:
+            ps = self._parts.pop(partition, None)
+            if ps is not None:
+                ps.store.close()
+
+    def restore(
+        self,
+        partition: int,
+        max_event_ts_ms: int | None,
+        partials: Iterable[PartialRow],
+        *,
+        next_offset: int | None = None,
+    ) -> None:
+        """Replace a partition's state with what the runtime committed.
+
+        Args:
+            partition: The partition (opened if not local yet).
+            max_event_ts_ms: Its committed max event time (ledger), None before any.
+            partials: Its committed partial states (absolute, as emitted).
+            next_offset: The ledger's next offset, kept in the store's metadata.
+
+        Raises:
+            ValueError: a partial does not fit the query (key width, window, slots).
+        """
+        now = self._clock()
+        entries = [self._restored_entry(row) for row in partials]
+        ps = self._parts.get(partition)
+        if ps is None:
+            ps = self._open(partition, now)
+        meta = {
+            "max_event_ts_ms": max_event_ts_ms,
+            "next_offset": next_offset,
+            "watermark_ms": self._watermark.current_ms,
+        }
+        ps.reset(entries, meta)
+        ps.last_active_ms = now
+        self._update_watermark(now)
+
+    def set_remote_watermark(
+        self, partition: int, watermark_ms: int | None, *, idle: bool = False
+    ) -> None:
+        """Count another worker's partition in W (ignored while the partition is local).
+
+        Args:
+            partition: The remote partition.
+            watermark_ms: Its watermark wm(p) (event time), None when it has no data yet.
+            idle: Leave it out of W (its owner considers it idle).
+        """
+        if partition not in self._parts:
+            self._watermark.set_remote(partition, watermark_ms, idle)
+            self._update_watermark(self._clock())
+
+    def advance_global_watermark(self, watermark_ms: int) -> None:
+        """Raise W to at least this value (event time), e.g. the last committed W."""
+        self._watermark.advance_to(watermark_ms)
+        if self._last_emit_watermark_ms is None or watermark_ms > self._last_emit_watermark_ms:
+            self._last_emit_watermark_ms = self._watermark.current_ms
+
+    def partition_watermark_ms(self, partition: int) -> int | None:
+        """wm(p) (event time) of a local or remote partition, None when unknown."""
+        ps = self._parts.get(partition)
+        if ps is not None:
+            return partition_watermark(ps.max_event_ts_ms, self.spec.delay_ms)
+        return self._watermark.remote_watermark(partition)
+
+    def partition_max_event_ts_ms(self, partition: int) -> int | None:
+        """Max event time of a local partition's aggregated records, None when unknown."""
+        ps = self._parts.get(partition)
+        return None if ps is None else ps.max_event_ts_ms
+
+    def partition_next_offset(self, partition: int) -> int | None:
+        """Offset after the last record processed for a local partition.
+
+        Right after opening a store this is the offset its state corresponds to.
+        """
+        ps = self._parts.get(partition)
+        return None if ps is None else ps.next_offset
+
+    @property
+    def local_partitions(self) -> tuple[int, ...]:
+        """Local partitions, ascending."""
+        return tuple(sorted(self._parts))
+
+    @property
+    def global_watermark_ms(self) -> int | None:
+        """The global watermark W (event time), None until every partition has data."""
+        return self._watermark.current_ms
+
+    @property
+    def kernel_source(self) -> str:
+        """Source of the generated per-record loop, for debugging."""
+        return self._kernel.source
+
+    def close(self) -> None:
+        """Close every store; changes since the last emit are not written."""
+        for ps in self._parts.values():
+            ps.store.close()
+        self._parts.clear()
+
+    # Internals ----------------------------------------------------------------------
+
+    def _open(self, partition: int, now: int) -> PartitionState:
+        ps = PartitionState(partition, self._factory(partition), self._plan.init, now)
+        self._parts[partition] = ps
+        self._watermark.drop_remote(partition)
+        stored_w = ps.stored_watermark_ms
+        if stored_w is not None and self.spec.output_mode == "complete":
+            # Windows closed before that emit were reported then; do not report again.
+            last = self._last_emit_watermark_ms
+            self._last_emit_watermark_ms = stored_w if last is None else max(last, stored_w)
+        return ps
+
+    def _update_watermark(self, now: int) -> int | None:
+        local = [(ps.max_event_ts_ms, ps.last_active_ms) for ps in self._parts.values()]
+        return self._watermark.update(local, now)
+
+    def _meta(self, ps: PartitionState, w: int | None) -> dict[str, Any]:
+        return {
+            "max_event_ts_ms": ps.max_event_ts_ms,
+            "next_offset": ps.next_offset,
+            "watermark_ms": w,
+        }
+
+    def _trim_caches(self) -> None:
+        parts = self._parts.values()
+        if sum(ps.cached_entries() for ps in parts) > self._max_cached:
+            for ps in parts:
+                ps.drop_cache()
+
+    def _restored_entry(self, row: PartialRow) -> tuple[int | None, Any, list[Any]]:
+        spec = self.spec
+        ws = row.window_start_ms
+        if spec.window is None:
+            if ws is not None or row.window_end_ms is not None:
+                raise ValueError(f"partial {row!r} has a window; the query has none")
+        elif ws is None or (ws - ws % spec.window.slide_ms) != ws:
+            raise ValueError(f"partial {row!r} does not start on a window boundary")
+        elif row.window_end_ms not in (None, ws + spec.window.size_ms):
+            raise ValueError(f"partial {row!r} does not end {spec.window.size_ms} ms later")
+        key = checked_internal_key(row.key, spec.group_by)
+        return ws, key, checked_state(spec, row.state)
+
+
+__all__ = ["Engine", "Record", "wall_clock_ms"]

@@ -1,0 +1,192 @@
+"""`RocksWindowStore`: partial states in RocksDB (rocksdict), one DB per partition.
+
+Layout of `<directory>/partition-<p>` (raw byte keys and values):
+
+    key   = window prefix (8 bytes) + marshal(group key)
+            window prefix = (window start + 2**63) as unsigned big-endian, i.e. the signed
+            start with its sign bit flipped, so byte order is time order, negative (pre-
+            1970) starts included; 8 zero bytes for non-windowed state (None), below
+            every real window
+    value = marshal(state tuple)
+    meta  = key b"\\xff" * 8 + b"meta", after every window; value marshal(dict)
+
+Why marshal (format version 2): it round-trips exactly the JSON-shaped values the engine
+stores (ints of any size, floats bit for bit, str, None, bool vs int kept apart, lists and
+dicts for first/last values), it is the fastest codec in the standard library (about
+0.2 us per state, json is ten times slower), and version 2 writes no back-references,
+so equal keys always encode to equal bytes, which a key encoding needs. Version 2 has
+been frozen since Python 2.5.
+"""
+
+from __future__ import annotations
+
+import marshal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from streamproc.state.base import Entry, Key, State, WindowStart
+
+_MARSHAL_VERSION = 2
+_OFFSET = 2**63
+_NON_WINDOWED = bytes(8)
+_META_KEY = b"\xff" * 8 + b"meta"
+_dumps = marshal.dumps
+_loads = marshal.loads
+
+
+def window_prefix(window_start_ms: WindowStart) -> bytes:
+    """The 8-byte, order-preserving encoding of a window start (None first)."""
+    if window_start_ms is None:
+        return _NON_WINDOWED
+    return (window_start_ms + _OFFSET).to_bytes(8, "big")
+
+
+def decode_window_prefix(prefix: bytes) -> WindowStart:
+    """Inverse of `window_prefix`."""
+    if prefix == _NON_WINDOWED:
+        return None
+    return int.from_bytes(prefix, "big") - _OFFSET
+
+
+def encode_key(window_start_ms: WindowStart, key: Key) -> bytes:
+    """The RocksDB key of an entry."""
+    return window_prefix(window_start_ms) + _dumps(key, _MARSHAL_VERSION)
+
+
+def decode_key(raw: bytes) -> tuple[WindowStart, Key]:
+    """Inverse of `encode_key`."""
+    key: Key = _loads(raw[8:])
+    return decode_window_prefix(raw[:8]), key
+
+
+def encode_state(state: Sequence[Any]) -> bytes:
+    """The RocksDB value of a state."""
+    return _dumps(tuple(state), _MARSHAL_VERSION)
+
+
+def decode_state(raw: bytes) -> State:
+    """Inverse of `encode_state`."""
+    state: State = _loads(raw)
+    return state
+
+
+class RocksWindowStore:
+    """A WindowStore in one RocksDB database (a directory)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(self.path), options)
+
+    def get(self, window_start_ms: WindowStart, key: Key) -> State | None:
+        """The state of one entry, or None."""
+        raw = self._db.get(encode_key(window_start_ms, key))
+        return None if raw is None else decode_state(raw)
+
+    def get_many(self, entries: Sequence[tuple[WindowStart, Key]]) -> list[State | None]:
+        """States of several entries, in the order asked (None where absent)."""
+        get = self._db.get
+        out: list[State | None] = []
+        for ws, key in entries:
+            raw = get(encode_key(ws, key))
+            out.append(None if raw is None else decode_state(raw))
+        return out
+
+    def scan_window(self, window_start_ms: WindowStart) -> Iterator[tuple[Key, State]]:
+        """Every entry of one window (a prefix scan)."""
+        prefix = window_prefix(window_start_ms)
+        for raw_key, raw_value in self._scan_from(prefix):
+            if raw_key[:8] != prefix:
+                return
+            yield _loads(raw_key[8:]), decode_state(raw_value)
+
+    def window_starts(self) -> list[WindowStart]:
+        """Window starts that have entries, ascending: one seek per window."""
+        out: list[WindowStart] = []
+        it = self._db.iter()
+        it.seek_to_first()
+        while it.valid():
+            prefix: bytes = it.key()[:8]
+            if prefix == _META_KEY[:8]:
+                break
+            out.append(decode_window_prefix(prefix))
+            it.seek((int.from_bytes(prefix, "big") + 1).to_bytes(8, "big"))
+        return out
+
+    def items(self) -> Iterator[Entry]:
+        """Every entry, in window-start order."""
+        for raw_key, raw_value in self._scan_from(b""):
+            if raw_key[:8] == _META_KEY[:8]:
+                return
+            ws, key = decode_key(raw_key)
+            yield ws, key, decode_state(raw_value)
+
+    def _scan_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        it.seek(start)
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+
+    def write(
+        self,
+        puts: Iterable[Entry] = (),
+        deletes: Iterable[tuple[WindowStart, Key]] = (),
+        drop_windows: Iterable[WindowStart] = (),
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Apply changes in one WriteBatch: drop windows, delete entries, then put."""
+        batch = WriteBatch(raw_mode=True)
+        for ws in drop_windows:
+            prefix = window_prefix(ws)
+            batch.delete_range(prefix, (int.from_bytes(prefix, "big") + 1).to_bytes(8, "big"))
+        for ws, key in deletes:
+            batch.delete(encode_key(ws, key))
+        put = batch.put
+        for ws, key, state in puts:
+            put(window_prefix(ws) + _dumps(key, 2), _dumps(tuple(state), 2))
+        if meta is not None:
+            put(_META_KEY, _dumps(dict(meta), _MARSHAL_VERSION))
+        self._db.write(batch)
+
+    def put_many(self, entries: Iterable[Entry]) -> None:
+        """Insert or replace entries atomically."""
+        self.write(puts=entries)
+
+    def delete_many(self, entries: Iterable[tuple[WindowStart, Key]]) -> None:
+        """Remove entries atomically."""
+        self.write(deletes=entries)
+
+    def read_meta(self) -> dict[str, Any]:
+        """The metadata last written (empty for a new store)."""
+        raw = self._db.get(_META_KEY)
+        return {} if raw is None else dict(_loads(raw))
+
+    def clear(self) -> None:
+        """Remove every entry and the metadata (one range delete)."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(b"", b"\xff" * 9)
+        self._db.write(batch)
+
+    def flush(self) -> None:
+        """Flush the memtable to disk."""
+        self._db.flush()
+
+    def close(self) -> None:
+        """Close the database; it can be reopened from the same path."""
+        self._db.close()
+
+
+def rocks_store_factory(directory: str | Path) -> Callable[[int], RocksWindowStore]:
+    """An `Engine` store factory opening `<directory>/partition-<p>` per partition."""
+    root = Path(directory)
+
+    def open_partition(partition: int) -> RocksWindowStore:
+        return RocksWindowStore(root / f"partition-{partition}")
+
+    return open_partition
