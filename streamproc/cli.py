@@ -1,4 +1,4 @@
-"""The `streamproc` command line: validate, schema, local.
+"""The `streamproc` command line: validate, schema, run, local.
 
 Each sub-command imports what it needs lazily, so `streamproc validate` stays
 fast and works without the runtime's heavy dependencies being imported.
@@ -37,6 +37,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from streamproc.runtime.main import run_from_cli
+
+    return run_from_cli(args.config, max_seconds=args.max_seconds)
+
+
 def _cmd_local(args: argparse.Namespace) -> int:
     from streamproc.local import local_main
 
@@ -57,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the config format")
     schema.set_defaults(func=_cmd_schema)
+
+    run = sub.add_parser("run", help="run a streaming pipeline in this process")
+    run.add_argument("config", metavar="CONFIG")
+    run.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop (committing the batch in flight) after this many seconds of wall time",
+    )
+    run.set_defaults(func=_cmd_run)
 
     local = sub.add_parser(
         "local",

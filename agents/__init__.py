@@ -1,0 +1,1 @@
+"""Faust app and agents built from a pipeline config."""

@@ -1,0 +1,75 @@
+"""The Faust app of a streamproc pipeline.
+
+    STREAMPROC_CONFIG=configs/streaming-example.json faust -A agents.app worker -l info
+
+Faust hosts the worker (CLI, lifecycle, signals, logging); the pipeline's
+hot loop is one `@app.task` that fetches record batches with aiokafka, since
+a per-record Faust stream moves ~11K records/s against ~290K/s for batches
+(DESIGN.md section 3). Start the same command several times to scale out:
+the workers share the topic's partitions through one consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import faust
+
+from streamproc.config import ConfigError, load_config
+from streamproc.runtime.main import store_factory_for, summary_lines
+from streamproc.runtime.metrics import start_metrics_server
+from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.query import QueryFailedError, StreamingQuery
+
+log = logging.getLogger("agents.app")
+
+_config_path = os.environ.get("STREAMPROC_CONFIG")
+if not _config_path:
+    sys.exit(
+        "agents.app: set STREAMPROC_CONFIG to a pipeline config "
+        "(e.g. configs/streaming-example.json)"
+    )
+try:
+    plan = plan_from_config(load_config(_config_path))
+except ConfigError as exc:
+    sys.exit("\n".join(f"{_config_path}: {e}" for e in exc.errors))
+
+app = faust.App(
+    f"streamproc-{plan.query_name}-host",
+    broker=f"kafka://{plan.bootstrap}",
+    store="memory://",
+    web_enabled=bool(os.environ.get("STREAMPROC_WEB_PORT")),
+    web_port=int(os.environ.get("STREAMPROC_WEB_PORT") or 6066),
+    topic_allow_declare=False,
+    producer_acks=1,
+)
+
+
+@app.task
+async def run_pipeline() -> None:
+    """Run the pipeline's query until it ends or the worker stops."""
+    start_metrics_server()
+    query = StreamingQuery(plan, store_factory_for(plan))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    run = asyncio.ensure_future(query.run())
+    try:
+        stats = await asyncio.shield(run)
+    except asyncio.CancelledError:
+        # The worker is stopping (SIGINT/SIGTERM): finish and commit the batch
+        # in flight before letting go.
+        query.request_stop()
+        await run
+        raise
+    except QueryFailedError as exc:
+        log.error("%s", exc)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    for line in summary_lines(plan, stats, loop.time() - started):
+        log.info("%s", line)
+    # A bounded run (once, availablenow) is done: stop the worker cleanly.
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,134 @@
+"""Run one streaming query in this process: `streamproc run CONFIG`.
+
+SIGINT and SIGTERM finish and commit the batch in flight, then the process
+exits 0. A bounded trigger (once, availablenow) exits 0 when it reached the
+end offsets taken at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streamproc.runtime.metrics import start_metrics_server
+from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
+from streamproc.state.base import WindowStore
+from streamproc.state.memory import memory_store_factory
+from streamproc.state.rocks import rocks_store_factory
+
+log = logging.getLogger("streamproc")
+
+
+def store_factory_for(plan: QueryPlan, kind: str = "rocksdb") -> Callable[[int], WindowStore]:
+    """The per-partition WindowStore factory of one worker.
+
+    RocksDB stores live under ``checkpointLocation/<query>/state/<worker>/``,
+    one directory per worker process: PostgreSQL is the checkpoint and every
+    assigned partition is restored from it, so a worker never needs another
+    worker's (or its own previous life's) local state, and two workers on one
+    machine never contend for a RocksDB lock. Directories of dead workers on
+    this host are removed.
+    """
+    if kind == "memory":
+        return memory_store_factory
+    base = Path(plan.checkpoint_location) / plan.query_name / "state"
+    host = socket.gethostname()
+    _remove_dead_worker_dirs(base, host)
+    return rocks_store_factory(base / f"worker-{host}-{os.getpid()}")
+
+
+def _remove_dead_worker_dirs(base: Path, host: str) -> None:
+    prefix = f"worker-{host}-"
+    if not base.is_dir():
+        return
+    for path in base.iterdir():
+        pid_text = path.name.removeprefix(prefix)
+        if path.name.startswith(prefix) and pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[str]:
+    """The closing summary of a run, in plain words."""
+    rate = stats.records / elapsed_s if elapsed_s > 0 else 0.0
+    return [
+        f"query {plan.query_name}: {stats.records} record(s) read in {stats.batches} batch(es), "
+        f"{elapsed_s:.1f}s ({rate:,.0f} records/s)",
+        f"  aggregated {stats.aggregated}, late {stats.late}, bad {stats.bad}, "
+        f"filtered {stats.filtered}; result rows written {stats.result_rows}; "
+        f"stale batches {stats.stale_batches}, failed commits {stats.failed_commits}",
+        f"  {stats.late_summary.text()}",
+    ]
+
+
+async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> RunStats:
+    """Run a query until it ends, a signal arrives, or max_seconds (wall) pass."""
+    start_metrics_server()
+    query = StreamingQuery(plan, store_factory_for(plan))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, query.request_stop)
+    timer = loop.call_later(max_seconds, query.request_stop) if max_seconds else None
+    try:
+        return await query.run()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One-line log records on stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
+    """`streamproc run CONFIG`: exit 0 when done or stopped, 1 on a bad config or a failure."""
+    from streamproc.config import ConfigError, load_config
+    from streamproc.runtime.planning import plan_from_config
+
+    try:
+        config = load_config(config_path)
+        plan = plan_from_config(config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{config_path}: {line}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(config.logging.log_level)
+    started = time.monotonic()
+    try:
+        stats = asyncio.run(run_query(plan, max_seconds=max_seconds))
+    except QueryFailedError as exc:
+        print(f"streamproc: {exc}", file=sys.stderr)
+        return 1
+    for line in summary_lines(plan, stats, time.monotonic() - started):
+        print(line)
+    return 0

@@ -1,0 +1,135 @@
+"""Map a validated PipelineConfig onto a QueryPlan (the runtime's only view of a config)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from streamproc.config import PipelineConfig
+from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
+
+# Spark-style `kafka.*` security settings -> aiokafka client arguments.
+_SECURITY_KEYS: Mapping[str, str] = {
+    "kafka.security.protocol": "security_protocol",
+    "kafka.sasl.mechanism": "sasl_mechanism",
+    "kafka.sasl.username": "sasl_plain_username",
+    "kafka.sasl.plain.username": "sasl_plain_username",
+    "kafka.sasl.password": "sasl_plain_password",
+    "kafka.sasl.plain.password": "sasl_plain_password",
+    "kafka.sasl.kerberos.service.name": "sasl_kerberos_service_name",
+    "kafka.sasl.kerberos.domain.name": "sasl_kerberos_domain_name",
+}
+_SSL_KEYS: Mapping[str, str] = {
+    "kafka.ssl.cafile": "cafile",
+    "kafka.ssl.ca.location": "cafile",
+    "kafka.ssl.certfile": "certfile",
+    "kafka.ssl.certificate.location": "certfile",
+    "kafka.ssl.keyfile": "keyfile",
+    "kafka.ssl.key.location": "keyfile",
+    "kafka.ssl.key.password": "password",
+}
+
+
+def kafka_client_params(security: Mapping[str, str]) -> dict[str, Any]:
+    """aiokafka keyword arguments for a secured cluster.
+
+    Raises:
+        ValueError: a `kafka.sasl.*` / `kafka.ssl.*` key this runtime cannot map.
+    """
+    params: dict[str, Any] = {}
+    ssl_args: dict[str, str] = {}
+    for key, value in security.items():
+        if key in _SECURITY_KEYS:
+            params[_SECURITY_KEYS[key]] = value.upper() if key.endswith("protocol") else value
+        elif key in _SSL_KEYS:
+            ssl_args[_SSL_KEYS[key]] = value
+        else:
+            known = ", ".join(sorted({*_SECURITY_KEYS, *_SSL_KEYS}))
+            raise ValueError(f"extract.connectionParams.{key}: not supported; supported: {known}")
+    if ssl_args:
+        from aiokafka.helpers import create_ssl_context
+
+        params["ssl_context"] = create_ssl_context(**ssl_args)
+    return params
+
+
+def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
+    """The QueryPlan of a streaming pipeline.
+
+    Raises:
+        ValueError: the pipeline is valid but cannot run as a streaming query here
+            (batch mode, a file source, no aggregation), with a one-line reason.
+    """
+    streaming = cfg.streaming
+    if not cfg.is_streaming or streaming is None:
+        raise ValueError(
+            "mode: 'batch' pipelines do not run as streaming queries; set mode: streaming"
+        )
+    if cfg.extract.source_type != "kafka":
+        raise ValueError(
+            f"extract.sourceType: '{cfg.extract.source_type}' cannot stream yet; use kafka"
+        )
+    agg = cfg.aggregation
+    if agg is None:
+        raise ValueError("transforms: a streaming query needs an aggregation transform")
+    wm = streaming.watermark
+    spec = QuerySpec(
+        group_by=tuple(agg.group_by),
+        aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
+        output_mode=streaming.output_mode,
+        event_time_column=wm.event_time_column if wm else agg.window_column,
+        event_time_format=wm.event_time_format if wm else "auto",
+        delay_ms=wm.delay_ms if wm else None,
+        window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
+        if agg.windowed and agg.window_size_ms
+        else None,
+        idle_timeout_ms=wm.idle_timeout_ms if wm else None,
+        state_timeout_ms=cfg.state_timeout_ms,
+    )
+    eh = cfg.error_handling
+    retry = eh.retry
+    breaker = eh.circuit_breaker
+    late = streaming.late_data
+    source_params = kafka_client_params(cfg.extract.security_params)
+    sink_type = cfg.load.sink_type
+    return QueryPlan(
+        pipeline_id=cfg.pipeline_id,
+        query_name=streaming.query_name,
+        spec=spec,
+        bootstrap=cfg.extract.bootstrap_servers or "localhost:9092",
+        topic=cfg.extract.topic or "",
+        starting_offsets=cfg.extract.starting_offsets,
+        kafka_params=source_params,
+        trigger=streaming.trigger.kind,
+        trigger_interval_ms=streaming.trigger.interval_ms,
+        max_records_per_trigger=streaming.max_records_per_trigger
+        or cfg.extract.max_offsets_per_trigger,
+        sink_type="kafka" if sink_type == "kafka" else "postgresql",
+        table=cfg.load.table,
+        dsn=cfg.load.dsn() if sink_type == "postgresql" else None,
+        sink_topic=cfg.load.topic,
+        checkpoint_location=streaming.checkpoint_location,
+        enable_idempotence=streaming.enable_idempotence,
+        late_strategy=late.strategy,
+        late_dlq_topic=late.dlq_topic,
+        late_table=late.late_data_table,
+        dlq_type=eh.dlq.dlq_type,
+        dlq_topic=eh.dlq.topic,
+        dlq_bootstrap=cfg.dlq_bootstrap_servers,
+        retry=RetryPolicy(
+            strategy=retry.strategy,
+            max_attempts=retry.max_attempts,
+            initial_delay_s=retry.initial_delay_seconds,
+            max_delay_s=retry.max_delay_seconds,
+            multiplier=retry.backoff_multiplier,
+            jitter=retry.jitter,
+        ),
+        breaker=BreakerPolicy(
+            enabled=breaker.enabled,
+            failure_threshold=breaker.failure_threshold,
+            reset_timeout_s=breaker.reset_timeout_seconds,
+            half_open_max_attempts=breaker.half_open_max_attempts,
+        ),
+        fail_fast=eh.fail_fast,
+    )

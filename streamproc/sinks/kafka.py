@@ -1,0 +1,87 @@
+"""Kafka producer side: dead-letter topics and the Kafka result sink.
+
+Dead-letter writes are at-least-once: they are flushed before the batch's
+Postgres transaction commits, and carry the source topic, partition and
+offset in headers so a reader can drop the duplicates a replay may add.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from streamproc.engine import ResultRow
+from streamproc.sinks.rows import ms_to_datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class KafkaProducerSink:
+    """A plain (non-idempotent, non-transactional) producer for DLQs and results."""
+
+    def __init__(self, bootstrap: str, client_params: Mapping[str, Any] | None = None) -> None:
+        self._bootstrap = bootstrap
+        self._params = dict(client_params or {})
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        """Connect the producer."""
+        # No idempotence and no transactions: the local broker has neither,
+        # and exactly-once comes from the Postgres ledger instead.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=5,
+            **self._params,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and close."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send_all(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Produce every message and wait until the broker acknowledged all of them."""
+        if not messages:
+            return
+        futures = [
+            await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers))
+            for m in messages
+        ]
+        for future in futures:
+            await future
+
+
+def result_message(
+    topic: str, group_by: Sequence[str], outputs: Sequence[str], row: ResultRow
+) -> OutgoingMessage:
+    """A result row as a JSON message keyed by group key and window."""
+    body: dict[str, Any] = dict(zip(group_by, row.key, strict=True))
+    key: dict[str, Any] = dict(body)
+    if row.window_start_ms is not None:
+        start = ms_to_datetime(row.window_start_ms)
+        end = ms_to_datetime(row.window_end_ms)
+        body["window_start"] = start.isoformat() if start else None
+        body["window_end"] = end.isoformat() if end else None
+        key["window_start"] = body["window_start"]
+    body.update(zip(outputs, row.values, strict=True))
+    return OutgoingMessage(
+        topic,
+        json.dumps(key, separators=(",", ":"), sort_keys=True).encode(),
+        json.dumps(body, separators=(",", ":")).encode(),
+    )

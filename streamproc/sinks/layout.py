@@ -1,0 +1,190 @@
+"""Pure SQL layout of the tables streamproc writes: result, partials, ledger, late.
+
+No I/O here: this module turns a query's shape into DDL and compares an
+existing table's columns with the expected ones, so both are unit-testable.
+Identifiers are validated by the config and quoted here as well, so neither a
+config nor a record can inject SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from streamproc.engine import QuerySpec
+
+# Aggregate output types. first/last keep the JSON value as it was (any type);
+# the others are numeric in the engine (sum/avg/min/max accept numbers only).
+_AGG_SQL_TYPE: Mapping[str, str] = {
+    "count": "bigint",
+    "sum": "double precision",
+    "avg": "double precision",
+    "min": "double precision",
+    "max": "double precision",
+    "first": "jsonb",
+    "last": "jsonb",
+}
+
+PARTIALS_TABLE = "streamproc_partials"
+LEDGER_TABLE = "streamproc_ledger"
+
+
+def quote_ident(name: str) -> str:
+    """Quote a possibly schema-qualified identifier for SQL (``a.b`` -> ``"a"."b"``)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a table: its name and SQL type."""
+
+    name: str
+    sql_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultTableLayout:
+    """The result table of a query: columns in order and the unique key."""
+
+    table: str
+    group_by: tuple[str, ...]
+    windowed: bool
+    columns: tuple[Column, ...]
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """Group-by columns, then the window bounds when windowed."""
+        return self.group_by + (("window_start", "window_end") if self.windowed else ())
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """The aggregate output columns, in aggregation order."""
+        return tuple(c.name for c in self.columns[len(self.key_columns) :])
+
+    @property
+    def constraint_name(self) -> str:
+        """The unique key's constraint name (stable, <= 63 chars)."""
+        return (self.table.split(".")[-1] + "_key")[:63]
+
+
+def result_layout(spec: QuerySpec, table: str) -> ResultTableLayout:
+    """The result table layout of DESIGN.md for a query.
+
+    Group-by values are stored as text (JSON scalars rendered as text), so one
+    layout fits every input type.
+    """
+    columns = [Column(name, "text") for name in spec.group_by]
+    windowed = spec.window is not None
+    if windowed:
+        columns += [
+            Column("window_start", "timestamp with time zone"),
+            Column("window_end", "timestamp with time zone"),
+        ]
+    columns += [Column(agg.output, _AGG_SQL_TYPE[agg.func]) for agg in spec.aggregations]
+    return ResultTableLayout(table, spec.group_by, windowed, tuple(columns))
+
+
+def create_result_table_sql(layout: ResultTableLayout) -> str:
+    """DDL for the result table.
+
+    The key is a UNIQUE NULLS NOT DISTINCT constraint rather than a primary
+    key: Spark groups null keys like any other value, and a primary key cannot
+    hold NULL. ON CONFLICT works against it the same way (PostgreSQL >= 15).
+    """
+    cols = ",\n  ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in layout.columns)
+    key = ", ".join(quote_ident(c) for c in layout.key_columns)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(layout.table)} (\n  {cols},\n"
+        f"  CONSTRAINT {quote_ident(layout.constraint_name)} UNIQUE NULLS NOT DISTINCT ({key})\n)"
+    )
+
+
+def layout_differences(
+    layout: ResultTableLayout, existing: Sequence[tuple[str, str]], existing_key: Sequence[str]
+) -> list[str]:
+    """What differs between an existing table and the expected layout.
+
+    Args:
+        layout: the expected layout.
+        existing: ``(column name, SQL type)`` of the existing table, in order.
+        existing_key: the columns of the existing table's primary key or unique
+            constraint covering the key (empty when it has none).
+
+    Returns:
+        One phrase per difference; empty when the table fits.
+    """
+    have = dict(existing)
+    diffs: list[str] = []
+    for column in layout.columns:
+        actual = have.get(column.name)
+        if actual is None:
+            diffs.append(f"missing column {column.name} ({column.sql_type})")
+        elif actual != column.sql_type:
+            diffs.append(f"column {column.name} is {actual}, expected {column.sql_type}")
+    expected_names = {c.name for c in layout.columns}
+    diffs += [
+        f"unexpected column {name} ({t})" for name, t in existing if name not in expected_names
+    ]
+    if sorted(existing_key) != sorted(layout.key_columns):
+        diffs.append(
+            f"unique key is ({', '.join(existing_key) or 'none'}), "
+            f"expected ({', '.join(layout.key_columns)})"
+        )
+    return diffs
+
+
+def create_partials_table_sql() -> str:
+    """DDL for the hidden partials table (one row per key, window and partition)."""
+    t = quote_ident(PARTIALS_TABLE)
+    return f"""
+CREATE TABLE IF NOT EXISTS {t} (
+  query text NOT NULL,
+  partition integer NOT NULL,
+  key jsonb NOT NULL,
+  window_start_ms bigint NOT NULL,
+  window_end_ms bigint NOT NULL,
+  state jsonb NOT NULL,
+  PRIMARY KEY (query, key, window_start_ms, partition)
+);
+CREATE INDEX IF NOT EXISTS streamproc_partials_by_partition ON {t} (query, partition);
+CREATE INDEX IF NOT EXISTS streamproc_partials_by_end ON {t} (query, window_end_ms);
+"""
+
+
+def create_ledger_table_sql() -> str:
+    """DDL for the ledger: one readable row per committed batch and partition."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(LEDGER_TABLE)} (
+  query text NOT NULL,
+  topic text NOT NULL,
+  partition integer NOT NULL,
+  start_offset bigint NOT NULL,
+  next_offset bigint NOT NULL,
+  batch_id text NOT NULL,
+  records integer NOT NULL,
+  aggregated integer NOT NULL,
+  late integer NOT NULL,
+  bad integer NOT NULL,
+  filtered integer NOT NULL,
+  max_event_time timestamp with time zone,
+  watermark timestamp with time zone,
+  committed_at timestamp with time zone NOT NULL DEFAULT now(),
+  PRIMARY KEY (query, topic, partition, start_offset)
+)"""
+
+
+def create_late_table_sql(table: str) -> str:
+    """DDL for a separatestream late-data side table."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(table)} (
+  query text NOT NULL,
+  source_topic text NOT NULL,
+  source_partition integer NOT NULL,
+  source_offset bigint NOT NULL,
+  event_time timestamp with time zone,
+  watermark timestamp with time zone,
+  reason text NOT NULL,
+  detected_at timestamp with time zone NOT NULL DEFAULT now(),
+  record jsonb NOT NULL,
+  UNIQUE (source_topic, source_partition, source_offset)
+)"""
