@@ -51,16 +51,19 @@ def decode_records(
     append = good.append
     for raw in raws:
         value = raw.value
+        if value is None:
+            bad.append(UndecodableRecord(raw, "value: null (a tombstone), not a JSON object"))
+            continue
         try:
-            # json.loads on bytes decodes UTF-8 itself (and rejects bad bytes).
-            obj = loads(value)  # type: ignore[arg-type]
+            # Decode UTF-8 ourselves: json.loads on bytes guesses the encoding
+            # (a leading 0xFF 0xFE reads as UTF-16) instead of rejecting it.
+            obj = loads(value.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            bad.append(
-                UndecodableRecord(raw, f"value: not UTF-8 ({exc.reason} at byte {exc.start})")
-            )
+            reason = f"value: not UTF-8 ({exc.reason} at byte {exc.start})"
+            bad.append(UndecodableRecord(raw, reason))
             continue
         except (ValueError, RecursionError, TypeError) as exc:
-            bad.append(UndecodableRecord(raw, _not_json_reason(value, exc)))
+            bad.append(UndecodableRecord(raw, _not_json_reason(exc)))
             continue
         if type(obj) is dict:
             append((raw.partition, raw.offset, obj))
@@ -69,9 +72,7 @@ def decode_records(
     return good, bad
 
 
-def _not_json_reason(value: bytes | None, exc: BaseException) -> str:
-    if value is None:
-        return "value: null (a tombstone), not a JSON object"
+def _not_json_reason(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "value: JSON nested too deeply"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -78,6 +78,9 @@ class KafkaSource:
             fetch_max_bytes=cfg.fetch_max_bytes,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             isolation_level="read_uncommitted",
+            # A short broker-side wait keeps continuous and processingtime
+            # triggers from missing records that arrive during a long poll.
+            fetch_max_wait_ms=100,
             **dict(cfg.client_params),
         )
         await self._consumer.start()

@@ -1,0 +1,1 @@
+"""`make demo`: the example pipeline on the embedded broker and PostgreSQL."""

@@ -1,0 +1,227 @@
+"""Late records land exactly where the strategy says; bad records go to the DLQ with a reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streamproc.local import create_topic
+from streamproc.sinks.postgres import IncompatibleTableError
+from tests.integration.expected import Query, expected, parse_ts
+from tests.integration.pipeline_helpers import (
+    AGGS,
+    MINUTE,
+    assert_tables_equal,
+    make_plan,
+    make_stream,
+    produce,
+    read_table,
+    run_workers,
+    with_offsets,
+)
+
+QUERY = Query(("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="update")
+
+
+async def read_topic(bootstrap: str, topic: str, expect: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        for _ in range(20):
+            batches = await consumer.getmany(timeout_ms=500)
+            out += [r for recs in batches.values() for r in recs]
+            if len(out) >= expect and not batches:
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def setup_stream(bootstrap: str, name: str, n: int = 1_200) -> dict[int, list[Any]]:
+    stream = make_stream(n, seed=31)
+    await create_topic(bootstrap, name, 4)
+    await produce(bootstrap, name, stream)
+    return stream
+
+
+async def test_sendtodlq_puts_each_late_record_on_the_topic_with_headers(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = await setup_stream(kafka_bootstrap, unique_name)
+    dlq = f"{unique_name}_late"
+    await create_topic(kafka_bootstrap, dlq, 1)
+    plan = make_plan(
+        name=unique_name,
+        bootstrap=kafka_bootstrap,
+        dsn=pg_dsn,
+        tmp=tmp_path,
+        query=QUERY,
+        late_strategy="sendtodlq",
+        late_dlq_topic=dlq,
+    )
+    [stats] = await run_workers(plan)
+    want = expected(QUERY, with_offsets(stream))
+    messages = await read_topic(kafka_bootstrap, dlq, len(want.late))
+    got = {}
+    for m in messages:
+        h = {k: v.decode() for k, v in m.headers}
+        got[(int(h["source_partition"]), int(h["source_offset"]))] = (h, m.value)
+    assert sorted(got) == sorted(want.late)
+    assert stats.late == len(want.late) > 0
+    for (p, offset), (h, value) in got.items():
+        record = stream[p][offset]
+        assert json.loads(value) == record  # the original bytes
+        assert h["source_topic"] == unique_name
+        assert h["reason"] == "event time older than watermark"
+        assert int(h["event_time_ms"]) == parse_ts(record["event_time"])
+        assert int(h["partition_watermark_ms"]) > int(h["event_time_ms"])
+        assert h["event_time"].startswith(record["event_time"][:19])
+    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+
+
+async def test_separatestream_writes_each_late_record_to_the_side_table(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = await setup_stream(kafka_bootstrap, unique_name)
+    side = f"{unique_name}_late"
+    plan = make_plan(
+        name=unique_name,
+        bootstrap=kafka_bootstrap,
+        dsn=pg_dsn,
+        tmp=tmp_path,
+        query=QUERY,
+        late_strategy="separatestream",
+        late_table=side,
+    )
+    await run_workers(plan)
+    want = expected(QUERY, with_offsets(stream))
+    rows = await pg.fetch(f'SELECT * FROM "{side}"')
+    got = {(r["source_partition"], r["source_offset"]): r for r in rows}
+    assert sorted(got) == sorted(want.late) and len(rows) == len(want.late) > 0
+    for (p, offset), r in got.items():
+        record = stream[p][offset]
+        assert json.loads(r["record"]) == record
+        assert r["source_topic"] == unique_name and r["query"] == unique_name
+        assert r["reason"] == "event time older than watermark"
+        assert int(r["event_time"].timestamp() * 1000) == parse_ts(record["event_time"])
+        assert r["watermark"] > r["event_time"]
+        assert r["detected_at"] is not None
+    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+
+
+@pytest.mark.parametrize("strategy", ["drop", "loganddrop"])
+async def test_drop_and_loganddrop_count_late_records(
+    strategy: str,
+    kafka_bootstrap: str,
+    pg_dsn: str,
+    pg: Any,
+    unique_name: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = await setup_stream(kafka_bootstrap, unique_name)
+    plan = make_plan(
+        name=unique_name,
+        bootstrap=kafka_bootstrap,
+        dsn=pg_dsn,
+        tmp=tmp_path,
+        query=QUERY,
+        late_strategy=strategy,
+    )
+    with caplog.at_level(logging.WARNING, logger="streamproc.late"):
+        [stats] = await run_workers(plan)
+    want = expected(QUERY, with_offsets(stream))
+    assert stats.late == len(want.late) > 0
+    late_in_ledger = await pg.fetchval(
+        "SELECT sum(late) FROM streamproc_ledger WHERE query = $1", unique_name
+    )
+    assert late_in_ledger == len(want.late)
+    logged = [r for r in caplog.records if r.getMessage().startswith("late record dropped")]
+    if strategy == "drop":
+        assert logged == []
+    else:
+        # Rate limited: at most 20 lines per 10 s, one per record below that.
+        assert len(logged) == min(20, len(want.late))
+    assert "Late data: " in stats.late_summary.text()
+
+
+async def test_bad_records_go_to_the_dlq_with_a_reason_and_are_counted(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    await create_topic(kafka_bootstrap, unique_name, 1)
+    dlq = f"{unique_name}_dlq"
+    await create_topic(kafka_bootstrap, dlq, 1)
+    good = {"user_id": "u1", "event_time": "2025-11-26T10:00:00Z", "value": 5}
+    values = [
+        json.dumps(good).encode(),
+        b"\xff\xfe not utf-8",
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"user_id": "u1", "value": 1}).encode(),
+        json.dumps({"user_id": "u1", "event_time": "yesterday"}).encode(),
+        json.dumps(
+            {"user_id": "u1", "event_time": "2025-11-26T10:00:01Z", "value": "abc"}
+        ).encode(),
+        json.dumps(good).encode(),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait(unique_name, v, partition=0)
+    finally:
+        await producer.stop()
+    plan = make_plan(
+        name=unique_name,
+        bootstrap=kafka_bootstrap,
+        dsn=pg_dsn,
+        tmp=tmp_path,
+        query=QUERY,
+        dlq_type="kafka",
+        dlq_topic=dlq,
+    )
+    [stats] = await run_workers(plan)
+    assert (stats.records, stats.aggregated, stats.bad, stats.late) == (8, 2, 6, 0)
+    messages = await read_topic(kafka_bootstrap, dlq, 6)
+    reasons = {
+        int(dict(m.headers)["source_offset"]): dict(m.headers)["reason"].decode() for m in messages
+    }
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
+    assert reasons[1].startswith("value: not UTF-8")
+    assert reasons[2].startswith("value: not JSON")
+    assert reasons[3] == "value: a JSON array, not an object"
+    assert reasons[4] == "event_time: missing"
+    assert reasons[5].startswith("event_time: 'yesterday'")
+    assert reasons[6] == "value: 'abc' is not a number (needed by value:sum)"
+    assert {m.value for m in messages} == set(values[1:7])
+    ledger = await pg.fetchrow(
+        "SELECT sum(records) r, sum(aggregated) a, sum(bad) b FROM streamproc_ledger "
+        "WHERE query = $1",
+        unique_name,
+    )
+    assert (ledger["r"], ledger["a"], ledger["b"]) == (8, 2, 6)
+
+
+async def test_an_incompatible_existing_table_is_refused_with_what_differs(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    await create_topic(kafka_bootstrap, unique_name, 1)
+    await pg.execute(f'CREATE TABLE "{unique_name}" (user_id integer, count bigint)')
+    plan = make_plan(
+        name=unique_name, bootstrap=kafka_bootstrap, dsn=pg_dsn, tmp=tmp_path, query=QUERY
+    )
+    with pytest.raises(IncompatibleTableError) as refused:
+        await run_workers(plan)
+    message = str(refused.value)
+    assert message.startswith(f"table {unique_name} exists with an incompatible layout: ")
+    assert "column user_id is integer, expected text" in message
+    assert "missing column window_start (timestamp with time zone)" in message
+    assert "unique key is (none), expected (user_id, window_start, window_end)" in message

@@ -1,0 +1,80 @@
+"""Pure runtime pieces: planning from configs, late summaries, rate-limited logs, batch ids."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from streamproc.config import load_config
+from streamproc.engine import LateRecord
+from streamproc.runtime.late import LateSummary, RateLimitedLog
+from streamproc.runtime.planning import kafka_client_params, plan_from_config
+from streamproc.sinks.postgres import batch_id
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_example_config_plans(path: Path) -> None:
+    plan = plan_from_config(load_config(path, env={}))
+    assert plan.topic and plan.query_name and plan.spec.aggregations
+    assert plan.sink_type == "postgresql" and plan.dsn and plan.table
+
+
+def test_streaming_example_plan_matches_the_seed() -> None:
+    plan = plan_from_config(
+        load_config(CONFIGS[[p.name for p in CONFIGS].index("streaming-example.json")], env={})
+    )
+    assert plan.trigger == "processingtime" and plan.trigger_interval_ms == 5_000
+    assert plan.spec.window is not None
+    assert (plan.spec.window.size_ms, plan.spec.window.slide_ms) == (600_000, 300_000)
+    assert plan.spec.delay_ms == 600_000 and plan.spec.output_mode == "append"
+    assert [a.output for a in plan.spec.aggregations] == ["event_count_count", "total_value_sum"]
+    assert plan.late_strategy == "sendtodlq" and plan.late_dlq_topic == "late-user-events"
+    assert plan.max_records_per_trigger == 10_000
+    assert plan.dlq_type == "kafka" and plan.dlq_topic == "failed-events-dlq"
+
+
+def test_security_params_map_to_aiokafka_and_unknown_ones_are_refused() -> None:
+    assert kafka_client_params(
+        {"kafka.security.protocol": "sasl_ssl", "kafka.sasl.mechanism": "PLAIN"}
+    ) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}
+    with pytest.raises(ValueError, match=r"^extract.connectionParams.kafka.sasl.oops: not"):
+        kafka_client_params({"kafka.sasl.oops": "x"})
+
+
+def late(ts_ms: int) -> LateRecord:
+    return LateRecord(0, 0, ts_ms, ts_ms + 1, "event time older than watermark", {})
+
+
+def test_late_summary_uses_the_seeds_words() -> None:
+    summary = LateSummary()
+    assert summary.text() == "Late data: 0 record(s)"
+    base = 1_764_151_200_000  # 2025-11-26T10:00:00Z
+    for ts in (base + 15 * 60_000, base + 18 * 60_000, base + 16 * 60_000):
+        summary.add(late(ts))
+    assert summary.text() == "Late data: 3 record(s), event time range: 10:15:00 to 10:18:00"
+
+
+def test_rate_limited_log_caps_lines_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    limited = RateLimitedLog(
+        logging.getLogger("t"), per_interval=2, interval_s=10, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for i in range(5):
+            limited.warning("line %d", i)
+        now[0] = 11.0
+        limited.warning("line %d", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 0",
+        "line 1",
+        "3 more line(s) like these suppressed",
+        "line 5",
+    ]
+
+
+def test_batch_ids_are_deterministic() -> None:
+    assert batch_id("q", "t", 3, 100, 250) == "q/t/3/100-250" == batch_id("q", "t", 3, 100, 250)

@@ -1,0 +1,76 @@
+"""Pure SQL layout: DDL shape, identifier quoting, and the differences reported."""
+
+from __future__ import annotations
+
+from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.sinks.layout import (
+    create_result_table_sql,
+    layout_differences,
+    quote_ident,
+    result_layout,
+)
+
+SPEC = QuerySpec(
+    group_by=("user_id", "region"),
+    aggregations=(
+        AggSpec("n", None, "count"),
+        AggSpec("v_sum", "v", "sum"),
+        AggSpec("v_last", "v", "last"),
+    ),
+    output_mode="update",
+    event_time_column="ts",
+    delay_ms=1_000,
+    window=WindowSpec(60_000, 60_000),
+)
+
+
+def test_result_layout_columns_and_key() -> None:
+    layout = result_layout(SPEC, "analytics.totals")
+    assert [(c.name, c.sql_type) for c in layout.columns] == [
+        ("user_id", "text"),
+        ("region", "text"),
+        ("window_start", "timestamp with time zone"),
+        ("window_end", "timestamp with time zone"),
+        ("n", "bigint"),
+        ("v_sum", "double precision"),
+        ("v_last", "jsonb"),
+    ]
+    assert layout.key_columns == ("user_id", "region", "window_start", "window_end")
+    assert layout.value_columns == ("n", "v_sum", "v_last")
+    ddl = create_result_table_sql(layout)
+    assert ddl.startswith('CREATE TABLE IF NOT EXISTS "analytics"."totals" (')
+    assert 'UNIQUE NULLS NOT DISTINCT ("user_id", "region", "window_start", "window_end")' in ddl
+
+
+def test_non_windowed_layout_has_no_window_columns() -> None:
+    spec = QuerySpec(("k",), (AggSpec("n", None, "count"),), "complete")
+    layout = result_layout(spec, "t")
+    assert [c.name for c in layout.columns] == ["k", "n"]
+    assert layout.key_columns == ("k",)
+
+
+def test_quote_ident_doubles_quotes_so_nothing_escapes() -> None:
+    assert quote_ident('x"; DROP TABLE y; --') == '"x""; DROP TABLE y; --"'
+    assert quote_ident("s.t") == '"s"."t"'
+
+
+def test_layout_differences_name_each_difference() -> None:
+    layout = result_layout(SPEC, "t")
+    existing = [
+        ("user_id", "integer"),
+        ("window_start", "timestamp with time zone"),
+        ("window_end", "timestamp with time zone"),
+        ("n", "bigint"),
+        ("v_sum", "double precision"),
+        ("v_last", "jsonb"),
+        ("extra", "text"),
+    ]
+    assert layout_differences(layout, existing, ["user_id", "window_start", "window_end"]) == [
+        "column user_id is integer, expected text",
+        "missing column region (text)",
+        "unexpected column extra (text)",
+        "unique key is (user_id, window_start, window_end), "
+        "expected (user_id, region, window_start, window_end)",
+    ]
+    fitting = [(c.name, c.sql_type) for c in layout.columns]
+    assert layout_differences(layout, fitting, list(layout.key_columns)) == []
