@@ -60,6 +60,7 @@ class QueryPlan:
     table: str | None = None
     dsn: str | None = None
     sink_topic: str | None = None
+    sink_bootstrap: str | None = None
     checkpoint_location: str = ".checkpoints"
     enable_idempotence: bool = True
     # late data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,6 +94,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
     late = streaming.late_data
     source_params = kafka_client_params(cfg.extract.security_params)
     sink_type = cfg.load.sink_type
+    dsn = _checkpoint_dsn(cfg) if sink_type == "kafka" else cfg.load.dsn()
     return QueryPlan(
         pipeline_id=cfg.pipeline_id,
         query_name=streaming.query_name,
@@ -107,8 +109,9 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         or cfg.extract.max_offsets_per_trigger,
         sink_type="kafka" if sink_type == "kafka" else "postgresql",
         table=cfg.load.table,
-        dsn=cfg.load.dsn() if sink_type == "postgresql" else None,
+        dsn=dsn,
         sink_topic=cfg.load.topic,
+        sink_bootstrap=cfg.sink_bootstrap_servers,
         checkpoint_location=streaming.checkpoint_location,
         enable_idempotence=streaming.enable_idempotence,
         late_strategy=late.strategy,
@@ -133,3 +136,22 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         ),
         fail_fast=eh.fail_fast,
     )
+
+
+def _checkpoint_dsn(cfg: PipelineConfig) -> str:
+    """Where a Kafka sink keeps its exactly-once checkpoint (ledger and partials).
+
+    A Kafka sink has no result table, but the checkpoint still lives in
+    PostgreSQL: `load.connectionParams.url` (or host/database), else
+    STREAMPROC_PG_DSN.
+    """
+    params = cfg.load.connection_params
+    if params.url is not None or params.host is not None:
+        return cfg.load.dsn()
+    dsn = os.environ.get("STREAMPROC_PG_DSN")
+    if not dsn:
+        raise ValueError(
+            "load.connectionParams.url: a kafka sink keeps its checkpoint (ledger, partials) "
+            "in PostgreSQL; give url (or set STREAMPROC_PG_DSN)"
+        )
+    return dsn

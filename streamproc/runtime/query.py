@@ -34,7 +34,7 @@ from streamproc.runtime.resilience import (
     CircuitOpenError,
     call_with_retry,
 )
-from streamproc.sinks.kafka import KafkaProducerSink, OutgoingMessage
+from streamproc.sinks.kafka import KafkaProducerSink, OutgoingMessage, result_message
 from streamproc.sinks.layout import result_layout
 from streamproc.sinks.postgres import (
     CommitBatch,
@@ -90,8 +90,10 @@ class StreamingQuery:
         *,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
-        if plan.sink_type != "postgresql" or plan.dsn is None or plan.table is None:
-            raise ValueError("only the postgresql sink runs as a streaming query for now")
+        if plan.dsn is None or (plan.sink_type == "postgresql" and plan.table is None):
+            raise ValueError("a streaming query needs a PostgreSQL checkpoint and a sink")
+        if plan.sink_type == "kafka" and not plan.sink_topic:
+            raise ValueError("load.topic: a kafka sink needs a topic")
         self.plan = plan
         self.stats = RunStats()
         self._engine = (
@@ -99,13 +101,19 @@ class StreamingQuery:
             if clock_ms
             else Engine(plan.spec, store_factory)
         )
+        self._result_producer = (
+            KafkaProducerSink(plan.sink_bootstrap or plan.bootstrap, plan.kafka_params)
+            if plan.sink_type == "kafka"
+            else None
+        )
         self._checkpoint = PostgresCheckpoint(
             plan.dsn,
             query=plan.query_name,
             topic=plan.topic,
             spec=plan.spec,
-            layout=result_layout(plan.spec, plan.table),
+            layout=result_layout(plan.spec, plan.table) if plan.table else None,
             late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
+            publish=self._publish_rows if self._result_producer is not None else None,
         )
         self._source = KafkaSource(
             KafkaSourceConfig(
@@ -155,6 +163,16 @@ class StreamingQuery:
     def bounded(self) -> bool:
         """True for once/availablenow runs, which stop at the end offsets taken at start."""
         return self.plan.trigger in _BOUNDED
+
+    async def _publish_rows(self, rows: Sequence[ResultRow]) -> None:
+        """Kafka sink: deliver result rows as JSON, keyed by group key and window."""
+        assert self._result_producer is not None and self.plan.sink_topic is not None
+        spec = self.plan.spec
+        outputs = [a.output for a in spec.aggregations]
+        topic = self.plan.sink_topic
+        await self._result_producer.send_all(
+            [result_message(topic, spec.group_by, outputs, row) for row in rows]
+        )
 
     # -------------------------------------------------------- rebalance hooks
     async def on_assigned(self, partitions: set[int]) -> None:
@@ -213,8 +231,9 @@ class StreamingQuery:
         """Run until stopped (or, for bounded triggers, until the end offsets)."""
         await self._checkpoint.open()
         try:
-            if self._producer is not None:
-                await self._producer.start()
+            for producer in (self._producer, self._result_producer):
+                if producer is not None:
+                    await producer.start()
             await self._source.start()
             await self._wait_for_assignment()
             next_tick = time.monotonic()
@@ -545,8 +564,9 @@ class StreamingQuery:
         self._engine.close()
 
     async def _stop_producer(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
+        for producer in (self._producer, self._result_producer):
+            if producer is not None:
+                await producer.stop()
 
 
 def default_store_dir(plan: QueryPlan) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,14 +123,27 @@ class PostgresCheckpoint:
         query: str,
         topic: str,
         spec: QuerySpec,
-        layout: ResultTableLayout,
+        layout: ResultTableLayout | None,
         late_table: str | None = None,
+        publish: Callable[[Sequence[ResultRow]], Awaitable[None]] | None = None,
     ) -> None:
+        """Args:
+        dsn: the database of the checkpoint (and of the result table).
+        query: the query name (ledger and partials key).
+        topic: the source topic.
+        spec: the query's shape.
+        layout: the result table, or None when results go elsewhere (`publish`).
+        late_table: the separatestream side table, if any.
+        publish: for a Kafka sink, called inside the transaction with the rows to
+            deliver; the transaction commits only after it returned, so result
+            messages are at-least-once (a crash in between replays them).
+        """
         self._dsn = dsn
         self._query = query
         self._topic = topic
         self._spec = spec
         self._layout = layout
+        self._publish = publish
         self._late_table = late_table
         self._pool: Any = None
         self._lock_key = f"streamproc:{query}"
@@ -145,7 +158,8 @@ class PostgresCheckpoint:
             await conn.execute(create_partials_table_sql())
             if self._late_table:
                 await conn.execute(create_late_table_sql(self._late_table))
-            await self._ensure_result_table(conn)
+            if self._layout is not None:
+                await self._ensure_result_table(conn, self._layout)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -153,16 +167,16 @@ class PostgresCheckpoint:
             await self._pool.close()
             self._pool = None
 
-    async def _ensure_result_table(self, conn: Any) -> None:
+    async def _ensure_result_table(self, conn: Any, layout: ResultTableLayout) -> None:
         existing = await conn.fetch(
             """SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
                FROM pg_attribute a
                WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
                ORDER BY a.attnum""",
-            quote_ident(self._layout.table),
+            quote_ident(layout.table),
         )
         if not existing:
-            await conn.execute(create_result_table_sql(self._layout))
+            await conn.execute(create_result_table_sql(layout))
             return
         keys = await conn.fetch(
             """SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols
@@ -170,19 +184,17 @@ class PostgresCheckpoint:
                  ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
                WHERE i.indrelid = to_regclass($1) AND i.indisunique
                GROUP BY i.indexrelid""",
-            quote_ident(self._layout.table),
+            quote_ident(layout.table),
         )
         key_sets = [list(r["cols"]) for r in keys]
-        wanted = sorted(self._layout.key_columns)
+        wanted = sorted(layout.key_columns)
         existing_key = next(
             (k for k in key_sets if sorted(k) == wanted), key_sets[0] if key_sets else []
         )
-        diffs = layout_differences(
-            self._layout, [(r["name"], r["type"]) for r in existing], existing_key
-        )
+        diffs = layout_differences(layout, [(r["name"], r["type"]) for r in existing], existing_key)
         if diffs:
             raise IncompatibleTableError(
-                f"table {self._layout.table} exists with an incompatible layout: "
+                f"table {layout.table} exists with an incompatible layout: "
                 + "; ".join(diffs)
                 + " (drop or rename it, or point load.table elsewhere)"
             )
@@ -252,7 +264,7 @@ class PostgresCheckpoint:
                     rows = batch.local_rows
                 else:
                     rows = await self._merge_from_partials(conn, batch.partials)
-                written = await self._upsert_results(conn, rows, do_update=True)
+                written = await self._write_results(conn, rows, do_update=True)
             await self._insert_late_rows(conn, batch.late_rows)
             await self._insert_ledger_rows(conn, batch.partitions)
             watermark = await self._global_watermark(conn, batch)
@@ -392,13 +404,14 @@ class PostgresCheckpoint:
             )
         return merged
 
-    async def _upsert_results(
-        self, conn: Any, rows: Sequence[ResultRow], *, do_update: bool
-    ) -> int:
+    async def _write_results(self, conn: Any, rows: Sequence[ResultRow], *, do_update: bool) -> int:
         if not rows:
             return 0
+        if self._publish is not None:
+            await self._publish(rows)
+            return len(rows)
         layout = self._layout
-        n_keys = len(layout.group_by)
+        assert layout is not None  # no publisher means a result table
         columns: list[list[Any]] = [[] for _ in layout.columns]
         json_columns = {i for i, c in enumerate(layout.columns) if c.sql_type == "jsonb"}
         for row in rows:
@@ -413,7 +426,6 @@ class PostgresCheckpoint:
             for value in row.values:
                 columns[i].append(to_json(value) if i in json_columns else value)
                 i += 1
-        del n_keys
         names = ", ".join(quote_ident(c.name) for c in layout.columns)
         params = ", ".join(
             f"${i + 1}::{_SQL_ARRAY_TYPE[c.sql_type]}" for i, c in enumerate(layout.columns)
@@ -523,7 +535,7 @@ class PostgresCheckpoint:
             watermark_ms,
         )
         merged = self._merge_rows(rows)
-        await self._upsert_results(conn, merged, do_update=False)
+        await self._write_results(conn, merged, do_update=False)
         return len(merged)
 
     async def _evict_closed(self, conn: Any, watermark_ms: int) -> int:

@@ -7,13 +7,18 @@ independent model in expected.py.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import zlib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from streamproc.local import create_topic
+from streamproc.sinks.rows import datetime_to_ms
 from tests.integration.expected import Query, expected
 from tests.integration.pipeline_helpers import (
     AGGS,
@@ -138,4 +143,49 @@ async def test_resume_equals_one_clean_run(
     [s2] = await run_workers(plan)
     assert s1.records + s2.records == 1_600
     got = await read_table(pg, unique_name, query)
+    assert_tables_equal(got, expected(query, with_offsets(stream)).table)
+
+
+async def test_kafka_sink_delivers_rows_keyed_by_group_and_window(
+    kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    query = CASES["update_sliding"]
+    stream = make_stream(1_200, seed=9)
+    out_topic = f"{unique_name}_out"
+    await create_topic(kafka_bootstrap, unique_name, 4)
+    await create_topic(kafka_bootstrap, out_topic, 1)
+    await produce(kafka_bootstrap, unique_name, stream)
+    plan = dataclasses.replace(
+        make_plan(
+            name=unique_name, bootstrap=kafka_bootstrap, dsn=pg_dsn, tmp=tmp_path, query=query
+        ),
+        sink_type="kafka",
+        table=None,
+        sink_topic=out_topic,
+    )
+    await run_workers(plan)
+    consumer = AIOKafkaConsumer(
+        out_topic,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    latest: dict[Any, Any] = {}
+    try:
+        while batches := await consumer.getmany(timeout_ms=1_000):
+            for records in batches.values():
+                for r in records:
+                    # Update mode: the newest message of a (key, window) is its row.
+                    latest[json.loads(r.key)["user_id"], json.loads(r.key)["window_start"]] = (
+                        json.loads(r.value)
+                    )
+    finally:
+        await consumer.stop()
+    got = {}
+    for body in latest.values():
+        start = datetime.fromisoformat(body["window_start"])
+        end = datetime.fromisoformat(body["window_end"])
+        key = (body["user_id"], datetime_to_ms(start), datetime_to_ms(end))
+        got[key] = tuple(body[name] for name, _, _ in query.aggregations)
     assert_tables_equal(got, expected(query, with_offsets(stream)).table)
