@@ -66,9 +66,11 @@ async def run_pipeline() -> None:
         await run
         raise
     except QueryFailedError as exc:
-        log.error("%s", exc)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
+        # The query already closed its consumer, producers and pool; Faust's
+        # shutdown would exit 0, and a failed query must not look like success.
+        print(f"streamproc: {exc}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(1)
     for line in summary_lines(plan, stats, loop.time() - started):
         log.info("%s", line)
     # A bounded run (once, availablenow) is done: stop the worker cleanly.

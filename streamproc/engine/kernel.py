@@ -7,8 +7,9 @@ straight-line statements, with no per-record call per stage and no per-aggregate
 reference for every aggregate, window shape and output mode.
 
 Per record, in order (the first failing step decides what the record is):
-    1. not a JSON object, unreadable event time, invalid group value, or a value an
-       aggregate cannot take -> bad (no state, no watermark change);
+    1. not a JSON object, unreadable event time (or one whose windows or watermark leave
+       years 1..9999), invalid group value, or a value an aggregate cannot take -> bad
+       (no state, no watermark change);
     2. event time < the partition watermark (from earlier records) -> late;
     3. every window of the record closed (end <= global watermark W) -> late, "window
        closed" (only possible with an idle timeout or after W was raised from outside);
@@ -74,6 +75,16 @@ def _time_reason(column: str) -> Callable[[Mapping[str, Any], Exception], str]:
     return reason
 
 
+def _edge_reason(column: str) -> Callable[[Any], str]:
+    def reason(value: Any) -> str:
+        return (
+            f"{column}: {show(value)} is too close to the limits of years 1..9999 "
+            "(a window or the watermark would fall outside)"
+        )
+
+    return reason
+
+
 def _not_object(record: Any) -> str:
     return f"record: {show(record)} is not a JSON object"
 
@@ -105,6 +116,15 @@ def _emit_event_time(src: _Source, spec: QuerySpec) -> None:
         depth = 2
     src.add(depth, "try:", "    ts = parse_time(raw)", "except ValueError as exc:")
     src.add(depth + 1, "bad_append(BadRecord(p, off, time_reason(rec, exc), rec))", "continue")
+    # Window bounds and the watermark must be times too (the sink stores them
+    # as timestamps): a time within a window size (or the delay) of the limits
+    # would make a row or a ledger entry that cannot be written.
+    size = spec.window.size_ms if spec.window is not None else 0
+    lo = MIN_EVENT_TS_MS + size + (spec.delay_ms or 0)
+    hi = MAX_EVENT_TS_MS - size
+    if lo != MIN_EVENT_TS_MS or hi != MAX_EVENT_TS_MS:
+        src.add(2, f"if ts < {lo} or ts > {hi}:")
+        src.add(3, "bad_append(BadRecord(p, off, edge_reason(raw), rec))", "continue")
 
 
 def _emit_key(src: _Source, spec: QuerySpec) -> None:
@@ -181,6 +201,7 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     if spec.event_time_column is not None:
         namespace["parse_time"] = event_time_parser(spec.event_time_format)
         namespace["time_reason"] = _time_reason(spec.event_time_column)
+        namespace["edge_reason"] = _edge_reason(spec.event_time_column)
     src = _Source()
     src.add(0, "def run_segment(ps, seg, closed_w, now_ms, late, bad):")
     src.add(1, "p = ps.partition", "dirty = ps.dirty", "load = ps.load")

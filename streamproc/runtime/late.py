@@ -111,6 +111,35 @@ def late_dlq_message(
     )
 
 
+def failed_record_dlq_message(
+    topic: str,
+    source_topic: str,
+    raw: RawRecord,
+    batch_id: str,
+    start_offset: int,
+    next_offset: int,
+    error: str,
+) -> OutgoingMessage:
+    """The original bytes of a record the sink rejected, with its ledger batch and the error.
+
+    ``batch_id``, ``batch_start_offset`` and ``batch_next_offset`` name the
+    ledger row that records it as dead-lettered (FAULTS.md).
+    """
+    message = bad_dlq_message(topic, source_topic, raw, f"rejected by the sink: {error}")
+    return OutgoingMessage(
+        message.topic,
+        message.key,
+        message.value,
+        (
+            *message.headers,
+            ("batch_id", batch_id.encode("utf-8", "replace")),
+            ("batch_start_offset", str(start_offset).encode()),
+            ("batch_next_offset", str(next_offset).encode()),
+            ("error", error.encode("utf-8", "replace")),
+        ),
+    )
+
+
 def bad_dlq_message(topic: str, source_topic: str, raw: RawRecord, reason: str) -> OutgoingMessage:
     """The original bytes of a bad record, with headers saying where and why."""
     return OutgoingMessage(

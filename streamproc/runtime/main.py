@@ -72,9 +72,11 @@ def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[st
     return [
         f"query {plan.query_name}: {stats.records} record(s) read in {stats.batches} batch(es), "
         f"{elapsed_s:.1f}s ({rate:,.0f} records/s)",
-        f"  aggregated {stats.aggregated}, late {stats.late}, bad {stats.bad}, "
+        f"  aggregated {stats.aggregated}, late {stats.late}, bad {stats.bad} "
+        f"(rejected by the sink and dead-lettered {stats.dead_lettered}), "
         f"filtered {stats.filtered}; result rows written {stats.result_rows}; "
-        f"stale batches {stats.stale_batches}, failed commits {stats.failed_commits}",
+        f"stale batches {stats.stale_batches}, failed commits {stats.failed_commits}, "
+        f"sink outages {stats.sink_outages}",
         f"  {stats.late_summary.text()}",
     ]
 

@@ -18,7 +18,7 @@ RECORDS = Counter(
 LATE = Counter("streamproc_late_records_total", "Late records, by strategy", ["query", "strategy"])
 BATCHES = Counter(
     "streamproc_batches_total",
-    "Micro-batches, by result (committed, stale, failed)",
+    "Micro-batches, by result (committed, stale, failed, dead_lettered, unavailable)",
     ["query", "result"],
 )
 RESULT_ROWS = Counter("streamproc_result_rows_total", "Result rows written", ["query"])
@@ -29,7 +29,9 @@ WATERMARK = Gauge(
     "streamproc_watermark_ms", "Partition watermark (event time, epoch ms)", ["query", "partition"]
 )
 BREAKER_OPEN = Gauge(
-    "streamproc_circuit_breaker_open", "1 while the sink circuit breaker is open", ["query"]
+    "streamproc_circuit_breaker_open",
+    "1 while the sink circuit breaker is open or half-open (probing), 0 while closed",
+    ["query"],
 )
 
 _started = False

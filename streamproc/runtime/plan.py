@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamproc.engine import QuerySpec
+from streamproc.runtime.quality import QualityPlan
 
 TriggerKind = Literal["continuous", "processingtime", "once", "availablenow"]
 LateStrategy = Literal["drop", "loganddrop", "sendtodlq", "separatestream"]
@@ -75,6 +76,7 @@ class QueryPlan:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     fail_fast: bool = False
+    quality: QualityPlan = field(default_factory=QualityPlan)
 
     @property
     def group_id(self) -> str:

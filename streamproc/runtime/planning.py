@@ -9,6 +9,7 @@ from typing import Any
 from streamproc.config import PipelineConfig
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
+from streamproc.runtime.quality import QualityPlan, QualityRule
 
 # Spark-style `kafka.*` security settings -> aiokafka client arguments.
 _SECURITY_KEYS: Mapping[str, str] = {
@@ -135,6 +136,31 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
             half_open_max_attempts=breaker.half_open_max_attempts,
         ),
         fail_fast=eh.fail_fast,
+        quality=_quality_plan(cfg, agg.window_column),
+    )
+
+
+def _quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan:
+    dq = cfg.data_quality
+    if not dq.enabled:
+        return QualityPlan()
+    rules = tuple(
+        QualityRule(
+            name=rule.name or f"rule{i}",
+            rule_type=rule.rule_type,
+            columns=tuple(rule.columns),
+            severity=rule.severity,
+            min=rule.parameters.min if rule.parameters else None,
+            max=rule.parameters.max if rule.parameters else None,
+        )
+        for i, rule in enumerate(dq.rules)
+    )
+    return QualityPlan(
+        rules=rules,
+        on_failure=dq.on_failure,
+        after_extract=dq.validate_after_extract,
+        after_transform=dq.validate_after_transform,
+        window_column=window_column,
     )
 
 

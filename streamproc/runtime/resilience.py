@@ -1,7 +1,9 @@
 """Retries with backoff and a circuit breaker around sink transactions and DLQ writes.
 
-Delays are wall time. The clock and the sleep are injected so the logic is
-tested without waiting.
+Delays are wall time. The clock, the sleep and the jitter's random source are
+injected so the logic is tested without waiting. The breaker tracks whether
+the sink can be reached: only failures the caller calls outages count
+against it (FAULTS.md).
 """
 
 from __future__ import annotations
@@ -85,10 +87,15 @@ class CircuitBreaker:
             self._half_open_attempts += 1
 
     def record_success(self) -> None:
-        """A call succeeded: close the breaker."""
+        """A call reached the sink (it succeeded, or the sink answered with an error): close."""
         self._failures = 0
         if self._state is not BreakerState.CLOSED:
             self._set(BreakerState.CLOSED)
+
+    def record_abandoned(self) -> None:
+        """A call let through ended without an answer (cancelled): free its probe slot."""
+        if self._state is BreakerState.HALF_OPEN and self._half_open_attempts > 0:
+            self._half_open_attempts -= 1
 
     def record_failure(self) -> None:
         """A call failed: count it, open the breaker at the threshold or on a failed probe."""
@@ -126,6 +133,32 @@ def backoff_delays(policy: RetryPolicy, rng: random.Random | None = None) -> lis
     return delays
 
 
+#: The shortest wait between two tries to reach an unavailable sink, so that
+#: retryConfig strategy "none" (or a zero delay) never becomes a busy loop.
+MIN_OUTAGE_DELAY_S = 1.0
+
+
+def outage_delay(policy: RetryPolicy, attempt: int) -> float:
+    """Wall seconds to wait before try `attempt` (0-based) to reach a sink that is down.
+
+    Follows the retry policy's growth (exponential or fixed) without jitter,
+    never below MIN_OUTAGE_DELAY_S nor above the policy's cap.
+    """
+    cap = max(policy.max_delay_s, MIN_OUTAGE_DELAY_S)
+    delay = policy.initial_delay_s
+    if policy.strategy == "exponential":
+        # Grow step by step so a long outage never overflows the float.
+        for _ in range(attempt):
+            delay *= policy.multiplier
+            if delay >= cap:
+                break
+    return min(cap, max(MIN_OUTAGE_DELAY_S, delay))
+
+
+def _always(exc: Exception) -> bool:
+    return True
+
+
 async def call_with_retry(
     operation: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
@@ -133,23 +166,43 @@ async def call_with_retry(
     *,
     what: str,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    is_outage: Callable[[Exception], bool] = _always,
+    retry_if: Callable[[Exception], bool] = _always,
+    rng: random.Random | None = None,
 ) -> T:
     """Run operation, retrying per policy; every attempt goes through the breaker.
 
+    Args:
+        operation: The call (a sink transaction, a DLQ write).
+        policy: Attempts and delays (wall time).
+        breaker: Asked before every attempt; told how each attempt ended.
+        what: Names the call in log lines.
+        sleep: Waits between attempts (injected in tests).
+        is_outage: Whether a failure means the sink cannot be reached; only
+            those count against the breaker (an answer, even an error, shows
+            the sink is there).
+        retry_if: Whether a failure is worth another attempt.
+        rng: Random source of the jitter.
+
     Raises:
-        The last exception when every attempt failed, or CircuitOpenError.
+        The last exception when every attempt failed or it is not retried, or
+        CircuitOpenError when the breaker lets no attempt through.
     """
-    delays = backoff_delays(policy)
+    delays = backoff_delays(policy, rng)
     attempt = 0
     while True:
         breaker.before_call()
         try:
             result = await operation()
         except asyncio.CancelledError:
+            breaker.record_abandoned()
             raise
         except Exception as exc:
-            breaker.record_failure()
-            if attempt >= len(delays):
+            if is_outage(exc):
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            if attempt >= len(delays) or not retry_if(exc):
                 raise
             log.warning(
                 "%s failed (attempt %d of %d): %s; retrying in %.1fs",

@@ -64,7 +64,9 @@ class ResultTableLayout:
     @property
     def constraint_name(self) -> str:
         """The unique key's constraint name (stable, <= 63 chars)."""
-        return (self.table.split(".")[-1] + "_key")[:63]
+        # PostgreSQL cuts names at 63 bytes; cut the table's part first so the
+        # constraint's index never takes the (cut) name of the table itself.
+        return self.table.split(".")[-1][:59] + "_key"
 
 
 def result_layout(spec: QuerySpec, table: str) -> ResultTableLayout:
@@ -169,8 +171,23 @@ CREATE TABLE IF NOT EXISTS {quote_ident(LEDGER_TABLE)} (
   max_event_time timestamp with time zone,
   watermark timestamp with time zone,
   committed_at timestamp with time zone NOT NULL DEFAULT now(),
+  dead_lettered integer NOT NULL DEFAULT 0,
+  error text,
   PRIMARY KEY (query, topic, partition, start_offset)
 )"""
+
+
+def upgrade_ledger_table_sql() -> str:
+    """DDL that adds the failure columns to a ledger created before they existed.
+
+    ``dead_lettered`` counts the records of ``bad`` that the sink rejected and
+    that went to the DLQ instead; ``error`` is the sink's error for them.
+    """
+    t = quote_ident(LEDGER_TABLE)
+    return (
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS dead_lettered integer NOT NULL DEFAULT 0;\n"
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS error text"
+    )
 
 
 def create_late_table_sql(table: str) -> str:

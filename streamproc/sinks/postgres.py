@@ -30,12 +30,16 @@ from streamproc.sinks.layout import (
     create_result_table_sql,
     layout_differences,
     quote_ident,
+    upgrade_ledger_table_sql,
 )
 from streamproc.sinks.rows import datetime_to_ms, key_json, key_text, ms_to_datetime, to_json
 
 # Non-windowed aggregation stores its partials with this window, so that one
 # primary key serves both shapes.
 NO_WINDOW_MS = 0
+# Seconds one statement may take before the server counts as unreachable
+# (a sink transaction of a 20,000-record batch takes well under a second).
+COMMAND_TIMEOUT_S = 120.0
 
 _SQL_ARRAY_TYPE = {
     "text": "text[]",
@@ -64,6 +68,10 @@ class PartitionCommit:
     filtered: int
     max_event_ts_ms: int | None
     watermark_ms: int | None
+    # Records of `bad` that the sink rejected and that went to the DLQ
+    # instead, with the sink's error (FAULTS.md).
+    dead_lettered: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +158,23 @@ class PostgresCheckpoint:
 
     async def open(self) -> None:
         """Connect, create missing tables, and refuse an incompatible result table."""
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=2)
+        # min_size=0: while the server is down the pool does not keep trying
+        # (and logging) to refill a floor; the query's breaker paces reconnects.
+        # command_timeout: a server that stops answering is an outage, not a hang.
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=0, max_size=2, timeout=10, command_timeout=COMMAND_TIMEOUT_S
+        )
         async with self._pool.acquire() as conn, conn.transaction():
             # Serialise DDL between workers starting at the same time.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "streamproc:ddl")
             await conn.execute(create_ledger_table_sql())
+            upgraded = await conn.fetchval(
+                """SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1)
+                   AND attname IN ('dead_lettered', 'error') AND NOT attisdropped""",
+                quote_ident(LEDGER_TABLE),
+            )
+            if upgraded < 2:  # ALTER TABLE locks the ledger: only when needed
+                await conn.execute(upgrade_ledger_table_sql())
             await conn.execute(create_partials_table_sql())
             if self._late_table:
                 await conn.execute(create_late_table_sql(self._late_table))
@@ -475,8 +495,9 @@ class PostgresCheckpoint:
         await conn.executemany(
             f"""INSERT INTO {quote_ident(LEDGER_TABLE)}
                   (query, topic, partition, start_offset, next_offset, batch_id, records,
-                   aggregated, late, bad, filtered, max_event_time, watermark)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+                   aggregated, late, bad, filtered, max_event_time, watermark, dead_lettered,
+                   error)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
             [
                 (
                     self._query,
@@ -492,6 +513,8 @@ class PostgresCheckpoint:
                     p.filtered,
                     ms_to_datetime(p.max_event_ts_ms),
                     ms_to_datetime(p.watermark_ms),
+                    p.dead_lettered,
+                    p.error,
                 )
                 for p in partitions
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamproc.local import create_topic
+from streamproc.runtime.quality import QualityPlan, QualityRule
+from streamproc.runtime.query import QueryFailedError
 from streamproc.sinks.postgres import IncompatibleTableError
 from tests.integration.expected import Query, expected, parse_ts
 from tests.integration.pipeline_helpers import (
@@ -225,3 +228,44 @@ async def test_an_incompatible_existing_table_is_refused_with_what_differs(
     assert "column user_id is integer, expected text" in message
     assert "missing column window_start (timestamp with time zone)" in message
     assert "unique key is (none), expected (user_id, window_start, window_end)" in message
+
+
+async def test_quality_rules_filter_records_and_abort_stops_before_writing(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = await setup_stream(kafka_bootstrap, unique_name, n=600)
+    rule = QualityRule("Values", "range", ("value",), min=0, max=400)
+    plan = dataclasses.replace(
+        make_plan(
+            name=unique_name, bootstrap=kafka_bootstrap, dsn=pg_dsn, tmp=tmp_path, query=QUERY
+        ),
+        quality=QualityPlan(rules=(rule,), on_failure="continue", after_extract=True),
+    )
+    [stats] = await run_workers(plan)
+    kept = {
+        p: [(o, r) for o, r in recs if r.get("value") is None or 0 <= r["value"] <= 400]
+        for p, recs in with_offsets(stream).items()
+    }
+    n_filtered = 600 - sum(len(v) for v in kept.values())
+    assert stats.filtered == n_filtered > 0
+    assert stats.records == stats.aggregated + stats.late + stats.bad + stats.filtered
+    ledger = await pg.fetchval(
+        "SELECT sum(filtered) FROM streamproc_ledger WHERE query = $1", unique_name
+    )
+    assert ledger == n_filtered
+    want = expected(QUERY, kept)
+    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+
+    other = f"{unique_name}_abort"
+    await create_topic(kafka_bootstrap, other, 4)
+    await produce(kafka_bootstrap, other, stream)
+    aborting = dataclasses.replace(
+        plan,
+        query_name=other,
+        topic=other,
+        table=other,
+        quality=QualityPlan(rules=(rule,), on_failure="abort", after_extract=True),
+    )
+    with pytest.raises(QueryFailedError, match=r"stopped: data quality: partition \d+ offset"):
+        await run_workers(aborting)
+    assert await pg.fetchval("SELECT count(*) FROM streamproc_ledger WHERE query = $1", other) == 0

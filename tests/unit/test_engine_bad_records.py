@@ -51,6 +51,11 @@ CASES: list[tuple[Any, str]] = [
     ),
     (with_(event_time=10**16), "event_time: 10000000000000000 is outside years 1..9999"),
     (with_(event_time="10000-01-01T00:00:00"), "is not an ISO-8601 time or epoch milliseconds"),
+    # A valid time whose window [t - t % 10, +10) would end after year 9999, and the
+    # first 10 ms of year 1, whose window would start before it: rows the sink
+    # could not store (the window bounds are timestamps there).
+    (with_(event_time=253_402_300_799_995), "is too close to the limits of years 1..9999"),
+    (with_(event_time="0001-01-01T00:00:00.005Z"), "is too close to the limits of years 1..9999"),
     (with_(amount="abc"), "amount: 'abc' is not a number (needed by amount:sum)"),
     (with_(amount=True), "amount: True is not a number (needed by amount:sum)"),
     (with_(amount=float("nan")), "amount: nan is not a finite number (needed by amount:sum)"),

@@ -74,3 +74,11 @@ def test_layout_differences_name_each_difference() -> None:
     ]
     fitting = [(c.name, c.sql_type) for c in layout.columns]
     assert layout_differences(layout, fitting, list(layout.key_columns)) == []
+
+
+def test_constraint_name_never_takes_the_cut_name_of_a_long_table() -> None:
+    # PostgreSQL cuts identifiers at 63 bytes: "<table>_key" cut there would be
+    # the table's own (cut) name and collide with it.
+    layout = result_layout(SPEC, "t" * 70)
+    assert layout.constraint_name == "t" * 59 + "_key"
+    assert layout.constraint_name != layout.table[:63]

@@ -1,0 +1,140 @@
+"""kill -9 of the worker at 20 random instants of a 200,000-record run, then an exact finish.
+
+A worker (processingtime trigger) is started, killed with SIGKILL at a random
+instant, and started again, 20 times; an availablenow run then finishes the
+topic. The result table, the late side table and the partials must equal
+one clean run's (and the independent model's), and the ledger must hold
+every offset exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproc.local import create_topic
+from tests.faults.harness import (
+    DELAY_MS,
+    Pipeline,
+    Worker,
+    check_ledger,
+    clean_run,
+    encode_stream,
+    expected_late,
+    fault_query,
+    ledger_records,
+    produce_raw,
+    read_late_table,
+    read_partials,
+)
+from tests.integration.expected import expected
+from tests.integration.pipeline_helpers import (
+    assert_tables_equal,
+    make_stream,
+    read_table,
+    with_offsets,
+)
+
+RECORDS = 200_000
+KILLS = 20
+SEED = int(os.environ.get("STREAMPROC_FAULT_SEED", "20251126"))
+# A killed worker stays in the consumer group until its session times out,
+# and the next one waits about half of it for its first assignment: 3 s keeps
+# 20 restarts to about 3 minutes (heartbeats go every second).
+SESSION_MS = 3_000
+
+
+@pytest.mark.slow
+async def test_kill9_at_random_instants_equals_a_clean_run(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    rng = random.Random(SEED)
+    stream = make_stream(RECORDS, partitions=4, seed=SEED % 1000)
+    await create_topic(kafka_bootstrap, unique_name, 4)
+    await produce_raw(kafka_bootstrap, unique_name, encode_stream(stream))
+    late_table = f"{unique_name}_late"
+    pipeline = Pipeline(
+        name=unique_name,
+        topic=unique_name,
+        table=unique_name,
+        bootstrap=kafka_bootstrap,
+        dsn=pg_dsn,
+        checkpoint=tmp_path / "checkpoints",
+        # ~3,000 records/s at most: the run spans all 20 lives of the worker.
+        trigger="processingtime=500 milliseconds",
+        max_records=1_500,
+        late={"strategy": "separatestream", "lateDataTable": late_table},
+    )
+    config = pipeline.write(tmp_path)
+
+    progress = [0]
+    for life in range(KILLS):
+        worker = Worker(config, tmp_path / f"worker-{life}.log", session_timeout_ms=SESSION_MS)
+        try:
+            if life % 4 == 3:
+                # Some instants fall in start-up: joining, restoring, first fetch.
+                await asyncio.sleep(rng.uniform(0.5, 4.0))
+            else:
+                await worker.wait_for("assigned partitions [0, 1, 2, 3]")
+                await asyncio.sleep(rng.uniform(0.0, 3.0))
+            assert worker.alive(), worker.text()[-3000:]
+            worker.kill9()
+        finally:
+            worker.stop()
+        progress.append(await ledger_records(pg, unique_name))
+    # The kills landed during the run (most lives committed something, none
+    # finished the topic), and a kill never took back what was committed.
+    assert progress[-1] < RECORDS, progress
+    assert progress == sorted(progress)
+    lives_with_commits = sum(b > a for a, b in itertools.pairwise(progress))
+    assert lives_with_commits >= KILLS // 4, progress
+
+    # The last killed worker leaves the group when its session times out; the
+    # availablenow run must own every partition to finish the topic.
+    await asyncio.sleep(SESSION_MS / 1000 + 1)
+    pipeline.trigger, pipeline.max_records = "availablenow", 5_000  # sizes never change results
+    finisher = Worker(
+        pipeline.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
+    )
+    try:
+        assert await finisher.finish(timeout=300) == 0, finisher.text()[-3000:]
+    finally:
+        finisher.stop()
+    assert "assigned partitions [0, 1, 2, 3]" in finisher.text()
+
+    produced = {p: len(records) for p, records in stream.items()}
+    ledger = await check_ledger(pg, unique_name, unique_name, produced)
+    query = fault_query()
+    model = expected(query, with_offsets(stream))
+    assert_tables_equal(await read_table(pg, unique_name, query), model.table)
+    late = await read_late_table(pg, late_table, unique_name)
+    want_late = expected_late(with_offsets(stream), DELAY_MS)
+    assert late == want_late
+    assert set(want_late) == set(model.late)
+    assert ledger.late == len(want_late) and ledger.aggregated == RECORDS - len(want_late)
+
+    reference = f"{unique_name}_ref"
+    stats = await clean_run(
+        config, query=reference, table=reference, late_table=f"{reference}_late"
+    )
+    assert stats.records == RECORDS
+    assert_tables_equal(
+        await read_table(pg, unique_name, query), await read_table(pg, reference, query)
+    )
+    assert await read_late_table(pg, late_table, unique_name) == await read_late_table(
+        pg, f"{reference}_late", reference
+    )
+    partials = await read_partials(pg, unique_name)
+    assert partials and partials == await read_partials(pg, reference)
+    print(
+        f"\nkill -9 x{KILLS} (seed {SEED}): ledger progress at each kill {progress[1:]}, "
+        f"{lives_with_commits} lives committed; "
+        f"{ledger.rows} ledger rows, {ledger.records} records, {len(model.table)} result rows, "
+        f"{len(late)} late rows, {len(partials)} partials; 0 differences"
+    )

@@ -1,0 +1,99 @@
+"""Data-quality rules on records and result rows (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamproc.engine import ResultRow
+from streamproc.runtime.quality import (
+    QualityAbortError,
+    QualityGate,
+    QualityPlan,
+    QualityRule,
+    check,
+    row_view,
+)
+
+NOT_NULL = QualityRule("Keys", "not_null", ("user_id", "event_time"))
+RANGE = QualityRule("Amounts", "range", ("amount",), min=0, max=100)
+UNIQUE = QualityRule("Ids", "unique", ("id",), severity="warning")
+
+
+def test_not_null_range_and_unique_name_the_rule_column_and_value() -> None:
+    items = [
+        {"id": 1, "user_id": "a", "event_time": 1, "amount": 5},
+        {"id": 2, "user_id": None, "event_time": 1, "amount": 5},
+        {"id": 3, "user_id": "c", "amount": -1},
+        {"id": 1, "user_id": "d", "event_time": 1, "amount": "x"},
+        {"id": 5, "user_id": "e", "event_time": 1, "amount": 101.5},
+        {"id": 6, "user_id": "f", "event_time": 1},
+    ]
+    got = [(v.index, v.reason, v.blocking) for v in check(items, [NOT_NULL, RANGE, UNIQUE])]
+    assert got == [
+        (1, "rule Keys (not_null): user_id is null", True),
+        (2, "rule Keys (not_null): event_time is null", True),
+        (2, "rule Amounts (range): amount = -1 is below 0", True),
+        (3, "rule Amounts (range): amount = 'x' is not a number", True),
+        (3, "rule Ids (unique): id=1 repeats", False),
+        (4, "rule Amounts (range): amount = 101.5 is above 100", True),
+    ]
+
+
+def test_booleans_are_not_numbers_for_range() -> None:
+    (violation,) = check([{"amount": True}], [RANGE])
+    assert violation.reason == "rule Amounts (range): amount = True is not a number"
+
+
+def test_row_view_lets_the_window_column_stand_for_window_start() -> None:
+    row = row_view(
+        ("user_id",), ("n", "total"), ("u1",), 600_000, 1_200_000, (3, 9.5), "event_time"
+    )
+    assert row == {
+        "user_id": "u1",
+        "window_start": 600_000,
+        "window_end": 1_200_000,
+        "event_time": 600_000,
+        "n": 3,
+        "total": 9.5,
+    }
+    assert check([row], [NOT_NULL]) == []
+
+
+def gate(on_failure: str, **kw: Any) -> QualityGate:
+    plan = QualityPlan(rules=(NOT_NULL, RANGE), on_failure=on_failure, **kw)  # type: ignore[arg-type]
+    return QualityGate(plan, ("user_id",), ("amount",))
+
+
+RECORDS = [
+    (0, 10, {"user_id": "a", "event_time": 1, "amount": 5}),
+    (1, 11, {"user_id": "b", "event_time": 1, "amount": 500}),
+    (1, 12, {"user_id": None, "event_time": 1, "amount": 5}),
+]
+
+
+def test_continue_filters_failing_records_and_counts_them_per_partition() -> None:
+    kept, filtered = gate("continue", after_extract=True).filter_records(list(RECORDS))
+    assert kept == RECORDS[:1] and filtered == {1: 2}
+
+
+def test_warn_keeps_everything() -> None:
+    kept, filtered = gate("warn", after_extract=True).filter_records(list(RECORDS))
+    assert kept == RECORDS and filtered == {}
+
+
+def test_abort_stops_with_the_record_and_rule() -> None:
+    with pytest.raises(QualityAbortError) as stopped:
+        gate("abort", after_extract=True).filter_records(list(RECORDS))
+    assert str(stopped.value) == (
+        "data quality: partition 1 offset 11: rule Amounts (range): amount = 500 is above 100 "
+        "(onFailure: abort)"
+    )
+
+
+def test_rules_after_transform_check_result_rows() -> None:
+    rows = [ResultRow(("a",), 0, 60_000, (7,)), ResultRow(("b",), 0, 60_000, (700,))]
+    gate("warn", window_column="event_time").check_rows(rows)  # logs, writes
+    with pytest.raises(QualityAbortError, match="amount = 700 is above 100"):
+        gate("abort", window_column="event_time").check_rows(rows)
