@@ -90,6 +90,13 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         state_timeout_ms=cfg.state_timeout_ms,
     )
     eh = cfg.error_handling
+    if eh.dlq.dlq_type == "postgresql":
+        # Accepted by the format (NEW), not written by the streaming runtime yet:
+        # refusing it beats counting bad records that go nowhere.
+        raise ValueError(
+            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented by the "
+            "streaming runtime yet; use kafka, logging or none"
+        )
     retry = eh.retry
     breaker = eh.circuit_breaker
     late = streaming.late_data

@@ -78,3 +78,13 @@ def test_rate_limited_log_caps_lines_per_interval(caplog: pytest.LogCaptureFixtu
 
 def test_batch_ids_are_deterministic() -> None:
     assert batch_id("q", "t", 3, 100, 250) == "q/t/3/100-250" == batch_id("q", "t", 3, 100, 250)
+
+
+def test_a_postgresql_dlq_is_refused_rather_than_silently_ignored() -> None:
+    path = CONFIGS[[p.name for p in CONFIGS].index("streaming-example.json")]
+    config = load_config(path, env={})
+    dlq = config.error_handling.dlq.model_copy(update={"dlq_type": "postgresql"})
+    handling = config.error_handling.model_copy(update={"dlq": dlq})
+    broken = config.model_copy(update={"error_handling": handling})
+    with pytest.raises(ValueError, match=r"^errorHandlingConfig.dlqConfig.dlqType: 'postgresql'"):
+        plan_from_config(broken)
