@@ -16,10 +16,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from streamproc.engine import Emission, Engine, PartialRow, ResultRow
+from streamproc.engine import Emission, Engine, ResultRow
 from streamproc.runtime import metrics
 from streamproc.runtime.decode import RawRecord, UndecodableRecord, decode_records
 from streamproc.runtime.failures import FailureKind, classify_failure, first_line
@@ -94,12 +93,6 @@ class RunStats:
     sink_outages: int = 0
     result_rows: int = 0
     late_summary: LateSummary = field(default_factory=LateSummary)
-    started_at: float = field(default_factory=time.monotonic)
-
-    def records_per_second(self) -> float:
-        """Records read per wall second since the run started."""
-        elapsed = time.monotonic() - self.started_at
-        return self.records / elapsed if elapsed > 0 else 0.0
 
 
 class QueryFailedError(RuntimeError):
@@ -435,9 +428,6 @@ class StreamingQuery:
                 self._end_pending.discard(p)
                 if self._next.get(p, 0) >= self._ends[p]:
                     self._source.pause({p})
-
-    def _all_ends_known(self) -> bool:
-        return not self._end_pending
 
     def _bounded_done(self, pending: Sequence[RawRecord] = ()) -> bool:
         if self._end_pending:
@@ -967,11 +957,3 @@ class StreamingQuery:
         for producer in (self._producer, self._result_producer):
             if producer is not None:
                 await producer.stop()
-
-
-def default_store_dir(plan: QueryPlan) -> Path:
-    """Where a query keeps its RocksDB working state."""
-    return Path(plan.checkpoint_location) / "state"
-
-
-__all__ = ["PartialRow", "QueryFailedError", "RunStats", "StreamingQuery", "default_store_dir"]
