@@ -1,7 +1,7 @@
 """Pure event-time engine: time parsing, windows, aggregates, watermarks, emission (no I/O)."""
 
 from streamproc.engine.aggregates import MAX_ABS_NUMBER, finalize, merge_states
-from streamproc.engine.engine import Engine, Record, wall_clock_ms
+from streamproc.engine.engine import Engine, Record
 from streamproc.engine.eventtime import (
     MAX_EVENT_TS_MS,
     MIN_EVENT_TS_MS,
@@ -61,7 +61,6 @@ __all__ = [
     "merge_states",
     "open_window_starts",
     "parse_event_time",
-    "wall_clock_ms",
     "window_start",
     "window_starts",
 ]

@@ -19,7 +19,6 @@ Exactly-once contract with the runtime (DESIGN.md section 3):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
 from operator import itemgetter
@@ -54,18 +53,14 @@ Record = tuple[int, int, Mapping[str, Any]]
 _by_partition = itemgetter(0)
 
 
-def wall_clock_ms() -> int:
-    """Current wall time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
-
-
 class Engine:
     """Event-time windowed aggregation over the local partitions of one source.
 
     Args:
         spec: The query.
         store_factory: Opens the WindowStore of a partition (called on first use).
-        clock: Wall clock in epoch milliseconds (idle timeout, wall state timeout).
+        clock: Wall clock in epoch milliseconds (idle timeout, wall state timeout); the
+            engine reads no other clock, so tests drive it by hand.
         max_cached_entries: Clean entries kept in memory across emits, over all local
             partitions, before the caches are dropped (state then reads from the stores).
     """
@@ -74,7 +69,7 @@ class Engine:
         self,
         spec: QuerySpec,
         store_factory: Callable[[int], WindowStore],
-        clock: Callable[[], int] = wall_clock_ms,
+        clock: Callable[[], int],
         *,
         max_cached_entries: int = 1_000_000,
     ) -> None:
@@ -337,4 +332,4 @@ class Engine:
         return ws, key, checked_state(spec, row.state)
 
 
-__all__ = ["Engine", "Record", "wall_clock_ms"]
+__all__ = ["Engine", "Record"]

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from streamproc.engine.kernel import NO_TS
-from streamproc.state.base import Entry, Key, WindowStart, WindowStore, window_order
+from streamproc.state.base import Entry, Key, WindowStart, WindowStore
 
 StateList = list[Any]
 Window = dict[Key, Any]
@@ -120,12 +120,6 @@ class PartitionState:
                 state = self.store.get(ws, key)
             if state is not None:
                 yield key, state
-
-    def entries(self) -> Iterator[tuple[WindowStart, Key, Any]]:
-        """Every entry, in window-start order."""
-        for ws in sorted(self.window_starts(), key=window_order):
-            for key, state in self.window_view(ws).items():
-                yield ws, key, state
 
     def cached_entries(self) -> int:
         """Entries held in memory (dirty + cache)."""

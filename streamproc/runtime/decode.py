@@ -12,20 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from streamproc.sources.base import RawRecord
+
 # Deep nesting makes json.loads raise RecursionError; a record that deep is
 # poison, not data, and must never take the worker down.
 _MAX_REASON_CHARS = 200
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """A record as fetched: where it came from and its undecoded bytes."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
 
 
 @dataclass(frozen=True, slots=True)

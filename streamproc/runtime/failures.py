@@ -83,3 +83,20 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     # Error texts can quote the offending value: keep them storable as text.
     text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when a failure means the sink cannot be reached right now."""
+    return classify_failure(exc) is FailureKind.UNAVAILABLE
+
+
+class SinkOutage(Exception):
+    """The sink could not be reached; the batch is replayed once it answers again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(first_line(cause))
+        self.cause = cause
+
+
+class QueryFailedError(RuntimeError):
+    """The query stopped: a failure that neither waiting nor dead-lettering can answer."""

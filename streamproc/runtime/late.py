@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamproc.engine import LateRecord
-from streamproc.runtime.decode import RawRecord
-from streamproc.sinks.kafka import OutgoingMessage
+from streamproc.sinks.base import OutgoingMessage
 from streamproc.sinks.rows import ms_to_datetime
+from streamproc.sources.base import RawRecord
 
 log = logging.getLogger("streamproc.late")
 

@@ -63,7 +63,6 @@ class QueryPlan:
     sink_topic: str | None = None
     sink_bootstrap: str | None = None
     checkpoint_location: str = ".checkpoints"
-    enable_idempotence: bool = True
     # late data
     late_strategy: LateStrategy = "drop"
     late_dlq_topic: str | None = None

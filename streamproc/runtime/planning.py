@@ -121,7 +121,6 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         sink_topic=cfg.load.topic,
         sink_bootstrap=cfg.sink_bootstrap_servers,
         checkpoint_location=streaming.checkpoint_location,
-        enable_idempotence=streaming.enable_idempotence,
         late_strategy=late.strategy,
         late_dlq_topic=late.dlq_topic,
         late_table=late.late_data_table,

@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from streamproc.engine import ResultRow
+from streamproc.sinks.base import OutgoingMessage
 from streamproc.sinks.rows import ms_to_datetime
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """One message to produce."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
 class KafkaProducerSink:
-    """A plain (non-idempotent, non-transactional) producer for DLQs and results."""
+    """A plain (non-idempotent, non-transactional) producer for DLQs and results.
+
+    A `MessageWriter`.
+    """
 
     def __init__(self, bootstrap: str, client_params: Mapping[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap
@@ -85,3 +78,44 @@ def result_message(
         json.dumps(key, separators=(",", ":"), sort_keys=True).encode(),
         json.dumps(body, separators=(",", ":")).encode(),
     )
+
+
+class KafkaResultSink:
+    """Result rows as keyed JSON messages on a topic (a `ResultSink`).
+
+    `write` returns once the broker acknowledged every message; the
+    checkpoint's transaction commits after that, so a crash in between
+    replays the batch and its messages: result messages are at-least-once,
+    and in update mode the newest message of a (key, window) is its row.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_by: Sequence[str],
+        outputs: Sequence[str],
+        client_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._producer = KafkaProducerSink(bootstrap, client_params)
+        self._topic = topic
+        self._group_by = tuple(group_by)
+        self._outputs = tuple(outputs)
+
+    async def start(self) -> None:
+        """Connect the producer."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and close the producer."""
+        await self._producer.stop()
+
+    async def prepare(self, tx: Any) -> None:
+        """Nothing to create: the topic is the broker's."""
+
+    async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
+        """Deliver the rows (acknowledged by the broker) before the transaction commits."""
+        await self._producer.send_all(
+            [result_message(self._topic, self._group_by, self._outputs, row) for row in rows]
+        )
+        return len(rows)

@@ -13,26 +13,31 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
-from streamproc.engine import PartialRow, QuerySpec, ResultRow, finalize, merge_states
+from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey, finalize, merge_states
+from streamproc.sinks.base import (
+    CommitBatch,
+    CommitOutcome,
+    LateRow,
+    PartitionCheckpoint,
+    PartitionCommit,
+    ResultSink,
+    batch_id,
+)
 from streamproc.sinks.layout import (
     LEDGER_TABLE,
     PARTIALS_TABLE,
-    ResultTableLayout,
     create_late_table_sql,
     create_ledger_table_sql,
     create_partials_table_sql,
-    create_result_table_sql,
-    layout_differences,
     quote_ident,
     upgrade_ledger_table_sql,
 )
-from streamproc.sinks.rows import datetime_to_ms, key_json, key_text, ms_to_datetime, to_json
+from streamproc.sinks.rows import datetime_to_ms, key_json, ms_to_datetime, to_json
 
 # Non-windowed aggregation stores its partials with this window, so that one
 # primary key serves both shapes.
@@ -41,88 +46,9 @@ NO_WINDOW_MS = 0
 # (a sink transaction of a 20,000-record batch takes well under a second).
 COMMAND_TIMEOUT_S = 120.0
 
-_SQL_ARRAY_TYPE = {
-    "text": "text[]",
-    "timestamp with time zone": "timestamptz[]",
-    "bigint": "bigint[]",
-    "double precision": "float8[]",
-    "jsonb": "jsonb[]",
-}
-
-
-class IncompatibleTableError(RuntimeError):
-    """An existing result table does not have the layout the query needs."""
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionCommit:
-    """The ledger entry of one partition's share of a micro-batch."""
-
-    partition: int
-    start_offset: int
-    next_offset: int
-    records: int
-    aggregated: int
-    late: int
-    bad: int
-    filtered: int
-    max_event_ts_ms: int | None
-    watermark_ms: int | None
-    # Records of `bad` that the sink rejected and that went to the DLQ
-    # instead, with the sink's error (FAULTS.md).
-    dead_lettered: int = 0
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LateRow:
-    """A late record bound for the separatestream side table."""
-
-    partition: int
-    offset: int
-    event_ts_ms: int | None
-    watermark_ms: int | None
-    reason: str
-    record: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class CommitBatch:
-    """Everything one micro-batch makes durable in one transaction."""
-
-    partitions: tuple[PartitionCommit, ...]
-    partials: Mapping[int, Sequence[PartialRow]]
-    evicted: Mapping[int, Sequence[tuple[tuple[Any, ...], int | None, int | None]]]
-    # Merged rows computed locally (valid only when this worker owns every
-    # partition); None means "merge from the partials table".
-    local_rows: Sequence[ResultRow] | None
-    late_rows: Sequence[LateRow] = ()
-    topic_partitions: int = 1
-    idle_timeout_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommitOutcome:
-    """What a commit did: stale partitions (nothing written) or the rows written."""
-
-    stale: tuple[int, ...] = ()
-    result_rows: int = 0
-    closed_windows: int = 0
-    global_watermark_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionCheckpoint:
-    """What the ledger and partials say about one partition, to resume it exactly."""
-
-    partition: int
-    next_offset: int | None
-    max_event_ts_ms: int | None
-    partials: tuple[PartialRow, ...] = field(default_factory=tuple)
-
 
 class PostgresCheckpoint:
-    """The result table and the exactly-once checkpoint of one query in PostgreSQL."""
+    """The exactly-once checkpoint of one query in PostgreSQL (a `Checkpoint`)."""
 
     def __init__(
         self,
@@ -131,27 +57,25 @@ class PostgresCheckpoint:
         query: str,
         topic: str,
         spec: QuerySpec,
-        layout: ResultTableLayout | None,
+        sink: ResultSink,
         late_table: str | None = None,
-        publish: Callable[[Sequence[ResultRow]], Awaitable[None]] | None = None,
     ) -> None:
         """Args:
-        dsn: the database of the checkpoint (and of the result table).
+        dsn: the database of the checkpoint (and of a result table).
         query: the query name (ledger and partials key).
         topic: the source topic.
         spec: the query's shape.
-        layout: the result table, or None when results go elsewhere (`publish`).
+        sink: where result rows go, written inside each commit's transaction
+            (a table of this database, or a topic: then the transaction
+            commits only after the rows were delivered, so result messages
+            are at-least-once).
         late_table: the separatestream side table, if any.
-        publish: for a Kafka sink, called inside the transaction with the rows to
-            deliver; the transaction commits only after it returned, so result
-            messages are at-least-once (a crash in between replays them).
         """
         self._dsn = dsn
         self._query = query
         self._topic = topic
         self._spec = spec
-        self._layout = layout
-        self._publish = publish
+        self._sink = sink
         self._late_table = late_table
         self._pool: Any = None
         self._lock_key = f"streamproc:{query}"
@@ -178,46 +102,13 @@ class PostgresCheckpoint:
             await conn.execute(create_partials_table_sql())
             if self._late_table:
                 await conn.execute(create_late_table_sql(self._late_table))
-            if self._layout is not None:
-                await self._ensure_result_table(conn, self._layout)
+            await self._sink.prepare(conn)
 
     async def close(self) -> None:
         """Close the connection pool."""
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-    async def _ensure_result_table(self, conn: Any, layout: ResultTableLayout) -> None:
-        existing = await conn.fetch(
-            """SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
-               FROM pg_attribute a
-               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-               ORDER BY a.attnum""",
-            quote_ident(layout.table),
-        )
-        if not existing:
-            await conn.execute(create_result_table_sql(layout))
-            return
-        keys = await conn.fetch(
-            """SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols
-               FROM pg_index i JOIN pg_attribute a
-                 ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-               WHERE i.indrelid = to_regclass($1) AND i.indisunique
-               GROUP BY i.indexrelid""",
-            quote_ident(layout.table),
-        )
-        key_sets = [list(r["cols"]) for r in keys]
-        wanted = sorted(layout.key_columns)
-        existing_key = next(
-            (k for k in key_sets if sorted(k) == wanted), key_sets[0] if key_sets else []
-        )
-        diffs = layout_differences(layout, [(r["name"], r["type"]) for r in existing], existing_key)
-        if diffs:
-            raise IncompatibleTableError(
-                f"table {layout.table} exists with an incompatible layout: "
-                + "; ".join(diffs)
-                + " (drop or rename it, or point load.table elsewhere)"
-            )
 
     async def load_partition(self, partition: int) -> PartitionCheckpoint:
         """Read a partition's ledger position and its open partials."""
@@ -284,7 +175,7 @@ class PostgresCheckpoint:
                     rows = batch.local_rows
                 else:
                     rows = await self._merge_from_partials(conn, batch.partials)
-                written = await self._write_results(conn, rows, do_update=True)
+                written = await self._sink.write(conn, rows, insert_only=False)
             await self._insert_late_rows(conn, batch.late_rows)
             await self._insert_ledger_rows(conn, batch.partitions)
             watermark = await self._global_watermark(conn, batch)
@@ -358,7 +249,7 @@ class PostgresCheckpoint:
     async def _delete_partials(
         self,
         conn: Any,
-        evicted: Mapping[int, Sequence[tuple[tuple[Any, ...], int | None, int | None]]],
+        evicted: Mapping[int, Sequence[WindowKey]],
     ) -> None:
         parts: list[int] = []
         keys: list[str] = []
@@ -423,47 +314,6 @@ class PostgresCheckpoint:
                 )
             )
         return merged
-
-    async def _write_results(self, conn: Any, rows: Sequence[ResultRow], *, do_update: bool) -> int:
-        if not rows:
-            return 0
-        if self._publish is not None:
-            await self._publish(rows)
-            return len(rows)
-        layout = self._layout
-        assert layout is not None  # no publisher means a result table
-        columns: list[list[Any]] = [[] for _ in layout.columns]
-        json_columns = {i for i, c in enumerate(layout.columns) if c.sql_type == "jsonb"}
-        for row in rows:
-            i = 0
-            for value in row.key:
-                columns[i].append(key_text(value))
-                i += 1
-            if layout.windowed:
-                columns[i].append(ms_to_datetime(row.window_start_ms))
-                columns[i + 1].append(ms_to_datetime(row.window_end_ms))
-                i += 2
-            for value in row.values:
-                columns[i].append(to_json(value) if i in json_columns else value)
-                i += 1
-        names = ", ".join(quote_ident(c.name) for c in layout.columns)
-        params = ", ".join(
-            f"${i + 1}::{_SQL_ARRAY_TYPE[c.sql_type]}" for i, c in enumerate(layout.columns)
-        )
-        conflict = ", ".join(quote_ident(c) for c in layout.key_columns)
-        if do_update and layout.value_columns:
-            action = "DO UPDATE SET " + ", ".join(
-                f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in layout.value_columns
-            )
-        else:
-            action = "DO NOTHING"
-        await conn.execute(
-            f"""INSERT INTO {quote_ident(layout.table)} ({names})
-                SELECT * FROM unnest({params})
-                ON CONFLICT ({conflict}) {action}""",
-            *columns,
-        )
-        return len(rows)
 
     async def _insert_late_rows(self, conn: Any, late_rows: Sequence[LateRow]) -> None:
         if not late_rows or not self._late_table:
@@ -558,7 +408,7 @@ class PostgresCheckpoint:
             watermark_ms,
         )
         merged = self._merge_rows(rows)
-        await self._write_results(conn, merged, do_update=False)
+        await self._sink.write(conn, merged, insert_only=True)
         return len(merged)
 
     async def _evict_closed(self, conn: Any, watermark_ms: int) -> int:
@@ -570,8 +420,3 @@ class PostgresCheckpoint:
             watermark_ms,
         )
         return int(status.split()[-1])
-
-
-def batch_id(query: str, topic: str, partition: int, start_offset: int, next_offset: int) -> str:
-    """A deterministic batch id: a replay of the same span gets the same id."""
-    return f"{query}/{topic}/{partition}/{start_offset}-{next_offset}"

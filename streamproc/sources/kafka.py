@@ -11,20 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from streamproc.runtime.decode import RawRecord
+from streamproc.sources.base import PartitionListener, RawRecord
 
 log = logging.getLogger(__name__)
-
-
-class PartitionListener(Protocol):
-    """Told about assignment changes; awaited before fetching resumes."""
-
-    async def on_assigned(self, partitions: set[int]) -> None: ...
-    async def on_revoked(self, partitions: set[int]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +49,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSource:
-    """A consumer-group member of one topic with manual offset control."""
+    """A consumer-group member of one topic with manual offset control (a `Source`)."""
 
-    def __init__(self, config: KafkaSourceConfig, listener: PartitionListener) -> None:
+    def __init__(self, config: KafkaSourceConfig) -> None:
         self._config = config
-        self._listener = listener
         self._consumer: Any = None
 
-    async def start(self) -> None:
+    @property
+    def topic(self) -> str:
+        """The topic read."""
+        return self._config.topic
+
+    async def start(self, listener: PartitionListener) -> None:
         """Join the group; assignment is reported to the listener."""
         cfg = self._config
         self._consumer = AIOKafkaConsumer(
@@ -84,7 +81,7 @@ class KafkaSource:
             **dict(cfg.client_params),
         )
         await self._consumer.start()
-        self._consumer.subscribe([cfg.topic], listener=_Rebalance(self._listener))
+        self._consumer.subscribe([cfg.topic], listener=_Rebalance(listener))
 
     async def stop(self) -> None:
         """Leave the group and close the connection."""

@@ -16,7 +16,7 @@ is on the per-record path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 #: The engine's internal group key: a str, int or None, or a tuple of JSON scalars.
@@ -33,20 +33,12 @@ class WindowStore(Protocol):
         """The state of one entry, or None."""
         ...
 
-    def get_many(self, entries: Sequence[tuple[WindowStart, Key]]) -> list[State | None]:
-        """States of several entries, in the order asked (None where absent)."""
-        ...
-
     def scan_window(self, window_start_ms: WindowStart) -> Iterator[tuple[Key, State]]:
         """Every entry of one window."""
         ...
 
     def window_starts(self) -> list[WindowStart]:
         """Window starts that have entries, ascending (None first)."""
-        ...
-
-    def items(self) -> Iterator[Entry]:
-        """Every entry, in window-start order."""
         ...
 
     def write(
@@ -66,24 +58,12 @@ class WindowStore(Protocol):
         """
         ...
 
-    def put_many(self, entries: Iterable[Entry]) -> None:
-        """Insert or replace entries (atomically)."""
-        ...
-
-    def delete_many(self, entries: Iterable[tuple[WindowStart, Key]]) -> None:
-        """Remove entries (atomically)."""
-        ...
-
     def read_meta(self) -> dict[str, Any]:
         """The metadata last written (empty for a new store)."""
         ...
 
     def clear(self) -> None:
         """Remove every entry and the metadata."""
-        ...
-
-    def flush(self) -> None:
-        """Make written changes durable (a no-op in memory)."""
         ...
 
     def close(self) -> None:

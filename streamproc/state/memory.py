@@ -6,7 +6,7 @@ States are kept as the tuples written, so the store holds a snapshot as of the l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from streamproc.state.base import Entry, Key, State, WindowStart, window_order
@@ -25,10 +25,6 @@ class MemoryWindowStore:
         window = self._windows.get(window_start_ms)
         return None if window is None else window.get(key)
 
-    def get_many(self, entries: Sequence[tuple[WindowStart, Key]]) -> list[State | None]:
-        """States of several entries, in the order asked (None where absent)."""
-        return [self.get(ws, key) for ws, key in entries]
-
     def scan_window(self, window_start_ms: WindowStart) -> Iterator[tuple[Key, State]]:
         """Every entry of one window."""
         return iter(list(self._windows.get(window_start_ms, {}).items()))
@@ -36,12 +32,6 @@ class MemoryWindowStore:
     def window_starts(self) -> list[WindowStart]:
         """Window starts that have entries, ascending (None first)."""
         return sorted((ws for ws, keys in self._windows.items() if keys), key=window_order)
-
-    def items(self) -> Iterator[Entry]:
-        """Every entry, in window-start order."""
-        for ws in self.window_starts():
-            for key, state in list(self._windows[ws].items()):
-                yield ws, key, state
 
     def write(
         self,
@@ -68,14 +58,6 @@ class MemoryWindowStore:
         if meta is not None:
             self._meta = dict(meta)
 
-    def put_many(self, entries: Iterable[Entry]) -> None:
-        """Insert or replace entries."""
-        self.write(puts=entries)
-
-    def delete_many(self, entries: Iterable[tuple[WindowStart, Key]]) -> None:
-        """Remove entries."""
-        self.write(deletes=entries)
-
     def read_meta(self) -> dict[str, Any]:
         """The metadata last written (empty for a new store)."""
         return dict(self._meta)
@@ -84,9 +66,6 @@ class MemoryWindowStore:
         """Remove every entry and the metadata."""
         self._windows.clear()
         self._meta = {}
-
-    def flush(self) -> None:
-        """Nothing to do in memory."""
 
     def close(self) -> None:
         """Mark the store closed; the data stays readable for tests."""

@@ -88,15 +88,6 @@ class RocksWindowStore:
         raw = self._db.get(encode_key(window_start_ms, key))
         return None if raw is None else decode_state(raw)
 
-    def get_many(self, entries: Sequence[tuple[WindowStart, Key]]) -> list[State | None]:
-        """States of several entries, in the order asked (None where absent)."""
-        get = self._db.get
-        out: list[State | None] = []
-        for ws, key in entries:
-            raw = get(encode_key(ws, key))
-            out.append(None if raw is None else decode_state(raw))
-        return out
-
     def scan_window(self, window_start_ms: WindowStart) -> Iterator[tuple[Key, State]]:
         """Every entry of one window (a prefix scan)."""
         prefix = window_prefix(window_start_ms)
@@ -117,14 +108,6 @@ class RocksWindowStore:
             out.append(decode_window_prefix(prefix))
             it.seek((int.from_bytes(prefix, "big") + 1).to_bytes(8, "big"))
         return out
-
-    def items(self) -> Iterator[Entry]:
-        """Every entry, in window-start order."""
-        for raw_key, raw_value in self._scan_from(b""):
-            if raw_key[:8] == _META_KEY[:8]:
-                return
-            ws, key = decode_key(raw_key)
-            yield ws, key, decode_state(raw_value)
 
     def _scan_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()
@@ -154,14 +137,6 @@ class RocksWindowStore:
             put(_META_KEY, _dumps(dict(meta), _MARSHAL_VERSION))
         self._db.write(batch)
 
-    def put_many(self, entries: Iterable[Entry]) -> None:
-        """Insert or replace entries atomically."""
-        self.write(puts=entries)
-
-    def delete_many(self, entries: Iterable[tuple[WindowStart, Key]]) -> None:
-        """Remove entries atomically."""
-        self.write(deletes=entries)
-
     def read_meta(self) -> dict[str, Any]:
         """The metadata last written (empty for a new store)."""
         raw = self._db.get(_META_KEY)
@@ -172,10 +147,6 @@ class RocksWindowStore:
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(b"", b"\xff" * 9)
         self._db.write(batch)
-
-    def flush(self) -> None:
-        """Flush the memtable to disk."""
-        self._db.flush()
 
     def close(self) -> None:
         """Close the database; it can be reopened from the same path."""

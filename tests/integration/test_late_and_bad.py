@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streamproc.local import create_topic
 from streamproc.runtime.quality import QualityPlan, QualityRule
 from streamproc.runtime.query import QueryFailedError
-from streamproc.sinks.postgres import IncompatibleTableError
+from streamproc.sinks.postgres_table import IncompatibleTableError
 from tests.integration.expected import Query, expected, parse_ts
 from tests.integration.pipeline_helpers import (
     AGGS,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from streamproc.runtime.decode import RawRecord, decode_records
+from streamproc.runtime.decode import decode_records
+from streamproc.sources.base import RawRecord
 
 
 def raw(value: bytes | None, offset: int = 0) -> RawRecord:

@@ -11,7 +11,7 @@ from streamproc.config import load_config
 from streamproc.engine import LateRecord
 from streamproc.runtime.late import LateSummary, RateLimitedLog
 from streamproc.runtime.planning import kafka_client_params, plan_from_config
-from streamproc.sinks.postgres import batch_id
+from streamproc.sinks.base import batch_id
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.json"))
 

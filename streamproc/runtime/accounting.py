@@ -1,0 +1,104 @@
+"""The run's accounting: counts, metrics and log lines of what was committed.
+
+Everything here happens once a batch is durable, so a retried or replayed
+batch is counted once. For every partition of every batch:
+records = aggregated + late + bad + filtered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from streamproc.engine import LateRecord
+from streamproc.runtime import metrics
+from streamproc.runtime.late import LateSummary
+from streamproc.runtime.routers import BadRouter, LateRouter
+from streamproc.sinks.base import CommitOutcome, PartitionCommit
+from streamproc.sources.base import RawRecord
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counts of one run of a query (this worker only)."""
+
+    records: int = 0
+    aggregated: int = 0
+    late: int = 0
+    bad: int = 0
+    filtered: int = 0
+    # Of `bad`: records the sink rejected, isolated and dead-lettered.
+    dead_lettered: int = 0
+    batches: int = 0
+    stale_batches: int = 0
+    failed_commits: int = 0
+    sink_outages: int = 0
+    result_rows: int = 0
+    late_summary: LateSummary = field(default_factory=LateSummary)
+
+
+class Accounting:
+    """Counts committed batches into `RunStats` and the Prometheus metrics."""
+
+    def __init__(self, query: str, late: LateRouter, bad: BadRouter) -> None:
+        self.stats = RunStats()
+        self._query = query
+        self._late = late
+        self._bad = bad
+
+    def committed(
+        self,
+        partitions: Sequence[PartitionCommit],
+        outcome: CommitOutcome,
+        late: Sequence[LateRecord] = (),
+        bad: Sequence[tuple[RawRecord, str]] = (),
+    ) -> None:
+        """A batch is durable: count it, and let the routers log what they log."""
+        stats = self.stats
+        query = self._query
+        for p in partitions:
+            stats.records += p.records
+            stats.aggregated += p.aggregated
+            stats.late += p.late
+            stats.bad += p.bad
+            stats.filtered += p.filtered
+            stats.dead_lettered += p.dead_lettered
+            for outcome_name, n in (
+                ("aggregated", p.aggregated),
+                ("late", p.late),
+                ("bad", p.bad),
+                ("filtered", p.filtered),
+            ):
+                if n:
+                    metrics.RECORDS.labels(query, outcome_name).inc(n)
+            if p.late:
+                metrics.LATE.labels(query, self._late.strategy).inc(p.late)
+            if p.watermark_ms is not None:
+                metrics.WATERMARK.labels(query, str(p.partition)).set(p.watermark_ms)
+        for record in late:
+            stats.late_summary.add(record)
+        self._late.committed(late)
+        self._bad.committed(bad)
+        stats.batches += 1
+        stats.result_rows += outcome.result_rows
+        metrics.BATCHES.labels(query, "committed").inc()
+        metrics.RESULT_ROWS.labels(query).inc(outcome.result_rows)
+
+    def dead_lettered(self) -> None:
+        """A record the sink refused was dead-lettered (counted by `committed` too)."""
+        metrics.BATCHES.labels(self._query, "dead_lettered").inc()
+
+    def stale(self) -> None:
+        """A batch was found stale and discarded."""
+        self.stats.stale_batches += 1
+        metrics.BATCHES.labels(self._query, "stale").inc()
+
+    def failed(self) -> None:
+        """The sink refused a batch."""
+        self.stats.failed_commits += 1
+        metrics.BATCHES.labels(self._query, "failed").inc()
+
+    def outage(self) -> None:
+        """The sink could not be reached; the batch will be replayed."""
+        self.stats.sink_outages += 1
+        metrics.BATCHES.labels(self._query, "unavailable").inc()

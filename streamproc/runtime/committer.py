@@ -1,0 +1,203 @@
+"""Committing a micro-batch: prepare it, flush its dead letters, one checkpoint transaction.
+
+    process_records -> (refresh remote watermarks) -> engine.emit -> quality
+    check of the rows -> prepare_commit -> dead letters flushed -> Checkpoint.commit
+    -> accounting, next offsets, bounded ends
+
+A stale outcome (another worker committed these offsets) replays every owned
+partition from the ledger. A failed delivery goes to the failure policy
+(FAULTS.md): wait out an outage, stop, or isolate the records the sink
+refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from streamproc.engine import LateRecord
+from streamproc.runtime import metrics
+from streamproc.runtime.accounting import Accounting
+from streamproc.runtime.collect import BatchCollector
+from streamproc.runtime.failure_policy import FailurePolicy
+from streamproc.runtime.failures import is_outage
+from streamproc.runtime.partitions import PartitionTracker
+from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.prepare import (
+    BadItem,
+    PreparedBatch,
+    prepare_commit,
+    process_records,
+)
+from streamproc.runtime.quality import QualityGate
+from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
+from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Position
+from streamproc.sinks.base import (
+    Checkpoint,
+    CommitBatch,
+    CommitOutcome,
+    MessageWriter,
+    PartitionCommit,
+)
+from streamproc.sources.base import RawRecord
+
+log = logging.getLogger("streamproc.query")
+
+
+class BatchCommitter:
+    """Turns fetched records into one durable commit (or applies the failure policy)."""
+
+    def __init__(
+        self,
+        plan: QueryPlan,
+        *,
+        tracker: PartitionTracker,
+        collector: BatchCollector,
+        checkpoint: Checkpoint,
+        quality: QualityGate,
+        late: LateRouter,
+        bad: BadRouter,
+        dead_letter_writer: MessageWriter | None,
+        accounting: Accounting,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self._plan = plan
+        self._tracker = tracker
+        self._collector = collector
+        self._checkpoint = checkpoint
+        self._quality = quality
+        self._late = late
+        self._bad = bad
+        self._writer = dead_letter_writer
+        self._accounting = accounting
+        self._breaker = breaker
+        self.policy = FailurePolicy(
+            plan,
+            committer=self,
+            tracker=tracker,
+            bad=bad,
+            accounting=accounting,
+            breaker=breaker,
+        )
+
+    async def process_and_commit(
+        self, raws: list[RawRecord], dead_letters_sent: set[Position], *, isolating: bool = False
+    ) -> list[PartitionCommit]:
+        """Process records and commit them in one transaction; returns what was committed.
+
+        Args:
+            raws: Contiguous records of owned partitions (may be empty: an emit
+                can still close windows).
+            dead_letters_sent: Positions whose dead letters were already
+                delivered while isolating this batch (not sent twice).
+            isolating: Part of a batch the sink rejected (see FailurePolicy.isolate).
+
+        Raises:
+            SinkOutage: the sink could not be reached (nothing was committed).
+            QueryFailedError: the sink refused the batch and failFast is set, or
+                the failure is neither an outage nor a rejection.
+        """
+        tracker = self._tracker
+        engine = tracker.engine
+        processed = process_records(raws, engine, self._quality)
+        if not raws and engine.global_watermark_ms is None:
+            # With no records an emit can still close windows, but only once
+            # there is a W; the commit below is skipped when nothing changed.
+            return []
+        if tracker.partition_count and not tracker.owns_every_partition:
+            await tracker.refresh_remote_watermarks()
+        emission = engine.emit()
+        self._quality.check_rows(emission.rows)
+        prepared = prepare_commit(
+            processed,
+            emission,
+            engine,
+            next_offsets=tracker.next,
+            owns_every_partition=tracker.owns_every_partition,
+            topic_partitions=tracker.partition_count,
+            late=self._late,
+            bad=self._bad,
+        )
+        if prepared is None:
+            return []
+        # The first attempt at a batch gets the retry policy for every failure;
+        # while isolating, a rejection is known to be final and only outages retry.
+        retry_if = is_outage if isolating else None
+        try:
+            await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
+            with metrics.COMMIT_SECONDS.labels(self._plan.query_name).time():
+                outcome = await self.commit_with_retry(prepared.commit, retry_if)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self.policy.after_failed_commit(
+                exc, raws, prepared.commit.partitions, dead_letters_sent
+            )
+        if outcome.stale:
+            self._accounting.stale()
+            log.warning("stale batch for partitions %s: replaying", list(outcome.stale))
+            await tracker.replay_from_ledger()
+            return []
+        self.committed(prepared, outcome)
+        return list(prepared.commit.partitions)
+
+    async def commit_with_retry(
+        self, batch: CommitBatch, retry_if: Callable[[Exception], bool] | None
+    ) -> CommitOutcome:
+        """One checkpoint transaction, retried per the retry policy through the breaker."""
+        return await call_with_retry(
+            lambda: self._checkpoint.commit(batch),
+            self._plan.retry,
+            self._breaker,
+            what="sink transaction",
+            is_outage=is_outage,
+            retry_if=retry_if or (lambda exc: True),
+        )
+
+    async def send_dead_letters(
+        self,
+        dead_letters: Sequence[DeadLetter],
+        sent: set[Position],
+        retry_if: Callable[[Exception], bool] | None,
+    ) -> None:
+        """Deliver dead letters not sent yet; flushed before the commit: at-least-once."""
+        messages = [m for pos, m in dead_letters if pos not in sent]
+        if not messages or self._writer is None:
+            return
+        writer = self._writer
+        await call_with_retry(
+            lambda: writer.send_all(messages),
+            self._plan.retry,
+            self._breaker,
+            what="dead-letter write",
+            is_outage=is_outage,
+            retry_if=retry_if or (lambda exc: True),
+        )
+        sent.update(pos for pos, _ in dead_letters)
+
+    def committed(
+        self,
+        prepared: PreparedBatch,
+        outcome: CommitOutcome,
+    ) -> None:
+        """A batch is durable: move the partitions on and count it."""
+        self.record(prepared.commit.partitions, outcome, prepared.late, prepared.bad)
+
+    def record(
+        self,
+        partitions: Sequence[PartitionCommit],
+        outcome: CommitOutcome,
+        late: Sequence[LateRecord] = (),
+        bad: Sequence[BadItem] = (),
+    ) -> None:
+        """Next offsets, counts and bounded ends after a durable commit."""
+        for p in partitions:
+            self._tracker.next[p.partition] = p.next_offset
+        self._accounting.committed(partitions, outcome, late, bad)
+        self._collector.committed(partitions)
+
+    @property
+    def dead_letter_writer(self) -> MessageWriter | None:
+        """The producer of dead letters, if the routers need one."""
+        return self._writer

@@ -1,0 +1,263 @@
+"""The failure policy of FAULTS.md: what a batch whose delivery failed becomes.
+
+    the sink is unreachable (UNAVAILABLE)  -> SinkOutage: the loop waits (the
+                                              breaker paces it), then replays
+                                              every owned partition from the ledger
+    anything else but a refusal (FATAL)    -> the query stops
+    the sink refuses the batch (REJECTED)  -> with failFast the query stops;
+                                              otherwise the batch is committed
+                                              again in halves until each refused
+                                              record stands alone, and that one
+                                              record is dead-lettered
+
+Only single records are dead-lettered, so which records go to the DLQ never
+depends on batch boundaries: a replay after a crash, or any other split into
+batches, dead-letters exactly the same records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from streamproc.runtime.accounting import Accounting
+from streamproc.runtime.failures import (
+    FailureKind,
+    QueryFailedError,
+    SinkOutage,
+    classify_failure,
+    first_line,
+    is_outage,
+)
+from streamproc.runtime.partitions import PartitionTracker
+from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.resilience import CircuitBreaker, CircuitOpenError, outage_delay
+from streamproc.runtime.routers import BadRouter, Position, RefusedRecord
+from streamproc.sinks.base import CommitBatch, PartitionCommit, batch_id
+from streamproc.sources.base import RawRecord
+
+if TYPE_CHECKING:
+    from streamproc.runtime.committer import BatchCommitter
+
+log = logging.getLogger("streamproc.query")
+
+
+class FailurePolicy:
+    """Applies FAULTS.md's policy to failed deliveries and waits out sink outages."""
+
+    def __init__(
+        self,
+        plan: QueryPlan,
+        *,
+        committer: BatchCommitter,
+        tracker: PartitionTracker,
+        bad: BadRouter,
+        accounting: Accounting,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self._plan = plan
+        self._committer = committer
+        self._tracker = tracker
+        self._bad = bad
+        self._accounting = accounting
+        self._breaker = breaker
+
+    def fatal(self, exc: Exception) -> QueryFailedError:
+        """The error that stops the query on an unexpected failure (logged with its trace)."""
+        log.error("query %s stops on an unexpected error", self._plan.query_name, exc_info=exc)
+        return QueryFailedError(
+            f"query {self._plan.query_name} stopped: {type(exc).__name__}: {first_line(exc)}"
+        )
+
+    async def after_failed_commit(
+        self,
+        exc: Exception,
+        raws: list[RawRecord],
+        partitions: tuple[PartitionCommit, ...],
+        dead_letters_sent: set[Position],
+    ) -> list[PartitionCommit]:
+        """Apply the failure policy to a batch whose delivery failed; returns what committed."""
+        kind = classify_failure(exc)
+        if kind is FailureKind.UNAVAILABLE:
+            raise SinkOutage(exc)
+        self._accounting.failed()
+        if kind is FailureKind.FATAL:
+            raise self.fatal(exc)
+        query = self._plan.query_name
+        spans = ", ".join(f"{p.partition}:{p.start_offset}-{p.next_offset}" for p in partitions)
+        if self._plan.fail_fast:
+            raise QueryFailedError(
+                f"query {query}: the sink rejected the batch of partition:offsets "
+                f"{spans or 'none'} and failFast is set: {first_line(exc)}; "
+                "nothing of it was written"
+            ) from exc
+        if not raws:
+            raise QueryFailedError(
+                f"query {query}: the sink rejected closing windows, "
+                f"no record to dead-letter: {first_line(exc)}"
+            ) from exc
+        log.warning(
+            "the sink rejected the batch of partition:offsets %s (%s): isolating the records "
+            "it cannot write",
+            spans,
+            first_line(exc),
+        )
+        # Back to the last commit; the consumer stays where it is: the records
+        # at hand are processed again, in parts.
+        if not await self._tracker.restore_in_place():
+            return []
+        return await self.isolate(raws, exc, dead_letters_sent)
+
+    async def isolate(
+        self, raws: list[RawRecord], exc: Exception, dead_letters_sent: set[Position]
+    ) -> list[PartitionCommit]:
+        """Commit a rejected batch in halves until the records the sink refuses stand alone."""
+        if len(raws) == 1:
+            return await self.dead_letter(raws[0], exc, dead_letters_sent)
+        partitions = sorted({r.partition for r in raws})
+        if len(partitions) > 1:
+            groups = [[r for r in raws if r.partition == p] for p in partitions]
+        else:
+            half = len(raws) // 2
+            groups = [raws[:half], raws[half:]]
+        generation = self._tracker.generation
+        committed: list[PartitionCommit] = []
+        for group in groups:
+            committed += await self._committer.process_and_commit(
+                group, dead_letters_sent, isolating=True
+            )
+            if self._tracker.generation != generation:
+                # A part was stale (another worker committed): everything was
+                # replayed from the ledger, the rest of this batch is fetched again.
+                break
+        return committed
+
+    async def dead_letter(
+        self, raw: RawRecord, exc: Exception, dead_letters_sent: set[Position]
+    ) -> list[PartitionCommit]:
+        """Send one record the sink rejects to the DLQ and record it in the ledger."""
+        p = raw.partition
+        error = first_line(exc)
+        tracker = self._tracker
+        engine = tracker.engine
+        commit = PartitionCommit(
+            partition=p,
+            start_offset=tracker.next[p],
+            next_offset=raw.offset + 1,
+            records=1,
+            aggregated=0,
+            late=0,
+            bad=1,
+            filtered=0,
+            max_event_ts_ms=engine.partition_max_event_ts_ms(p),
+            watermark_ms=engine.partition_watermark_ms(p),
+            dead_lettered=1,
+            error=error,
+        )
+        plan = self._plan
+        bid = batch_id(plan.query_name, plan.topic, p, commit.start_offset, commit.next_offset)
+        message = self._bad.refused(
+            RefusedRecord(raw, bid, commit.start_offset, commit.next_offset, error)
+        )
+        if message is not None:
+            try:
+                await self._committer.send_dead_letters(
+                    [((p, raw.offset), message)], set(), is_outage
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as dlq_exc:
+                kind = classify_failure(dlq_exc)
+                if kind is FailureKind.UNAVAILABLE:
+                    raise SinkOutage(dlq_exc) from dlq_exc
+                if kind is FailureKind.FATAL:
+                    raise self.fatal(dlq_exc) from dlq_exc
+                # The DLQ refuses it too (too large): the ledger row says so and
+                # where the record is, so it can be found in the source topic.
+                log.error(
+                    "partition %d offset %d: rejected by the sink and by the DLQ (%s)",
+                    p,
+                    raw.offset,
+                    first_line(dlq_exc),
+                )
+                commit = replace(commit, error=f"{error}; not dead-lettered: {first_line(dlq_exc)}")
+        batch = CommitBatch(
+            partitions=(commit,),
+            partials={},
+            evicted={},
+            local_rows=(),
+            topic_partitions=tracker.partition_count,
+            idle_timeout_ms=plan.spec.idle_timeout_ms,
+        )
+        try:
+            outcome = await self._committer.commit_with_retry(batch, is_outage)
+        except asyncio.CancelledError:
+            raise
+        except Exception as ledger_exc:
+            if is_outage(ledger_exc):
+                raise SinkOutage(ledger_exc) from ledger_exc
+            raise QueryFailedError(
+                f"query {plan.query_name}: partition {p} offset {raw.offset} was rejected by the "
+                f"sink ({error}) and cannot be recorded as dead-lettered: {first_line(ledger_exc)}"
+            ) from ledger_exc
+        if outcome.stale:
+            await tracker.replay_from_ledger()
+            return []
+        self._accounting.dead_lettered()
+        log.warning("dead-lettered partition %d offset %d: %s", p, raw.offset, error)
+        self._committer.record((commit,), outcome)
+        return [commit]
+
+    async def wait_for_sink(
+        self, cause: Exception, stop: asyncio.Event, lock: asyncio.Lock
+    ) -> None:
+        """The sink is unreachable: wait (per the breaker), then replay from the ledger.
+
+        Nothing is dropped and nothing is skipped: every owned partition is
+        restored from its last commit and fetched again from there. Tries are
+        spaced by the breaker's reset timeout while it is open, and by the
+        retry policy's delays (at least a second) while it is not. Waiting
+        happens outside the lock, so that rebalances go on meanwhile.
+        """
+        self._accounting.outage()
+        log.error(
+            "sink unavailable (%s): batch not committed, nothing dropped; waiting for the sink",
+            first_line(cause),
+        )
+        breaker = self._breaker
+        attempt = 0
+        while not stop.is_set():
+            delay = breaker.seconds_until_probe() or outage_delay(self._plan.retry, attempt)
+            log.warning(
+                "sink unavailable: circuit breaker %s, next try in %.1fs",
+                breaker.state.value,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            attempt += 1
+            try:
+                breaker.before_call()
+            except CircuitOpenError:
+                continue
+            try:
+                async with lock:
+                    await self._tracker.replay_from_ledger()
+            except asyncio.CancelledError:
+                breaker.record_abandoned()
+                raise
+            except Exception as exc:
+                if not is_outage(exc):
+                    breaker.record_success()
+                    raise self.fatal(exc) from exc
+                breaker.record_failure()
+                log.warning("sink still unavailable: %s", first_line(exc))
+                continue
+            breaker.record_success()
+            log.warning("sink reachable again: replaying from the ledger")
+            return

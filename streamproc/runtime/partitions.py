@@ -1,0 +1,162 @@
+"""The partitions a worker owns: assignment, revocation, restore from the checkpoint, rewind.
+
+The tracker owns the engine (its state is the owned partitions' state) and,
+per owned partition, the next offset the checkpoint expects. Its
+`generation` counts changes that make records fetched before them stale: an
+assignment change, a restore, a replay from the ledger. The loop compares it
+before and after fetching.
+
+Restoring follows one rule: W only ever rises, so the engine must never
+compute it from part of the topic. Every partition being restored is first
+reset to empty (an empty partition holds W back), then the other partitions
+get their committed watermarks, and only then does each restored partition
+get its state (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from streamproc.engine import Engine
+from streamproc.sinks.base import Checkpoint
+from streamproc.sources.base import RawRecord, Source
+
+log = logging.getLogger("streamproc.query")
+
+
+class PartitionTracker:
+    """Owned partitions, their expected next offsets, and the engine holding their state."""
+
+    def __init__(self, source: Source, checkpoint: Checkpoint, new_engine: Callable[[], Engine]):
+        self._source = source
+        self._checkpoint = checkpoint
+        self._new_engine = new_engine
+        self.engine = new_engine()
+        self.generation = 0
+        #: Owned, restored partitions -> the offset the checkpoint expects next.
+        self.next: dict[int, int] = {}
+        #: Owned partitions not restored yet (the checkpoint was unreachable);
+        #: none of their records is processed until they are.
+        self.pending: set[int] = set()
+        self.partition_count = 0
+
+    # ------------------------------------------------------------ assignment
+    async def assigned(self, partitions: set[int]) -> None:
+        """Restore new partitions from the checkpoint and seek them to the ledger.
+
+        A partition that cannot be restored now (the checkpoint is
+        unreachable) stays pending; the loop restores it later.
+        """
+        self.generation += 1
+        for p in partitions:
+            self.next.pop(p, None)
+        self.pending |= partitions
+        try:
+            await self.restore_pending()
+        except Exception as exc:
+            # Never let a rebalance callback fail: aiokafka would log it and
+            # carry on with partitions nobody restored.
+            log.warning(
+                "cannot restore partitions %s yet (%s); they wait", sorted(self.pending), exc
+            )
+
+    def revoked(self, partitions: set[int]) -> None:
+        """Drop the local state of partitions another worker will own."""
+        self.generation += 1
+        self.engine.revoke(partitions)
+        for p in partitions:
+            self.next.pop(p, None)
+            self.pending.discard(p)
+
+    @property
+    def owns_every_partition(self) -> bool:
+        """True when this worker owns the whole topic (it can merge rows locally)."""
+        return len(self._source.assignment()) >= self.partition_count
+
+    # ------------------------------------------------------------- restoring
+    async def restore_pending(self) -> None:
+        """Restore every pending partition from its last commit and seek it to the ledger."""
+        if not self.partition_count:
+            self.partition_count = await self._source.partition_count()
+        pending = sorted(self.pending)
+        for p in pending:
+            self.engine.restore(p, None, ())
+        await self.refresh_remote_watermarks()
+        for p in pending:
+            await self._load_partition(p)
+            self.pending.discard(p)
+
+    async def replay_from_ledger(self) -> None:
+        """Forget everything not committed and fetch it again, as a restarted worker would.
+
+        A fresh engine (its W and stores knew uncommitted records), every owned
+        partition restored from its last commit and seeked to the ledger.
+        """
+        self.generation += 1  # whatever was fetched before this is stale
+        self.engine.close()
+        self.engine = self._new_engine()
+        self.next.clear()
+        self.pending = set(self._source.assignment())
+        await self.restore_pending()
+
+    async def restore_in_place(self) -> bool:
+        """Like `replay_from_ledger`, but keep the consumer where it is (to isolate a batch).
+
+        Returns False, after a full replay, when the ledger moved meanwhile
+        (another worker committed): then the batch at hand is stale.
+        """
+        self.engine.close()
+        self.engine = self._new_engine()
+        owned = sorted(self._source.assignment())
+        for p in owned:
+            self.engine.restore(p, None, ())
+        await self.refresh_remote_watermarks()
+        for p in owned:
+            if p in self.pending:
+                continue
+            committed = await self._restore_engine(p)
+            if committed is not None and committed != self.next.get(p):
+                await self.replay_from_ledger()
+                return False
+        return True
+
+    async def _restore_engine(self, p: int) -> int | None:
+        """Reset p's engine state to its last commit; returns the ledger's next offset."""
+        checkpoint = await self._checkpoint.load_partition(p)
+        self.engine.revoke([p])
+        self.engine.assign([p])
+        self.engine.restore(p, checkpoint.max_event_ts_ms, checkpoint.partials)
+        return checkpoint.next_offset
+
+    async def _load_partition(self, p: int) -> None:
+        next_offset = await self._restore_engine(p)
+        if next_offset is not None:
+            self._source.seek(p, next_offset)
+            self.next[p] = next_offset
+        else:
+            await self._source.seek_to_start(p)
+            self.next[p] = await self._source.position(p)
+
+    async def refresh_remote_watermarks(self) -> None:
+        """Count the partitions other workers own in W, with their committed watermarks."""
+        owned = self._source.assignment()
+        remote = [p for p in range(self.partition_count) if p not in owned]
+        if not remote:
+            return
+        marks = await self._checkpoint.watermarks()
+        for p in remote:
+            self.engine.set_remote_watermark(p, marks.get(p))
+
+    # ------------------------------------------------------------- positions
+    def rewind(self) -> None:
+        """Seek every restored partition back to its next uncommitted offset (the ledger's)."""
+        owned = self._source.assignment()
+        for p, offset in self.next.items():
+            if p in owned:
+                self._source.seek(p, offset)
+
+    def contiguous(self, raws: list[RawRecord]) -> list[RawRecord]:
+        """Keep only records at or after each partition's expected next offset."""
+        nxt = self.next
+        return [r for r in raws if r.partition in nxt and r.offset >= nxt[r.partition]]

@@ -1,0 +1,152 @@
+"""Preparing a micro-batch: raw records in, the commit and what goes with it out.
+
+No I/O: decoding, quality filtering and the engine fold the records
+(`process_records`); after the engine's emit, `prepare_commit` builds the
+ledger entries, the partials and rows to write, the late side-table rows
+and the dead letters. The committer makes the result durable; a retry
+prepares the same records again and gets the same values.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from streamproc.engine import BatchResult, Emission, Engine, LateRecord, ResultRow
+from streamproc.runtime.decode import UndecodableRecord, decode_records
+from streamproc.runtime.quality import QualityGate
+from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Routed
+from streamproc.sinks.base import CommitBatch, PartitionCommit
+from streamproc.sources.base import RawRecord
+
+#: A bad record and the reason it is bad.
+BadItem = tuple[RawRecord, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedBatch:
+    """Records folded into the engine, before the emit."""
+
+    raws: Sequence[RawRecord]
+    result: BatchResult
+    undecodable: Sequence[UndecodableRecord]
+    filtered: Mapping[int, int]
+
+    def bad_items(self) -> list[BadItem]:
+        """Every bad record of the batch with its reason: undecodable first, then the engine's."""
+        items: list[BadItem] = [(u.raw, u.reason) for u in self.undecodable]
+        if self.result.bad:
+            by_pos = {(r.partition, r.offset): r for r in self.raws}
+            items += [(by_pos[(b.partition, b.offset)], b.reason) for b in self.result.bad]
+        return items
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch ready to commit, with what the accounting needs once it is durable."""
+
+    commit: CommitBatch
+    dead_letters: Sequence[DeadLetter]
+    late: Sequence[LateRecord]
+    bad: Sequence[BadItem]
+
+
+def process_records(
+    raws: Sequence[RawRecord], engine: Engine, quality: QualityGate
+) -> ProcessedBatch:
+    """Decode, filter by the quality rules, and fold into the engine."""
+    good, undecodable = decode_records(raws)
+    good, filtered = quality.filter_records(good)
+    result = engine.process(good)
+    return ProcessedBatch(raws, result, undecodable, filtered)
+
+
+def partition_commits(
+    batch: ProcessedBatch, engine: Engine, next_offsets: Mapping[int, int]
+) -> tuple[PartitionCommit, ...]:
+    """One ledger entry per partition of the batch, starting at its expected offset."""
+    last: dict[int, int] = {}
+    count: dict[int, int] = defaultdict(int)
+    for r in batch.raws:
+        last[r.partition] = r.offset
+        count[r.partition] += 1
+    bad_extra: dict[int, int] = defaultdict(int)
+    for u in batch.undecodable:
+        bad_extra[u.raw.partition] += 1
+    commits = []
+    for p in sorted(last):
+        prog = batch.result.per_partition.get(p)
+        commits.append(
+            PartitionCommit(
+                partition=p,
+                start_offset=next_offsets[p],
+                next_offset=last[p] + 1,
+                records=count[p],
+                aggregated=prog.aggregated if prog else 0,
+                late=prog.late if prog else 0,
+                bad=(prog.bad if prog else 0) + bad_extra[p],
+                filtered=batch.filtered.get(p, 0),
+                max_event_ts_ms=engine.partition_max_event_ts_ms(p),
+                watermark_ms=engine.partition_watermark_ms(p),
+            )
+        )
+    return tuple(commits)
+
+
+def local_rows(
+    emission: Emission, output_mode: str, owns_every_partition: bool
+) -> Sequence[ResultRow] | None:
+    """Rows merged locally, valid only when this worker owns every partition.
+
+    None means the checkpoint merges them from every partition's partials.
+    """
+    if output_mode == "append" or not owns_every_partition:
+        return None
+    if output_mode == "update":
+        return emission.rows
+    touched = {(r.key, r.window_start_ms) for rows in emission.partials.values() for r in rows}
+    return [r for r in emission.rows if (r.key, r.window_start_ms) in touched]
+
+
+def route(batch: ProcessedBatch, late: LateRouter, bad: BadRouter) -> Routed:
+    """Late side-table rows and dead letters of a batch."""
+    routed = Routed()
+    result = batch.result
+    if not result.late and not result.bad and not batch.undecodable:
+        return routed
+    by_pos = {(r.partition, r.offset): r for r in batch.raws}
+    for record in result.late:
+        late.route(by_pos[(record.partition, record.offset)], record, routed)
+    for raw, reason in batch.bad_items():
+        bad.route(raw, reason, routed)
+    return routed
+
+
+def prepare_commit(
+    batch: ProcessedBatch,
+    emission: Emission,
+    engine: Engine,
+    *,
+    next_offsets: Mapping[int, int],
+    owns_every_partition: bool,
+    topic_partitions: int,
+    late: LateRouter,
+    bad: BadRouter,
+) -> PreparedBatch | None:
+    """The commit of a processed batch after the engine's emit; None when it changes nothing."""
+    partitions = partition_commits(batch, engine, next_offsets)
+    if not partitions and not any(emission.partials.values()):
+        return None
+    routed = route(batch, late, bad)
+    spec = engine.spec
+    commit = CommitBatch(
+        partitions=partitions,
+        partials=emission.partials,
+        evicted=emission.evicted,
+        local_rows=local_rows(emission, spec.output_mode, owns_every_partition),
+        late_rows=routed.late_rows,
+        topic_partitions=topic_partitions,
+        idle_timeout_ms=spec.idle_timeout_ms,
+    )
+    return PreparedBatch(commit, routed.dead_letters, batch.result.late, batch.bad_items())

@@ -1,0 +1,252 @@
+"""Where late and bad records go: one router of each kind, chosen once from the plan.
+
+A router's `route` is pure: it adds what a record becomes (a side-table row,
+a dead-letter message) to a `Routed` value, which the batch commits; routing
+may run again when a batch is retried. `committed` runs once the batch is
+durable (log lines, so that a retried batch says things once).
+
+    late strategy     route                         committed
+    drop              -                             -
+    loganddrop        -                             a rate-limited log line each
+    sendtodlq         message to dlqTopic           -
+    separatestream    row in lateDataTable          -
+
+    dlqType           route (bad record)            refused (by the sink)
+    kafka             message to the DLQ topic      message with the ledger batch
+    logging           - (a log line once committed) a log line
+    none              -                             -
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streamproc.engine import LateRecord
+from streamproc.runtime.late import (
+    RateLimitedLog,
+    bad_dlq_message,
+    failed_record_dlq_message,
+    late_dlq_message,
+)
+from streamproc.runtime.plan import QueryPlan
+from streamproc.sinks.base import LateRow, OutgoingMessage
+from streamproc.sources.base import RawRecord
+
+#: Where a record was read: (partition, offset).
+Position = tuple[int, int]
+#: A dead letter and the record it stands for.
+DeadLetter = tuple[Position, OutgoingMessage]
+
+
+@dataclass(slots=True)
+class Routed:
+    """What the late and bad records of a batch become, committed with it."""
+
+    late_rows: list[LateRow] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRecord:
+    """A record the sink refused on its own, with the ledger batch that records it."""
+
+    raw: RawRecord
+    batch_id: str
+    start_offset: int
+    next_offset: int
+    error: str
+
+
+class LateRouter(Protocol):
+    """What happens to late records (lateDataConfig.strategy)."""
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's name, for metrics."""
+        ...
+
+    def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
+        """Add what the late record becomes to out."""
+        ...
+
+    def committed(self, records: Sequence[LateRecord]) -> None:
+        """The batch holding these late records is durable."""
+        ...
+
+
+class BadRouter(Protocol):
+    """What happens to bad records and to records the sink refuses (dlqConfig.dlqType)."""
+
+    @property
+    def uses_producer(self) -> bool:
+        """True when the router writes dead letters to Kafka."""
+        ...
+
+    def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
+        """Add what the bad record becomes to out."""
+        ...
+
+    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+        """The dead letter of a record the sink refused, if this router writes one."""
+        ...
+
+    def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
+        """The batch holding these bad records is durable."""
+        ...
+
+
+class DropLate:
+    """Late records are counted, nothing more."""
+
+    strategy = "drop"
+
+    def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
+        """Nothing to write."""
+
+    def committed(self, records: Sequence[LateRecord]) -> None:
+        """Nothing to say."""
+
+
+class LogLate(DropLate):
+    """Late records are counted and logged (rate limited)."""
+
+    strategy = "loganddrop"
+
+    def __init__(self) -> None:
+        self._log = RateLimitedLog(logging.getLogger("streamproc.late"))
+
+    def committed(self, records: Sequence[LateRecord]) -> None:
+        """One log line per late record, at most 20 per 10 s."""
+        for record in records:
+            self._log.warning(
+                "late record dropped: partition %d offset %d event time %s watermark %s (%s)",
+                record.partition,
+                record.offset,
+                record.event_ts_ms,
+                record.watermark_ms,
+                record.reason,
+            )
+
+
+class DeadLetterLate(DropLate):
+    """Late records' original bytes go to a topic, with where and why in headers."""
+
+    strategy = "sendtodlq"
+
+    def __init__(self, topic: str, source_topic: str) -> None:
+        self._topic = topic
+        self._source_topic = source_topic
+
+    def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
+        """A dead letter on the late topic."""
+        message = late_dlq_message(self._topic, self._source_topic, raw, record)
+        out.dead_letters.append(((raw.partition, raw.offset), message))
+
+
+class SideTableLate(DropLate):
+    """Late records become rows of the separatestream side table."""
+
+    strategy = "separatestream"
+
+    def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
+        """A row for lateDataTable."""
+        out.late_rows.append(
+            LateRow(
+                record.partition,
+                record.offset,
+                record.event_ts_ms,
+                record.watermark_ms,
+                record.reason,
+                record.value,
+            )
+        )
+
+
+class CountBad:
+    """dlqType none: bad records are counted, nothing more."""
+
+    uses_producer = False
+
+    def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
+        """Nothing to write."""
+
+    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+        """No dead letter."""
+        return None
+
+    def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
+        """Nothing to say."""
+
+
+class LogBad(CountBad):
+    """dlqType logging: a rate-limited log line per bad or refused record."""
+
+    def __init__(self) -> None:
+        self._log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
+
+    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+        """A log line; no dead letter."""
+        self._log.warning(
+            "record rejected by the sink: partition %d offset %d: %s",
+            record.raw.partition,
+            record.raw.offset,
+            record.error,
+        )
+        return None
+
+    def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
+        """One log line per bad record, at most 20 per 10 s."""
+        for raw, reason in items:
+            self._log.warning(
+                "bad record: partition %d offset %d: %s", raw.partition, raw.offset, reason
+            )
+
+
+class DeadLetterBad(CountBad):
+    """dlqType kafka: the original bytes to the DLQ topic, the reason in headers."""
+
+    uses_producer = True
+
+    def __init__(self, topic: str, source_topic: str) -> None:
+        self._topic = topic
+        self._source_topic = source_topic
+
+    def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
+        """A dead letter with the reason."""
+        message = bad_dlq_message(self._topic, self._source_topic, raw, reason)
+        out.dead_letters.append(((raw.partition, raw.offset), message))
+
+    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+        """A dead letter naming the ledger batch that records the refusal."""
+        return failed_record_dlq_message(
+            self._topic,
+            self._source_topic,
+            record.raw,
+            record.batch_id,
+            record.start_offset,
+            record.next_offset,
+            record.error,
+        )
+
+
+def late_router(plan: QueryPlan) -> LateRouter:
+    """The late router of a plan's lateDataConfig."""
+    if plan.late_strategy == "sendtodlq" and plan.late_dlq_topic:
+        return DeadLetterLate(plan.late_dlq_topic, plan.topic)
+    if plan.late_strategy == "separatestream":
+        return SideTableLate()
+    if plan.late_strategy == "loganddrop":
+        return LogLate()
+    return DropLate()
+
+
+def bad_router(plan: QueryPlan) -> BadRouter:
+    """The bad-record router of a plan's dlqConfig."""
+    if plan.dlq_type == "kafka" and plan.dlq_topic:
+        return DeadLetterBad(plan.dlq_topic, plan.topic)
+    if plan.dlq_type == "logging":
+        return LogBad()
+    return CountBad()

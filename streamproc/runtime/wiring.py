@@ -1,0 +1,86 @@
+"""The adapters a query runs on, built from its plan: source, checkpoint, sinks.
+
+`kafka_postgres_ports` is production: a Kafka consumer group, the PostgreSQL
+checkpoint, a PostgreSQL table (or a Kafka topic) for results, and a Kafka
+producer for dead letters when a router writes them. Component tests build
+`QueryPorts` from the in-memory adapters of `streamproc.testing` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.routers import BadRouter, LateRouter, bad_router, late_router
+from streamproc.sinks.base import Checkpoint, MessageWriter, ResultSink
+from streamproc.sinks.kafka import KafkaProducerSink, KafkaResultSink
+from streamproc.sinks.layout import result_layout
+from streamproc.sinks.postgres import PostgresCheckpoint
+from streamproc.sinks.postgres_table import PostgresTableSink
+from streamproc.sources.base import Source
+from streamproc.sources.kafka import KafkaSource, KafkaSourceConfig
+
+# A dead-letter producer must carry any record the source can deliver, plus
+# its headers: max_partition_fetch_bytes of the source (4 MiB) and room.
+_DLQ_MAX_REQUEST_BYTES = 8 * 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPorts:
+    """Everything a query does I/O through."""
+
+    source: Source
+    checkpoint: Checkpoint
+    result_sink: ResultSink
+    late: LateRouter
+    bad: BadRouter
+    #: Dead letters (late records with sendtodlq, bad records with dlqType kafka).
+    dead_letter_writer: MessageWriter | None = None
+
+
+def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
+    """The production adapters of a plan."""
+    if plan.dsn is None or (plan.sink_type == "postgresql" and plan.table is None):
+        raise ValueError("a streaming query needs a PostgreSQL checkpoint and a sink")
+    if plan.sink_type == "kafka" and not plan.sink_topic:
+        raise ValueError("load.topic: a kafka sink needs a topic")
+    spec = plan.spec
+    result_sink: ResultSink
+    if plan.sink_type == "kafka":
+        assert plan.sink_topic is not None
+        result_sink = KafkaResultSink(
+            plan.sink_bootstrap or plan.bootstrap,
+            plan.sink_topic,
+            spec.group_by,
+            [a.output for a in spec.aggregations],
+            plan.kafka_params,
+        )
+    else:
+        assert plan.table is not None
+        result_sink = PostgresTableSink(result_layout(spec, plan.table))
+    checkpoint = PostgresCheckpoint(
+        plan.dsn,
+        query=plan.query_name,
+        topic=plan.topic,
+        spec=spec,
+        sink=result_sink,
+        late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
+    )
+    source = KafkaSource(
+        KafkaSourceConfig(
+            bootstrap=plan.bootstrap,
+            topic=plan.topic,
+            group_id=plan.group_id,
+            starting_offsets=plan.starting_offsets,
+            client_params=plan.kafka_params,
+            session_timeout_ms=plan.session_timeout_ms,
+        )
+    )
+    late, bad = late_router(plan), bad_router(plan)
+    writer: MessageWriter | None = None
+    if late.strategy == "sendtodlq" or bad.uses_producer:
+        writer = KafkaProducerSink(
+            plan.dlq_bootstrap or plan.bootstrap,
+            {"max_request_size": _DLQ_MAX_REQUEST_BYTES, **plan.kafka_params},
+        )
+    return QueryPorts(source, checkpoint, result_sink, late, bad, writer)

@@ -1,0 +1,101 @@
+"""The `Source` port: what the runtime needs of a partitioned, replayable input.
+
+The runtime reads record batches (`fetch`), never one record at a time, and
+positions each partition itself (`seek`): the checkpoint's ledger, not the
+source, decides where a partition resumes. Partition ownership comes from a
+group protocol; changes are reported to a `PartitionListener` and awaited
+before any record of a newly assigned partition is fetched.
+
+`KafkaSource` (aiokafka, a consumer group) implements it;
+`streamproc.testing.MemorySource` implements it in memory with scripted
+assignments, for component tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A record as fetched: where it came from and its undecoded bytes."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class PartitionListener(Protocol):
+    """Told about assignment changes; awaited before fetching resumes."""
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Partitions this member owns from now on (called even when empty)."""
+        ...
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        """Partitions this member no longer owns."""
+        ...
+
+
+class Source(Protocol):
+    """One member of a group reading one topic, with manual positions."""
+
+    @property
+    def topic(self) -> str:
+        """The topic read."""
+        ...
+
+    async def start(self, listener: PartitionListener) -> None:
+        """Join the group; assignment changes go to listener."""
+        ...
+
+    async def stop(self) -> None:
+        """Leave the group and release the connection."""
+        ...
+
+    def assignment(self) -> set[int]:
+        """The partitions this member owns now."""
+        ...
+
+    async def partition_count(self) -> int:
+        """How many partitions the topic has."""
+        ...
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Continue fetching partition at offset."""
+        ...
+
+    async def seek_to_start(self, partition: int) -> None:
+        """Position a partition that has no checkpoint (startingOffsets)."""
+        ...
+
+    async def position(self, partition: int) -> int:
+        """The offset of the next record to fetch from partition."""
+        ...
+
+    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
+        """End offsets as listed by the source (may undercount, see `highwater`)."""
+        ...
+
+    def highwater(self, partition: int) -> int | None:
+        """The end offset seen in the last fetch response of partition, if any."""
+        ...
+
+    def pause(self, partitions: set[int]) -> None:
+        """Stop fetching these partitions."""
+        ...
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[RawRecord]:
+        """Up to max_records records of owned partitions, in offset order per partition.
+
+        Waits at most timeout_ms (wall time) when nothing is buffered.
+        """
+        ...
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        """Record group offsets (informational: the checkpoint decides)."""
+        ...
