@@ -43,6 +43,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_from_cli(args.config, max_seconds=args.max_seconds)
 
 
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from streamproc.runtime.reset import reset_from_cli
+
+    return reset_from_cli(args.target, dsn=args.dsn, drop_results=args.drop_results, yes=args.yes)
+
+
 def _cmd_local(args: argparse.Namespace) -> int:
     from streamproc.local import local_main
 
@@ -73,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop (committing the batch in flight) after this many seconds of wall time",
     )
     run.set_defaults(func=_cmd_run)
+
+    reset = sub.add_parser(
+        "reset",
+        help="drop a query's checkpoint so that it starts over (asks first)",
+        description="Drop a query's checkpoint (positions, ledger, partial states, runs): "
+        "its next run reads the topic from startingOffsets again.",
+    )
+    reset.add_argument("target", metavar="CONFIG|QUERY", help="a pipeline config, or a query name")
+    reset.add_argument(
+        "--dsn", help="PostgreSQL URL, when QUERY is a name (else STREAMPROC_PG_DSN)"
+    )
+    reset.add_argument(
+        "--drop-results",
+        action="store_true",
+        help="also drop the result table and the query's rows of its late-data table",
+    )
+    reset.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
+    reset.set_defaults(func=_cmd_reset)
 
     local = sub.add_parser(
         "local",

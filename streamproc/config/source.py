@@ -55,6 +55,9 @@ class SourceConnectionParams(ConfigModel):
         starting_offsets: where a new consumer group starts: 'earliest' or 'latest'
             (Spark's default).
         max_offsets_per_trigger: at most this many records per micro-batch.
+        metadata_max_age_ms: ``kafka.metadata.max.age.ms``, how often topic metadata
+            is refreshed: partitions added to the topic are read within about this
+            long (default 5000; Kafka's own default is 5 minutes).
     """
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_security_schema)
@@ -71,6 +74,9 @@ class SourceConnectionParams(ConfigModel):
     subscribe: Annotated[str, Topic()] | None = None
     starting_offsets: _StartingOffsets = "latest"
     max_offsets_per_trigger: Annotated[int, WholeNumber()] | None = None
+    metadata_max_age_ms: Annotated[int, WholeNumber(100)] = Field(
+        default=5_000, alias="kafka.metadata.max.age.ms"
+    )
 
     # Spark source options with no meaning here: the consumer group, the offsets and
     # the partitioning are owned by streamproc's ledger and worker group.

@@ -8,8 +8,8 @@ non-null count), so each record does each piece of arithmetic once:
     rows      n                          records, for `*:count`
     n:c       n                          present-and-not-null values of c
     sum:c     s                          sum of c; None until a number is seen
-    min:c     [number, string]           one slot per JSON type; only numbers are admitted
-    max:c     [number, string]           now (see `_need_of`), so the string slot stays None
+    min:c     m                          least number; None until a number is seen
+    max:c     m                          greatest number; None until a number is seen
     first:c   [ts, partition, offset, value]   record with the least (ts, p, offset)
     last:c    [ts, partition, offset, value]   record with the greatest (ts, p, offset)
     touch     t                          last event time (or wall time) of the key, only
@@ -43,15 +43,15 @@ from streamproc.engine.spec import AggSpec, QuerySpec
 
 MAX_ABS_NUMBER = 1e290
 
-Need = Literal["any", "finite", "orderable", "number"]
-_NEED_RANK = {"any": 0, "finite": 1, "orderable": 2, "number": 3}
+Need = Literal["any", "finite", "number"]
+_NEED_RANK = {"any": 0, "finite": 1, "number": 2}
 #: Slot kind -> initial values (its width).
 _SLOT_INIT: dict[str, tuple[Any, ...]] = {
     "rows": (0,),
     "n": (0,),
     "sum": (None,),
-    "min": (None, None),
-    "max": (None, None),
+    "min": (None,),
+    "max": (None,),
     "first": (None, None, None, None),
     "last": (None, None, None, None),
     "touch": (None,),
@@ -74,10 +74,8 @@ class ColumnUse:
 
     Attributes:
         column: Field name.
-        need: "number" (sum, avg, min, max), "orderable" (number or string; unused
-            since min/max became numeric, kept for a text-typed min/max),
-            "finite" (first, last: any JSON value but NaN and infinities, which JSON
-            cannot carry into the partials) or "any" (count).
+        need: "number" (sum, avg, min, max), "finite" (first, last: any JSON value but
+            NaN and infinities, which JSON cannot carry) or "any" (count).
         label: The aggregate that imposes `need`, e.g. `amount:sum`, for reasons.
     """
 
@@ -161,12 +159,11 @@ def _merge_source(layout: dict[tuple[str, str | None], int]) -> str:
             lines.append(f"    out[{i}] = a[{i}] + b[{i}]")
         elif kind in ("sum", "min", "max", "touch"):
             op = {"sum": "x + y", "min": "min(x, y)", "max": "max(x, y)", "touch": "max(x, y)"}
-            for j in (i,) if kind in ("sum", "touch") else (i, i + 1):
-                lines += [
-                    f"    x = a[{j}]; y = b[{j}]",
-                    "    if y is not None:",
-                    f"        out[{j}] = y if x is None else {op[kind]}",
-                ]
+            lines += [
+                f"    x = a[{i}]; y = b[{i}]",
+                "    if y is not None:",
+                f"        out[{i}] = y if x is None else {op[kind]}",
+            ]
         else:  # first / last: compare (ts, partition, offset); ts None means empty
             cmp = "<" if kind == "first" else ">"
             lines += [
@@ -191,12 +188,8 @@ def _finalize_expr(agg: AggSpec, layout: dict[tuple[str, str | None], int]) -> s
     if f == "avg":
         s, n = layout[("sum", c)], layout[("n", c)]
         return f"(None if s[{n}] == 0 else s[{s}] / s[{n}])"
-    if f == "min":
-        i = layout[("min", c)]
-        return f"(s[{i + 1}] if s[{i}] is None else s[{i}])"
-    if f == "max":
-        i = layout[("max", c)]
-        return f"(s[{i}] if s[{i + 1}] is None else s[{i + 1}])"
+    if f in ("min", "max"):
+        return f"s[{layout[(f, c)]}]"
     return f"s[{layout[(f, c)] + 3}]"
 
 
@@ -270,7 +263,6 @@ def finalize(spec: QuerySpec, state: Sequence[Any]) -> tuple[Any, ...]:
 def update_lines(
     plan: AggregatePlan,
     column_var: dict[str, str],
-    string_flag: dict[str, str],
     ts_expr: str,
     touch_expr: str | None,
 ) -> list[str]:
@@ -279,7 +271,6 @@ def update_lines(
     Args:
         plan: The aggregate plan.
         column_var: Local variable holding each column's value (None when missing).
-        string_flag: For orderable columns, a local that is True when the value is a str.
         ts_expr: Expression of the record's event time (`ts`, or `0` without one).
         touch_expr: Expression of the key's activity time for a state timeout, if any.
 
@@ -311,12 +302,7 @@ def update_lines(
             body += [f"x = st[{i}]", f"st[{i}] = {v} if x is None else x + {v}"]
         else:
             cmp = "<" if kind == "min" else ">"
-            flag = string_flag.get(column)
-            if flag is None:
-                body += [f"x = st[{i}]", f"if x is None or {v} {cmp} x:", f"    st[{i}] = {v}"]
-            else:
-                body += [f"j = {i + 1} if {flag} else {i}", "x = st[j]"]
-                body += [f"if x is None or {v} {cmp} x:", f"    st[j] = {v}"]
+            body += [f"x = st[{i}]", f"if x is None or {v} {cmp} x:", f"    st[{i}] = {v}"]
     lines = list(always)
     for column, body in per_column.items():
         lines.append(f"if {column_var[column]} is not None:")

@@ -7,11 +7,14 @@ sink table say they differ. So:
     * strings, ints and None are used as they are: with one group-by column the internal
       key is the value itself (no tuple to build, hash and compare per record), with
       several it is the tuple of values, with none it is ();
-    * a key holding a bool or a float gets a tag string naming those positions (`"b0"`,
-      `"f1"`, `"b0,f2"`) after the values, always in a tuple: `(True, "b0")`,
-      `("x", 1.5, "f1")`. A tagged key is never equal to an untagged one (different
-      length or type), and two tagged keys are equal exactly when their values are
-      equal with the same JSON types. Floats are canonical (-0.0 becomes 0.0);
+    * equal numbers are one group, as JSON and PostgreSQL's jsonb compare them: a float
+      with an integral value is the int (`1.0` is `1`, `-0.0` is `0`, `1e20` is
+      `100000000000000000000`), so only non-integral floats stay floats;
+    * a key holding a bool or a (non-integral) float gets a tag string naming those
+      positions (`"b0"`, `"f1"`, `"b0,f2"`) after the values, always in a tuple:
+      `(True, "b0")`, `("x", 1.5, "f1")`. A tagged key is never equal to an untagged one
+      (different length or type), and two tagged keys are equal exactly when their values
+      are equal with the same JSON types: `true`, `1` and `"1"` are three groups;
     * NaN and infinities, objects and arrays are not valid group values (bad record).
 
 Internal keys appear only inside the engine and its stores; rows, partials and window
@@ -35,8 +38,8 @@ def internal_key(values: tuple[Any, ...], columns: Sequence[str]) -> Key | str:
 
     Returns a `str` only as the reason; a valid key with one plain string value comes
     back as a 1-tuple here, see `checked_internal_key` for the unwrapped form. The batch
-    loop calls this only for keys that are not all str / int / None, which always come
-    back as a tagged tuple or a reason.
+    loop calls this only for keys that are not all str / int / None, which come back as a
+    tagged tuple, the key of the ints they equal (integral floats), or a reason.
 
     Args:
         values: The group-by values of one record, in group-by order.
@@ -54,8 +57,11 @@ def internal_key(values: tuple[Any, ...], columns: Sequence[str]) -> Key | str:
         elif kind is float:
             if not math.isfinite(value):
                 return f"{columns[position]}: {show(value)} is not a finite number (group-by)"
-            out.append(value + 0.0)  # -0.0 + 0.0 == 0.0: one group for both zeros
-            tags.append(f"f{position}")
+            if value.is_integer():
+                out.append(int(value))  # 1.0 is the number 1, like 1 (and -0.0 is 0)
+            else:
+                out.append(value)
+                tags.append(f"f{position}")
         else:
             return (
                 f"{columns[position]}: {show(value)} is not a valid group-by value "
@@ -63,6 +69,9 @@ def internal_key(values: tuple[Any, ...], columns: Sequence[str]) -> Key | str:
             )
     if tags:
         out.append(",".join(tags))
+    elif len(out) == 1 and type(out[0]) is int:
+        # One column holding an integral float: the key of the int it equals.
+        return out[0]
     return tuple(out)
 
 
@@ -73,7 +82,7 @@ def checked_internal_key(values: Sequence[Any], columns: Sequence[str]) -> Key:
     key = internal_key(tuple(values), columns)
     if isinstance(key, str):
         raise ValueError(f"invalid group key: {key}")
-    if len(columns) == 1 and len(key) == 1:
+    if type(key) is tuple and len(columns) == 1 and len(key) == 1:
         return key[0]
     return key
 

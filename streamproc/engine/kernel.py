@@ -57,11 +57,9 @@ def _value_reason(use: ColumnUse) -> Callable[[Any], str]:
         kind = type(value)
         if kind is float and value - value != 0:
             return f"{use.column}: {show(value)} is not a finite number (needed by {use.label})"
-        if use.need == "number":
-            if kind is int or kind is float:
-                return f"{use.column}: {show(value)} is out of range (needed by {use.label})"
-            return f"{use.column}: {show(value)} is not a number (needed by {use.label})"
-        return f"{use.column}: {show(value)} is not a number or string (needed by {use.label})"
+        if kind is int or kind is float:
+            return f"{use.column}: {show(value)} is out of range (needed by {use.label})"
+        return f"{use.column}: {show(value)} is not a number (needed by {use.label})"
 
     return reason
 
@@ -145,11 +143,8 @@ def _emit_key(src: _Source, spec: QuerySpec) -> None:
     src.add(4, "continue")
 
 
-def _emit_values(
-    src: _Source, plan: AggregatePlan, namespace: dict[str, Any]
-) -> tuple[dict[str, str], dict[str, str]]:
+def _emit_values(src: _Source, plan: AggregatePlan, namespace: dict[str, Any]) -> dict[str, str]:
     column_var: dict[str, str] = {}
-    string_flag: dict[str, str] = {}
     for i, use in enumerate(plan.columns):
         v = f"v{i}"
         column_var[use.column] = v
@@ -163,15 +158,10 @@ def _emit_values(
             continue
         src.add(2, f"if {v} is not None:")
         src.add(3, f"t = type({v})")
-        if use.need == "number":
-            ok = f"(t is int or t is float) and {-MAX_ABS_NUMBER!r} <= {v} <= {MAX_ABS_NUMBER!r}"
-            src.add(3, f"if not ({ok}):")
-        else:
-            string_flag[use.column] = f"s{i}"
-            src.add(3, f"s{i} = t is str")
-            src.add(3, f"if not (s{i} or ((t is int or t is float) and {v} - {v} == 0)):")
+        ok = f"(t is int or t is float) and {-MAX_ABS_NUMBER!r} <= {v} <= {MAX_ABS_NUMBER!r}"
+        src.add(3, f"if not ({ok}):")
         src.add(4, f"bad_append(BadRecord(p, off, value_reason_{i}({v}), rec))", "continue")
-    return column_var, string_flag
+    return column_var
 
 
 def _emit_state_update(src: _Source, depth: int, tumbling: bool, body: list[str]) -> None:
@@ -221,7 +211,7 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     if has_ts:
         _emit_event_time(src, spec)
     _emit_key(src, spec)
-    column_var, string_flag = _emit_values(src, plan, namespace)
+    column_var = _emit_values(src, plan, namespace)
     if has_wm:
         src.add(2, "if ts < wm:")
         src.add(3, f"late_append(LateRecord(p, off, ts, wm, {LATE_WATERMARK!r}, rec))", "continue")
@@ -241,7 +231,7 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     touch = None
     if plan.touch_slot is not None:
         touch = "ts" if has_wm else "now_ms"
-    body = update_lines(plan, column_var, string_flag, "ts" if has_ts else "0", touch)
+    body = update_lines(plan, column_var, "ts" if has_ts else "0", touch)
     if window is None:
         src.add(2, "st = wd.get(key)", "if st is None:", "    st = wd[key] = load(None, key)")
         src.add(2, *body)

@@ -35,6 +35,13 @@ class RunStats:
     sink_outages: int = 0
     result_rows: int = 0
     late_summary: LateSummary = field(default_factory=LateSummary)
+    #: Partitions this worker committed records of.
+    partitions: set[int] = field(default_factory=set)
+    #: Bounded runs: the run this worker was in, and whether the whole query
+    #: reached its end offsets (whoever processed them).
+    run_id: int | None = None
+    run_partitions: int = 0
+    run_complete: bool = False
 
 
 class Accounting:
@@ -57,6 +64,7 @@ class Accounting:
         stats = self.stats
         query = self._query
         for p in partitions:
+            stats.partitions.add(p.partition)
             stats.records += p.records
             stats.aggregated += p.aggregated
             stats.late += p.late

@@ -35,6 +35,7 @@ from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Position
 from streamproc.sinks.base import (
     Checkpoint,
+    CheckpointError,
     CommitBatch,
     CommitOutcome,
     MessageWriter,
@@ -43,6 +44,11 @@ from streamproc.sinks.base import (
 from streamproc.sources.base import RawRecord
 
 log = logging.getLogger("streamproc.query")
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    # A checkpoint conflict says the same thing on every attempt.
+    return not isinstance(exc, CheckpointError)
 
 
 class BatchCommitter:
@@ -128,7 +134,7 @@ class BatchCommitter:
             await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
             with metrics.COMMIT_SECONDS.labels(self._plan.query_name).time():
                 outcome = await self.commit_with_retry(prepared.commit, retry_if)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CheckpointError):
             raise
         except Exception as exc:
             return await self.policy.after_failed_commit(
@@ -152,7 +158,7 @@ class BatchCommitter:
             self._breaker,
             what="sink transaction",
             is_outage=is_outage,
-            retry_if=retry_if or (lambda exc: True),
+            retry_if=retry_if or _worth_retrying,
         )
 
     async def send_dead_letters(

@@ -37,7 +37,7 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.resilience import CircuitBreaker, CircuitOpenError, outage_delay
 from streamproc.runtime.routers import BadRouter, Position, RefusedRecord
 from streamproc.sinks.base import CommitBatch, PartitionCommit, batch_id
-from streamproc.sources.base import RawRecord
+from streamproc.sources.base import RawRecord, record_digest
 
 if TYPE_CHECKING:
     from streamproc.runtime.committer import BatchCommitter
@@ -156,6 +156,7 @@ class FailurePolicy:
             watermark_ms=engine.partition_watermark_ms(p),
             dead_lettered=1,
             error=error,
+            last_record=record_digest(raw),
         )
         plan = self._plan
         bid = batch_id(plan.query_name, plan.topic, p, commit.start_offset, commit.next_offset)

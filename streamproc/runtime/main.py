@@ -77,7 +77,24 @@ def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[st
         f"filtered {stats.filtered}; result rows written {stats.result_rows}; "
         f"stale batches {stats.stale_batches}, failed commits {stats.failed_commits}, "
         f"sink outages {stats.sink_outages}",
+        *_run_lines(stats),
         f"  {stats.late_summary.text()}",
+    ]
+
+
+def _run_lines(stats: RunStats) -> list[str]:
+    if stats.run_id is None:
+        return []
+    mine = sorted(stats.partitions)
+    if stats.run_complete:
+        return [
+            f"  bounded run {stats.run_id}: this worker processed partitions {mine}; the query "
+            f"reached the end offsets of run {stats.run_id} on all {stats.run_partitions} "
+            "partitions"
+        ]
+    return [
+        f"  bounded run {stats.run_id} interrupted: this worker processed partitions {mine}; "
+        "the query had not reached its end offsets (the next bounded run goes on from there)"
     ]
 
 

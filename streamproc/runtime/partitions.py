@@ -19,8 +19,13 @@ import logging
 from collections.abc import Callable
 
 from streamproc.engine import Engine
-from streamproc.sinks.base import Checkpoint
-from streamproc.sources.base import RawRecord, Source
+from streamproc.sinks.base import (
+    RESET_HINT,
+    Checkpoint,
+    CheckpointConflictError,
+    PartitionCheckpoint,
+)
+from streamproc.sources.base import RawRecord, Source, record_digest
 
 log = logging.getLogger("streamproc.query")
 
@@ -28,7 +33,14 @@ log = logging.getLogger("streamproc.query")
 class PartitionTracker:
     """Owned partitions, their expected next offsets, and the engine holding their state."""
 
-    def __init__(self, source: Source, checkpoint: Checkpoint, new_engine: Callable[[], Engine]):
+    def __init__(
+        self,
+        query: str,
+        source: Source,
+        checkpoint: Checkpoint,
+        new_engine: Callable[[], Engine],
+    ) -> None:
+        self._query = query
         self._source = source
         self._checkpoint = checkpoint
         self._new_engine = new_engine
@@ -54,6 +66,8 @@ class PartitionTracker:
         self.pending |= partitions
         try:
             await self.restore_pending()
+        except CheckpointConflictError:
+            pass  # the loop meets it again and stops the query with its message
         except Exception as exc:
             # Never let a rebalance callback fail: aiokafka would log it and
             # carry on with partitions nobody restored.
@@ -76,16 +90,66 @@ class PartitionTracker:
 
     # ------------------------------------------------------------- restoring
     async def restore_pending(self) -> None:
-        """Restore every pending partition from its last commit and seek it to the ledger."""
-        if not self.partition_count:
-            self.partition_count = await self._source.partition_count()
+        """Restore every pending partition from its last commit and seek it to the ledger.
+
+        Raises:
+            CheckpointConflictError: the checkpoint does not fit the topic any more
+                (re-created, truncated, records deleted before they were read) or
+                its ledger chain is broken.
+        """
+        # Read every time: partitions added to the topic join W and the group.
+        self.partition_count = await self._source.partition_count()
         pending = sorted(self.pending)
         for p in pending:
             self.engine.restore(p, None, ())
         await self.refresh_remote_watermarks()
+        checkpoints = {p: await self._checkpoint.load_partition(p) for p in pending}
+        await self._check_source(checkpoints)
         for p in pending:
-            await self._load_partition(p)
+            await self._apply(checkpoints[p])
             self.pending.discard(p)
+
+    async def _check_source(self, checkpoints: dict[int, PartitionCheckpoint]) -> None:
+        """Refuse to resume where the topic's offsets went back or lost unread records.
+
+        Kafka offsets never go back; when the log ends below the checkpoint's
+        next offset, or the record at the last committed offset is not the
+        one committed, the topic was re-created (or truncated) and resuming
+        would skip its new records silently.
+        """
+        asks = {p: c.next_offset - 1 for p, c in checkpoints.items() if c.next_offset}
+        if not asks:
+            return
+        found = await self._source.describe(asks)
+        topic = self._source.topic
+        for p, ask in asks.items():
+            info, committed = found[p], checkpoints[p]
+            where = f"partition {p} of topic {topic}"
+            problem = None
+            if info.end <= ask:
+                problem = (
+                    f"{where} ends at offset {info.end}, below the checkpoint's next offset "
+                    f"{ask + 1}: the topic was re-created or truncated"
+                )
+            elif info.log_start > ask + 1:
+                problem = (
+                    f"records {ask + 1} to {info.log_start - 1} of {where} were deleted "
+                    "(retention) before this query read them"
+                )
+            elif (
+                info.record is not None
+                and committed.last_record is not None
+                and record_digest(info.record) != committed.last_record
+            ):
+                problem = (
+                    f"the record at offset {ask} of {where} is not the one this query "
+                    "committed: the topic was re-created"
+                )
+            if problem is not None:
+                raise CheckpointConflictError(
+                    f"query {self._query}: {problem}; nothing was skipped or "
+                    f"processed; {RESET_HINT}"
+                )
 
     async def replay_from_ledger(self) -> None:
         """Forget everything not committed and fetch it again, as a restarted worker would.
@@ -115,38 +179,41 @@ class PartitionTracker:
         for p in owned:
             if p in self.pending:
                 continue
-            committed = await self._restore_engine(p)
-            if committed is not None and committed != self.next.get(p):
+            checkpoint = await self._checkpoint.load_partition(p)
+            self._restore_engine(checkpoint)
+            if checkpoint.next_offset is not None and checkpoint.next_offset != self.next.get(p):
                 await self.replay_from_ledger()
                 return False
         return True
 
-    async def _restore_engine(self, p: int) -> int | None:
-        """Reset p's engine state to its last commit; returns the ledger's next offset."""
-        checkpoint = await self._checkpoint.load_partition(p)
+    def _restore_engine(self, checkpoint: PartitionCheckpoint) -> None:
+        """Reset a partition's engine state to its last commit."""
+        p = checkpoint.partition
         self.engine.revoke([p])
         self.engine.assign([p])
         self.engine.restore(p, checkpoint.max_event_ts_ms, checkpoint.partials)
-        return checkpoint.next_offset
 
-    async def _load_partition(self, p: int) -> None:
-        next_offset = await self._restore_engine(p)
-        if next_offset is not None:
-            self._source.seek(p, next_offset)
-            self.next[p] = next_offset
+    async def _apply(self, checkpoint: PartitionCheckpoint) -> None:
+        self._restore_engine(checkpoint)
+        p = checkpoint.partition
+        if checkpoint.next_offset is not None:
+            self._source.seek(p, checkpoint.next_offset)
+            self.next[p] = checkpoint.next_offset
         else:
             await self._source.seek_to_start(p)
             self.next[p] = await self._source.position(p)
 
     async def refresh_remote_watermarks(self) -> None:
-        """Count the partitions other workers own in W, with their committed watermarks."""
-        owned = self._source.assignment()
-        remote = [p for p in range(self.partition_count) if p not in owned]
-        if not remote:
-            return
+        """Count other workers' partitions in W, and never let W be below the committed W."""
         marks = await self._checkpoint.watermarks()
-        for p in remote:
-            self.engine.set_remote_watermark(p, marks.get(p))
+        if marks.global_ms is not None:
+            # A partition added later, or one with no data yet, holds W where it
+            # was; windows closed before stay closed (their records are late).
+            self.engine.advance_global_watermark(marks.global_ms)
+        owned = self._source.assignment()
+        for p in range(self.partition_count):
+            if p not in owned:
+                self.engine.set_remote_watermark(p, marks.partitions.get(p))
 
     # ------------------------------------------------------------- positions
     def rewind(self) -> None:

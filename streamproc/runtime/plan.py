@@ -52,6 +52,8 @@ class QueryPlan:
     kafka_params: dict[str, Any] = field(default_factory=dict)
     # A member joining a group waits about half of this on the local broker.
     session_timeout_ms: int = 10_000
+    # Topic metadata refresh: added partitions are read within about this long.
+    metadata_max_age_ms: int = 5_000
     # trigger
     trigger: TriggerKind = "continuous"
     trigger_interval_ms: int | None = None

@@ -111,6 +111,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         topic=cfg.extract.topic or "",
         starting_offsets=cfg.extract.starting_offsets,
         kafka_params=source_params,
+        metadata_max_age_ms=cfg.extract.connection_params.metadata_max_age_ms,
         trigger=streaming.trigger.kind,
         trigger_interval_ms=streaming.trigger.interval_ms,
         max_records_per_trigger=streaming.max_records_per_trigger

@@ -18,7 +18,7 @@ from streamproc.runtime.decode import UndecodableRecord, decode_records
 from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Routed
 from streamproc.sinks.base import CommitBatch, PartitionCommit
-from streamproc.sources.base import RawRecord
+from streamproc.sources.base import RawRecord, record_digest
 
 #: A bad record and the reason it is bad.
 BadItem = tuple[RawRecord, str]
@@ -66,10 +66,10 @@ def partition_commits(
     batch: ProcessedBatch, engine: Engine, next_offsets: Mapping[int, int]
 ) -> tuple[PartitionCommit, ...]:
     """One ledger entry per partition of the batch, starting at its expected offset."""
-    last: dict[int, int] = {}
+    last: dict[int, RawRecord] = {}
     count: dict[int, int] = defaultdict(int)
     for r in batch.raws:
-        last[r.partition] = r.offset
+        last[r.partition] = r
         count[r.partition] += 1
     bad_extra: dict[int, int] = defaultdict(int)
     for u in batch.undecodable:
@@ -81,7 +81,7 @@ def partition_commits(
             PartitionCommit(
                 partition=p,
                 start_offset=next_offsets[p],
-                next_offset=last[p] + 1,
+                next_offset=last[p].offset + 1,
                 records=count[p],
                 aggregated=prog.aggregated if prog else 0,
                 late=prog.late if prog else 0,
@@ -89,6 +89,7 @@ def partition_commits(
                 filtered=batch.filtered.get(p, 0),
                 max_event_ts_ms=engine.partition_max_event_ts_ms(p),
                 watermark_ms=engine.partition_watermark_ms(p),
+                last_record=record_digest(last[p]),
             )
         )
     return tuple(commits)

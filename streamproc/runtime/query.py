@@ -43,7 +43,7 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.wiring import QueryPorts, kafka_postgres_ports
-from streamproc.sinks.base import PartitionCommit
+from streamproc.sinks.base import CheckpointError, PartitionCommit
 from streamproc.sources.base import RawRecord
 from streamproc.state.base import WindowStore
 
@@ -84,7 +84,10 @@ class StreamingQuery:
         )
         self._accounting = Accounting(plan.query_name, ports.late, ports.bad)
         self._tracker = PartitionTracker(
-            ports.source, ports.checkpoint, lambda: Engine(plan.spec, store_factory, clock_ms)
+            plan.query_name,
+            ports.source,
+            ports.checkpoint,
+            lambda: Engine(plan.spec, store_factory, clock_ms),
         )
         self._collector = BatchCollector(plan, ports.source, self._tracker)
         self._committer = BatchCommitter(
@@ -128,8 +131,8 @@ class StreamingQuery:
     async def on_assigned(self, partitions: set[int]) -> None:
         """Restore each new partition exactly from the checkpoint and seek to its ledger offset."""
         async with self._lock:
-            await self._collector.assigned(partitions)
             await self._tracker.assigned(partitions)
+            self._collector.pause_finished()
             log.info("assigned partitions %s", sorted(self._source.assignment()))
         self._joined.set()
 
@@ -137,7 +140,6 @@ class StreamingQuery:
         """Drop local state of partitions another worker will own."""
         async with self._lock:
             self._tracker.revoked(partitions)
-            self._collector.revoked(partitions)
             log.info("revoked partitions %s", sorted(partitions))
 
     # ---------------------------------------------------------------- the loop
@@ -152,9 +154,13 @@ class StreamingQuery:
                 is_outage=is_outage,
                 retry_if=is_outage,
             )
+        except CheckpointError as exc:
+            # A changed definition, a table another query owns, an incompatible
+            # table, a missing privilege: its message says what and what to do.
+            raise QueryFailedError(str(exc)) from None
         except Exception as exc:
             if not is_outage(exc):
-                raise  # e.g. IncompatibleTableError: its message says what differs
+                raise
             raise QueryFailedError(
                 f"query {self.plan.query_name}: cannot reach the sink: {first_line(exc)}"
             ) from exc
@@ -162,22 +168,78 @@ class StreamingQuery:
             for sink in (self._ports.dead_letter_writer, self._ports.result_sink):
                 if sink is not None:
                     await sink.start()
+            if self.bounded:
+                run = await self._checkpoint.begin_run(self.plan.trigger, self._take_ends)
+                self._collector.start_run(run)
+                self.stats.run_id = run.run_id
+                self.stats.run_partitions = len(run.ends)
+                log.info(
+                    "%s bounded run %d of query %s: end offsets %s",
+                    "joined" if run.joined else "began",
+                    run.run_id,
+                    self.plan.query_name,
+                    dict(sorted(run.ends.items())),
+                )
             await self._source.start(self)
             await self._wait_for_assignment()
-            next_tick = time.monotonic()
-            while not self._stop.is_set():
-                if self.plan.trigger == "processingtime":
-                    next_tick = await self._wait_for_tick(next_tick)
-                    if self._stop.is_set():
-                        break
-                generation = self._tracker.generation
-                raws = await self._collector.collect(self._stop.is_set)
-                await self._run_batch(raws, generation)
-                if self.bounded and self._collector.done():
-                    break
+            await self._loop()
+        except CheckpointError as exc:
+            raise QueryFailedError(str(exc)) from None
         finally:
             await self._shutdown()
         return self.stats
+
+    async def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            if self.plan.trigger == "processingtime":
+                next_tick = await self._wait_for_tick(next_tick)
+                if self._stop.is_set():
+                    break
+            generation = self._tracker.generation
+            raws = await self._collector.collect(self._stop.is_set)
+            await self._run_batch(raws, generation)
+            if self._collector.share_done() and await self._run_done():
+                return
+
+    async def _take_ends(self) -> dict[int, int]:
+        """The end offsets of a new bounded run: every partition's end right now.
+
+        A partition with no checkpoint yet starts per startingOffsets; when
+        that start is already its end (latest, or an emptied log) there is
+        nothing to read in this run, and its end is 0.
+        """
+        count = await self._source.partition_count()
+        committed = await self._checkpoint.committed_offsets()
+        found = await self._source.describe(dict.fromkeys(range(count)))
+        ends = {}
+        for p in range(count):
+            info = found[p]
+            end = info.end
+            if p not in committed:
+                start = info.log_start if self.plan.starting_offsets == "earliest" else end
+                end = end if start < end else 0
+            ends[p] = end
+        return ends
+
+    async def _run_done(self) -> bool:
+        """True when every partition of the topic reached the run's end, whoever processed it."""
+        run = self._collector.run
+        assert run is not None
+        try:
+            committed = await self._checkpoint.committed_offsets()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return False  # asked again after the next batch
+        if any(committed.get(p, 0) < end for p, end in run.ends.items()):
+            return False
+        self.stats.run_complete = True
+        try:
+            await self._checkpoint.finish_run(run)
+        except Exception as exc:  # the run is complete either way
+            log.warning("cannot mark bounded run %d done: %s", run.run_id, first_line(exc))
+        return True
 
     async def _wait_for_assignment(self) -> None:
         stop = asyncio.ensure_future(self._stop.wait())
@@ -219,7 +281,7 @@ class StreamingQuery:
                 )
             except SinkOutage as exc:
                 outage = exc.cause
-            except (asyncio.CancelledError, QueryFailedError):
+            except (asyncio.CancelledError, QueryFailedError, CheckpointError):
                 raise
             except QualityAbortError as exc:
                 # Nothing of the batch was written; a restart replays it.

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.routers import BadRouter, LateRouter, bad_router, late_router
-from streamproc.sinks.base import Checkpoint, MessageWriter, ResultSink
+from streamproc.sinks.base import Checkpoint, MessageWriter, QueryIdentity, ResultSink
+from streamproc.sinks.definition import query_definition
 from streamproc.sinks.kafka import KafkaProducerSink, KafkaResultSink
 from streamproc.sinks.layout import result_layout
 from streamproc.sinks.postgres import PostgresCheckpoint
@@ -38,6 +39,18 @@ class QueryPorts:
     dead_letter_writer: MessageWriter | None = None
 
 
+def plan_identity(plan: QueryPlan) -> QueryIdentity:
+    """The identity a plan's checkpoint is registered under: name, definition, table."""
+    sink = (
+        {"topic": plan.sink_topic or ""}
+        if plan.sink_type == "kafka"
+        else {"table": plan.table or ""}
+    )
+    definition = query_definition(plan.spec, topic=plan.topic, sink=sink)
+    table = plan.table if plan.sink_type == "postgresql" else None
+    return QueryIdentity(plan.query_name, plan.topic, definition, table)
+
+
 def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
     """The production adapters of a plan."""
     if plan.dsn is None or (plan.sink_type == "postgresql" and plan.table is None):
@@ -60,8 +73,7 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
         result_sink = PostgresTableSink(result_layout(spec, plan.table))
     checkpoint = PostgresCheckpoint(
         plan.dsn,
-        query=plan.query_name,
-        topic=plan.topic,
+        identity=plan_identity(plan),
         spec=spec,
         sink=result_sink,
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
@@ -74,6 +86,7 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
             starting_offsets=plan.starting_offsets,
             client_params=plan.kafka_params,
             session_timeout_ms=plan.session_timeout_ms,
+            metadata_max_age_ms=plan.metadata_max_age_ms,
         )
     )
     late, bad = late_router(plan), bad_router(plan)

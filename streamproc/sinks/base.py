@@ -12,7 +12,7 @@ Implementations: `PostgresCheckpoint` with `PostgresTableSink` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,9 @@ class PartitionCommit:
     # instead, with the sink's error (FAULTS.md).
     dead_lettered: int = 0
     error: str | None = None
+    # Digest of the last record of the span (`record_digest`): a restore
+    # checks it against the topic, to tell a re-created topic apart.
+    last_record: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,68 @@ class PartitionCheckpoint:
     next_offset: int | None
     max_event_ts_ms: int | None
     partials: tuple[PartialRow, ...] = field(default_factory=tuple)
+    last_record: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """The committed watermarks of a query (event time).
+
+    Attributes:
+        partitions: wm(p) of every partition with a position (None before any data).
+        global_ms: The last committed global watermark W; it never goes back.
+    """
+
+    partitions: Mapping[int, int | None]
+    global_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryIdentity:
+    """Who a checkpoint belongs to: the query, its definition and the tables it owns."""
+
+    query: str
+    topic: str
+    definition: Mapping[str, Any]
+    result_table: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedRun:
+    """A bounded run (once, availablenow) of a query, shared by all its workers.
+
+    Attributes:
+        run_id: Numbers the query's runs.
+        ends: End offset (exclusive) of every partition, taken once when the run began.
+        joined: True when this worker joined a run another worker began.
+    """
+
+    run_id: int
+    ends: Mapping[int, int]
+    joined: bool = False
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint cannot serve this run: the query stops with this one-line message.
+
+    Never retried; the message says what was found and what to do.
+    """
+
+
+class CheckpointConflictError(CheckpointError):
+    """The stored checkpoint does not fit this run.
+
+    Raised for a changed query definition, a result table another query owns,
+    a checkpoint of an older layout, a ledger that does not match the
+    positions, or a topic whose offsets went back.
+    """
+
+
+#: What a conflict message offers as the two ways on.
+RESET_HINT = (
+    "start it under a new queryName, or drop its checkpoint with `streamproc reset CONFIG` "
+    "(add --drop-results to drop its result and late tables too)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +202,10 @@ class ResultSink(Protocol):
         """Create the table when missing, refuse an incompatible one (inside `tx`)."""
         ...
 
+    def check_keys(self, keys: Iterable[Sequence[Any]]) -> None:
+        """Raise ValueError for a group key the sink could never store (checked per batch)."""
+        ...
+
     async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
         """Write rows: upsert them, or (closing append-mode windows) insert them once.
 
@@ -150,7 +219,13 @@ class Checkpoint(Protocol):
     """The exactly-once checkpoint of one query: ledger, partials, results, late rows."""
 
     async def open(self) -> None:
-        """Connect, create missing tables, check the result sink's table."""
+        """Connect, create missing tables, check the result sink's table.
+
+        Raises:
+            CheckpointConflictError: the stored checkpoint belongs to another
+                definition, the result table to another query, or the layout
+                is an older one.
+        """
         ...
 
     async def close(self) -> None:
@@ -161,10 +236,29 @@ class Checkpoint(Protocol):
         """A partition's last committed position and its open partials."""
         ...
 
-    async def watermarks(self) -> dict[int, int | None]:
-        """The last committed watermark of every partition with a ledger row."""
+    async def watermarks(self) -> Watermarks:
+        """The committed watermarks: every partition's and the global one."""
         ...
 
     async def commit(self, batch: CommitBatch) -> CommitOutcome:
         """Make one micro-batch durable in one transaction, or report it stale."""
+        ...
+
+    async def begin_run(
+        self, trigger: str, take_ends: Callable[[], Awaitable[Mapping[int, int]]]
+    ) -> BoundedRun:
+        """Join the query's bounded run in progress, or begin one with ends from take_ends.
+
+        This worker stays a member of the run until `finish_run` or `close`;
+        a run nobody is a member of any more is over, and the next bounded
+        run of the query takes new end offsets.
+        """
+        ...
+
+    async def committed_offsets(self) -> dict[int, int]:
+        """The next offset of every partition with a position (whoever committed it)."""
+        ...
+
+    async def finish_run(self, run: BoundedRun) -> None:
+        """Mark a bounded run done (every partition reached its end)."""
         ...

@@ -8,7 +8,7 @@ offset in headers so a reader can drop the duplicates a replay may add.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -112,6 +112,9 @@ class KafkaResultSink:
 
     async def prepare(self, tx: Any) -> None:
         """Nothing to create: the topic is the broker's."""
+
+    def check_keys(self, keys: Iterable[Sequence[Any]]) -> None:
+        """JSON carries any group value."""
 
     async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
         """Deliver the rows (acknowledged by the broker) before the transaction commits."""

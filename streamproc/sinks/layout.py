@@ -1,4 +1,4 @@
-"""Pure SQL layout of the tables streamproc writes: result, partials, ledger, late.
+"""Pure SQL layout of the tables streamproc writes (layout 2, see `definition.py`).
 
 No I/O here: this module turns a query's shape into DDL and compares an
 existing table's columns with the expected ones, so both are unit-testable.
@@ -25,8 +25,13 @@ _AGG_SQL_TYPE: Mapping[str, str] = {
     "last": "jsonb",
 }
 
-PARTIALS_TABLE = "streamproc_partials"
+#: Layout 1 kept partial states here (jsonb); layout 2 does not use it.
+LEGACY_PARTIALS_TABLE = "streamproc_partials"
+STATE_TABLE = "streamproc_state"
 LEDGER_TABLE = "streamproc_ledger"
+POSITIONS_TABLE = "streamproc_positions"
+QUERIES_TABLE = "streamproc_queries"
+RUNS_TABLE = "streamproc_runs"
 
 
 def quote_ident(name: str) -> str:
@@ -42,6 +47,10 @@ class Column:
     sql_type: str
 
 
+#: The column holding the JSON type of each group-by value, one letter per column.
+GROUP_KEY_TYPES = "group_key_types"
+
+
 @dataclass(frozen=True, slots=True)
 class ResultTableLayout:
     """The result table of a query: columns in order and the unique key."""
@@ -52,9 +61,15 @@ class ResultTableLayout:
     columns: tuple[Column, ...]
 
     @property
+    def typed(self) -> bool:
+        """True when the table has a `group_key_types` column (it has group-by columns)."""
+        return bool(self.group_by)
+
+    @property
     def key_columns(self) -> tuple[str, ...]:
-        """Group-by columns, then the window bounds when windowed."""
-        return self.group_by + (("window_start", "window_end") if self.windowed else ())
+        """Group-by columns and their types, then the window bounds when windowed."""
+        types = (GROUP_KEY_TYPES,) if self.typed else ()
+        return self.group_by + types + (("window_start", "window_end") if self.windowed else ())
 
     @property
     def value_columns(self) -> tuple[str, ...]:
@@ -72,10 +87,16 @@ class ResultTableLayout:
 def result_layout(spec: QuerySpec, table: str) -> ResultTableLayout:
     """The result table layout of DESIGN.md for a query.
 
-    Group-by values are stored as text (JSON scalars rendered as text), so one
-    layout fits every input type.
+    Group-by values are stored as text, so a SQL user reads strings as
+    strings: a string as it is, a number as its JSON text (`1`, `1.5`), a
+    boolean as `true`/`false`, null as NULL. `group_key_types` holds each
+    value's JSON type, one letter per group-by column (`s` string, `n`
+    number, `b` boolean, `-` null), so `1`, `"1"`, `true` and `"true"` are
+    four rows and the unique key never merges groups JSON keeps apart.
     """
     columns = [Column(name, "text") for name in spec.group_by]
+    if spec.group_by:
+        columns.append(Column(GROUP_KEY_TYPES, "text"))
     windowed = spec.window is not None
     if windowed:
         columns += [
@@ -135,26 +156,31 @@ def layout_differences(
     return diffs
 
 
-def create_partials_table_sql() -> str:
-    """DDL for the hidden partials table (one row per key, window and partition)."""
-    t = quote_ident(PARTIALS_TABLE)
+def create_state_table_sql() -> str:
+    """DDL for the hidden partial-state table: one row per key, window and partition.
+
+    `key` and `state` are the group key and the partial aggregate state in
+    marshal format 2 (see `streamproc.sinks.rows.encode_key`): exact, typed,
+    and compact; `window_start_ms`/`window_end_ms` are 0 for a non-windowed query.
+    """
+    t = quote_ident(STATE_TABLE)
     return f"""
 CREATE TABLE IF NOT EXISTS {t} (
   query text NOT NULL,
   partition integer NOT NULL,
-  key jsonb NOT NULL,
   window_start_ms bigint NOT NULL,
   window_end_ms bigint NOT NULL,
-  state jsonb NOT NULL,
+  key bytea NOT NULL,
+  state bytea NOT NULL,
   PRIMARY KEY (query, key, window_start_ms, partition)
 );
-CREATE INDEX IF NOT EXISTS streamproc_partials_by_partition ON {t} (query, partition);
-CREATE INDEX IF NOT EXISTS streamproc_partials_by_end ON {t} (query, window_end_ms);
+CREATE INDEX IF NOT EXISTS streamproc_state_by_partition ON {t} (query, partition);
+CREATE INDEX IF NOT EXISTS streamproc_state_by_end ON {t} (query, window_end_ms);
 """
 
 
 def create_ledger_table_sql() -> str:
-    """DDL for the ledger: one readable row per committed batch and partition."""
+    """DDL for the ledger: one readable row per committed batch and partition (history)."""
     return f"""
 CREATE TABLE IF NOT EXISTS {quote_ident(LEDGER_TABLE)} (
   query text NOT NULL,
@@ -177,21 +203,63 @@ CREATE TABLE IF NOT EXISTS {quote_ident(LEDGER_TABLE)} (
 )"""
 
 
-def upgrade_ledger_table_sql() -> str:
-    """DDL that adds the failure columns to a ledger created before they existed.
+def create_positions_table_sql() -> str:
+    """DDL for the positions: where each partition of a query resumes (one row each).
 
-    ``dead_lettered`` counts the records of ``bad`` that the sink rejected and
-    that went to the DLQ instead; ``error`` is the sink's error for them.
+    Updated in every commit; the ledger is its history, and each restore
+    checks that the two agree. `last_record` is a digest of the last record
+    committed, to tell a re-created topic from the one the query read.
     """
-    t = quote_ident(LEDGER_TABLE)
-    return (
-        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS dead_lettered integer NOT NULL DEFAULT 0;\n"
-        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS error text"
-    )
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(POSITIONS_TABLE)} (
+  query text NOT NULL,
+  partition integer NOT NULL,
+  topic text NOT NULL,
+  next_offset bigint NOT NULL,
+  batch_id text NOT NULL,
+  max_event_time_ms bigint,
+  watermark_ms bigint,
+  last_record bytea,
+  committed_at timestamp with time zone NOT NULL DEFAULT now(),
+  PRIMARY KEY (query, partition)
+)"""
+
+
+def create_queries_table_sql() -> str:
+    """DDL for the query registry: each query's definition, result table and W.
+
+    A result table belongs to one query (unique); `global_watermark_ms` is
+    the last committed global watermark, which never goes back.
+    """
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(QUERIES_TABLE)} (
+  query text PRIMARY KEY,
+  layout integer NOT NULL,
+  definition jsonb NOT NULL,
+  result_table text UNIQUE,
+  global_watermark_ms bigint,
+  created_at timestamp with time zone NOT NULL DEFAULT now(),
+  updated_at timestamp with time zone NOT NULL DEFAULT now()
+)"""
+
+
+def create_runs_table_sql() -> str:
+    """DDL for bounded runs (once, availablenow): the end offsets every worker stops at."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(RUNS_TABLE)} (
+  query text NOT NULL,
+  run_id integer NOT NULL,
+  trigger text NOT NULL,
+  end_offsets bigint[] NOT NULL,
+  status text NOT NULL DEFAULT 'running',
+  started_at timestamp with time zone NOT NULL DEFAULT now(),
+  finished_at timestamp with time zone,
+  PRIMARY KEY (query, run_id)
+)"""
 
 
 def create_late_table_sql(table: str) -> str:
-    """DDL for a separatestream late-data side table."""
+    """DDL for a separatestream late-data side table (queries may share one)."""
     return f"""
 CREATE TABLE IF NOT EXISTS {quote_ident(table)} (
   query text NOT NULL,
@@ -203,5 +271,5 @@ CREATE TABLE IF NOT EXISTS {quote_ident(table)} (
   reason text NOT NULL,
   detected_at timestamp with time zone NOT NULL DEFAULT now(),
   record jsonb NOT NULL,
-  UNIQUE (source_topic, source_partition, source_offset)
+  UNIQUE (query, source_topic, source_partition, source_offset)
 )"""

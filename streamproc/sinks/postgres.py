@@ -1,50 +1,81 @@
-"""PostgreSQL as sink and checkpoint: result table, partials, ledger, late rows.
+"""PostgreSQL as the checkpoint: positions, partial states, ledger, late rows, results.
 
 One `commit()` is one transaction that makes a micro-batch durable, exactly
-once (DESIGN.md section 3): it checks that every partition's batch starts
-where the ledger says that partition ended, upserts the partitions' partial
-aggregates, writes the merged result rows, the late side-table rows and the
-ledger rows, and closes windows the global watermark has passed. A batch that
-does not start at the ledger's position is stale (a replay, or a zombie after
-a rebalance) and nothing of it is written.
+once (DESIGN.md section 3), under the query's advisory lock:
+
+    1. stale check   every partition's batch starts at its position's next offset
+    2. states        the partitions' absolute partial states, upserted
+    3. results       rows through the ResultSink: merged locally when this worker
+                     owns every partition, else merged from the stored states
+    4. late rows     the separatestream side table
+    5. ledger        one history row per partition
+    6. positions     each partition's next offset, watermark, last record digest
+    7. W             min over the topic's partitions, never below the stored W
+    8. closing       append: windows with end <= W written once, states dropped;
+                     update: states of closed windows dropped; evicted keys dropped
+
+A batch that does not start at the position is stale (a replay, or a zombie
+after a rebalance) and nothing of it is written. On restore, a partition's
+position is checked against its ledger chain (`load_partition`).
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey, finalize, merge_states
 from streamproc.sinks.base import (
+    RESET_HINT,
+    BoundedRun,
+    CheckpointConflictError,
     CommitBatch,
     CommitOutcome,
     LateRow,
     PartitionCheckpoint,
     PartitionCommit,
+    QueryIdentity,
     ResultSink,
+    Watermarks,
     batch_id,
 )
 from streamproc.sinks.layout import (
     LEDGER_TABLE,
-    PARTIALS_TABLE,
+    POSITIONS_TABLE,
+    QUERIES_TABLE,
+    STATE_TABLE,
     create_late_table_sql,
-    create_ledger_table_sql,
-    create_partials_table_sql,
     quote_ident,
-    upgrade_ledger_table_sql,
 )
-from streamproc.sinks.rows import datetime_to_ms, key_json, ms_to_datetime, to_json
+from streamproc.sinks.postgres_registry import (
+    ensure_tables,
+    privilege_error,
+    register_query,
+)
+from streamproc.sinks.postgres_runs import RunMembership
+from streamproc.sinks.rows import (
+    decode_key,
+    decode_state,
+    encode_key,
+    encode_state,
+    ms_to_datetime,
+    to_json,
+)
 
-# Non-windowed aggregation stores its partials with this window, so that one
+# Non-windowed aggregation stores its states with this window, so that one
 # primary key serves both shapes.
 NO_WINDOW_MS = 0
 # Seconds one statement may take before the server counts as unreachable
 # (a sink transaction of a 20,000-record batch takes well under a second).
 COMMAND_TIMEOUT_S = 120.0
+
+_LEDGER = quote_ident(LEDGER_TABLE)
+_POSITIONS = quote_ident(POSITIONS_TABLE)
+_QUERIES = quote_ident(QUERIES_TABLE)
+_STATE = quote_ident(STATE_TABLE)
 
 
 class PostgresCheckpoint:
@@ -54,16 +85,14 @@ class PostgresCheckpoint:
         self,
         dsn: str,
         *,
-        query: str,
-        topic: str,
+        identity: QueryIdentity,
         spec: QuerySpec,
         sink: ResultSink,
         late_table: str | None = None,
     ) -> None:
         """Args:
         dsn: the database of the checkpoint (and of a result table).
-        query: the query name (ledger and partials key).
-        topic: the source topic.
+        identity: the query, its definition and its result table.
         spec: the query's shape.
         sink: where result rows go, written inside each commit's transaction
             (a table of this database, or a topic: then the transaction
@@ -72,16 +101,19 @@ class PostgresCheckpoint:
         late_table: the separatestream side table, if any.
         """
         self._dsn = dsn
-        self._query = query
-        self._topic = topic
+        self._identity = identity
+        self._query = identity.query
+        self._topic = identity.topic
         self._spec = spec
         self._sink = sink
         self._late_table = late_table
         self._pool: Any = None
-        self._lock_key = f"streamproc:{query}"
+        self._lock_key = f"streamproc:{identity.query}"
+        self._run = RunMembership(dsn, identity.query)
 
+    # ------------------------------------------------------------- lifecycle
     async def open(self) -> None:
-        """Connect, create missing tables, and refuse an incompatible result table."""
+        """Connect, create missing tables, register the query, check the result table."""
         # min_size=0: while the server is down the pool does not keep trying
         # (and logging) to refill a floor; the query's breaker paces reconnects.
         # command_timeout: a server that stops answering is an outage, not a hang.
@@ -89,109 +121,167 @@ class PostgresCheckpoint:
             self._dsn, min_size=0, max_size=2, timeout=10, command_timeout=COMMAND_TIMEOUT_S
         )
         async with self._pool.acquire() as conn, conn.transaction():
-            # Serialise DDL between workers starting at the same time.
+            # Serialise DDL and registration between workers starting together.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "streamproc:ddl")
-            await conn.execute(create_ledger_table_sql())
-            upgraded = await conn.fetchval(
-                """SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1)
-                   AND attname IN ('dead_lettered', 'error') AND NOT attisdropped""",
-                quote_ident(LEDGER_TABLE),
-            )
-            if upgraded < 2:  # ALTER TABLE locks the ledger: only when needed
-                await conn.execute(upgrade_ledger_table_sql())
-            await conn.execute(create_partials_table_sql())
-            if self._late_table:
-                await conn.execute(create_late_table_sql(self._late_table))
+            late = self._late_table
+            await ensure_tables(conn, (late, create_late_table_sql(late)) if late else None)
+            await register_query(conn, self._identity)
             await self._sink.prepare(conn)
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Leave a bounded run and close the connection pool."""
+        await self._run.leave()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
+    # ------------------------------------------------------------- restoring
     async def load_partition(self, partition: int) -> PartitionCheckpoint:
-        """Read a partition's ledger position and its open partials."""
+        """A partition's position and open states, after checking its ledger chain.
+
+        Raises:
+            CheckpointConflictError: the ledger and the position disagree (a row
+                deleted or added by hand): resuming would apply a batch twice
+                or skip one.
+        """
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f"""SELECT next_offset, max_event_time FROM {quote_ident(LEDGER_TABLE)}
-                    WHERE query = $1 AND topic = $2 AND partition = $3
-                    ORDER BY start_offset DESC LIMIT 1""",
+            position = await conn.fetchrow(
+                f"""SELECT next_offset, max_event_time_ms, last_record FROM {_POSITIONS}
+                    WHERE query = $1 AND partition = $2""",
+                self._query,
+                partition,
+            )
+            chain = await conn.fetchrow(
+                f"""SELECT count(*) AS rows,
+                           (array_agg(next_offset ORDER BY start_offset DESC))[1] AS last_next,
+                           min(start_offset) FILTER (WHERE prev IS DISTINCT FROM start_offset
+                                                       AND prev IS NOT NULL) AS break_at
+                    FROM (SELECT start_offset, next_offset,
+                                 lag(next_offset) OVER (ORDER BY start_offset) AS prev
+                          FROM {_LEDGER} WHERE query = $1 AND topic = $2 AND partition = $3) c""",
                 self._query,
                 self._topic,
                 partition,
             )
-            partials = await conn.fetch(
-                f"""SELECT key::text, window_start_ms, window_end_ms, state::text
-                    FROM {quote_ident(PARTIALS_TABLE)} WHERE query = $1 AND partition = $2""",
+            states = await conn.fetch(
+                f"""SELECT key, window_start_ms, window_end_ms, state FROM {_STATE}
+                    WHERE query = $1 AND partition = $2""",
                 self._query,
                 partition,
             )
-        if row is None:
+        self._check_chain(partition, position, chain)
+        if position is None:
             return PartitionCheckpoint(partition, None, None, ())
         return PartitionCheckpoint(
             partition,
-            row["next_offset"],
-            datetime_to_ms(row["max_event_time"]),
-            tuple(self._partial_from_row(r) for r in partials),
+            position["next_offset"],
+            position["max_event_time_ms"],
+            tuple(self._partial_from_row(r) for r in states),
+            position["last_record"],
         )
+
+    def _check_chain(self, partition: int, position: Any, chain: Any) -> None:
+        where = f"query {self._query}, partition {partition} of {self._topic}"
+        problem = None
+        if position is None and chain["rows"]:
+            problem = f"its ledger has {chain['rows']} row(s) but no position"
+        elif position is not None and not chain["rows"]:
+            problem = f"its position is at offset {position['next_offset']} but its ledger is empty"
+        elif chain["break_at"] is not None:
+            problem = f"its ledger has a gap or an overlap at offset {chain['break_at']}"
+        elif position is not None and chain["last_next"] != position["next_offset"]:
+            problem = (
+                f"its ledger ends at offset {chain['last_next']} but its position is at "
+                f"{position['next_offset']} (a ledger row was deleted or added)"
+            )
+        if problem is not None:
+            raise CheckpointConflictError(
+                f"{where}: {problem}; resuming could apply a batch twice or skip one, so "
+                f"nothing was processed; restore the rows, or {RESET_HINT}"
+            )
 
     def _partial_from_row(self, r: Any) -> PartialRow:
         windowed = self._spec.window is not None
         return PartialRow(
-            tuple(json.loads(r["key"])),
+            decode_key(r["key"]),
             r["window_start_ms"] if windowed else None,
             r["window_end_ms"] if windowed else None,
-            tuple(json.loads(r["state"])),
+            decode_state(r["state"]),
         )
 
-    async def watermarks(self) -> dict[int, int | None]:
-        """The latest committed watermark of every partition with a ledger row."""
+    async def watermarks(self) -> Watermarks:
+        """The committed watermark of every partition with a position, and W."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                f"""SELECT DISTINCT ON (partition) partition, watermark
-                    FROM {quote_ident(LEDGER_TABLE)} WHERE query = $1 AND topic = $2
-                    ORDER BY partition, start_offset DESC""",
+                f"SELECT partition, watermark_ms FROM {_POSITIONS} WHERE query = $1",
                 self._query,
-                self._topic,
             )
-        return {r["partition"]: datetime_to_ms(r["watermark"]) for r in rows}
+            w = await conn.fetchval(
+                f"SELECT global_watermark_ms FROM {_QUERIES} WHERE query = $1", self._query
+            )
+        return Watermarks({r["partition"]: r["watermark_ms"] for r in rows}, w)
 
+    async def committed_offsets(self) -> dict[int, int]:
+        """The next offset of every partition with a position."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT partition, next_offset FROM {_POSITIONS} WHERE query = $1", self._query
+            )
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    # ---------------------------------------------------------- bounded runs
+    async def begin_run(
+        self, trigger: str, take_ends: Callable[[], Awaitable[Mapping[int, int]]]
+    ) -> BoundedRun:
+        """Join the query's bounded run in progress, or begin one."""
+        return await self._run.begin(self._pool, trigger, take_ends)
+
+    async def finish_run(self, run: BoundedRun) -> None:
+        """Mark the bounded run done and leave it."""
+        await self._run.finish(self._pool, run)
+
+    # ---------------------------------------------------------------- commit
     async def commit(self, batch: CommitBatch) -> CommitOutcome:
         """Make one micro-batch durable in one transaction, or report it stale."""
         async with self._pool.acquire() as conn, conn.transaction():
             # One query's commits never interleave, so merges from two
-            # workers cannot race and the ledger check below is decisive.
+            # workers cannot race and the position check below is decisive.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_key)
             stale = await self._stale_partitions(conn, batch.partitions)
             if stale:
-                # Nothing is written; the caller reloads these partitions.
-                return CommitOutcome(stale=stale)
-            await self._upsert_partials(conn, batch.partials)
-            written = 0
-            mode = self._spec.output_mode
-            if mode != "append":
-                if batch.local_rows is not None:
-                    rows = batch.local_rows
-                else:
-                    rows = await self._merge_from_partials(conn, batch.partials)
-                written = await self._sink.write(conn, rows, insert_only=False)
-            await self._insert_late_rows(conn, batch.late_rows)
-            await self._insert_ledger_rows(conn, batch.partitions)
-            watermark = await self._global_watermark(conn, batch)
-            closed = 0
-            if self._spec.window is not None and watermark is not None:
-                if mode == "append":
-                    closed = await self._close_windows(conn, watermark)
-                    written += closed
-                elif mode == "update":
-                    closed = await self._evict_closed(conn, watermark)
-            if mode != "append":
-                # stateTimeout evictions (and update-mode local evictions) drop
-                # partials that no longer count; closed append windows were
-                # already removed by _close_windows.
-                await self._delete_partials(conn, batch.evicted)
-            return CommitOutcome((), written, closed, watermark)
+                return CommitOutcome(stale=stale)  # nothing written: the caller reloads
+            try:
+                return await self._write(conn, batch)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise privilege_error(exc, f"query {self._query}: writing its batch") from None
+
+    async def _write(self, conn: Any, batch: CommitBatch) -> CommitOutcome:
+        await self._upsert_states(conn, batch.partials)
+        written = 0
+        mode = self._spec.output_mode
+        if mode != "append":
+            if batch.local_rows is not None:
+                rows = batch.local_rows
+            else:
+                rows = await self._merge_touched(conn, batch.partials)
+            written = await self._sink.write(conn, rows, insert_only=False)
+        await self._insert_late_rows(conn, batch.late_rows)
+        await self._insert_ledger_rows(conn, batch.partitions)
+        await self._upsert_positions(conn, batch.partitions)
+        watermark = await self._global_watermark(conn, batch)
+        closed = 0
+        if self._spec.window is not None and watermark is not None:
+            if mode == "append":
+                closed = await self._close_windows(conn, watermark)
+                written += closed
+            elif mode == "update":
+                closed = await self._evict_closed(conn, watermark)
+        if mode != "append":
+            # stateTimeout evictions (and update-mode local evictions) drop
+            # states that no longer count; closed append windows were already
+            # removed by _close_windows.
+            await self._delete_states(conn, batch.evicted)
+        return CommitOutcome((), written, closed, watermark)
 
     async def _stale_partitions(
         self, conn: Any, partitions: Sequence[PartitionCommit]
@@ -199,12 +289,9 @@ class PostgresCheckpoint:
         if not partitions:
             return ()
         rows = await conn.fetch(
-            f"""SELECT DISTINCT ON (partition) partition, next_offset
-                FROM {quote_ident(LEDGER_TABLE)}
-                WHERE query = $1 AND topic = $2 AND partition = ANY($3::int[])
-                ORDER BY partition, start_offset DESC""",
+            f"""SELECT partition, next_offset FROM {_POSITIONS}
+                WHERE query = $1 AND partition = ANY($2::int[])""",
             self._query,
-            self._topic,
             [p.partition for p in partitions],
         )
         committed = {r["partition"]: r["next_offset"] for r in rows}
@@ -214,28 +301,27 @@ class PostgresCheckpoint:
             if p.partition in committed and committed[p.partition] != p.start_offset
         )
 
-    async def _upsert_partials(
-        self, conn: Any, partials: Mapping[int, Sequence[PartialRow]]
-    ) -> None:
+    async def _upsert_states(self, conn: Any, partials: Mapping[int, Sequence[PartialRow]]) -> None:
         parts: list[int] = []
-        keys: list[str] = []
+        keys: list[bytes] = []
         starts: list[int] = []
         ends: list[int] = []
-        states: list[str] = []
+        states: list[bytes] = []
         for partition, rows in partials.items():
             for row in rows:
                 parts.append(partition)
-                keys.append(key_json(row.key))
+                keys.append(encode_key(row.key))
                 starts.append(NO_WINDOW_MS if row.window_start_ms is None else row.window_start_ms)
                 ends.append(NO_WINDOW_MS if row.window_end_ms is None else row.window_end_ms)
-                states.append(to_json(list(row.state)))
+                states.append(encode_state(row.state))
         if not parts:
             return
+        self._sink.check_keys(row.key for rows in partials.values() for row in rows)
         await conn.execute(
-            f"""INSERT INTO {quote_ident(PARTIALS_TABLE)}
+            f"""INSERT INTO {_STATE}
                   (query, partition, key, window_start_ms, window_end_ms, state)
-                SELECT $1, * FROM unnest($2::int[], $3::jsonb[], $4::bigint[], $5::bigint[],
-                                         $6::jsonb[])
+                SELECT $1, * FROM unnest($2::int[], $3::bytea[], $4::bigint[], $5::bigint[],
+                                         $6::bytea[])
                 ON CONFLICT (query, key, window_start_ms, partition)
                 DO UPDATE SET state = EXCLUDED.state""",
             self._query,
@@ -246,37 +332,33 @@ class PostgresCheckpoint:
             states,
         )
 
-    async def _delete_partials(
-        self,
-        conn: Any,
-        evicted: Mapping[int, Sequence[WindowKey]],
-    ) -> None:
+    async def _delete_states(self, conn: Any, evicted: Mapping[int, Sequence[WindowKey]]) -> None:
         parts: list[int] = []
-        keys: list[str] = []
+        keys: list[bytes] = []
         starts: list[int] = []
         for partition, window_keys in evicted.items():
             for key, start, _end in window_keys:
                 parts.append(partition)
-                keys.append(key_json(key))
+                keys.append(encode_key(key))
                 starts.append(NO_WINDOW_MS if start is None else start)
         if not parts:
             return
         await conn.execute(
-            f"""DELETE FROM {quote_ident(PARTIALS_TABLE)} p
-                USING unnest($2::int[], $3::jsonb[], $4::bigint[]) AS d(partition, key, start)
-                WHERE p.query = $1 AND p.partition = d.partition AND p.key = d.key
-                  AND p.window_start_ms = d.start""",
+            f"""DELETE FROM {_STATE} s
+                USING unnest($2::int[], $3::bytea[], $4::bigint[]) AS d(partition, key, start)
+                WHERE s.query = $1 AND s.partition = d.partition AND s.key = d.key
+                  AND s.window_start_ms = d.start""",
             self._query,
             parts,
             keys,
             starts,
         )
 
-    async def _merge_from_partials(
+    async def _merge_touched(
         self, conn: Any, partials: Mapping[int, Sequence[PartialRow]]
     ) -> list[ResultRow]:
         touched = {
-            (key_json(r.key), NO_WINDOW_MS if r.window_start_ms is None else r.window_start_ms)
+            (encode_key(r.key), NO_WINDOW_MS if r.window_start_ms is None else r.window_start_ms)
             for rows in partials.values()
             for r in rows
         }
@@ -284,11 +366,12 @@ class PostgresCheckpoint:
             return []
         keys, starts = zip(*touched, strict=True)
         rows = await conn.fetch(
-            f"""SELECT p.key::text, p.window_start_ms, p.window_end_ms, p.state::text
-                FROM {quote_ident(PARTIALS_TABLE)} p
-                JOIN unnest($2::jsonb[], $3::bigint[]) AS t(key, start)
-                  ON p.key = t.key AND p.window_start_ms = t.start
-                WHERE p.query = $1""",
+            f"""SELECT s.key, s.window_start_ms, s.window_end_ms, s.state
+                FROM {_STATE} s
+                JOIN unnest($2::bytea[], $3::bigint[]) AS t(key, start)
+                  ON s.key = t.key AND s.window_start_ms = t.start
+                WHERE s.query = $1
+                ORDER BY s.partition""",
             self._query,
             list(keys),
             list(starts),
@@ -296,10 +379,11 @@ class PostgresCheckpoint:
         return self._merge_rows(rows)
 
     def _merge_rows(self, rows: Iterable[Any]) -> list[ResultRow]:
-        grouped: dict[tuple[str, int, int], list[Sequence[Any]]] = defaultdict(list)
+        """Merge states of the same (key, window), in the order given (partition order)."""
+        grouped: dict[tuple[bytes, int, int], list[Sequence[Any]]] = defaultdict(list)
         for r in rows:
             grouped[(r["key"], r["window_start_ms"], r["window_end_ms"])].append(
-                json.loads(r["state"])
+                decode_state(r["state"])
             )
         windowed = self._spec.window is not None
         merged: list[ResultRow] = []
@@ -307,7 +391,7 @@ class PostgresCheckpoint:
             values = finalize(self._spec, merge_states(self._spec, states))
             merged.append(
                 ResultRow(
-                    tuple(json.loads(key)),
+                    decode_key(key),
                     start if windowed else None,
                     end if windowed else None,
                     values,
@@ -323,7 +407,7 @@ class PostgresCheckpoint:
                   (query, source_topic, source_partition, source_offset, event_time, watermark,
                    reason, record)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
-                ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING""",
+                ON CONFLICT (query, source_topic, source_partition, source_offset) DO NOTHING""",
             [
                 (
                     self._query,
@@ -343,7 +427,7 @@ class PostgresCheckpoint:
         if not partitions:
             return
         await conn.executemany(
-            f"""INSERT INTO {quote_ident(LEDGER_TABLE)}
+            f"""INSERT INTO {_LEDGER}
                   (query, topic, partition, start_offset, next_offset, batch_id, records,
                    aggregated, late, bad, filtered, max_event_time, watermark, dead_lettered,
                    error)
@@ -370,52 +454,97 @@ class PostgresCheckpoint:
             ],
         )
 
-    async def _global_watermark(self, conn: Any, batch: CommitBatch) -> int | None:
-        """W = min over every partition of the topic of its committed watermark.
+    async def _upsert_positions(self, conn: Any, partitions: Sequence[PartitionCommit]) -> None:
+        if not partitions:
+            return
+        await conn.executemany(
+            f"""INSERT INTO {_POSITIONS}
+                  (query, partition, topic, next_offset, batch_id, max_event_time_ms,
+                   watermark_ms, last_record, committed_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                ON CONFLICT (query, partition) DO UPDATE SET
+                  topic = EXCLUDED.topic, next_offset = EXCLUDED.next_offset,
+                  batch_id = EXCLUDED.batch_id, max_event_time_ms = EXCLUDED.max_event_time_ms,
+                  watermark_ms = EXCLUDED.watermark_ms, last_record = EXCLUDED.last_record,
+                  committed_at = now()""",
+            [
+                (
+                    self._query,
+                    p.partition,
+                    self._topic,
+                    p.next_offset,
+                    batch_id(self._query, self._topic, p.partition, p.start_offset, p.next_offset),
+                    p.max_event_ts_ms,
+                    p.watermark_ms,
+                    p.last_record,
+                )
+                for p in partitions
+            ],
+        )
 
-        A partition with no ledger row holds W back, unless idleTimeout is set
-        and the ledger row (or the query's first row) is older than it.
+    async def _global_watermark(self, conn: Any, batch: CommitBatch) -> int | None:
+        """W = min over every partition of the topic of its committed watermark, monotonic.
+
+        A partition with no position holds W back (it stays where it was),
+        unless idleTimeout is set and the position is older than it. W never
+        goes back: a partition added later does not reopen closed windows.
         """
         rows = await conn.fetch(
-            f"""SELECT DISTINCT ON (partition) partition, watermark,
-                       extract(epoch from now() - committed_at) * 1000 AS age_ms
-                FROM {quote_ident(LEDGER_TABLE)} WHERE query = $1 AND topic = $2
-                ORDER BY partition, start_offset DESC""",
+            f"""SELECT watermark_ms, extract(epoch from now() - committed_at) * 1000 AS age_ms
+                FROM {_POSITIONS} WHERE query = $1""",
             self._query,
-            self._topic,
+        )
+        stored = await conn.fetchval(
+            f"SELECT global_watermark_ms FROM {_QUERIES} WHERE query = $1", self._query
         )
         idle = batch.idle_timeout_ms
         marks: list[int] = []
-        seen = 0
+        held_back = len(rows) < batch.topic_partitions and idle is None
         for r in rows:
-            seen += 1
             if idle is not None and float(r["age_ms"]) > idle:
                 continue
-            if r["watermark"] is None:
-                return None
-            marks.append(datetime_to_ms(r["watermark"]) or 0)
-        if seen < batch.topic_partitions and idle is None:
-            return None
-        return min(marks) if marks else None
+            if r["watermark_ms"] is None:
+                held_back = True
+                break
+            marks.append(r["watermark_ms"])
+        current = None if held_back or not marks else min(marks)
+        if current is None or (stored is not None and current <= stored):
+            return None if stored is None else int(stored)
+        await conn.execute(
+            f"UPDATE {_QUERIES} SET global_watermark_ms = $2 WHERE query = $1",
+            self._query,
+            current,
+        )
+        return current
 
     async def _close_windows(self, conn: Any, watermark_ms: int) -> int:
-        """Append mode: write every window with end <= W once, then drop its partials."""
+        """Append mode: write every window with end <= W once, then drop its states.
+
+        A window row already in the table means something else wrote it (its
+        states are only ever closed once): the query stops rather than drop
+        this one's contribution.
+        """
         rows = await conn.fetch(
-            f"""DELETE FROM {quote_ident(PARTIALS_TABLE)}
+            f"""DELETE FROM {_STATE}
                 WHERE query = $1 AND window_end_ms <= $2
-                RETURNING key::text, window_start_ms, window_end_ms, state::text""",
+                RETURNING key, window_start_ms, window_end_ms, state, partition""",
             self._query,
             watermark_ms,
         )
-        merged = self._merge_rows(rows)
-        await self._sink.write(conn, merged, insert_only=True)
+        merged = self._merge_rows(sorted(rows, key=lambda r: r["partition"]))
+        written = await self._sink.write(conn, merged, insert_only=True)
+        if written < len(merged):
+            raise CheckpointConflictError(
+                f"query {self._query}: {len(merged) - written} closing window row(s) were "
+                "already in the result table, which only this query may write; nothing of "
+                "the batch was written"
+            )
         return len(merged)
 
     async def _evict_closed(self, conn: Any, watermark_ms: int) -> int:
-        """Update mode: partials of windows with end <= W can never change again."""
+        """Update mode: states of windows with end <= W can never change again."""
         status: str = await conn.execute(
-            f"""DELETE FROM {quote_ident(PARTIALS_TABLE)}
-                WHERE query = $1 AND window_end_ms <= $2""",
+            f"DELETE FROM {_STATE} WHERE query = $1 AND window_end_ms <= $2",
             self._query,
             watermark_ms,
         )

@@ -3,22 +3,25 @@
 `PostgresTableSink` is the `ResultSink` of a `postgresql` load: rows are
 upserted (update and complete modes) or inserted once (append-mode windows
 closing) with one `INSERT ... SELECT unnest(...)` per call, inside the
-checkpoint's transaction.
+checkpoint's transaction. Group values are text, with their JSON types in
+`group_key_types` (see `layout.result_layout`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from streamproc.engine import ResultRow
+from streamproc.sinks.base import CheckpointError
 from streamproc.sinks.layout import (
     ResultTableLayout,
     create_result_table_sql,
     layout_differences,
     quote_ident,
 )
-from streamproc.sinks.rows import key_text, ms_to_datetime, to_json
+from streamproc.sinks.postgres_registry import create_if_missing
+from streamproc.sinks.rows import key_text, key_types, ms_to_datetime, to_json
 
 _SQL_ARRAY_TYPE = {
     "text": "text[]",
@@ -29,7 +32,7 @@ _SQL_ARRAY_TYPE = {
 }
 
 
-class IncompatibleTableError(RuntimeError):
+class IncompatibleTableError(CheckpointError):
     """An existing result table does not have the layout the query needs."""
 
 
@@ -56,7 +59,7 @@ class PostgresTableSink:
             quote_ident(layout.table),
         )
         if not existing:
-            await tx.execute(create_result_table_sql(layout))
+            await create_if_missing(tx, layout.table, create_result_table_sql(layout))
             return
         keys = await tx.fetch(
             """SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols
@@ -79,6 +82,24 @@ class PostgresTableSink:
                 + " (drop or rename it, or point load.table elsewhere)"
             )
 
+    def check_keys(self, keys: Iterable[Sequence[Any]]) -> None:
+        """Refuse group values a text column cannot hold, before they reach the states.
+
+        PostgreSQL text holds no NUL character and only valid UTF-8; such a
+        value would otherwise be refused only when its window closes, long
+        after its record's batch, where it cannot be told apart any more.
+
+        Raises:
+            ValueError: naming the value (a refusal: the record is isolated).
+        """
+        for key in keys:
+            for value in key:
+                if type(value) is str:
+                    if "\x00" in value:
+                        raise ValueError(f"group value {value[:40]!r} holds a NUL character")
+                    if not value.isascii():
+                        value.encode("utf-8")  # raises UnicodeEncodeError (a ValueError)
+
     async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
         """Upsert rows, or insert them where absent (append-mode closing)."""
         if not rows:
@@ -86,10 +107,14 @@ class PostgresTableSink:
         layout = self.layout
         columns: list[list[Any]] = [[] for _ in layout.columns]
         json_columns = {i for i, c in enumerate(layout.columns) if c.sql_type == "jsonb"}
+        typed = layout.typed
         for row in rows:
             i = 0
             for value in row.key:
                 columns[i].append(key_text(value))
+                i += 1
+            if typed:
+                columns[i].append(key_types(row.key))
                 i += 1
             if layout.windowed:
                 columns[i].append(ms_to_datetime(row.window_start_ms))
@@ -109,10 +134,10 @@ class PostgresTableSink:
             )
         else:
             action = "DO NOTHING"
-        await tx.execute(
+        status: str = await tx.execute(
             f"""INSERT INTO {quote_ident(layout.table)} ({names})
                 SELECT * FROM unnest({params})
                 ON CONFLICT ({conflict}) {action}""",
             *columns,
         )
-        return len(rows)
+        return int(status.split()[-1]) if insert_only else len(rows)

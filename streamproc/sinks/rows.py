@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,38 @@ def to_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-def key_json(key: Sequence[Any]) -> str:
-    """A group key tuple as the jsonb array stored in the partials table."""
-    return json.dumps(list(key), separators=(",", ":"), allow_nan=False)
+def key_types(key: Sequence[Any]) -> str:
+    """The JSON type of each group-by value, one letter each: s, n, b, or - for null."""
+    return "".join(_TYPE_LETTER.get(type(value), "s") for value in key)
+
+
+_TYPE_LETTER = {str: "s", int: "n", float: "n", bool: "b", type(None): "-"}
+
+# Partial states and keys are stored in marshal format 2: it round-trips the
+# engine's values exactly (ints of any size, floats bit for bit, bool apart
+# from int, str, None, lists and dicts of first/last values), equal values
+# always encode to equal bytes (format 2 writes no back-references), and it
+# is about ten times faster than JSON. Format 2 has been frozen since Python 2.5.
+_MARSHAL_VERSION = 2
+
+
+def encode_key(key: Sequence[Any]) -> bytes:
+    """A group key (the tuple of group-by values) as stored: typed and canonical."""
+    return marshal.dumps(tuple(key), _MARSHAL_VERSION)
+
+
+def decode_key(raw: bytes) -> tuple[Any, ...]:
+    """Inverse of `encode_key`."""
+    key: tuple[Any, ...] = marshal.loads(raw)
+    return key
+
+
+def encode_state(state: Sequence[Any]) -> bytes:
+    """A partial aggregate state as stored."""
+    return marshal.dumps(tuple(state), _MARSHAL_VERSION)
+
+
+def decode_state(raw: bytes) -> tuple[Any, ...]:
+    """Inverse of `encode_state`."""
+    state: tuple[Any, ...] = marshal.loads(raw)
+    return state

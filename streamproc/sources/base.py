@@ -13,6 +13,7 @@ assignments, for component tests.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +28,35 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+
+
+def record_digest(record: RawRecord) -> bytes:
+    """16 bytes that tell one record from another at the same offset (key, value, time).
+
+    A checkpoint keeps the digest of the last record it committed per
+    partition; when the record at that offset differs on restore, the topic
+    was re-created (or rewritten) and resuming would skip or mix records.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for part in (record.key, record.value):
+        h.update(b"\x00" if part is None else b"\x01" + len(part).to_bytes(8, "big") + part)
+    h.update(record.timestamp_ms.to_bytes(8, "big", signed=True))
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """What the source holds for one partition right now.
+
+    Attributes:
+        log_start: The first offset still stored (earlier ones were deleted).
+        end: The offset the next record will get (exact, not a listed estimate).
+        record: The record at the offset asked about, or None when it is not stored.
+    """
+
+    log_start: int
+    end: int
+    record: RawRecord | None = None
 
 
 class PartitionListener(Protocol):
@@ -83,6 +113,14 @@ class Source(Protocol):
 
     def highwater(self, partition: int) -> int | None:
         """The end offset seen in the last fetch response of partition, if any."""
+        ...
+
+    async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
+        """Log start, exact end, and the record at the given offset, per partition.
+
+        Works for any partition of the topic, owned or not (it does not move
+        the group member's positions). An offset of None asks for no record.
+        """
         ...
 
     def pause(self, partitions: set[int]) -> None:

@@ -8,14 +8,16 @@ partition is fetched, so the owner can restore state and seek first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
-from streamproc.sources.base import PartitionListener, RawRecord
+from streamproc.sources.base import PartitionInfo, PartitionListener, RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,14 @@ class KafkaSourceConfig:
     heartbeat_interval_ms: int = 1_000
     fetch_max_bytes: int = 52_428_800
     max_partition_fetch_bytes: int = 4 * 1_048_576
+    # How often topic metadata is refreshed: partitions added to the topic are
+    # picked up (the group rebalances) within about this long. Kafka's default
+    # is 5 minutes; Spark's Kafka source and Flink's discovery use seconds.
+    metadata_max_age_ms: int = 5_000
+
+
+class SourceTopicMissingError(RuntimeError):
+    """The source topic does not exist (and is never created by streamproc)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -54,6 +64,9 @@ class KafkaSource:
     def __init__(self, config: KafkaSourceConfig) -> None:
         self._config = config
         self._consumer: Any = None
+        # A second consumer, outside the group, for `describe` (log start, exact
+        # ends, the record at an offset) without moving the member's positions.
+        self._probe: Any = None
 
     @property
     def topic(self) -> str:
@@ -78,28 +91,56 @@ class KafkaSource:
             # A short broker-side wait keeps continuous and processingtime
             # triggers from missing records that arrive during a long poll.
             fetch_max_wait_ms=100,
+            metadata_max_age_ms=cfg.metadata_max_age_ms,
             **dict(cfg.client_params),
         )
         await self._consumer.start()
+        await self.check_topic_exists(self._consumer)
         self._consumer.subscribe([cfg.topic], listener=_Rebalance(listener))
 
+    async def check_topic_exists(self, consumer: Any) -> None:
+        """Refuse a topic the cluster does not have, before anything could auto-create it.
+
+        A subscription asks for the topic's metadata with auto-creation
+        allowed, and a broker with auto.create.topics.enable would then make
+        an empty topic: the run would end with 0 records and no word. Listing
+        the topics creates nothing.
+        """
+        topics = await consumer.topics()  # all topics' metadata: creates nothing
+        if self._config.topic not in topics:
+            raise SourceTopicMissingError(
+                f"source topic {self._config.topic!r} does not exist on "
+                f"{self._config.bootstrap}; create it (streamproc never creates a source "
+                "topic) or correct extract.connectionParams.subscribe"
+            )
+
     async def stop(self) -> None:
-        """Leave the group and close the connection."""
+        """Leave the group and close the connections."""
         if self._consumer is not None:
             _leave_group_even_in_generation_zero(self._consumer)
             await self._consumer.stop()
             self._consumer = None
+        if self._probe is not None:
+            await self._probe.stop()
+            self._probe = None
 
     def assignment(self) -> set[int]:
         """The partitions of the topic this member owns now."""
+        if self._consumer is None:
+            return set()  # not in the group (yet, or any more)
         return {tp.partition for tp in self._consumer.assignment()}
 
     async def partition_count(self) -> int:
-        """How many partitions the topic has (from cluster metadata)."""
-        parts = self._consumer.partitions_for_topic(self._config.topic)
+        """How many partitions the topic has (cluster metadata; before joining too).
+
+        Raises:
+            SourceTopicMissingError: the topic does not exist.
+        """
+        consumer = self._consumer or await self._probe_consumer()
+        parts = consumer.partitions_for_topic(self._config.topic)
         if not parts:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self._config.topic)
+            await self.check_topic_exists(consumer)
+            parts = consumer.partitions_for_topic(self._config.topic)
         return len(parts or ())
 
     def seek(self, partition: int, offset: int) -> None:
@@ -129,6 +170,81 @@ class KafkaSource:
         """The high watermark seen in the last fetch response of partition."""
         hw: int | None = self._consumer.highwater(TopicPartition(self._config.topic, partition))
         return hw
+
+    async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
+        """Log start, exact end, and the record at an offset, per partition (any partition).
+
+        The end is the fetch response's high watermark (ListOffsets can
+        undercount on the local broker, DESIGN.md section 5): each partition is
+        fetched once, at the asked offset or just below the listed end.
+        """
+        probe = await self._probe_consumer()
+        topic = self._config.topic
+        tps = {p: TopicPartition(topic, p) for p in offsets}
+        if not tps:
+            return {}
+        probe.assign(list(tps.values()))
+        starts = await probe.beginning_offsets(list(tps.values()))
+        listed = await probe.end_offsets(list(tps.values()))
+        wanted: dict[int, int | None] = {}
+        for p, tp in tps.items():
+            want = offsets[p]
+            if want is not None and want < starts[tp]:
+                want = None  # deleted already: no record to read
+            wanted[p] = want
+            probe.seek(tp, want if want is not None else max(starts[tp], listed[tp] - 1))
+        found: dict[int, RawRecord | None] = {}
+        ends: dict[int, int] = {}
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(ends) < len(tps):
+            if asyncio.get_running_loop().time() > deadline:
+                missing = sorted(set(tps) - set(ends))
+                raise TimeoutError(f"no fetch response for partitions {missing} of {topic}")
+            todo = [tps[p] for p in tps if p not in ends]
+            try:
+                batches = await probe.getmany(*todo, timeout_ms=200, max_records=1)
+            except OffsetOutOfRangeError as exc:
+                # The asked offset is past the end: read the end instead.
+                for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else todo:
+                    wanted[tp.partition] = None
+                    probe.seek(tp, max(starts[tp], listed[tp] - 1))
+                continue
+            for tp, records in batches.items():
+                want = wanted[tp.partition]
+                if records and want is not None and tp.partition not in found:
+                    r = records[0]
+                    found[tp.partition] = (
+                        RawRecord(tp.partition, r.offset, r.key, r.value, r.timestamp)
+                        if r.offset == want
+                        else None
+                    )
+            for p, tp in tps.items():
+                high = probe.highwater(tp)
+                if p in ends or high is None:
+                    continue
+                want = wanted[p]
+                if want is None or p in found or high <= want:
+                    ends[p] = high
+                    probe.pause(tp)
+        probe.resume(*tps.values())
+        return {p: PartitionInfo(starts[tps[p]], ends[p], found.get(p)) for p in tps}
+
+    async def _probe_consumer(self) -> Any:
+        if self._probe is None:
+            cfg = self._config
+            self._probe = AIOKafkaConsumer(
+                bootstrap_servers=cfg.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                # Out of range must be an error here, never a silent reset.
+                auto_offset_reset="none",
+                isolation_level="read_uncommitted",
+                fetch_max_wait_ms=100,
+                max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+                **dict(cfg.client_params),
+            )
+            await self._probe.start()
+        return self._probe
 
     def pause(self, partitions: set[int]) -> None:
         """Stop fetching these partitions (bounded runs that reached their end)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.routers import bad_router, late_router
-from streamproc.runtime.wiring import QueryPorts
+from streamproc.runtime.wiring import QueryPorts, plan_identity
 from streamproc.testing.checkpoint import (
     MemoryCheckpoint,
     MemoryDatabase,
@@ -54,8 +54,7 @@ def memory_ports(
     sink = MemoryTableSink(db, plan.table or plan.sink_topic or plan.query_name)
     checkpoint = MemoryCheckpoint(
         db,
-        query=plan.query_name,
-        topic=plan.topic,
+        identity=plan_identity(plan),
         spec=plan.spec,
         sink=sink,
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,

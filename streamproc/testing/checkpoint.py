@@ -19,20 +19,27 @@ result table. The database can be told to fail like PostgreSQL does:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, finalize, merge_states
 from streamproc.sinks.base import (
+    RESET_HINT,
+    BoundedRun,
+    CheckpointConflictError,
     CommitBatch,
     CommitOutcome,
     LateRow,
     PartitionCheckpoint,
     PartitionCommit,
+    QueryIdentity,
     ResultSink,
+    Watermarks,
 )
+from streamproc.sinks.definition import definition_changes
 
 #: A group key with each value's JSON type, so that 1, 1.0, True and "1" stay apart
 #: where JSON says they differ (see `typed_key`).
@@ -74,15 +81,49 @@ class LedgerEntry:
 
 
 @dataclass
+class Position:
+    """Where a partition of a query resumes (`streamproc_positions`)."""
+
+    next_offset: int
+    max_event_ts_ms: int | None
+    watermark_ms: int | None
+    last_record: bytes | None
+    committed_at_ms: int
+
+
+@dataclass
+class Registered:
+    """A query's registration (`streamproc_queries`)."""
+
+    definition: Mapping[str, Any]
+    result_table: str | None
+    global_watermark_ms: int | None = None
+
+
+@dataclass
+class Run:
+    """A bounded run (`streamproc_runs`)."""
+
+    run_id: int
+    ends: dict[int, int]
+    status: str = "running"
+
+
+@dataclass
 class MemoryDatabase:
-    """What PostgreSQL would hold: ledgers, partials, result and late tables."""
+    """What PostgreSQL would hold: registry, positions, ledger, states, tables, runs."""
 
     clock_ms: Callable[[], int] = field(default=lambda: 0)
+    queries: dict[str, Registered] = field(default_factory=dict)
+    positions: dict[tuple[str, int], Position] = field(default_factory=dict)
     ledger: dict[tuple[str, str, int], list[LedgerEntry]] = field(default_factory=dict)
     #: (query, typed key, window start, partition) -> partial row
     partials: dict[tuple[str, TypedKey, int | None, int], PartialRow] = field(default_factory=dict)
     tables: dict[str, dict[RowId, ResultRow]] = field(default_factory=dict)
-    late_tables: dict[str, dict[tuple[str, int, int], LateRow]] = field(default_factory=dict)
+    late_tables: dict[str, dict[tuple[str, str, int, int], LateRow]] = field(default_factory=dict)
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    #: query -> checkpoints that are members of its bounded run
+    run_members: dict[str, set[int]] = field(default_factory=dict)
     outage: bool = False
     refuse_key: Callable[[tuple[Any, ...]], str | None] | None = None
     fail_commits: list[BaseException] = field(default_factory=list)
@@ -113,6 +154,18 @@ class MemoryDatabase:
                 out += [e.commit for e in entries]
         return out
 
+    def reset(self, query: str, *, drop_table: str | None = None) -> None:
+        """`streamproc reset`: forget a query's checkpoint (and drop its table)."""
+        self.queries.pop(query, None)
+        self.runs.pop(query, None)
+        self.positions = {k: v for k, v in self.positions.items() if k[0] != query}
+        self.partials = {k: v for k, v in self.partials.items() if k[0] != query}
+        self.ledger = {k: v for k, v in self.ledger.items() if k[0] != query}
+        for name, late in self.late_tables.items():
+            self.late_tables[name] = {k: v for k, v in late.items() if k[0] != query}
+        if drop_table is not None:
+            self.tables.pop(drop_table, None)
+
 
 class MemoryTableSink:
     """A result table in a `MemoryDatabase` (a `ResultSink`)."""
@@ -131,72 +184,181 @@ class MemoryTableSink:
         """Create the table when missing."""
         self._db.tables.setdefault(self.table, {})
 
+    def check_keys(self, keys: Any) -> None:
+        """Any key fits (refusals come from `MemoryDatabase.refuse_key`)."""
+
     async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
-        """Upsert rows, or insert the absent ones."""
+        """Upsert rows, or insert the absent ones (returns how many were inserted)."""
         table = self._db.tables.setdefault(self.table, {})
+        written = 0
         for row in rows:
             row_id = (typed_key(row.key), row.window_start_ms, row.window_end_ms)
             if insert_only and row_id in table:
                 continue
             table[row_id] = row
-        return len(rows)
+            written += 1
+        return written
 
 
 class MemoryCheckpoint:
-    """One query's checkpoint in a `MemoryDatabase` (a `Checkpoint`)."""
+    """One query's checkpoint in a `MemoryDatabase` (a `Checkpoint`), as `PostgresCheckpoint`."""
 
     def __init__(
         self,
         db: MemoryDatabase,
         *,
-        query: str,
-        topic: str,
+        identity: QueryIdentity,
         spec: QuerySpec,
         sink: ResultSink,
         late_table: str | None = None,
     ) -> None:
         self._db = db
-        self._query = query
-        self._topic = topic
+        self._identity = identity
+        self._query = identity.query
+        self._topic = identity.topic
         self._spec = spec
         self._sink = sink
         self._late_table = late_table
 
     async def open(self) -> None:
-        """Create the late table; let the sink create its table."""
-        self._db.check_reachable()
+        """Register the query (or check its definition); create the tables."""
+        db = self._db
+        db.check_reachable()
         if self._late_table:
-            self._db.late_tables.setdefault(self._late_table, {})
+            db.late_tables.setdefault(self._late_table, {})
+        self._register()
         await self._sink.prepare(None)
 
-    async def close(self) -> None:
-        """Nothing to release."""
+    def _register(self) -> None:
+        db, identity, query = self._db, self._identity, self._query
+        registered = db.queries.get(query)
+        if registered is not None:
+            changes = definition_changes(registered.definition, identity.definition)
+            if not changes:
+                return
+            if self._has_state():
+                raise CheckpointConflictError(
+                    f"query {query}: its checkpoint was made by another definition ("
+                    + "; ".join(changes)
+                    + f"), and running on it would give wrong results; {RESET_HINT}"
+                )
+        elif any(k[0] == query for k in db.ledger):
+            raise CheckpointConflictError(
+                f"query {query}: its ledger has rows but no definition in streamproc_queries: "
+                f"the checkpoint was written by an older streamproc (layout 1), or its "
+                f"registration was deleted; {RESET_HINT}"
+            )
+        owner = next(
+            (
+                q
+                for q, r in db.queries.items()
+                if q != query and identity.result_table and r.result_table == identity.result_table
+            ),
+            None,
+        )
+        if owner is not None:
+            raise CheckpointConflictError(
+                f"query {query}: table {identity.result_table} belongs to query {owner}; two "
+                "queries writing one table would overwrite or drop each other's rows; give "
+                f"load.table another name, or run `streamproc reset` on query {owner}"
+            )
+        db.queries[query] = Registered(dict(identity.definition), identity.result_table)
 
-    def _chain(self, partition: int) -> list[LedgerEntry]:
-        return self._db.ledger.get((self._query, self._topic, partition), [])
+    def _has_state(self) -> bool:
+        db, query = self._db, self._query
+        return any(k[0] == query for k in (*db.positions, *db.partials, *db.ledger))
+
+    async def close(self) -> None:
+        """Leave a bounded run."""
+        self._db.run_members.get(self._query, set()).discard(id(self))
 
     async def load_partition(self, partition: int) -> PartitionCheckpoint:
-        """The partition's ledger position and open partials."""
-        self._db.check_reachable()
-        chain = self._chain(partition)
-        if not chain:
+        """The partition's position and open states, after checking its ledger chain."""
+        db = self._db
+        db.check_reachable()
+        position = db.positions.get((self._query, partition))
+        chain = [e.commit for e in db.ledger.get((self._query, self._topic, partition), [])]
+        self._check_chain(partition, position, chain)
+        if position is None:
             return PartitionCheckpoint(partition, None, None, ())
-        last = chain[-1].commit
         partials = tuple(
             row
-            for (q, _k, _ws, p), row in self._db.partials.items()
+            for (q, _k, _ws, p), row in db.partials.items()
             if q == self._query and p == partition
         )
-        return PartitionCheckpoint(partition, last.next_offset, last.max_event_ts_ms, partials)
+        return PartitionCheckpoint(
+            partition,
+            position.next_offset,
+            position.max_event_ts_ms,
+            partials,
+            position.last_record,
+        )
 
-    async def watermarks(self) -> dict[int, int | None]:
-        """The latest committed watermark of every partition with a ledger row."""
+    def _check_chain(
+        self, partition: int, position: Position | None, chain: Sequence[PartitionCommit]
+    ) -> None:
+        where = f"query {self._query}, partition {partition} of {self._topic}"
+        breaks = [
+            b.start_offset for a, b in itertools.pairwise(chain) if a.next_offset != b.start_offset
+        ]
+        problem = None
+        if position is None and chain:
+            problem = f"its ledger has {len(chain)} row(s) but no position"
+        elif position is not None and not chain:
+            problem = f"its position is at offset {position.next_offset} but its ledger is empty"
+        elif breaks:
+            problem = f"its ledger has a gap or an overlap at offset {breaks[0]}"
+        elif position is not None and chain[-1].next_offset != position.next_offset:
+            problem = (
+                f"its ledger ends at offset {chain[-1].next_offset} but its position is at "
+                f"{position.next_offset} (a ledger row was deleted or added)"
+            )
+        if problem is not None:
+            raise CheckpointConflictError(
+                f"{where}: {problem}; resuming could apply a batch twice or skip one, so "
+                f"nothing was processed; restore the rows, or {RESET_HINT}"
+            )
+
+    async def watermarks(self) -> Watermarks:
+        """The committed watermark of every partition with a position, and W."""
+        db = self._db
+        db.check_reachable()
+        marks = {p: pos.watermark_ms for (q, p), pos in db.positions.items() if q == self._query}
+        registered = db.queries.get(self._query)
+        return Watermarks(marks, registered.global_watermark_ms if registered else None)
+
+    async def committed_offsets(self) -> dict[int, int]:
+        """The next offset of every partition with a position."""
         self._db.check_reachable()
         return {
-            p: entries[-1].commit.watermark_ms
-            for (q, t, p), entries in self._db.ledger.items()
-            if q == self._query and t == self._topic and entries
+            p: pos.next_offset for (q, p), pos in self._db.positions.items() if q == self._query
         }
+
+    async def begin_run(
+        self, trigger: str, take_ends: Callable[[], Awaitable[Mapping[int, int]]]
+    ) -> BoundedRun:
+        """Join the run in progress (another member is in it), or begin one."""
+        db = self._db
+        db.check_reachable()
+        members = db.run_members.setdefault(self._query, set())
+        runs = db.runs.setdefault(self._query, [])
+        others = members - {id(self)}
+        members.add(id(self))
+        if runs and runs[-1].status == "running":
+            if others:
+                return BoundedRun(runs[-1].run_id, dict(runs[-1].ends), joined=True)
+            runs[-1].status = "abandoned"
+        ends = dict(await take_ends())
+        run = Run(len(runs) + 1, ends)
+        runs.append(run)
+        return BoundedRun(run.run_id, dict(ends))
+
+    async def finish_run(self, run: BoundedRun) -> None:
+        """Mark the run done and leave it."""
+        for r in self._db.runs.get(self._query, []):
+            if r.run_id == run.run_id and r.status == "running":
+                r.status = "done"
+        await self.close()
 
     async def commit(self, batch: CommitBatch) -> CommitOutcome:
         """One atomic commit: nothing is changed unless everything can be."""
@@ -207,22 +369,24 @@ class MemoryCheckpoint:
         db.check_reachable()
         if db.fail_commits:
             raise db.fail_commits.pop(0)
+        query = self._query
         stale = tuple(
             p.partition
             for p in batch.partitions
-            if self._chain(p.partition)
-            and self._chain(p.partition)[-1].commit.next_offset != p.start_offset
+            if (query, p.partition) in db.positions
+            and db.positions[(query, p.partition)].next_offset != p.start_offset
         )
         if stale:
             return CommitOutcome(stale=stale)
         for rows in batch.partials.values():
             for row in rows:
                 db.check_key(row.key)
+        self._sink.check_keys(row.key for rows in batch.partials.values() for row in rows)
         # Work on copies: a refusal half-way leaves the database as it was.
         partials = dict(db.partials)
         for partition, rows in batch.partials.items():
             for row in rows:
-                partials[(self._query, typed_key(row.key), row.window_start_ms, partition)] = row
+                partials[(query, typed_key(row.key), row.window_start_ms, partition)] = row
         mode = self._spec.output_mode
         to_write: list[tuple[Sequence[ResultRow], bool]] = []
         if mode != "append":
@@ -232,18 +396,21 @@ class MemoryCheckpoint:
                 else self._merge_touched(partials, batch.partials)
             )
             to_write.append((rows_now, False))
-        ledger = {k: list(v) for k, v in db.ledger.items()}
         now = db.clock_ms()
+        ledger = {k: list(v) for k, v in db.ledger.items()}
+        positions = dict(db.positions)
         for p in batch.partitions:
-            ledger.setdefault((self._query, self._topic, p.partition), []).append(
-                LedgerEntry(p, now)
+            ledger.setdefault((query, self._topic, p.partition), []).append(LedgerEntry(p, now))
+            positions[(query, p.partition)] = Position(
+                p.next_offset, p.max_event_ts_ms, p.watermark_ms, p.last_record, now
             )
-        watermark = self._global_watermark(ledger, batch, now)
+        registered = db.queries[query]
+        watermark = self._global_watermark(positions, registered, batch, now)
         closed = 0
         if self._spec.window is not None and watermark is not None:
             ending = [k for k, row in partials.items() if self._closes(k, row, watermark)]
             if mode == "append":
-                closing = {k: partials.pop(k) for k in ending}
+                closing = {k: partials.pop(k) for k in sorted(ending, key=lambda k: k[3])}
                 merged = self._merge(closing.values())
                 to_write.append((merged, True))
                 closed = len(merged)
@@ -254,19 +421,34 @@ class MemoryCheckpoint:
         if mode != "append":
             for partition, keys in batch.evicted.items():
                 for key, start, _end in keys:
-                    partials.pop((self._query, typed_key(key), start, partition), None)
-        for result_rows, _ in to_write:
+                    partials.pop((query, typed_key(key), start, partition), None)
+        for result_rows, insert_only in to_write:
             for result in result_rows:
                 db.check_key(result.key)
+            if insert_only:
+                table = db.tables.get(getattr(self._sink, "table", ""), {})
+                taken = [
+                    r
+                    for r in result_rows
+                    if (typed_key(r.key), r.window_start_ms, r.window_end_ms) in table
+                ]
+                if taken:
+                    raise CheckpointConflictError(
+                        f"query {query}: {len(taken)} closing window row(s) were already in the "
+                        "result table, which only this query may write; nothing of the batch "
+                        "was written"
+                    )
         written = 0
         for result_rows, insert_only in to_write:
             written += await self._sink.write(None, result_rows, insert_only=insert_only)
         if self._late_table:
             late = db.late_tables.setdefault(self._late_table, {})
             for r in batch.late_rows:
-                late.setdefault((self._topic, r.partition, r.offset), r)
+                late.setdefault((query, self._topic, r.partition, r.offset), r)
         db.partials = partials
         db.ledger = ledger
+        db.positions = positions
+        registered.global_watermark_ms = watermark
         db.commits += 1
         return CommitOutcome((), written, closed, watermark)
 
@@ -308,26 +490,27 @@ class MemoryCheckpoint:
 
     def _global_watermark(
         self,
-        ledger: Mapping[tuple[str, str, int], list[LedgerEntry]],
+        positions: Mapping[tuple[str, int], Position],
+        registered: Registered,
         batch: CommitBatch,
         now_ms: int,
     ) -> int | None:
         idle = batch.idle_timeout_ms
+        mine = [pos for (q, _p), pos in positions.items() if q == self._query]
+        held_back = len(mine) < batch.topic_partitions and idle is None
         marks: list[int] = []
-        seen = 0
-        for (q, t, _p), entries in ledger.items():
-            if q != self._query or t != self._topic or not entries:
+        for pos in mine:
+            if idle is not None and now_ms - pos.committed_at_ms > idle:
                 continue
-            seen += 1
-            last = entries[-1]
-            if idle is not None and now_ms - last.committed_at_ms > idle:
-                continue
-            if last.commit.watermark_ms is None:
-                return None
-            marks.append(last.commit.watermark_ms)
-        if seen < batch.topic_partitions and idle is None:
-            return None
-        return min(marks) if marks else None
+            if pos.watermark_ms is None:
+                held_back = True
+                break
+            marks.append(pos.watermark_ms)
+        stored = registered.global_watermark_ms
+        current = None if held_back or not marks else min(marks)
+        if current is None or (stored is not None and current <= stored):
+            return stored
+        return current
 
 
 def _by_partition(item: tuple[tuple[str, TypedKey, int | None, int], PartialRow]) -> int:

@@ -22,7 +22,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from streamproc.sources.base import PartitionListener, RawRecord
+from streamproc.sources.base import PartitionInfo, PartitionListener, RawRecord
 
 
 class MemoryTopic:
@@ -31,7 +31,9 @@ class MemoryTopic:
     def __init__(self, name: str, partitions: int) -> None:
         self.name = name
         self._records: list[list[RawRecord]] = [[] for _ in range(partitions)]
+        self._log_start = [0] * partitions
         self.arrived = asyncio.Event()
+        self.exists = True
 
     @property
     def partitions(self) -> int:
@@ -41,6 +43,21 @@ class MemoryTopic:
     def add_partitions(self, count: int) -> None:
         """Grow the topic (as Kafka's CreatePartitions does)."""
         self._records += [[] for _ in range(count)]
+        self._log_start += [0] * count
+
+    def recreate(self, partitions: int | None = None) -> None:
+        """Delete the topic and create it again, empty (offsets start at 0 again)."""
+        n = self.partitions if partitions is None else partitions
+        self._records = [[] for _ in range(n)]
+        self._log_start = [0] * n
+
+    def delete_before(self, partition: int, offset: int) -> None:
+        """Retention: records below offset are gone (the log starts at offset)."""
+        self._log_start[partition] = max(self._log_start[partition], offset)
+
+    def log_start(self, partition: int) -> int:
+        """The first offset still stored."""
+        return self._log_start[partition]
 
     def produce(
         self, partition: int, value: bytes | None, key: bytes | None = None, timestamp_ms: int = 0
@@ -63,7 +80,8 @@ class MemoryTopic:
         return len(self._records[partition])
 
     def read(self, partition: int, offset: int, max_records: int) -> list[RawRecord]:
-        """Records of a partition from offset on."""
+        """Records of a partition from offset on (from the log start, if that is later)."""
+        offset = max(offset, self._log_start[partition])
         return self._records[partition][offset : offset + max_records]
 
 
@@ -208,6 +226,18 @@ class MemorySource:
     def highwater(self, partition: int) -> int | None:
         """The end offset seen by the last fetch of partition."""
         return self._highwater.get(partition)
+
+    async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
+        """Log start, end and the record at an offset, for any partition."""
+        topic = self._topic
+        out = {}
+        for p, offset in offsets.items():
+            start, end = topic.log_start(p), topic.end_offset(p)
+            record = None
+            if offset is not None and start <= offset < end:
+                record = topic.read(p, offset, 1)[0]
+            out[p] = PartitionInfo(start, end, record)
+        return out
 
     def pause(self, partitions: set[int]) -> None:
         """Stop fetching these partitions."""

@@ -14,12 +14,21 @@ import pytest
 import pytest_asyncio
 
 from streamproc.engine import AggSpec, PartialRow, QuerySpec, ResultRow, WindowSpec
-from streamproc.sinks.base import Checkpoint, CommitBatch, LateRow, PartitionCommit
+from streamproc.sinks.base import (
+    Checkpoint,
+    CheckpointConflictError,
+    CommitBatch,
+    LateRow,
+    PartitionCommit,
+    QueryIdentity,
+    Watermarks,
+)
+from streamproc.sinks.definition import query_definition
 from streamproc.sinks.layout import quote_ident, result_layout
 from streamproc.sinks.postgres import PostgresCheckpoint
 from streamproc.sinks.postgres_table import PostgresTableSink
-from streamproc.sinks.rows import datetime_to_ms
-from streamproc.testing import MemoryCheckpoint, MemoryDatabase, MemoryTableSink
+from streamproc.sinks.rows import datetime_to_ms, ms_to_datetime
+from streamproc.testing import MemoryCheckpoint, MemoryDatabase, MemoryTableSink, typed_key
 
 AGGS = (AggSpec("n", None, "count"), AggSpec("total", "v", "sum"))
 W = 10_000  # window size and slide (ms)
@@ -36,13 +45,26 @@ def spec(mode: str) -> QuerySpec:
     )
 
 
+def identity(query: str, s: QuerySpec, table: str, topic: str = "t") -> QueryIdentity:
+    definition = query_definition(s, topic=topic, sink={"table": table})
+    return QueryIdentity(query, topic, definition, table)
+
+
 @dataclass
 class Backend:
-    """A checkpoint factory and readers of what it wrote."""
+    """A checkpoint factory and readers of what it wrote.
 
-    make: Callable[[QuerySpec], Checkpoint]
+    make(spec, query=None, table=None, topic="t"): the default query and table
+    are the test's; other names make a second query (or a second table).
+    """
+
+    make: Callable[..., Checkpoint]
     rows: Callable[[], Awaitable[dict[tuple[Any, ...], tuple[Any, ...]]]]
     late: Callable[[], Awaitable[set[tuple[int, int]]]]
+    #: Tampering as a user with SQL could: drop a partition's last ledger row,
+    #: put a row in the result table.
+    drop_last_ledger_row: Callable[[int], Awaitable[None]]
+    put_row: Callable[[str, int], Awaitable[None]]
 
 
 @pytest_asyncio.fixture(params=["memory", "postgres"])
@@ -51,19 +73,27 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     if request.param == "memory":
         db = MemoryDatabase()
 
-        def make_memory(s: QuerySpec) -> Checkpoint:
-            sink = MemoryTableSink(db, table)
-            return MemoryCheckpoint(
-                db, query=table, topic="t", spec=s, sink=sink, late_table=late_table
-            )
+        def make_memory(
+            s: QuerySpec, query: str | None = None, to: str | None = None, topic: str = "t"
+        ) -> Checkpoint:
+            sink = MemoryTableSink(db, to or table)
+            who = identity(query or table, s, to or table, topic)
+            return MemoryCheckpoint(db, identity=who, spec=s, sink=sink, late_table=late_table)
 
         async def memory_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
             return {(*r.key, r.window_start_ms): r.values for r in db.table_rows(table)}
 
         async def memory_late() -> set[tuple[int, int]]:
-            return {(p, o) for (_t, p, o) in db.late_tables.get(late_table, {})}
+            return {(p, o) for (_q, _t, p, o) in db.late_tables.get(late_table, {})}
 
-        yield Backend(make_memory, memory_rows, memory_late)
+        async def memory_drop_last(partition: int) -> None:
+            db.ledger[(table, "t", partition)].pop()
+
+        async def memory_put(key: str, ws: int) -> None:
+            row = ResultRow((key,), ws, ws + W, (1, 1.0))
+            db.tables[table][(typed_key(row.key), ws, ws + W)] = row
+
+        yield Backend(make_memory, memory_rows, memory_late, memory_drop_last, memory_put)
         return
     import asyncpg
 
@@ -71,11 +101,12 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     pg = await asyncpg.connect(dsn)
     opened: list[Checkpoint] = []
 
-    def make_pg(s: QuerySpec) -> Checkpoint:
-        sink = PostgresTableSink(result_layout(s, table))
-        checkpoint = PostgresCheckpoint(
-            dsn, query=table, topic="t", spec=s, sink=sink, late_table=late_table
-        )
+    def make_pg(
+        s: QuerySpec, query: str | None = None, to: str | None = None, topic: str = "t"
+    ) -> Checkpoint:
+        sink = PostgresTableSink(result_layout(s, to or table))
+        who = identity(query or table, s, to or table, topic)
+        checkpoint = PostgresCheckpoint(dsn, identity=who, spec=s, sink=sink, late_table=late_table)
         opened.append(checkpoint)
         return checkpoint
 
@@ -89,7 +120,25 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         )
         return {(r[0], r[1]) for r in rows}
 
-    yield Backend(make_pg, pg_rows, pg_late)
+    async def pg_drop_last(partition: int) -> None:
+        await pg.execute(
+            """DELETE FROM streamproc_ledger WHERE query = $1 AND partition = $2
+               AND start_offset = (SELECT max(start_offset) FROM streamproc_ledger
+                                   WHERE query = $1 AND partition = $2)""",
+            table,
+            partition,
+        )
+
+    async def pg_put(key: str, ws: int) -> None:
+        await pg.execute(
+            f"""INSERT INTO {quote_ident(table)} (k, group_key_types, window_start, window_end, n,
+                total) VALUES ($1, 's', $2, $3, 1, 1.0)""",
+            key,
+            ms_to_datetime(ws),
+            ms_to_datetime(ws + W),
+        )
+
+    yield Backend(make_pg, pg_rows, pg_late, pg_drop_last, pg_put)
     for checkpoint in opened:
         await checkpoint.close()
     await pg.close()
@@ -121,7 +170,8 @@ async def test_a_new_partition_has_no_checkpoint(backend: Backend) -> None:
     await checkpoint.open()
     loaded = await checkpoint.load_partition(0)
     assert (loaded.next_offset, loaded.max_event_ts_ms, loaded.partials) == (None, None, ())
-    assert await checkpoint.watermarks() == {}
+    assert await checkpoint.watermarks() == Watermarks({}, None)
+    assert await checkpoint.committed_offsets() == {}
 
 
 async def test_a_commit_is_what_a_restore_reads_back(backend: Backend) -> None:
@@ -136,7 +186,9 @@ async def test_a_commit_is_what_a_restore_reads_back(backend: Backend) -> None:
     assert [
         (p.key, p.window_start_ms, p.window_end_ms, tuple(p.state)) for p in loaded.partials
     ] == [(("a",), 10_000, 20_000, (5, 2.5))]
-    assert await checkpoint.watermarks() == {0: 15_000}
+    marks = await checkpoint.watermarks()
+    assert dict(marks.partitions) == {0: 15_000} and marks.global_ms is None  # 1 of 2 known
+    assert await checkpoint.committed_offsets() == {0: 5}
     assert await backend.rows() == {("a", 10_000): (5, 2.5)}
 
 
@@ -212,3 +264,87 @@ async def test_late_rows_are_kept_once_per_source_position(backend: Backend) -> 
     await checkpoint.commit(batch((commit(0, 0, 4, 9, 9),), {}, late=(late,)))
     await checkpoint.commit(batch((commit(0, 4, 5, 9, 9),), {}, late=(late,)))
     assert await backend.late() == {(0, 3)}
+
+
+async def test_a_changed_definition_is_refused_once_the_query_committed(backend: Backend) -> None:
+    first = backend.make(spec("update"))
+    await first.open()
+    sliding = QuerySpec(
+        group_by=("k",),
+        aggregations=AGGS,
+        output_mode="update",
+        event_time_column="t",
+        delay_ms=0,
+        window=WindowSpec(2 * W, W),
+    )
+    # Nothing committed yet: the new definition replaces the old without a word.
+    await backend.make(sliding).open()
+    await first.commit(batch((commit(0, 0, 1, 1, 1),), {}))
+    with pytest.raises(
+        CheckpointConflictError, match=r"window changed from .* to .*streamproc reset"
+    ):
+        await backend.make(spec("update")).open()
+    other_topic = backend.make(sliding, topic="elsewhere")
+    with pytest.raises(CheckpointConflictError, match=r"source topic changed from t to elsewhere"):
+        await other_topic.open()
+
+
+async def test_a_result_table_belongs_to_one_query(backend: Backend) -> None:
+    await backend.make(spec("update")).open()
+    intruder = backend.make(spec("update"), query="intruder")
+    with pytest.raises(CheckpointConflictError, match=r"table .* belongs to query "):
+        await intruder.open()
+
+
+async def test_a_deleted_ledger_row_is_found_at_restore(backend: Backend) -> None:
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    await checkpoint.commit(batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 2, 1.0),)}))
+    await checkpoint.commit(batch((commit(0, 2, 5, 1, 1),), {0: (partial("a", 0, 5, 3.0),)}))
+    await backend.drop_last_ledger_row(0)
+    with pytest.raises(CheckpointConflictError, match=r"ledger ends at offset 2 but its position"):
+        await checkpoint.load_partition(0)
+
+
+async def test_w_never_goes_back_when_a_partition_joins(backend: Backend) -> None:
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    await checkpoint.commit(batch((commit(0, 0, 1, 30_000, 30_000),), {}))
+    outcome = await checkpoint.commit(batch((commit(1, 0, 1, 20_000, 20_000),), {}))
+    assert outcome.global_watermark_ms == 20_000
+    # A third partition appears, with no data: W stays where it was.
+    three = CommitBatch((commit(0, 1, 2, 40_000, 40_000),), {}, {}, None, (), topic_partitions=3)
+    assert (await checkpoint.commit(three)).global_watermark_ms == 20_000
+    assert (await checkpoint.watermarks()).global_ms == 20_000
+
+
+async def test_append_refuses_to_close_a_window_someone_else_wrote(backend: Backend) -> None:
+    checkpoint = backend.make(spec("append"))
+    await checkpoint.open()
+    await checkpoint.commit(
+        batch((commit(0, 0, 1, 5_000, 5_000),), {0: (partial("a", 0, 1, 1.0),)})
+    )
+    await backend.put_row("a", 0)
+    closing = batch((commit(1, 0, 1, 12_000, 12_000), commit(0, 1, 2, 12_000, 12_000)), {})
+    with pytest.raises(CheckpointConflictError, match=r"1 closing window row\(s\) were already"):
+        await checkpoint.commit(closing)
+    assert await checkpoint.committed_offsets() == {0: 1}  # nothing of it was written
+
+
+async def test_workers_of_a_bounded_run_share_its_ends(backend: Backend) -> None:
+    a, b, c = (backend.make(spec("update")) for _ in range(3))
+    for checkpoint in (a, b, c):
+        await checkpoint.open()
+
+    async def ends(n: int) -> dict[int, int]:
+        return {0: n, 1: n}
+
+    run = await a.begin_run("availablenow", lambda: ends(10))
+    assert (run.run_id, dict(run.ends), run.joined) == (1, {0: 10, 1: 10}, False)
+    joined = await b.begin_run("availablenow", lambda: ends(99))
+    assert (joined.run_id, dict(joined.ends), joined.joined) == (1, {0: 10, 1: 10}, True)
+    await a.finish_run(run)
+    await b.close()
+    # Every member left: the next bounded run takes new ends.
+    again = await c.begin_run("availablenow", lambda: ends(20))
+    assert (again.run_id, dict(again.ends), again.joined) == (2, {0: 20, 1: 20}, False)

@@ -32,7 +32,7 @@ from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import RunStats, StreamingQuery
 from streamproc.sinks.layout import quote_ident
-from streamproc.sinks.rows import datetime_to_ms
+from streamproc.sinks.rows import datetime_to_ms, decode_key, decode_state
 from tests.integration.expected import Query, parse_ts
 from tests.integration.pipeline_helpers import AGGS, MINUTE
 
@@ -419,15 +419,16 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
 
 
 async def read_partials(pg: Any, query: str) -> dict[tuple[Any, ...], Any]:
-    """The query's partials as {(partition, key, window): state} (the working state)."""
+    """The query's partial states as {(partition, key, window): state} (the working state)."""
     rows = await pg.fetch(
-        """SELECT partition, key::text AS key, window_start_ms, window_end_ms,
-                  state::text AS state
-           FROM streamproc_partials WHERE query = $1""",
+        """SELECT partition, key, window_start_ms, window_end_ms, state
+           FROM streamproc_state WHERE query = $1""",
         query,
     )
     return {
-        (r["partition"], r["key"], r["window_start_ms"], r["window_end_ms"]): json.loads(r["state"])
+        (r["partition"], decode_key(r["key"]), r["window_start_ms"], r["window_end_ms"]): (
+            decode_state(r["state"])
+        )
         for r in rows
     }
 

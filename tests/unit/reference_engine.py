@@ -29,8 +29,14 @@ TableKey = tuple[TypedKey, int | None, int | None]
 
 
 def typed(values: Sequence[Any]) -> TypedKey:
-    """Group values with their JSON types, so True, 1 and 1.0 stay apart."""
-    return tuple((type(v).__name__, v + 0.0 if type(v) is float else v) for v in values)
+    """Group values as JSON compares them: True, 1 and "1" apart, 1 and 1.0 equal."""
+    out: list[tuple[str, Any]] = []
+    for v in values:
+        if type(v) in (int, float):
+            out.append(("number", int(v) if type(v) is float and v.is_integer() else v))
+        else:
+            out.append((type(v).__name__, v))
+    return tuple(out)
 
 
 def ref_time(value: Any, fmt: str) -> int | None:

@@ -29,24 +29,27 @@ def test_result_layout_columns_and_key() -> None:
     assert [(c.name, c.sql_type) for c in layout.columns] == [
         ("user_id", "text"),
         ("region", "text"),
+        ("group_key_types", "text"),
         ("window_start", "timestamp with time zone"),
         ("window_end", "timestamp with time zone"),
         ("n", "bigint"),
         ("v_sum", "double precision"),
         ("v_last", "jsonb"),
     ]
-    assert layout.key_columns == ("user_id", "region", "window_start", "window_end")
+    key = ("user_id", "region", "group_key_types", "window_start", "window_end")
+    assert layout.key_columns == key
     assert layout.value_columns == ("n", "v_sum", "v_last")
     ddl = create_result_table_sql(layout)
     assert ddl.startswith('CREATE TABLE IF NOT EXISTS "analytics"."totals" (')
-    assert 'UNIQUE NULLS NOT DISTINCT ("user_id", "region", "window_start", "window_end")' in ddl
+    quoted = ", ".join(f'"{c}"' for c in key)
+    assert f"UNIQUE NULLS NOT DISTINCT ({quoted})" in ddl
 
 
 def test_non_windowed_layout_has_no_window_columns() -> None:
     spec = QuerySpec(("k",), (AggSpec("n", None, "count"),), "complete")
     layout = result_layout(spec, "t")
-    assert [c.name for c in layout.columns] == ["k", "n"]
-    assert layout.key_columns == ("k",)
+    assert [c.name for c in layout.columns] == ["k", "group_key_types", "n"]
+    assert layout.key_columns == ("k", "group_key_types")
 
 
 def test_quote_ident_doubles_quotes_so_nothing_escapes() -> None:
@@ -58,6 +61,7 @@ def test_layout_differences_name_each_difference() -> None:
     layout = result_layout(SPEC, "t")
     existing = [
         ("user_id", "integer"),
+        ("group_key_types", "text"),
         ("window_start", "timestamp with time zone"),
         ("window_end", "timestamp with time zone"),
         ("n", "bigint"),
@@ -70,7 +74,7 @@ def test_layout_differences_name_each_difference() -> None:
         "missing column region (text)",
         "unexpected column extra (text)",
         "unique key is (user_id, window_start, window_end), "
-        "expected (user_id, region, window_start, window_end)",
+        "expected (user_id, region, group_key_types, window_start, window_end)",
     ]
     fitting = [(c.name, c.sql_type) for c in layout.columns]
     assert layout_differences(layout, fitting, list(layout.key_columns)) == []

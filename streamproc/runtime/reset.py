@@ -1,0 +1,134 @@
+"""`streamproc reset`: drop a query's checkpoint, so that it starts over.
+
+    streamproc reset CONFIG [--drop-results] [--yes]
+    streamproc reset QUERY --dsn DSN [--drop-results] [--yes]
+
+Removes the query's registration, positions, ledger rows, partial states and
+bounded runs (and rows of layout 1, if any); with `--drop-results`, its result
+table (only when it belongs to this query) and its rows in the late table.
+The next run reads the topic from `startingOffsets` again. Asks on a terminal
+first; elsewhere it needs `--yes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from streamproc.sinks.postgres_registry import ResetReport
+
+
+@dataclass(frozen=True, slots=True)
+class ResetTarget:
+    """What to reset, resolved from a config or a query name."""
+
+    query: str
+    dsn: str
+    result_table: str | None
+    late_table: str | None
+
+
+def resolve_target(target: str, dsn: str | None) -> ResetTarget:
+    """A config file's query (its DSN and tables), or a query name with a DSN.
+
+    Raises:
+        ValueError: one line saying what is missing.
+    """
+    if Path(target).is_file():
+        from streamproc.config import load_config
+        from streamproc.runtime.planning import plan_from_config
+
+        plan = plan_from_config(load_config(target))
+        assert plan.dsn is not None
+        table = plan.table if plan.sink_type == "postgresql" else None
+        late = plan.late_table if plan.late_strategy == "separatestream" else None
+        return ResetTarget(plan.query_name, dsn or plan.dsn, table, late)
+    dsn = dsn or os.environ.get("STREAMPROC_PG_DSN")
+    if not dsn:
+        raise ValueError(
+            f"{target}: not a config file; to reset a query by name give --dsn "
+            "(or set STREAMPROC_PG_DSN)"
+        )
+    return ResetTarget(target, dsn, None, None)
+
+
+def _confirm(question: str, stdin: TextIO, stdout: TextIO) -> bool:
+    stdout.write(f"{question} [y/N] ")
+    stdout.flush()
+    return stdin.readline().strip().lower() in ("y", "yes")
+
+
+def reset_from_cli(
+    target: str,
+    *,
+    dsn: str | None = None,
+    drop_results: bool = False,
+    yes: bool = False,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+) -> int:
+    """Run `streamproc reset`; returns the exit status (0 done, 1 refused or failed)."""
+    from streamproc.config import ConfigError
+
+    try:
+        resolved = resolve_target(target, dsn)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{target}: {line}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"streamproc: {exc}", file=sys.stderr)
+        return 1
+    what = f"the checkpoint of query {resolved.query}"
+    if drop_results and resolved.result_table:
+        what += f" and its table {resolved.result_table}"
+    if not yes:
+        if not stdin.isatty():
+            print(
+                f"streamproc: reset would drop {what}; not a terminal, so confirm with --yes",
+                file=sys.stderr,
+            )
+            return 1
+        if not _confirm(f"Drop {what}? The next run starts over.", stdin, stdout):
+            print("nothing was changed", file=stdout)
+            return 1
+    try:
+        report = asyncio.run(_reset(resolved, drop_results))
+    except Exception as exc:
+        from streamproc.runtime.failures import first_line
+
+        print(
+            f"streamproc: reset of query {resolved.query} failed: {first_line(exc)}",
+            file=sys.stderr,
+        )
+        return 1
+    dropped = f"; dropped table {report.dropped_table}" if report.dropped_table else ""
+    print(
+        f"query {resolved.query}: removed {report.positions} position(s), "
+        f"{report.ledger_rows} ledger row(s), {report.state_rows} partial state(s), "
+        f"{report.late_rows} late row(s){dropped}",
+        file=stdout,
+    )
+    return 0
+
+
+async def _reset(target: ResetTarget, drop_results: bool) -> ResetReport:
+    import asyncpg
+
+    from streamproc.sinks.postgres_registry import reset_query
+
+    conn = await asyncpg.connect(target.dsn, timeout=10)
+    try:
+        return await reset_query(
+            conn,
+            target.query,
+            result_table=target.result_table if drop_results else None,
+            late_table=target.late_table if drop_results else None,
+        )
+    finally:
+        await conn.close()
