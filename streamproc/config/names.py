@@ -9,6 +9,7 @@ on injection by config (``"users; DROP TABLE x"``) instead of relying on quoting
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,8 +186,31 @@ class BootstrapServers(HouseType):
 
 
 def _redact_url(url: str) -> str:
-    # Show enough of a bad URL to find it, never its password.
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    # Show enough of a bad URL to find it, never its password: everything
+    # between "user:" and the last "@" (a password may hold "@" itself).
+    return re.sub(r"(://[^:/@]*):.*@", r"\1:***@", url)
+
+
+def _dsn_problem(url: str) -> str | None:
+    """Why asyncpg would fail to parse a DSN, in words that quote none of it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.query:
+            urllib.parse.parse_qs(parts.query, strict_parsing=True)
+    except ValueError:
+        return "it is not a well-formed URL"
+    # asyncpg splits user:password from the host at the FIRST "@".
+    hostspec = parts.netloc.partition("@")[2] if "@" in parts.netloc else parts.netloc
+    if "@" in hostspec:
+        return "an '@' follows the host"
+    for host in hostspec.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        _, colon, number = port.rpartition(":") if ":" in port else ("", "", "")
+        if colon and number and not number.isdigit():
+            return "the port after the host is not a number"
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        return "an '@' follows the host"
+    return None
 
 
 @dataclass(frozen=True)
@@ -197,7 +221,13 @@ class PostgresUrl(HouseType):
     def parse(self, value: Any) -> SecretStr:
         url = as_string(value)
         if re.match(r"postgres(?:ql)?://", url):
-            return SecretStr(url)
+            problem = _dsn_problem(url)
+            if problem is None:
+                return SecretStr(url)
+            raise ValueError(
+                f"{render(_redact_url(url))} cannot be parsed: {problem}; a password holding "
+                "@ / ? # or : must be URL-encoded (%40 %2F %3F %23 %3A)"
+            )
         raise ValueError(
             f"{render(_redact_url(url))} is not a postgresql:// URL; "
             "expected postgresql://user:password@host:port/database"

@@ -328,6 +328,12 @@ def _check_error_handling(d: Draft, found: Findings) -> None:
                 f"{base}.bootstrapServers",
                 "required when dlqType is 'kafka' and the source is not Kafka",
             )
+    if dlq.dlq_type in ("logging", "none") and d.mode == "streaming" and d.ok(f"{base}.dlqType"):
+        kept = "counted and logged" if dlq.dlq_type == "logging" else "counted"
+        found.warnings.append(
+            f"{base}.dlqType: with '{dlq.dlq_type}' a bad record, or one the sink refuses, "
+            f"is {kept} but kept nowhere except the source topic; use 'kafka' to keep a copy"
+        )
     if dlq.dlq_type == "postgresql" and d.load is not None and d.load.sink_type != "postgresql":
         found.error(
             f"{base}.dlqType",

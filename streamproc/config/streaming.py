@@ -122,12 +122,23 @@ class WatermarkConfig(ConfigModel):
             'epoch_millis' or 'epoch_seconds'.
         idle_timeout_ms: a partition idle this long (wall time) stops holding the
             global watermark back; None: never.
+        max_future_skew_ms: NEW ``maxFutureSkew``: a record whose event time is this far
+            ahead of the time it was written to the topic (its Kafka timestamp) is a bad
+            record; None: no limit.
+        jump_warning_ms: NEW ``jumpWarning``: warn (rate limited) when a batch moves a
+            partition's watermark ahead by more than this (default 1 day).
     """
 
     event_time_column: Annotated[str, ColumnName()]
     delay_ms: Annotated[int, DurationMs()] = Field(alias="delayThreshold")
     event_time_format: _EventTimeFormat = "auto"
     idle_timeout_ms: Annotated[int, DurationMs()] | None = Field(default=None, alias="idleTimeout")
+    max_future_skew_ms: Annotated[int, DurationMs()] | None = Field(
+        default=None, alias="maxFutureSkew"
+    )
+    jump_warning_ms: Annotated[int, DurationMs()] = Field(
+        default=86_400_000, alias="jumpWarning", json_schema_extra={"default": "1 day"}
+    )
 
 
 class LateDataConfig(ConfigModel):

@@ -20,6 +20,7 @@ from streamproc.engine.results import (
     PartialRow,
     PartitionProgress,
     ResultRow,
+    WatermarkJump,
     WindowKey,
 )
 from streamproc.engine.spec import (
@@ -53,6 +54,7 @@ __all__ = [
     "QuerySpec",
     "Record",
     "ResultRow",
+    "WatermarkJump",
     "WindowKey",
     "WindowSpec",
     "event_time_parser",

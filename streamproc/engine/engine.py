@@ -44,6 +44,7 @@ from streamproc.engine.results import (
     PartialRow,
     PartitionProgress,
     ResultRow,
+    WatermarkJump,
 )
 from streamproc.engine.spec import QuerySpec
 from streamproc.engine.watermarks import GlobalWatermark, partition_watermark
@@ -99,6 +100,7 @@ class Engine:
         closed_w = NO_TS if w is None else w
         late: list[LateRecord] = []
         bad: list[BadRecord] = []
+        jumps: list[tuple[int, int, int, int]] = []
         counts: dict[int, list[Any]] = {}
         run = self._kernel.run_segment
         for partition, group in groupby(records, key=_by_partition):
@@ -107,7 +109,7 @@ class Engine:
             if ps is None:
                 ps = self._open(partition, now)
             n_late, n_bad = len(late), len(bad)
-            run(ps, seg, closed_w, now, late, bad)
+            run(ps, seg, closed_w, now, late, bad, jumps)
             ps.last_active_ms = now
             ps.next_offset = seg[-1][1] + 1
             c = counts.get(partition)
@@ -138,6 +140,7 @@ class Engine:
             late=tuple(late),
             bad=tuple(bad),
             per_partition=per_partition,
+            jumps=tuple(WatermarkJump(*j) for j in jumps),
         )
 
     def emit(self) -> Emission:

@@ -16,7 +16,7 @@ Per record, in order (the first failing step decides what the record is):
     4. otherwise: advance the partition's max event time, fold the record into the state
        of each of its open windows.
 
-`run_segment(ps, seg, closed_w, now_ms, late, bad)` processes consecutive records of one
+`run_segment(ps, seg, closed_w, now_ms, late, bad, jumps)` processes consecutive records of one
 partition `ps` (a `PartitionState`); `closed_w` is W at the start of the batch, or a value
 below every time when there is none; `now_ms` is wall time.
 """
@@ -193,7 +193,7 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
         namespace["time_reason"] = _time_reason(spec.event_time_column)
         namespace["edge_reason"] = _edge_reason(spec.event_time_column)
     src = _Source()
-    src.add(0, "def run_segment(ps, seg, closed_w, now_ms, late, bad):")
+    src.add(0, "def run_segment(ps, seg, closed_w, now_ms, late, bad, jumps):")
     src.add(1, "p = ps.partition", "dirty = ps.dirty", "load = ps.load")
     src.add(1, "late_append = late.append", "bad_append = bad.append")
     if has_ts:
@@ -225,7 +225,13 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
             )
             src.add(3, "continue")
     if has_ts:
-        src.add(2, "if ts > max_ts:", "    max_ts = ts")
+        src.add(2, "if ts > max_ts:")
+        if spec.jump_warning_ms is not None:
+            # One record moving the partition's max event time (so its
+            # watermark) this far ahead: reported, so the runtime can warn.
+            src.add(3, f"if ts - max_ts > {spec.jump_warning_ms} and max_ts != {NO_TS}:")
+            src.add(4, "jumps.append((p, off, max_ts, ts))")
+        src.add(3, "max_ts = ts")
         if has_wm:
             src.add(3, f"wm = ts - {spec.delay_ms}")
     touch = None

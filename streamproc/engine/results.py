@@ -83,6 +83,23 @@ class PartitionProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class WatermarkJump:
+    """One record that moved its partition's max event time far ahead (QuerySpec.jump_warning_ms).
+
+    Attributes:
+        partition: Source partition.
+        offset: The record's offset.
+        from_ms: The partition's max event time before it.
+        to_ms: Its event time, the new max.
+    """
+
+    partition: int
+    offset: int
+    from_ms: int
+    to_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     """Outcome of one `Engine.process` call: records == aggregated + late + bad.
 
@@ -92,6 +109,7 @@ class BatchResult:
         late: Late records, in input order per partition.
         bad: Bad records, in input order per partition.
         per_partition: Accounting per partition present in the batch.
+        jumps: Records that moved their partition's watermark far ahead.
     """
 
     records: int
@@ -99,6 +117,7 @@ class BatchResult:
     late: tuple[LateRecord, ...]
     bad: tuple[BadRecord, ...]
     per_partition: Mapping[int, PartitionProgress]
+    jumps: tuple[WatermarkJump, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,8 @@ class QuerySpec:
             out of the global watermark.
         state_timeout_ms: Non-windowed only: a key idle that long is evicted (event time
             against the watermark when there is one, wall clock otherwise).
+        jump_warning_ms: Report a record that moves its partition's max event time ahead
+            by more than this (`BatchResult.jumps`); None: never.
     """
 
     group_by: tuple[str, ...]
@@ -101,6 +103,7 @@ class QuerySpec:
     window: WindowSpec | None = None
     idle_timeout_ms: int | None = None
     state_timeout_ms: int | None = None
+    jump_warning_ms: int | None = None
 
     def __post_init__(self) -> None:
         problems = _problems(self)

@@ -42,6 +42,8 @@ class RunStats:
     run_id: int | None = None
     run_partitions: int = 0
     run_complete: bool = False
+    #: The signal that stopped the run (0: --max-seconds), None when it ended by itself.
+    stopped_by: int | None = None
 
 
 class Accounting:

@@ -20,8 +20,9 @@ from streamproc.engine import LateRecord
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.collect import BatchCollector
+from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.failure_policy import FailurePolicy
-from streamproc.runtime.failures import is_outage
+from streamproc.runtime.failures import STOP_ERRORS, is_outage
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import (
@@ -35,7 +36,6 @@ from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Position
 from streamproc.sinks.base import (
     Checkpoint,
-    CheckpointError,
     CommitBatch,
     CommitOutcome,
     MessageWriter,
@@ -48,7 +48,7 @@ log = logging.getLogger("streamproc.query")
 
 def _worth_retrying(exc: Exception) -> bool:
     # A checkpoint conflict says the same thing on every attempt.
-    return not isinstance(exc, CheckpointError)
+    return not isinstance(exc, STOP_ERRORS)
 
 
 class BatchCommitter:
@@ -78,6 +78,7 @@ class BatchCommitter:
         self._writer = dead_letter_writer
         self._accounting = accounting
         self._breaker = breaker
+        self._guard = EventTimeGuard(plan)
         self.policy = FailurePolicy(
             plan,
             committer=self,
@@ -106,7 +107,7 @@ class BatchCommitter:
         """
         tracker = self._tracker
         engine = tracker.engine
-        processed = process_records(raws, engine, self._quality)
+        processed = process_records(raws, engine, self._quality, self._guard)
         if not raws and engine.global_watermark_ms is None:
             # With no records an emit can still close windows, but only once
             # there is a W; the commit below is skipped when nothing changed.
@@ -134,11 +135,13 @@ class BatchCommitter:
             await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
             with metrics.COMMIT_SECONDS.labels(self._plan.query_name).time():
                 outcome = await self.commit_with_retry(prepared.commit, retry_if)
-        except (asyncio.CancelledError, CheckpointError):
+        except asyncio.CancelledError:
+            raise
+        except STOP_ERRORS:
             raise
         except Exception as exc:
             return await self.policy.after_failed_commit(
-                exc, raws, prepared.commit.partitions, dead_letters_sent
+                exc, raws, prepared.commit.partitions, dead_letters_sent, isolating=isolating
             )
         if outcome.stale:
             self._accounting.stale()
@@ -147,6 +150,35 @@ class BatchCommitter:
             return []
         self.committed(prepared, outcome)
         return list(prepared.commit.partitions)
+
+    async def try_without_keeping(self, raws: list[RawRecord]) -> Exception | None:
+        """Process records and commit them with dry_run: the error a commit would raise.
+
+        The engine afterwards holds the records: restore it before going on.
+        """
+        tracker = self._tracker
+        engine = tracker.engine
+        processed = process_records(raws, engine, self._quality, self._guard)
+        emission = engine.emit()
+        prepared = prepare_commit(
+            processed,
+            emission,
+            engine,
+            next_offsets=tracker.next,
+            owns_every_partition=tracker.owns_every_partition,
+            topic_partitions=tracker.partition_count,
+            late=self._late,
+            bad=self._bad,
+        )
+        if prepared is None:
+            return None
+        try:
+            await self._checkpoint.commit(prepared.commit, dry_run=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return exc
+        return None
 
     async def commit_with_retry(
         self, batch: CommitBatch, retry_if: Callable[[Exception], bool] | None
@@ -188,6 +220,8 @@ class BatchCommitter:
         outcome: CommitOutcome,
     ) -> None:
         """A batch is durable: move the partitions on and count it."""
+        if prepared.commit.partitions:
+            self.policy.accepted()
         self.record(prepared.commit.partitions, outcome, prepared.late, prepared.bad)
 
     def record(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.failures import (
+    STOP_ERRORS,
     FailureKind,
     QueryFailedError,
     SinkOutage,
@@ -36,13 +37,30 @@ from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.resilience import CircuitBreaker, CircuitOpenError, outage_delay
 from streamproc.runtime.routers import BadRouter, Position, RefusedRecord
-from streamproc.sinks.base import CommitBatch, PartitionCommit, batch_id
+from streamproc.sinks.base import ClosingWindowsError, CommitBatch, PartitionCommit, batch_id
 from streamproc.sources.base import RawRecord, record_digest
 
 if TYPE_CHECKING:
     from streamproc.runtime.committer import BatchCommitter
 
 log = logging.getLogger("streamproc.query")
+
+#: Records of a refused batch tried alone before it is called a sink problem.
+SAMPLES = 8
+
+
+def refusal_signature(exc: BaseException) -> tuple[object, ...]:
+    """What a refusal is about: its SQLSTATE and the constraint, table and column it names."""
+    names = ("sqlstate", "constraint_name", "table_name", "column_name")
+    found = tuple(getattr(exc, name, None) for name in names)
+    return found if any(found) else (type(exc).__name__, first_line(exc))
+
+
+def _constraint(exc: BaseException) -> str:
+    constraint, table = getattr(exc, "constraint_name", None), getattr(exc, "table_name", None)
+    if constraint:
+        return f" (constraint {constraint}" + (f" of table {table})" if table else ")")
+    return ""
 
 
 class FailurePolicy:
@@ -64,9 +82,21 @@ class FailurePolicy:
         self._bad = bad
         self._accounting = accounting
         self._breaker = breaker
+        # Records dead-lettered one after another for one reason, no record
+        # accepted in between (small batches cannot be sampled).
+        self._streak: tuple[tuple[object, ...] | None, int] = (None, 0)
+
+    def accepted(self) -> None:
+        """The sink accepted records: refusals so far were the data's, not the sink's."""
+        self._streak = (None, 0)
 
     def fatal(self, exc: Exception) -> QueryFailedError:
-        """The error that stops the query on an unexpected failure (logged with its trace)."""
+        """The error that stops the query on an unexpected failure (logged with its trace).
+
+        A failure whose message says it all (STOP_ERRORS) becomes that one line.
+        """
+        if isinstance(exc, STOP_ERRORS):
+            return QueryFailedError(str(exc))
         log.error("query %s stops on an unexpected error", self._plan.query_name, exc_info=exc)
         return QueryFailedError(
             f"query {self._plan.query_name} stopped: {type(exc).__name__}: {first_line(exc)}"
@@ -78,8 +108,20 @@ class FailurePolicy:
         raws: list[RawRecord],
         partitions: tuple[PartitionCommit, ...],
         dead_letters_sent: set[Position],
+        *,
+        isolating: bool = False,
     ) -> list[PartitionCommit]:
-        """Apply the failure policy to a batch whose delivery failed; returns what committed."""
+        """Apply the failure policy to a batch whose delivery failed; returns what committed.
+
+        Args:
+            exc: What the delivery raised.
+            raws: The batch's records.
+            partitions: Its ledger entries (for the messages).
+            dead_letters_sent: Dead letters already delivered for these records.
+            isolating: The batch is a part of a refused batch being isolated.
+        """
+        if isinstance(exc, ClosingWindowsError):
+            self._closing_failed(exc)
         kind = classify_failure(exc)
         if kind is FailureKind.UNAVAILABLE:
             raise SinkOutage(exc)
@@ -99,6 +141,16 @@ class FailurePolicy:
                 f"query {query}: the sink rejected closing windows, "
                 f"no record to dead-letter: {first_line(exc)}"
             ) from exc
+        if not isolating and len(raws) >= SAMPLES:
+            if not await self._tracker.restore_in_place():
+                return []
+            if await self._refuses_everything(raws, exc):
+                raise QueryFailedError(
+                    f"query {query}: the sink refuses every record of the batch of "
+                    f"partition:offsets {spans} for the same reason: {first_line(exc)}"
+                    f"{_constraint(exc)}; that is a sink problem, not bad data: nothing of the "
+                    "batch was dead-lettered; fix the table (or the sink) and run again"
+                ) from exc
         log.warning(
             "the sink rejected the batch of partition:offsets %s (%s): isolating the records "
             "it cannot write",
@@ -110,6 +162,43 @@ class FailurePolicy:
         if not await self._tracker.restore_in_place():
             return []
         return await self.isolate(raws, exc, dead_letters_sent)
+
+    def _closing_failed(self, exc: ClosingWindowsError) -> None:
+        """Rows of closing windows were not written: an outage, or a stop; never isolated."""
+        cause = exc.cause
+        kind = classify_failure(cause)
+        if kind is FailureKind.UNAVAILABLE:
+            raise SinkOutage(cause)
+        self._accounting.failed()
+        if kind is FailureKind.FATAL:
+            raise self.fatal(cause)
+        raise QueryFailedError(
+            f"query {self._plan.query_name}: the sink refused the rows of {exc.windows} "
+            f"window(s) that closed: {first_line(cause)}{_constraint(cause)}; such a row sums up "
+            "many records, so no record can be dead-lettered for it: nothing of the batch was "
+            "written; fix the table (or the sink) and run again"
+        ) from cause
+
+    async def _refuses_everything(self, raws: list[RawRecord], exc: Exception) -> bool:
+        """True when sampled records, each alone, are refused for the batch's very reason.
+
+        Up to SAMPLES records spread over the batch (its first and last among
+        them) are committed one by one with dry_run. Data a sink cannot store
+        is refused record by record, for reasons that differ; a constraint
+        added to the table, or a column that no longer fits, refuses them all
+        alike, and dead-lettering the whole stream then would hide a sink
+        problem behind a full DLQ.
+        """
+        signature = refusal_signature(exc)
+        step = max(1, (len(raws) - 1) // (SAMPLES - 1))
+        picks = sorted({*range(0, len(raws), step), len(raws) - 1})[:SAMPLES]
+        for i in picks:
+            error = await self._committer.try_without_keeping([raws[i]])
+            if not await self._tracker.restore_in_place():
+                return False
+            if error is None or refusal_signature(error) != signature:
+                return False
+        return True
 
     async def isolate(
         self, raws: list[RawRecord], exc: Exception, dead_letters_sent: set[Position]
@@ -141,6 +230,16 @@ class FailurePolicy:
         """Send one record the sink rejects to the DLQ and record it in the ledger."""
         p = raw.partition
         error = first_line(exc)
+        signature = refusal_signature(exc)
+        streak = self._streak[1] + 1 if self._streak[0] == signature else 1
+        self._streak = (signature, streak)
+        if streak >= SAMPLES:
+            raise QueryFailedError(
+                f"query {self._plan.query_name}: the sink refused {streak} records in a row, "
+                f"each alone, for the same reason: {error}{_constraint(exc)}; that is a sink "
+                f"problem, not bad data: partition {p} offset {raw.offset} was not "
+                "dead-lettered; fix the table (or the sink) and run again"
+            ) from exc
         tracker = self._tracker
         engine = tracker.engine
         commit = PartitionCommit(

@@ -24,6 +24,18 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLarge
 from asyncpg.exceptions import InterfaceError
 
 from streamproc.runtime.resilience import CircuitOpenError
+from streamproc.sinks.base import CheckpointError, ClosingWindowsError
+from streamproc.sources.base import SourceTopicMissingError
+from streamproc.state.base import LocalStateError
+
+#: Failures whose message says it all: the query stops with that one line, no
+#: traceback, no retry (a checkpoint that does not fit, a missing privilege or
+#: topic, unusable local state).
+STOP_ERRORS: tuple[type[Exception], ...] = (
+    CheckpointError,
+    LocalStateError,
+    SourceTopicMissingError,
+)
 
 
 class FailureKind(Enum):
@@ -48,6 +60,10 @@ _REJECTED_CLASSES = frozenset({"22", "23", "54"})
 
 def classify_failure(exc: BaseException) -> FailureKind:
     """The kind of a failure raised by a sink transaction or a dead-letter write."""
+    if isinstance(exc, STOP_ERRORS):
+        return FailureKind.FATAL
+    if isinstance(exc, ClosingWindowsError):
+        return classify_failure(exc.cause)
     if isinstance(exc, CircuitOpenError | OSError):
         # OSError covers ConnectionRefusedError, ConnectionResetError,
         # TimeoutError (asyncio's too) and DNS failures.

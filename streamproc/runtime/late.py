@@ -37,19 +37,20 @@ class LateSummary:
             self.max_event_ts_ms = ts
 
     def text(self) -> str:
-        """The seed's words.
+        """The seed's words, with dates: a time alone hides a record from 2100.
 
-        ``Late data: 142 record(s), event time range: 10:15:00 to 10:18:00``.
+        ``Late data: 142 record(s), event time range: 2025-11-26 10:15:00 to
+        2025-11-26 10:18:00 UTC``.
         """
         if self.count == 0 or self.min_event_ts_ms is None or self.max_event_ts_ms is None:
             return "Late data: 0 record(s)"
         lo = ms_to_datetime(self.min_event_ts_ms)
         hi = ms_to_datetime(self.max_event_ts_ms)
         assert lo is not None and hi is not None
-        fmt = "%H:%M:%S" if lo.date() == hi.date() else "%Y-%m-%d %H:%M:%S"
+        fmt = "%Y-%m-%d %H:%M:%S"
         return (
             f"Late data: {self.count} record(s), event time range: "
-            f"{lo.strftime(fmt)} to {hi.strftime(fmt)}"
+            f"{lo.strftime(fmt)} to {hi.strftime(fmt)} UTC"
         )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from streamproc.runtime.metrics import start_metrics_server
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
-from streamproc.state.base import WindowStore
+from streamproc.state.base import LocalStateError, WindowStore
 from streamproc.state.memory import memory_store_factory
 from streamproc.state.rocks import rocks_store_factory
 
@@ -98,21 +98,54 @@ def _run_lines(stats: RunStats) -> list[str]:
     ]
 
 
+#: Signals that stop a run gracefully (the batch in flight is committed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Exit status of a bounded run that --max-seconds stopped before its end.
+EXIT_TIMED_OUT = 124
+
+
 async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> RunStats:
-    """Run a query until it ends, a signal arrives, or max_seconds (wall) pass."""
+    """Run a query until it ends, a signal arrives, or max_seconds (wall) pass.
+
+    SIGINT, SIGTERM and SIGHUP finish and commit the batch in flight, then
+    stop; `RunStats.stopped_by` names the signal.
+    """
     start_metrics_server()
-    query = StreamingQuery(plan, store_factory_for(plan))
+    try:
+        factory = store_factory_for(plan)
+    except LocalStateError as exc:
+        raise QueryFailedError(str(exc)) from None
+    query = StreamingQuery(plan, factory)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, query.request_stop)
-    timer = loop.call_later(max_seconds, query.request_stop) if max_seconds else None
+
+    def stop(signum: int) -> None:
+        if query.stats.stopped_by is None:
+            query.stats.stopped_by = signum
+        query.request_stop()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, int(sig))
+    timer = loop.call_later(max_seconds, stop, 0) if max_seconds else None
     try:
         return await query.run()
     finally:
         if timer is not None:
             timer.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def exit_status(plan: QueryPlan, stats: RunStats) -> int:
+    """0 for a run that ended as it should; 128 + signal for a bounded run a signal cut short.
+
+    A continuous run stopped by a signal has done what it was asked (exit
+    0); a bounded run that did not reach its end must not look finished to a
+    scheduler: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP), or 124 when
+    --max-seconds stopped it.
+    """
+    if stats.run_id is None or stats.run_complete or stats.stopped_by is None:
+        return 0
+    return EXIT_TIMED_OUT if stats.stopped_by == 0 else 128 + stats.stopped_by
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -150,4 +183,4 @@ def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
         return 1
     for line in summary_lines(plan, stats, time.monotonic() - started):
         print(line)
-    return 0
+    return exit_status(plan, stats)

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 
 from streamproc.engine import Engine
+from streamproc.runtime.failures import STOP_ERRORS
 from streamproc.sinks.base import (
     RESET_HINT,
     Checkpoint,
@@ -66,7 +67,7 @@ class PartitionTracker:
         self.pending |= partitions
         try:
             await self.restore_pending()
-        except CheckpointConflictError:
+        except STOP_ERRORS:
             pass  # the loop meets it again and stops the query with its message
         except Exception as exc:
             # Never let a rebalance callback fail: aiokafka would log it and

@@ -54,6 +54,8 @@ class QueryPlan:
     session_timeout_ms: int = 10_000
     # Topic metadata refresh: added partitions are read within about this long.
     metadata_max_age_ms: int = 5_000
+    # event time: bad when this far ahead of the record's Kafka timestamp
+    max_future_skew_ms: int | None = None
     # trigger
     trigger: TriggerKind = "continuous"
     trigger_interval_ms: int | None = None

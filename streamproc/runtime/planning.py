@@ -88,6 +88,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         else None,
         idle_timeout_ms=wm.idle_timeout_ms if wm else None,
         state_timeout_ms=cfg.state_timeout_ms,
+        jump_warning_ms=wm.jump_warning_ms if wm else None,
     )
     eh = cfg.error_handling
     if eh.dlq.dlq_type == "postgresql":
@@ -112,6 +113,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         starting_offsets=cfg.extract.starting_offsets,
         kafka_params=source_params,
         metadata_max_age_ms=cfg.extract.connection_params.metadata_max_age_ms,
+        max_future_skew_ms=wm.max_future_skew_ms if wm else None,
         trigger=streaming.trigger.kind,
         trigger_interval_ms=streaming.trigger.interval_ms,
         max_records_per_trigger=streaming.max_records_per_trigger

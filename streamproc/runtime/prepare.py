@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from streamproc.engine import BatchResult, Emission, Engine, LateRecord, ResultRow
 from streamproc.runtime.decode import UndecodableRecord, decode_records
+from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Routed
 from streamproc.sinks.base import CommitBatch, PartitionCommit
@@ -53,13 +54,16 @@ class PreparedBatch:
 
 
 def process_records(
-    raws: Sequence[RawRecord], engine: Engine, quality: QualityGate
+    raws: Sequence[RawRecord], engine: Engine, quality: QualityGate, guard: EventTimeGuard
 ) -> ProcessedBatch:
-    """Decode, filter by the quality rules, and fold into the engine."""
+    """Decode, set aside event-time outliers, filter by the quality rules, fold into the engine."""
     good, undecodable = decode_records(raws)
+    good, too_far = guard.future(good, raws)
     good, filtered = quality.filter_records(good)
+    guard.check_seconds(good)
     result = engine.process(good)
-    return ProcessedBatch(raws, result, undecodable, filtered)
+    guard.check_jumps(result, good)
+    return ProcessedBatch(raws, result, undecodable + too_far, filtered)
 
 
 def partition_commits(

@@ -31,6 +31,7 @@ from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.committer import BatchCommitter
 from streamproc.runtime.failures import (
+    STOP_ERRORS,
     FailureKind,
     QueryFailedError,
     SinkOutage,
@@ -43,7 +44,7 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.wiring import QueryPorts, kafka_postgres_ports
-from streamproc.sinks.base import CheckpointError, PartitionCommit
+from streamproc.sinks.base import PartitionCommit
 from streamproc.sources.base import RawRecord
 from streamproc.state.base import WindowStore
 
@@ -154,7 +155,7 @@ class StreamingQuery:
                 is_outage=is_outage,
                 retry_if=is_outage,
             )
-        except CheckpointError as exc:
+        except STOP_ERRORS as exc:
             # A changed definition, a table another query owns, an incompatible
             # table, a missing privilege: its message says what and what to do.
             raise QueryFailedError(str(exc)) from None
@@ -183,7 +184,7 @@ class StreamingQuery:
             await self._source.start(self)
             await self._wait_for_assignment()
             await self._loop()
-        except CheckpointError as exc:
+        except STOP_ERRORS as exc:
             raise QueryFailedError(str(exc)) from None
         finally:
             await self._shutdown()
@@ -281,7 +282,9 @@ class StreamingQuery:
                 )
             except SinkOutage as exc:
                 outage = exc.cause
-            except (asyncio.CancelledError, QueryFailedError, CheckpointError):
+            except (asyncio.CancelledError, QueryFailedError):
+                raise
+            except STOP_ERRORS:
                 raise
             except QualityAbortError as exc:
                 # Nothing of the batch was written; a restart replays it.
@@ -311,5 +314,10 @@ class StreamingQuery:
             try:
                 await closer()
             except Exception as exc:
-                log.warning("error while stopping: %s", exc)
-        self._tracker.engine.close()
+                log.warning("error while stopping: %s", first_line(exc))
+        try:
+            self._tracker.engine.close()
+        except Exception as exc:
+            # After a failed write RocksDB refuses to close; what failed was
+            # already said, and must stay the last line.
+            log.debug("closing the local state: %s", first_line(exc))

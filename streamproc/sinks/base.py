@@ -144,6 +144,19 @@ class CheckpointConflictError(CheckpointError):
     """
 
 
+class ClosingWindowsError(Exception):
+    """Writing the rows of windows that closed failed (append mode); `cause` says how.
+
+    Such a row sums up many records of many batches, so a refusal of it is
+    never one record's fault: it is not isolated record by record.
+    """
+
+    def __init__(self, cause: Exception, windows: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.windows = windows
+
+
 #: What a conflict message offers as the two ways on.
 RESET_HINT = (
     "start it under a new queryName, or drop its checkpoint with `streamproc reset CONFIG` "
@@ -240,8 +253,12 @@ class Checkpoint(Protocol):
         """The committed watermarks: every partition's and the global one."""
         ...
 
-    async def commit(self, batch: CommitBatch) -> CommitOutcome:
-        """Make one micro-batch durable in one transaction, or report it stale."""
+    async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
+        """Make one micro-batch durable in one transaction, or report it stale.
+
+        With dry_run nothing is kept: the outcome (or the error raised) says
+        what the commit would do.
+        """
         ...
 
     async def begin_run(

@@ -32,6 +32,7 @@ from streamproc.sinks.base import (
     RESET_HINT,
     BoundedRun,
     CheckpointConflictError,
+    ClosingWindowsError,
     CommitBatch,
     CommitOutcome,
     LateRow,
@@ -241,19 +242,37 @@ class PostgresCheckpoint:
         await self._run.finish(self._pool, run)
 
     # ---------------------------------------------------------------- commit
-    async def commit(self, batch: CommitBatch) -> CommitOutcome:
-        """Make one micro-batch durable in one transaction, or report it stale."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            # One query's commits never interleave, so merges from two
-            # workers cannot race and the position check below is decisive.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_key)
-            stale = await self._stale_partitions(conn, batch.partitions)
-            if stale:
-                return CommitOutcome(stale=stale)  # nothing written: the caller reloads
+    async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
+        """Make one micro-batch durable in one transaction, or report it stale.
+
+        With dry_run, everything is done and then rolled back: the outcome (or
+        the error) says what the commit would do.
+        """
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
             try:
-                return await self._write(conn, batch)
-            except asyncpg.InsufficientPrivilegeError as exc:
-                raise privilege_error(exc, f"query {self._query}: writing its batch") from None
+                outcome = await self._commit_in(conn, batch)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            if dry_run:
+                await transaction.rollback()
+            else:
+                await transaction.commit()
+            return outcome
+
+    async def _commit_in(self, conn: Any, batch: CommitBatch) -> CommitOutcome:
+        # One query's commits never interleave, so merges from two workers
+        # cannot race and the position check below is decisive.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_key)
+        stale = await self._stale_partitions(conn, batch.partitions)
+        if stale:
+            return CommitOutcome(stale=stale)  # nothing written: the caller reloads
+        try:
+            return await self._write(conn, batch)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise privilege_error(exc, f"query {self._query}: writing its batch") from None
 
     async def _write(self, conn: Any, batch: CommitBatch) -> CommitOutcome:
         await self._upsert_states(conn, batch.partials)
@@ -532,7 +551,10 @@ class PostgresCheckpoint:
             watermark_ms,
         )
         merged = self._merge_rows(sorted(rows, key=lambda r: r["partition"]))
-        written = await self._sink.write(conn, merged, insert_only=True)
+        try:
+            written = await self._sink.write(conn, merged, insert_only=True)
+        except Exception as exc:
+            raise ClosingWindowsError(exc, len(merged)) from exc
         if written < len(merged):
             raise CheckpointConflictError(
                 f"query {self._query}: {len(merged) - written} closing window row(s) were "

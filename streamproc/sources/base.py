@@ -30,6 +30,10 @@ class RawRecord:
     timestamp_ms: int
 
 
+class SourceTopicMissingError(RuntimeError):
+    """The source topic does not exist (streamproc never creates a source topic)."""
+
+
 def record_digest(record: RawRecord) -> bytes:
     """16 bytes that tell one record from another at the same offset (key, value, time).
 

@@ -17,9 +17,17 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
-from streamproc.sources.base import PartitionInfo, PartitionListener, RawRecord
+from streamproc.sources.base import (
+    PartitionInfo,
+    PartitionListener,
+    RawRecord,
+    SourceTopicMissingError,
+)
 
 log = logging.getLogger(__name__)
+
+#: Seconds `KafkaSource.stop` waits to leave the group cleanly.
+STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +47,6 @@ class KafkaSourceConfig:
     # picked up (the group rebalances) within about this long. Kafka's default
     # is 5 minutes; Spark's Kafka source and Flink's discovery use seconds.
     metadata_max_age_ms: int = 5_000
-
-
-class SourceTopicMissingError(RuntimeError):
-    """The source topic does not exist (and is never created by streamproc)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -115,11 +119,27 @@ class KafkaSource:
             )
 
     async def stop(self) -> None:
-        """Leave the group and close the connections."""
+        """Leave the group and close the connections (waiting at most STOP_TIMEOUT_S).
+
+        aiokafka lets a join in progress finish before it leaves the group, and
+        a broker may hold a JoinGroup for the group's whole rebalance timeout;
+        a worker that is done must not hang on that. Past the timeout the
+        connections are closed anyway: the broker drops the member when its
+        session expires, as after a crash.
+        """
         if self._consumer is not None:
-            _leave_group_even_in_generation_zero(self._consumer)
-            await self._consumer.stop()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            _leave_group_even_in_generation_zero(consumer)
+            try:
+                await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "leaving consumer group %s took over %ss (it is rebalancing); closing the "
+                    "connection, the broker drops this member when its session expires",
+                    self._config.group_id,
+                    STOP_TIMEOUT_S,
+                )
+                await consumer._client.close()
         if self._probe is not None:
             await self._probe.stop()
             self._probe = None

@@ -26,6 +26,14 @@ WindowStart = int | None
 Entry = tuple[WindowStart, Key, State]
 
 
+class LocalStateError(RuntimeError):
+    """The local working state (checkpointLocation) cannot be used: the path and the error.
+
+    Not an outage of the sink: waiting does not help, and a rerun resumes
+    exactly from the checkpoint once the path is usable again.
+    """
+
+
 class WindowStore(Protocol):
     """Partial states of one partition, keyed by (window start, group key)."""
 

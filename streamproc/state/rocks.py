@@ -27,7 +27,7 @@ from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from streamproc.state.base import Entry, Key, State, WindowStart
+from streamproc.state.base import Entry, Key, LocalStateError, State, WindowStart
 
 _MARSHAL_VERSION = 2
 _OFFSET = 2**63
@@ -78,10 +78,13 @@ class RocksWindowStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(str(self.path), options)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            options = Options(raw_mode=True)
+            options.create_if_missing(True)
+            self._db = Rdict(str(self.path), options)
+        except Exception as exc:
+            raise LocalStateError(f"local state at {self.path} cannot be opened: {exc}") from None
 
     def get(self, window_start_ms: WindowStart, key: Key) -> State | None:
         """The state of one entry, or None."""
@@ -135,7 +138,13 @@ class RocksWindowStore:
             put(window_prefix(ws) + _dumps(key, 2), _dumps(tuple(state), 2))
         if meta is not None:
             put(_META_KEY, _dumps(dict(meta), _MARSHAL_VERSION))
-        self._db.write(batch)
+        self._write(batch)
+
+    def _write(self, batch: WriteBatch) -> None:
+        try:
+            self._db.write(batch)
+        except Exception as exc:  # a full disk, a path made read-only
+            raise LocalStateError(f"local state at {self.path}: write failed: {exc}") from None
 
     def read_meta(self) -> dict[str, Any]:
         """The metadata last written (empty for a new store)."""
@@ -146,16 +155,34 @@ class RocksWindowStore:
         """Remove every entry and the metadata (one range delete)."""
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(b"", b"\xff" * 9)
-        self._db.write(batch)
+        self._write(batch)
 
     def close(self) -> None:
         """Close the database; it can be reopened from the same path."""
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as exc:  # after a failed write RocksDB refuses to flush
+            raise LocalStateError(f"local state at {self.path}: close failed: {exc}") from None
 
 
 def rocks_store_factory(directory: str | Path) -> Callable[[int], RocksWindowStore]:
-    """An `Engine` store factory opening `<directory>/partition-<p>` per partition."""
+    """An `Engine` store factory opening `<directory>/partition-<p>` per partition.
+
+    The directory is created and probed for writing now, so an unusable
+    checkpointLocation stops the query before it joins the group.
+
+    Raises:
+        LocalStateError: the directory cannot be created or written.
+    """
     root = Path(directory)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)  # the path is named once, not twice
+        raise LocalStateError(f"local state at {root} cannot be written: {reason}") from None
 
     def open_partition(partition: int) -> RocksWindowStore:
         return RocksWindowStore(root / f"partition-{partition}")

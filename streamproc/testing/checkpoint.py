@@ -30,6 +30,7 @@ from streamproc.sinks.base import (
     RESET_HINT,
     BoundedRun,
     CheckpointConflictError,
+    ClosingWindowsError,
     CommitBatch,
     CommitOutcome,
     LateRow,
@@ -360,8 +361,8 @@ class MemoryCheckpoint:
                 r.status = "done"
         await self.close()
 
-    async def commit(self, batch: CommitBatch) -> CommitOutcome:
-        """One atomic commit: nothing is changed unless everything can be."""
+    async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
+        """One atomic commit: nothing is changed unless everything can be (dry_run: nothing)."""
         db = self._db
         step = db.before_commit.pop(db.commits, None)
         if step is not None:
@@ -423,8 +424,13 @@ class MemoryCheckpoint:
                 for key, start, _end in keys:
                     partials.pop((query, typed_key(key), start, partition), None)
         for result_rows, insert_only in to_write:
-            for result in result_rows:
-                db.check_key(result.key)
+            try:
+                for result in result_rows:
+                    db.check_key(result.key)
+            except RefusedError as exc:
+                if insert_only:
+                    raise ClosingWindowsError(exc, len(result_rows)) from exc
+                raise
             if insert_only:
                 table = db.tables.get(getattr(self._sink, "table", ""), {})
                 taken = [
@@ -438,6 +444,8 @@ class MemoryCheckpoint:
                         "result table, which only this query may write; nothing of the batch "
                         "was written"
                     )
+        if dry_run:
+            return CommitOutcome((), sum(len(r) for r, _ in to_write), closed, watermark)
         written = 0
         for result_rows, insert_only in to_write:
             written += await self._sink.write(None, result_rows, insert_only=insert_only)

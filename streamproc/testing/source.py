@@ -70,10 +70,14 @@ class MemoryTopic:
         return offset
 
     def produce_json(
-        self, partition: int, record: Mapping[str, Any], key: bytes | None = None
+        self,
+        partition: int,
+        record: Mapping[str, Any],
+        key: bytes | None = None,
+        timestamp_ms: int = 0,
     ) -> int:
         """Append a JSON record; returns its offset."""
-        return self.produce(partition, json.dumps(record).encode(), key)
+        return self.produce(partition, json.dumps(record).encode(), key, timestamp_ms)
 
     def end_offset(self, partition: int) -> int:
         """The offset the next record of partition will get."""

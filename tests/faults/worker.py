@@ -16,7 +16,7 @@ import sys
 import time
 
 from streamproc.config import load_config
-from streamproc.runtime.main import configure_logging, run_query, summary_lines
+from streamproc.runtime.main import configure_logging, exit_status, run_query, summary_lines
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import QueryFailedError
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         return 1
     for line in summary_lines(plan, stats, time.monotonic() - started):
         print(line, flush=True)
-    return 0
+    return exit_status(plan, stats)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def test_late_summary_uses_the_seeds_words() -> None:
     base = 1_764_151_200_000  # 2025-11-26T10:00:00Z
     for ts in (base + 15 * 60_000, base + 18 * 60_000, base + 16 * 60_000):
         summary.add(late(ts))
-    assert summary.text() == "Late data: 3 record(s), event time range: 10:15:00 to 10:18:00"
+    assert summary.text() == (
+        "Late data: 3 record(s), event time range: 2025-11-26 10:15:00 to 2025-11-26 10:18:00 UTC"
+    )
 
 
 def test_rate_limited_log_caps_lines_per_interval(caplog: pytest.LogCaptureFixture) -> None:
