@@ -84,11 +84,18 @@ def _pdeathsig_setter(sig: int) -> Callable[[], None] | None:
 def _sigint_deferred() -> Iterator[None]:
     """Hold back Ctrl-C while a child is spawned and registered.
 
-    A KeyboardInterrupt that lands between ``fork`` and the caller recording
-    the new PID would leak the child; inside this block SIGINT is only noted,
-    and re-raised as KeyboardInterrupt on exit. No-op outside the main thread.
+    An interrupt that lands between ``fork`` and the caller recording the new
+    PID would leak the child. Inside this block SIGINT is only noted; on the
+    way out it is raised again, so the handler that was in place before
+    (normally KeyboardInterrupt) runs as if the signal came just then.
+
+    Only a Python-level handler is deferred: SIG_IGN means the process ignores
+    Ctrl-C (a background job, nohup), and under SIG_DFL a Ctrl-C ends the
+    process at once whatever we do, so both are left alone. No-op outside the
+    main thread, where signal handlers cannot be set.
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
     hit: list[bool] = []
@@ -96,13 +103,16 @@ def _sigint_deferred() -> Iterator[None]:
     def _note(signum: int, frame: FrameType | None) -> None:
         hit.append(True)
 
-    previous = signal.signal(signal.SIGINT, _note)
+    signal.signal(signal.SIGINT, _note)
     try:
         yield
     finally:
+        # signal.signal runs a pending _note first, so no interrupt is lost in
+        # between. Raising from finally lets Ctrl-C win over an error in the
+        # block (that error becomes the KeyboardInterrupt's __context__).
         signal.signal(signal.SIGINT, previous)
-    if hit:
-        raise KeyboardInterrupt
+        if hit:
+            signal.raise_signal(signal.SIGINT)
 
 
 def spawn(
