@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -375,14 +376,12 @@ def _start_child(run_dir: Path, *, die_with_parent: bool, stage: str = "") -> su
 
 
 def _servers_of(run_dir: Path) -> list[int]:
-    """PIDs of processes working in ``run_dir`` (our broker and postmaster)."""
+    """PIDs of live processes working in ``run_dir`` (our broker and postmaster)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cwd = os.readlink(entry / "cwd")
-                if cwd == str(run_dir) or cwd.startswith(f"{run_dir}/"):
-                    found.append(int(entry.name))
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info["cwd"]  # None if not readable
+        if cwd is not None and (cwd == str(run_dir) or cwd.startswith(f"{run_dir}/")):
+            found.append(proc.pid)
     return [pid for pid in found if is_alive(pid)]
 
 
@@ -393,7 +392,6 @@ def _wait_no_servers(run_dir: Path, timeout: float = 10.0) -> list[int]:
     return left
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 @pytest.mark.parametrize("stage", ["broker_pid", "initdb", "postgres_pid"])
 def test_ctrl_c_during_start_leaves_nothing(run_dir: Path, stage: str) -> None:
     child = _start_child(run_dir, die_with_parent=False, stage=stage)
@@ -415,7 +413,7 @@ def test_ctrl_c_during_start_leaves_nothing(run_dir: Path, stage: str) -> None:
     assert not (run_dir / "stack.json").exists()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG, /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 def test_ctrl_c_after_start_stops_everything_quickly(run_dir: Path) -> None:
     # A fixture-style stack (die_with_parent): Ctrl-C once it is up ends the
     # starter at once, and the kernel takes the servers down with it.
