@@ -2,8 +2,11 @@
 
 Every server is started in its own session (so its own process group, and a
 terminal Ctrl-C does not reach it). A PID read back from ``stack.json`` is only
-trusted when the process start time recorded next to it still matches, so a
-recycled PID is never signalled.
+trusted when the process creation time recorded next to it (psutil
+``create_time()``) still matches, so a recycled PID is never signalled.
+Processes are inspected, awaited and signalled through psutil; only the
+death signal (``PR_SET_PDEATHSIG``) and process-group signals use the OS
+directly.
 """
 
 from __future__ import annotations
@@ -24,12 +27,24 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+import psutil
+
 _log = logging.getLogger("streamproc.local")
 
 #: Popen objects of the servers this process started, by PID (to reap them).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 _PR_SET_PDEATHSIG = 1
+
+#: Seconds two ``create_time()`` readings of one process may differ by.
+#: psutil adds the boot time to the kernel's start time, and the kernel
+#: reports the boot time in whole seconds, derived from the wall clock: a
+#: clock step (NTP, VM resume) between spawn and check can move it by a
+#: second or more. A recycled PID would have to belong to a process created
+#: within this slack of our server, which had to exit meanwhile: not a
+#: realistic case. A larger clock step fails safe (the server is not
+#: recognised, hence not signalled).
+CREATE_TIME_SLACK = 1.5
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,11 +99,18 @@ def _pdeathsig_setter(sig: int) -> Callable[[], None] | None:
 def _sigint_deferred() -> Iterator[None]:
     """Hold back Ctrl-C while a child is spawned and registered.
 
-    A KeyboardInterrupt that lands between ``fork`` and the caller recording
-    the new PID would leak the child; inside this block SIGINT is only noted,
-    and re-raised as KeyboardInterrupt on exit. No-op outside the main thread.
+    An interrupt that lands between ``fork`` and the caller recording the new
+    PID would leak the child. Inside this block SIGINT is only noted; on the
+    way out it is raised again, so the handler that was in place before
+    (normally KeyboardInterrupt) runs as if the signal came just then.
+
+    Only a Python-level handler is deferred: SIG_IGN means the process ignores
+    Ctrl-C (a background job, nohup), and under SIG_DFL a Ctrl-C ends the
+    process at once whatever we do, so both are left alone. No-op outside the
+    main thread, where signal handlers cannot be set.
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
     hit: list[bool] = []
@@ -96,13 +118,16 @@ def _sigint_deferred() -> Iterator[None]:
     def _note(signum: int, frame: FrameType | None) -> None:
         hit.append(True)
 
-    previous = signal.signal(signal.SIGINT, _note)
+    signal.signal(signal.SIGINT, _note)
     try:
         yield
     finally:
+        # signal.signal runs a pending _note first, so no interrupt is lost in
+        # between. Raising from finally lets Ctrl-C win over an error in the
+        # block (that error becomes the KeyboardInterrupt's __context__).
         signal.signal(signal.SIGINT, previous)
-    if hit:
-        raise KeyboardInterrupt
+        if hit:
+            signal.raise_signal(signal.SIGINT)
 
 
 def spawn(
@@ -168,165 +193,254 @@ def spawn(
     return proc
 
 
-def start_ticks(pid: int) -> int | None:
-    """Return the kernel start time of ``pid`` (clock ticks since boot).
+def create_time(pid: int) -> float | None:
+    """Return when ``pid`` was created (psutil ``create_time()``, epoch seconds).
+
+    Recorded next to the PID in ``stack.json`` at spawn, so that a later
+    check (see :func:`is_alive`) can tell our server from a process that got
+    the PID after ours exited.
 
     Args:
         pid: Process id.
 
     Returns:
-        The start time, or None if the process does not exist or /proc is
-        unavailable.
+        The creation time, or None if the process does not exist or cannot be
+        inspected.
     """
-    stat = _proc_stat(pid)
-    return None if stat is None else int(stat[19])
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (field 3 onwards)."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    except OSError:
+
+
+def created_from_ticks(ticks: int, written_at: float) -> float | None:
+    """Convert a start time in clock ticks since boot into a creation time.
+
+    ``stack.json`` files written before psutil was used hold the start time
+    from field 22 of ``/proc/PID/stat`` (Linux only). psutil computes
+    ``create_time()`` from that same field (``ticks / SC_CLK_TCK + boot
+    time``), so the converted value identifies the process exactly as well as
+    a freshly recorded one, within :data:`CREATE_TIME_SLACK`.
+
+    Args:
+        ticks: The recorded start time.
+        written_at: When the file holding it was written (epoch seconds).
+
+    Returns:
+        The creation time, or None if it cannot be derived: the file predates
+        the current boot (ticks count from another boot, and the processes
+        it names are gone anyway) or the clock tick rate is unknown.
+    """
+    try:
+        boot = psutil.boot_time()
+        hertz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError, psutil.Error):
         return None
-    return raw[raw.rindex(")") + 2 :].split()
+    if written_at < boot - CREATE_TIME_SLACK or hertz <= 0:
+        return None
+    return ticks / hertz + boot
 
 
 def _reap(pid: int) -> bool:
-    """Reap ``pid`` if it is our exited child; True if it is known to be gone."""
+    """Reap ``pid`` if it is a server we spawned and it exited; True if so."""
     proc = _CHILDREN.get(pid)
-    if proc is not None:
-        if proc.poll() is None:
-            return False
-        del _CHILDREN[pid]
-        return True
+    if proc is None or proc.poll() is None:
+        return False
+    del _CHILDREN[pid]
+    return True
+
+
+def _forget(proc: psutil.Process) -> None:
+    """Drop a server psutil has reaped from the registry, keeping its exit status.
+
+    psutil waits for its children with ``waitpid``, so the Popen handle would
+    never learn the status (and would report 0): hand it over.
+    """
+    popen = _CHILDREN.pop(proc.pid, None)
+    returncode: int | None = getattr(proc, "returncode", None)  # set by wait_procs
+    if popen is not None and popen.returncode is None and returncode is not None:
+        popen.returncode = returncode
+
+
+def _process(pid: int, created: float | None) -> psutil.Process | None:
+    """The running process ``pid``, if it is the one created at ``created``.
+
+    Exited servers we spawned are reaped on the way. A zombie counts as gone:
+    it has exited, only its parent has not collected the status yet.
+
+    Args:
+        pid: Process id; 0 or negative means "no process".
+        created: Expected :func:`create_time`, or None to skip the identity
+            check.
+
+    Returns:
+        A psutil handle (which keeps checking the identity itself when it is
+        used to signal), or None.
+    """
+    if pid <= 0 or _reap(pid):
+        return None
     try:
-        done, _status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False  # not our child: someone else reaps it
-    return done == pid
+        proc = psutil.Process(pid)
+    except psutil.Error:  # NoSuchProcess; AccessDenied on some platforms
+        return None
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if created is not None and abs(proc.create_time() - created) > CREATE_TIME_SLACK:
+            return None  # the PID was recycled: not our process
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return None
+    except psutil.AccessDenied:
+        # It exists but cannot be inspected: never signal what we cannot
+        # identify, but do not call it dead when no identity was asked for.
+        return proc if created is None else None
+    return proc
 
 
-def is_alive(pid: int, ticks: int | None = None) -> bool:
+def _gone(proc: psutil.Process) -> bool:
+    """True once ``proc`` has exited (zombie included) or its PID was reused."""
+    _reap(proc.pid)
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def _wait_gone(procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` seconds until every process in ``procs`` is gone.
+
+    Args:
+        procs: Processes to wait for.
+        timeout: Seconds to wait.
+
+    Returns:
+        Those still running when the time is up (empty on success).
+    """
+    deadline = time.monotonic() + timeout
+    alive = [proc for proc in procs if not _gone(proc)]
+    delay = 0.005
+    while alive:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # wait_procs reaps those that are our children. A zombie that is not
+        # our child stays "running" for psutil until its parent reaps it, and
+        # a server started by another process (``streamproc local down``)
+        # may never be reaped while we wait: hence the short rounds and the
+        # zombie check of _gone.
+        gone, alive = psutil.wait_procs(alive, timeout=min(delay, remaining))
+        for proc in gone:
+            _forget(proc)
+        alive = [proc for proc in alive if not _gone(proc)]
+        delay = min(delay * 2, 0.1)
+    return alive
+
+
+def is_alive(pid: int, created: float | None = None) -> bool:
     """Tell whether ``pid`` runs and is the process we started.
 
     Exited children of this process are reaped on the way; zombies count as
-    dead. With ``ticks`` (from :func:`start_ticks`), a PID that was recycled
+    dead. With ``created`` (from :func:`create_time`), a PID that was recycled
     for another process counts as dead too.
 
     Args:
         pid: Process id; 0 or negative means "no process".
-        ticks: Expected start time, or None to skip the identity check.
+        created: Expected creation time, or None to skip the identity check.
 
     Returns:
         True if the process is running.
     """
-    if pid <= 0 or _reap(pid):
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        if Path("/proc/self/stat").exists():
-            return False
-        try:  # no procfs: fall back to signal 0
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if stat[0] in ("Z", "X"):
-        return False
-    return ticks is None or int(stat[19]) == ticks
+    return _process(pid, created) is not None
 
 
-def wait_gone(pid: int, ticks: int | None, timeout: float) -> bool:
+def wait_gone(pid: int, created: float | None, timeout: float) -> bool:
     """Wait until ``pid`` has exited (and is reaped, when it is our child).
 
     Args:
         pid: Process id.
-        ticks: Expected start time (see :func:`is_alive`).
+        created: Expected creation time (see :func:`is_alive`).
         timeout: Seconds to wait.
 
     Returns:
         True if the process is gone within ``timeout``.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while is_alive(pid, ticks):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+    proc = _process(pid, created)
+    return proc is None or not _wait_gone([proc], timeout)
+
+
+def _deliver(proc: psutil.Process, sig: int, *, group: bool = False) -> bool:
+    """Send ``sig`` to ``proc``, or to the process group it leads; False if it is gone."""
+    try:
+        if group and os.getpgid(proc.pid) == proc.pid:
+            # psutil has no killpg; the caller has just checked the leader's
+            # identity, and a group id is only reused once the group is empty.
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)  # re-checks the identity: NoSuchProcess if recycled
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return False
     return True
 
 
-def _children_of(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (Linux /proc scan; empty elsewhere)."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                stat = _proc_stat(int(entry.name))
-                if stat is not None and int(stat[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def send_signal(pid: int, sig: int, ticks: int | None, *, group: bool = False) -> bool:
+def send_signal(pid: int, sig: int, created: float | None, *, group: bool = False) -> bool:
     """Send ``sig`` to ``pid`` (or its process group) if it is still ours.
 
     Args:
         pid: Process id.
         sig: Signal number.
-        ticks: Expected start time (see :func:`is_alive`).
+        created: Expected creation time (see :func:`is_alive`).
         group: Signal the whole process group led by ``pid``.
 
     Returns:
         True if the signal was sent.
     """
-    if not is_alive(pid, ticks):
-        return False
-    try:
-        if group and os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
+    proc = _process(pid, created)
+    return proc is not None and _deliver(proc, sig, group=group)
 
 
-def terminate(pid: int, ticks: int | None, sig: int, timeout: float) -> bool:
+def terminate(pid: int, created: float | None, sig: int, timeout: float) -> bool:
     """Stop a server: ``sig``, wait up to ``timeout`` s, then SIGKILL everything.
 
     SIGCONT follows ``sig`` so a paused (SIGSTOP) process handles it at once.
-    The SIGKILL fallback also hits the process group and the direct children
+    The SIGKILL fallback also hits the process group and all descendants
     (PostgreSQL backends lead their own groups).
 
     Args:
         pid: Process id.
-        ticks: Expected start time (see :func:`is_alive`).
+        created: Expected creation time (see :func:`is_alive`).
         sig: The polite signal (SIGTERM, or SIGINT for a PostgreSQL fast
             shutdown).
         timeout: Seconds to wait after the polite signal.
 
     Returns:
         True if a running process was found (and is now stopped).
+
+    Raises:
+        RuntimeError: The process survived SIGKILL.
     """
-    if not send_signal(pid, sig, ticks):
+    proc = _process(pid, created)
+    if proc is None or not _deliver(proc, sig):
         return False
-    send_signal(pid, signal.SIGCONT, ticks, group=True)
-    if wait_gone(pid, ticks, timeout):
+    _deliver(proc, signal.SIGCONT, group=True)
+    if not _wait_gone([proc], timeout):
         return True
     _log.warning("pid %d ignored signal %d for %.0f s: killing it", pid, sig, timeout)
-    children = _children_of(pid)
-    send_signal(pid, signal.SIGKILL, ticks, group=True)
-    for child in children:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(child, signal.SIGKILL)
-    if not wait_gone(pid, ticks, 5.0):
+    # Take the descendants before the kill: once the leader is gone they are
+    # re-parented and can no longer be found from it.
+    try:
+        descendants = proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    _deliver(proc, signal.SIGKILL, group=True)
+    for child in descendants:
+        _deliver(child, signal.SIGKILL)
+    left = _wait_gone([proc, *descendants], 5.0)
+    if proc in left:
         raise RuntimeError(f"pid {pid} survived SIGKILL")
+    if left:
+        _log.warning("children of pid %d survived SIGKILL: %s", pid, [p.pid for p in left])
     return True
 
 

@@ -97,7 +97,7 @@ def spawn_broker(state: State) -> None:
 
     def _record(pid: int) -> None:
         state.broker_pid = pid
-        state.broker_ticks = _proc.start_ticks(pid)
+        state.broker_created = _proc.create_time(pid)
         state.save()
 
     _proc.spawn(
@@ -126,7 +126,7 @@ def await_broker(state: State, deadline: float, *, new_port_on_failure: bool) ->
     attempts = PORT_ATTEMPTS if new_port_on_failure else 1
     delay = 0.005
     while True:
-        if not _proc.is_alive(state.broker_pid, state.broker_ticks):
+        if not _proc.is_alive(state.broker_pid, state.broker_created):
             attempts -= 1
             tail = _proc.log_tail(state.run_dir / BROKER_LOG)
             if attempts <= 0:
@@ -148,8 +148,8 @@ def await_broker(state: State, deadline: float, *, new_port_on_failure: bool) ->
 
 def stop_broker_proc(state: State, timeout: float = 5.0) -> bool:
     """SIGTERM the broker (SIGKILL after ``timeout``); True if it was running."""
-    stopped = _proc.terminate(state.broker_pid, state.broker_ticks, signal.SIGTERM, timeout)
-    state.broker_pid, state.broker_ticks = 0, None
+    stopped = _proc.terminate(state.broker_pid, state.broker_created, signal.SIGTERM, timeout)
+    state.broker_pid, state.broker_created = 0, None
     return stopped
 
 
@@ -291,7 +291,7 @@ def spawn_postgres(state: State) -> None:
 
     def _record(pid: int) -> None:
         state.postgres_pid = pid
-        state.postgres_ticks = _proc.start_ticks(pid)
+        state.postgres_created = _proc.create_time(pid)
         state.save()
 
     _proc.spawn(
@@ -321,7 +321,7 @@ def await_postgres(state: State, deadline: float, *, new_port_on_failure: bool) 
     attempts = PORT_ATTEMPTS if new_port_on_failure else 1
     delay = 0.005
     while True:
-        if not _proc.is_alive(state.postgres_pid, state.postgres_ticks):
+        if not _proc.is_alive(state.postgres_pid, state.postgres_created):
             attempts -= 1
             tail = _proc.log_tail(state.run_dir / POSTGRES_LOG)
             if attempts <= 0:
@@ -342,8 +342,8 @@ def await_postgres(state: State, deadline: float, *, new_port_on_failure: bool) 
 
 def stop_postgres_proc(state: State, timeout: float = 15.0) -> bool:
     """Fast shutdown (SIGINT; SIGKILL after ``timeout``); True if it was running."""
-    stopped = _proc.terminate(state.postgres_pid, state.postgres_ticks, signal.SIGINT, timeout)
-    state.postgres_pid, state.postgres_ticks = 0, None
+    stopped = _proc.terminate(state.postgres_pid, state.postgres_created, signal.SIGINT, timeout)
+    state.postgres_pid, state.postgres_created = 0, None
     return stopped
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from streamproc.local import _proc
+
+_log = logging.getLogger("streamproc.local")
 
 STATE_FILE = "stack.json"
 LOCK_FILE = ".lock"
@@ -88,12 +93,12 @@ class State:
     ready: bool = False
     broker_port: int = 0
     broker_pid: int = 0
-    broker_ticks: int | None = None
+    broker_created: float | None = None
     broker_bin: str = ""
     cluster_id: str = ""
     postgres_port: int = 0
     postgres_pid: int = 0
-    postgres_ticks: int | None = None
+    postgres_created: float | None = None
     pg_socket_dir: str = ""
     pg_uid: int | None = None
     pg_gid: int | None = None
@@ -143,18 +148,64 @@ class State:
 
     @classmethod
     def load(cls, run_dir: Path) -> State | None:
-        """Read ``stack.json``; None if missing or unreadable."""
+        """Read ``stack.json``; None if missing or unreadable.
+
+        A PID whose creation time is unknown is dropped (read as 0): a
+        process we cannot identify is never signalled. See
+        :func:`_identity_of_old_file` for files written by older versions.
+        """
+        path = run_dir / STATE_FILE
         try:
-            data = json.loads((run_dir / STATE_FILE).read_text())
+            data = json.loads(path.read_text())
+            written_at = path.stat().st_mtime
         except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
             return None
         names = cls.__dataclass_fields__.keys()
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["run_dir"] = run_dir
+        for server in ("broker", "postgres"):
+            pid_key, created_key = f"{server}_pid", f"{server}_created"
+            if not kwargs.get(pid_key) or kwargs.get(created_key) is not None:
+                continue
+            created = _identity_of_old_file(data.get(f"{server}_ticks"), written_at)
+            if created is None:
+                _log.warning(
+                    "%s: cannot verify that pid %s is still our %s: not touching it",
+                    path,
+                    kwargs[pid_key],
+                    server,
+                )
+                kwargs[pid_key] = 0
+            kwargs[created_key] = created
         try:
             return cls(**kwargs)
         except TypeError:
             return None
+
+
+def _identity_of_old_file(ticks: object, written_at: float) -> float | None:
+    """Creation time of a server recorded by a version that did not use psutil.
+
+    Those versions stored ``<server>_ticks``, the start time in clock ticks
+    since boot from ``/proc/PID/stat``, instead of ``<server>_created``.
+    psutil derives ``create_time()`` from that very field, so converting the
+    ticks verifies the PID as safely as a new file does, and a stack started
+    before an upgrade can still be stopped. When no conversion is possible
+    (no ticks recorded, the file predates the current boot, no tick rate) the
+    caller treats the PID as unverifiable and does not signal it.
+
+    Args:
+        ticks: The recorded ``<server>_ticks`` value (any JSON value).
+        written_at: Modification time of ``stack.json``.
+
+    Returns:
+        The creation time, or None.
+    """
+    if not isinstance(ticks, int) or isinstance(ticks, bool):
+        return None
+    return _proc.created_from_ticks(ticks, written_at)
 
 
 @contextlib.contextmanager

@@ -22,8 +22,8 @@ START_TIMEOUT = 30.0
 
 
 def _alive(state: State) -> bool:
-    broker_ok = not state.broker_enabled or _proc.is_alive(state.broker_pid, state.broker_ticks)
-    pg_ok = not state.postgres_enabled or _proc.is_alive(state.postgres_pid, state.postgres_ticks)
+    broker_ok = not state.broker_enabled or _proc.is_alive(state.broker_pid, state.broker_created)
+    pg_ok = not state.postgres_enabled or _proc.is_alive(state.postgres_pid, state.postgres_created)
     return broker_ok and pg_ok
 
 
@@ -212,7 +212,7 @@ def start_postgres(info: StackInfo, timeout: float = START_TIMEOUT) -> StackInfo
         state = _loaded(info)
         if not state.postgres_enabled:
             raise StackError("this stack has no local PostgreSQL")
-        if not _proc.is_alive(state.postgres_pid, state.postgres_ticks):
+        if not _proc.is_alive(state.postgres_pid, state.postgres_created):
             _servers.prepare_postgres_user(state)
             _servers.spawn_postgres(state)
             _servers.await_postgres(state, time.monotonic() + timeout, new_port_on_failure=False)
@@ -259,7 +259,7 @@ def start_broker(info: StackInfo, timeout: float = START_TIMEOUT) -> StackInfo:
         state = _loaded(info)
         if not state.broker_enabled:
             raise StackError("this stack has no local broker")
-        if not _proc.is_alive(state.broker_pid, state.broker_ticks):
+        if not _proc.is_alive(state.broker_pid, state.broker_created):
             _servers.spawn_broker(state)
             _servers.await_broker(state, time.monotonic() + timeout, new_port_on_failure=False)
         state.save()
@@ -281,7 +281,7 @@ def pause_broker(info: StackInfo) -> None:
         StackError: The broker is not running.
     """
     state = _loaded(info)
-    if not _proc.send_signal(state.broker_pid, signal.SIGSTOP, state.broker_ticks, group=True):
+    if not _proc.send_signal(state.broker_pid, signal.SIGSTOP, state.broker_created, group=True):
         raise StackError("the broker is not running")
 
 
@@ -295,7 +295,7 @@ def resume_broker(info: StackInfo) -> None:
         StackError: The broker is not running.
     """
     state = _loaded(info)
-    if not _proc.send_signal(state.broker_pid, signal.SIGCONT, state.broker_ticks, group=True):
+    if not _proc.send_signal(state.broker_pid, signal.SIGCONT, state.broker_created, group=True):
         raise StackError("the broker is not running")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -325,24 +326,62 @@ def test_cli_up_status_down(
 
 
 _CHILD = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
-from streamproc.local import start_stack
-info = start_stack(Path(sys.argv[1]), die_with_parent=sys.argv[2] == "1")
+from streamproc.local import _servers, _state, start_stack
+
+# A test runner started with SIGINT ignored (a background job of a
+# non-interactive shell, `make test &`, nohup, some CI runners) passes SIG_IGN
+# on through exec: the child would then ignore every Ctrl-C of the test.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+run_dir, die_with_parent, stage = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
+interrupted = []
+
+
+def ctrl_c():
+    # Our own Ctrl-C, at an exact point of the start-up: no race with the test.
+    if not interrupted:
+        interrupted.append(stage)
+        signal.raise_signal(signal.SIGINT)
+
+
+if stage in ("broker_pid", "postgres_pid"):  # right after the PID is recorded
+    save = _state.State.save
+
+    def save_then_interrupt(self):
+        save(self)
+        if getattr(self, stage):
+            ctrl_c()
+
+    _state.State.save = save_then_interrupt
+elif stage == "initdb":  # the broker runs, initdb is done, no postmaster yet
+    init_postgres = _servers.init_postgres
+
+    def init_then_interrupt(*args, **kwargs):
+        init_postgres(*args, **kwargs)
+        ctrl_c()
+
+    _servers.init_postgres = init_then_interrupt
+
+info = start_stack(run_dir, die_with_parent=die_with_parent)
 print(info.broker_pid, info.postgres_pid, flush=True)
 time.sleep(120)
 """
 
 
+def _start_child(run_dir: Path, *, die_with_parent: bool, stage: str = "") -> subprocess.Popen[str]:
+    """Run ``_CHILD``: start a stack (Ctrl-C at ``stage``), print the PIDs, sleep."""
+    argv = [sys.executable, "-c", _CHILD, str(run_dir), "1" if die_with_parent else "0", stage]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _servers_of(run_dir: Path) -> list[int]:
-    """PIDs of processes working in ``run_dir`` (our broker and postmaster)."""
+    """PIDs of live processes working in ``run_dir`` (our broker and postmaster)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cwd = os.readlink(entry / "cwd")
-                if cwd == str(run_dir) or cwd.startswith(f"{run_dir}/"):
-                    found.append(int(entry.name))
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info["cwd"]  # None if not readable
+        if cwd is not None and (cwd == str(run_dir) or cwd.startswith(f"{run_dir}/")):
+            found.append(proc.pid)
     return [pid for pid in found if is_alive(pid)]
 
 
@@ -353,40 +392,53 @@ def _wait_no_servers(run_dir: Path, timeout: float = 10.0) -> list[int]:
     return left
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-@pytest.mark.parametrize("stage", ["broker_pid", "postgres_pid"])
+@pytest.mark.parametrize("stage", ["broker_pid", "initdb", "postgres_pid"])
 def test_ctrl_c_during_start_leaves_nothing(run_dir: Path, stage: str) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(run_dir), "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    child = _start_child(run_dir, die_with_parent=False, stage=stage)
     try:
-        deadline = time.monotonic() + 20
-        state_file = run_dir / "stack.json"
-        while time.monotonic() < deadline:  # interrupt as soon as `stage` is spawned
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(state_file.read_text()).get(stage):
-                    break
-            time.sleep(0.002)
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
+        # The teardown after the interrupt may wait up to 5 s for the broker
+        # and 15 s for PostgreSQL before it kills them.
+        out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert out == "", "start_stack completed before the interrupt"
+    assert out == "", "start_stack completed despite the interrupt"
     assert "KeyboardInterrupt" in err
+    assert child.returncode == -signal.SIGINT
+    reached = {log: (run_dir / log).exists() for log in ("broker.log", "initdb.log")}
+    assert reached == {"broker.log": True, "initdb.log": stage != "broker_pid"}
+    assert (run_dir / "postgres.log").exists() == (stage == "postgres_pid")
     assert _wait_no_servers(run_dir) == []
-    assert not state_file.exists()
+    assert not (run_dir / "stack.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_ctrl_c_after_start_stops_everything_quickly(run_dir: Path) -> None:
+    # A fixture-style stack (die_with_parent): Ctrl-C once it is up ends the
+    # starter at once, and the kernel takes the servers down with it.
+    child = _start_child(run_dir, die_with_parent=True)
+    try:
+        assert child.stdout is not None
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 2 and all(is_alive(pid) for pid in pids)
+        interrupted = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=10)
+        elapsed = time.monotonic() - interrupted
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGINT
+    assert "KeyboardInterrupt" in err
+    assert elapsed < 5, f"the starter took {elapsed:.1f} s to exit"
+    assert _wait_no_servers(run_dir) == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 def test_die_with_parent_on_kill_9(run_dir: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(run_dir), "1"], stdout=subprocess.PIPE, text=True
-    )
+    child = _start_child(run_dir, die_with_parent=True)
     try:
         assert child.stdout is not None
         pids = [int(p) for p in child.stdout.readline().split()]
