@@ -1,141 +1,186 @@
-"""End-to-end throughput: Kafka -> engine -> PostgreSQL, one worker, availablenow.
+"""Whole-process throughput: the floor and `streamproc run` on the same records.
 
-Workload: N JSON records (default 200K; --quick 50K) on a 4-partition topic of the
-embedded broker, 10K keys, event time advancing 10K records per second of event time
-with +-500 ms disorder and ~1% late, tumbling 10 s window, count + sum + avg + max,
-update mode, maxRecordsPerTrigger 20,000. Producing is not timed. Reported: records/s
-from the first fetch to the last commit (the group join is excluded and reported apart),
-median of the runs. Uses STREAMPROC_KAFKA_BOOTSTRAP / STREAMPROC_PG_DSN when set, else
-starts the embedded stack. Results go to benchmarks/results/pipeline.json.
+For each workload (benchmarks/workloads.py: dense, sparse; 1M records, --quick
+100K) the records are produced once (not timed) to a 4-partition topic. Then, per
+round (--runs, default 3), the floor process (benchmarks/floor.py) and one
+`streamproc run CONFIG` per query on that topic run one after the other, each timed
+as a whole process from start to exit (start-up, group join and shut-down
+included), with its peak RSS. Queries: update mode, tumbling 10 s, on both
+workloads; append mode and a sliding 60 s / 10 s window on the sparse one (they
+share the sparse floor). Every streamproc run has a fresh queryName, table and
+checkpoint directory, and is checked: exit code 0 and the ledger counting every
+produced record once; otherwise a warning is printed and the case is INVALID.
+Results: benchmarks/results/pipeline.json and a table on stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import random
-import statistics
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from benchmarks import processes, report, workloads
+from benchmarks.services import Services, ledger_count, ledger_late
 
-from streamproc.engine import AggSpec, QuerySpec, WindowSpec
-from streamproc.local import create_topic, start_stack, stop_stack
-from streamproc.runtime.main import store_factory_for
-from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.query import StreamingQuery
-
-RESULTS = Path(__file__).parent / "results" / "pipeline.json"
-BASE_MS = 1_764_151_200_000
-
-
-def _records(n: int, seed: int = 3) -> list[tuple[int, bytes, bytes]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        key = rng.randrange(10_000)
-        ts = BASE_MS + i // 10 + rng.randrange(-500, 500)
-        if rng.random() < 0.01:
-            ts -= 5_000
-        value = json.dumps({"user_id": f"u{key}", "event_time": ts, "amount": rng.randrange(1000)})
-        out.append((key % 4, str(key).encode(), value.encode()))
-    return out
+CASES: dict[str, list[workloads.Query]] = {
+    "dense": [workloads.Query("dense")],
+    "sparse": [
+        workloads.Query("sparse"),
+        workloads.Query("sparse/append", output_mode="append"),
+        workloads.Query("sparse/sliding", window="60 seconds", slide="10 seconds"),
+    ],
+}
+RUN_TIMEOUT_S = 3_600.0
+_FLOOR = re.compile(r"^floor: (\d+) records$", re.MULTILINE)
 
 
-async def _produce(bootstrap: str, topic: str, records: list[tuple[int, bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256_000, enable_idempotence=False
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, v, key=k, partition=p) for p, k, v in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+def warn(text: str) -> None:
+    print(f"WARNING: {text}", flush=True)
 
 
-def _plan(name: str, bootstrap: str, dsn: str, tmp: Path) -> QueryPlan:
-    spec = QuerySpec(
-        group_by=("user_id",),
-        aggregations=(
-            AggSpec("n", None, "count"),
-            AggSpec("amount_sum", "amount", "sum"),
-            AggSpec("amount_avg", "amount", "avg"),
-            AggSpec("amount_max", "amount", "max"),
-        ),
-        output_mode="update",
-        event_time_column="event_time",
-        delay_ms=2_000,
-        window=WindowSpec(10_000, 10_000),
-    )
-    return QueryPlan(
-        pipeline_id=name,
-        query_name=name,
-        spec=spec,
-        bootstrap=bootstrap,
-        topic=name,
-        starting_offsets="earliest",
-        trigger="availablenow",
-        max_records_per_trigger=20_000,
-        table=name,
-        dsn=dsn,
-        checkpoint_location=str(tmp),
-        session_timeout_ms=6_000,
-    )
-
-
-async def _run_once(bootstrap: str, dsn: str, n: int, run: int, tmp: Path) -> dict[str, float]:
-    name = f"bench_pipeline_{int(time.time())}_{run}"
-    await create_topic(bootstrap, name, 4)
-    await _produce(bootstrap, name, _records(n))
-    plan = _plan(name, bootstrap, dsn, tmp / name)
-    query = StreamingQuery(plan, store_factory_for(plan))
-    started = time.monotonic()
-    task = asyncio.ensure_future(query.run())
-    await query.wait_until_assigned()
-    joined = time.monotonic()
-    stats = await task
-    ended = time.monotonic()
-    assert stats.records == n, (stats.records, n)
+def run_floor(svc: Services, topic: str, produced: int, log: Path) -> dict[str, Any]:
+    """One floor process over the topic; its measurement, checked."""
+    done = processes.run(processes.floor_command(svc.bootstrap, topic), log, RUN_TIMEOUT_S)
+    found = _FLOOR.search(done.output)
+    counted = int(found.group(1)) if found else None
+    valid = done.exit_code == 0 and counted == produced
+    if not valid:
+        warn(
+            f"floor on {topic}: exit code {done.exit_code}, counted {counted} of {produced} "
+            f"records; see {log}"
+        )
     return {
-        "records_per_s": n / (ended - joined),
-        "join_s": joined - started,
-        "batches": stats.batches,
+        "seconds": done.seconds,
+        "records_per_s": produced / done.seconds,
+        "max_rss_mib": done.max_rss_mib,
+        "exit_code": done.exit_code,
+        "records_counted": counted,
+        "valid": valid,
     }
 
 
-async def _bench(n: int, runs: int) -> list[dict[str, float]]:
-    import os
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    bootstrap = os.environ.get("STREAMPROC_KAFKA_BOOTSTRAP")
-    dsn = os.environ.get("STREAMPROC_PG_DSN")
-    info = None
-    if not (bootstrap and dsn):
-        info = await asyncio.to_thread(start_stack, tmp / "stack")
-        bootstrap, dsn = bootstrap or info.bootstrap, dsn or info.dsn
-    try:
-        return [await _run_once(bootstrap, dsn, n, i, tmp) for i in range(runs)]
-    finally:
-        if info is not None:
-            stop_stack(tmp / "stack")
+def check_streamproc(
+    svc: Services, name: str, produced: int, done: processes.Finished, log: Path, what: str
+) -> dict[str, Any]:
+    """The checks made after every streamproc run: exit code 0, ledger == produced."""
+    ledger = asyncio.run(ledger_count(svc.dsn, name))
+    late = asyncio.run(ledger_late(svc.dsn, name)) if ledger else 0
+    valid = done.exit_code == 0 and ledger == produced
+    if not valid:
+        warn(
+            f"{what} ({name}): exit code {done.exit_code}, ledger counts {ledger} of "
+            f"{produced} records; result INVALID; see {log}"
+        )
+    return {"ledger_records": ledger, "ledger_late": late, "valid": valid}
 
 
-def main(quick: bool = False) -> dict[str, Any]:
-    """Run the end-to-end benchmark and print a line; returns the results."""
-    n, runs = (50_000, 1) if quick else (200_000, 3)
-    results = asyncio.run(_bench(n, runs))
-    median = statistics.median(r["records_per_s"] for r in results)
-    out = {"records": n, "runs": results, "median_records_per_s": median}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"pipeline benchmark: {n:,} records, availablenow, update mode, 1 worker")
-    print(
-        f"  median {median:,.0f} records/s after the group join "
-        f"(join {statistics.median(r['join_s'] for r in results):.1f} s), runs: "
-        + ", ".join(f"{r['records_per_s']:,.0f}" for r in results)
+def run_streamproc(
+    svc: Services, q: workloads.Query, topic: str, produced: int, work: Path, tag: str
+) -> dict[str, Any]:
+    """One `streamproc run` of query q over topic, fresh query name; measured and checked."""
+    name = f"bench_{q.label.replace('/', '_')}_{tag}"
+    document = workloads.config_document(
+        q,
+        name=name,
+        topic=topic,
+        bootstrap=svc.bootstrap,
+        dsn=svc.dsn,
+        checkpoint=work / "checkpoints" / name,
     )
+    config = workloads.write_config(work / "configs", document)
+    log = work / "logs" / f"{name}.log"
+    done = processes.run(processes.streamproc_command(config), log, RUN_TIMEOUT_S)
+    checks = check_streamproc(svc, name, produced, done, log, f"streamproc {q.label}")
+    return {
+        "query_name": name,
+        "seconds": done.seconds,
+        "records_per_s": produced / done.seconds,
+        "max_rss_mib": done.max_rss_mib,
+        "exit_code": done.exit_code,
+        "phases": processes.parse_phases(done.output),
+        "lock_share": processes.parse_lock_share(done.output),
+        **checks,
+    }
+
+
+def bench_workload(
+    svc: Services, w: workloads.Workload, runs: int, work: Path
+) -> list[dict[str, Any]]:
+    """Produce one workload, then `runs` rounds of floor + each of its queries."""
+    stamp = time.strftime("%H%M%S")
+    topic = f"bench_{w.name}_{stamp}"
+    started = time.monotonic()
+    produced = asyncio.run(workloads.produce(svc.bootstrap, topic, w))
+    print(
+        f"{w.name}: produced {produced:,} records to {topic} in {time.monotonic() - started:.1f}s",
+        flush=True,
+    )
+    floors: list[dict[str, Any]] = []
+    per_query: dict[str, list[dict[str, Any]]] = {q.label: [] for q in CASES[w.name]}
+    for i in range(runs):
+        floor = run_floor(svc, topic, produced, work / "logs" / f"floor_{topic}_{i}.log")
+        floors.append(floor)
+        print(f"  run {i + 1}/{runs} floor: {floor['records_per_s']:,.0f} rec/s", flush=True)
+        for q in CASES[w.name]:
+            r = run_streamproc(svc, q, topic, produced, work, f"{stamp}_{i}")
+            per_query[q.label].append(r)
+            print(
+                f"  run {i + 1}/{runs} streamproc {q.label}: {r['records_per_s']:,.0f} rec/s "
+                f"({r['seconds']:.1f}s){'' if r['valid'] else ' INVALID'}",
+                flush=True,
+            )
+    floor_summary = report.summarize_runs(floors)
+    out = []
+    for q in CASES[w.name]:
+        sp = report.summarize_runs(per_query[q.label])
+        ratio = (
+            sp["median_records_per_s"] / floor_summary["median_records_per_s"]
+            if sp["median_records_per_s"] and floor_summary["median_records_per_s"]
+            else None
+        )
+        out.append(
+            {
+                "case": q.label,
+                "workload": w.describe(),
+                "records": produced,
+                "topic": topic,
+                "query": {
+                    "outputMode": q.output_mode,
+                    "window": q.window,
+                    "slide": q.slide or q.window,
+                    "trigger": q.trigger,
+                    "aggregations": q.aggregations,
+                    "delay": workloads.DELAY,
+                    "maxRecordsPerTrigger": q.max_records_per_trigger,
+                    "late": "separatestream" if q.late_table else "drop",
+                },
+                "floor": floor_summary,
+                "streamproc": sp,
+                "ratio": ratio,
+                "valid": floor_summary["valid"] and sp["valid"],
+            }
+        )
+    return out
+
+
+def main(
+    svc: Services, *, quick: bool = False, runs: int = 3, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Run the pipeline cases; print the table and write results/pipeline.json."""
+    n = 100_000 if quick else 1_000_000
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    (work / "logs").mkdir()
+    cases: list[dict[str, Any]] = []
+    for w in (workloads.dense(n), workloads.sparse(n)):
+        if only and w.name not in only:
+            continue
+        cases.extend(bench_workload(svc, w, runs, work))
+    out = {"benchmark": "pipeline", "quick": quick, "runs": runs, "cases": cases}
+    path = report.write_json("pipeline-quick" if quick else "pipeline", out)
+    print(f"\npipeline: whole processes, median of {runs} run(s), {n:,} records per workload")
+    print(report.pipeline_table(cases))
+    print(f"(logs and configs in {work}; results in {path})", flush=True)
     return out
