@@ -79,9 +79,9 @@ def decode_state(raw: bytes) -> State:
 #: partitions grew steadily for half an hour under a steady load. Memtables
 #: are capped together (flushed to disk past the cap) and blocks read back
 #: share one cache.
-MEMTABLE_BUDGET_BYTES = 32 * 1_048_576
-BLOCK_CACHE_BYTES = 16 * 1_048_576
-_WRITE_BUFFER_BYTES = 4 * 1_048_576
+MEMTABLE_BUDGET_BYTES = 16 * 1_048_576
+BLOCK_CACHE_BYTES = 8 * 1_048_576
+_WRITE_BUFFER_BYTES = 2 * 1_048_576
 
 
 class RocksMemory:
