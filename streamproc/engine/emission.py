@@ -142,15 +142,14 @@ def collect_closed(
     closing = {ps.partition: set(closing_windows(inp, ps)) for ps in inp.parts}
     merged: Merged = {}
     for ws in sorted(set().union(*closing.values()), key=window_order):
-        we = _end(ws, size)
         for ps in inp.parts:
             if ws not in closing[ps.partition]:
                 continue
             view = ps.window_view(ws)
             if evicting:
-                ev = evictions[ps.partition]
-                ev.windows.append(ws)
-                ev.window_keys += [(external(key), ws, we) for key in view]
+                # Stored partials of a closed window are dropped by W (all of
+                # them at once), so no key is listed for them in window_keys.
+                evictions[ps.partition].windows.append(ws)
             _fold(merged, ws, view, merge2)
     for ps in inp.parts:
         ev = evictions[ps.partition]
@@ -204,12 +203,13 @@ def collect_all(inp: EmitInput, dropped: dict[int, Evictions]) -> Merged:
 
 
 def partials_of(
-    inp: EmitInput, ps: PartitionState, evictions: Evictions
+    inp: EmitInput, ps: PartitionState, evictions: Evictions, closed_partials: bool = True
 ) -> tuple[tuple[PartialRow, ...], list[Entry]]:
     """Partial rows of the partition's changed entries, and the store puts among them.
 
-    Every changed entry gets a partial row (evicted ones too: the runtime merges them
-    before deleting); the puts leave out what this emit evicts.
+    Every changed entry gets a partial row (entries of closed windows too, unless
+    closed_partials is False: the runtime may merge them before deleting); the puts
+    leave out what this emit evicts.
     """
     external = inp.external
     size = inp.size_ms
@@ -220,9 +220,11 @@ def partials_of(
     for ws in sorted(ps.dirty, key=window_order):
         we = _end(ws, size)
         frozen = [(key, tuple(state)) for key, state in ps.dirty[ws].items()]
-        rows += [new_partial_row(external(key), ws, we, state) for key, state in frozen]
         if ws in dropped_windows:
+            if closed_partials:
+                rows += [new_partial_row(external(key), ws, we, state) for key, state in frozen]
             continue
+        rows += [new_partial_row(external(key), ws, we, state) for key, state in frozen]
         if dropped_keys:
             frozen = [(key, state) for key, state in frozen if (ws, key) not in dropped_keys]
         puts += [(ws, key, state) for key, state in frozen]

@@ -143,10 +143,15 @@ class Engine:
             jumps=tuple(WatermarkJump(*j) for j in jumps),
         )
 
-    def emit(self) -> Emission:
+    def emit(self, *, closed_partials: bool = True) -> Emission:
         """Produce the trigger's rows, partials, evictions and closed windows.
 
         Also writes every local partition's changed state and metadata to its store.
+
+        Args:
+            closed_partials: Include the partials of windows this emit closes. A
+                runtime that writes rows merged here (it owns every partition)
+                and drops the stored partials of closed windows by W needs none.
         """
         now = self._clock()
         w = self._update_watermark(now)
@@ -167,7 +172,7 @@ class Engine:
         partials: dict[int, tuple[PartialRow, ...]] = {}
         for ps in parts:
             ev = evictions[ps.partition]
-            partials[ps.partition], puts = partials_of(inp, ps, ev)
+            partials[ps.partition], puts = partials_of(inp, ps, ev, closed_partials)
             ps.commit(puts, ev.windows, ev.keys, self._meta(ps, w))
         self._trim_caches()
         if w is not None:

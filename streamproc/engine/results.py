@@ -163,8 +163,10 @@ class Emission:
         partials: Per local partition, the absolute partial state of every (key, window)
             changed since the last emit, including ones evicted by this emit. Upsert
             these first, then delete `evicted`.
-        evicted: Per local partition, the (key, window) entries this emit dropped from
-            state (closed windows in append/update mode, timed-out keys).
+        evicted: Per local partition, the keys this emit dropped from state one by one
+            (timed out by the state timeout). Entries of windows that closed (end <= W)
+            are not listed: the runtime drops every stored partial of a window with
+            end <= W at once.
         closed: Every (key, window) of local state that closed since the last emit.
         global_watermark_ms: The global watermark W (event time) after this emit.
     """

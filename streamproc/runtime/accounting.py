@@ -16,6 +16,7 @@ from streamproc.runtime.late import LateSummary
 from streamproc.runtime.routers import BadRouter, LateRouter
 from streamproc.sinks.base import CommitOutcome, PartitionCommit
 from streamproc.sources.base import RawRecord
+from streamproc.timing import PhaseTimes
 
 
 @dataclass(slots=True)
@@ -44,6 +45,10 @@ class RunStats:
     run_complete: bool = False
     #: The signal that stopped the run (0: --max-seconds), None when it ended by itself.
     stopped_by: int | None = None
+    #: Where the time went (runtime phases and the checkpoint's), wall seconds.
+    times: PhaseTimes = field(default_factory=PhaseTimes)
+    #: Wall seconds spent on batches (processing and committing), not waiting for records.
+    batch_seconds: float = 0.0
 
 
 class Accounting:

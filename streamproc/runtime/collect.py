@@ -71,35 +71,52 @@ class BatchCollector:
         plan = self._plan
         cap = self._batch_cap()
         out: list[RawRecord] = []
+        reached = dict(self._tracker.next) if self.run is not None else {}
         first_timeout = 200 if plan.trigger != "processingtime" else 50
         while True:
             want = (cap - len(out)) if cap is not None else DEFAULT_BATCH_CAP
             if want <= 0:
                 break
             got = await self._source.fetch(want, first_timeout if not out else 0)
-            if self.run is not None:
-                got = [r for r in got if r.offset < self.end(r.partition)]
+            if self.run is not None and got:
+                got = self._within_run(got, reached)
             out.extend(got)
             if stop_requested() or (plan.trigger == "continuous" and out):
                 break
             if self.run is not None:
-                if self.share_done(out) or not got:
+                if self._reached_ends(reached) or not got:
                     break
             elif not got:
                 break
         return out
 
-    # -------------------------------------------------------------- the end
-    def share_done(self, pending: Sequence[RawRecord] = ()) -> bool:
-        """True when every owned partition reached the run's end (counting fetched records)."""
-        if self.run is None:
-            return False
-        reached = dict(self._tracker.next)
-        for r in pending:
-            if r.offset + 1 > reached.get(r.partition, 0):
-                reached[r.partition] = r.offset + 1
+    def _within_run(self, got: list[RawRecord], reached: dict[int, int]) -> list[RawRecord]:
+        """The fetched records below the run's ends; reached[p] moves past them."""
+        last: dict[int, int] = {}
+        for r in got:  # offsets rise within a partition: the last one tells
+            last[r.partition] = r.offset
+        if all(offset < self.end(p) for p, offset in last.items()):
+            kept = got
+        else:
+            kept = [r for r in got if r.offset < self.end(r.partition)]
+            last = {}
+            for r in kept:
+                last[r.partition] = r.offset
+        for p, offset in last.items():
+            if offset + 1 > reached.get(p, 0):
+                reached[p] = offset + 1
+        return kept
+
+    def _reached_ends(self, reached: dict[int, int]) -> bool:
         owned = self._source.assignment()
         return all(reached.get(p, 0) >= self.end(p) for p in owned) and not self._tracker.pending
+
+    # -------------------------------------------------------------- the end
+    def share_done(self) -> bool:
+        """True when every owned partition reached the run's end."""
+        if self.run is None:
+            return False
+        return self._reached_ends(self._tracker.next)
 
     def committed(self, partitions: Sequence[PartitionCommit]) -> None:
         """Stop fetching partitions a committed batch brought to the run's end."""

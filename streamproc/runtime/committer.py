@@ -22,12 +22,13 @@ from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.failure_policy import FailurePolicy
-from streamproc.runtime.failures import STOP_ERRORS, is_outage
+from streamproc.runtime.failures import STOP_ERRORS, FailureKind, classify_failure, is_outage
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import (
     BadItem,
     PreparedBatch,
+    closes_locally,
     prepare_commit,
     process_records,
 )
@@ -105,36 +106,14 @@ class BatchCommitter:
             QueryFailedError: the sink refused the batch and failFast is set, or
                 the failure is neither an outage nor a rejection.
         """
-        tracker = self._tracker
-        engine = tracker.engine
-        processed = process_records(raws, engine, self._quality, self._guard)
-        if not raws and engine.global_watermark_ms is None:
-            # With no records an emit can still close windows, but only once
-            # there is a W; the commit below is skipped when nothing changed.
-            return []
-        if tracker.partition_count and not tracker.owns_every_partition:
-            await tracker.refresh_remote_watermarks()
-        emission = engine.emit()
-        self._quality.check_rows(emission.rows)
-        prepared = prepare_commit(
-            processed,
-            emission,
-            engine,
-            next_offsets=tracker.next,
-            owns_every_partition=tracker.owns_every_partition,
-            topic_partitions=tracker.partition_count,
-            late=self._late,
-            bad=self._bad,
-        )
+        prepared = await self._prepare(raws)
         if prepared is None:
             return []
         # The first attempt at a batch gets the retry policy for every failure;
         # while isolating, a rejection is known to be final and only outages retry.
         retry_if = is_outage if isolating else None
         try:
-            await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
-            with metrics.COMMIT_SECONDS.labels(self._plan.query_name).time():
-                outcome = await self.commit_with_retry(prepared.commit, retry_if)
+            outcome = await self.deliver(prepared, dead_letters_sent, retry_if)
         except asyncio.CancelledError:
             raise
         except STOP_ERRORS:
@@ -143,33 +122,124 @@ class BatchCommitter:
             return await self.policy.after_failed_commit(
                 exc, raws, prepared.commit.partitions, dead_letters_sent, isolating=isolating
             )
+        return await self._settled(prepared, outcome)
+
+    async def prepare_next(self, raws: list[RawRecord]) -> PreparedBatch | None:
+        """Prepare a batch whose commit may overlap the next batch's preparation.
+
+        The next batch starts where this one ends (`PartitionTracker.next`),
+        whether or not this one's commit has landed yet.
+        """
+        prepared = await self._prepare(raws)
+        if prepared is not None:
+            self._tracker.prepared({p.partition: p.next_offset for p in prepared.commit.partitions})
+        return prepared
+
+    async def deliver(
+        self,
+        prepared: PreparedBatch,
+        dead_letters_sent: set[Position],
+        retry_if: Callable[[Exception], bool] | None = None,
+    ) -> CommitOutcome:
+        """The I/O of a prepared batch: its dead letters, then its checkpoint transaction.
+
+        Touches no engine or tracker state, so it may run while the loop
+        prepares the next batch.
+        """
+        times = self._accounting.stats.times
+        with times.phase("dead_letters"):
+            await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
+        with metrics.COMMIT_SECONDS.labels(self._plan.query_name).time():
+            outcome = await self.commit_with_retry(prepared.commit, retry_if)
+        times.add(outcome.timings)
+        return outcome
+
+    async def settle(
+        self,
+        prepared: PreparedBatch,
+        delivery: asyncio.Task[CommitOutcome],
+        dead_letters_sent: set[Position],
+        *,
+        assignment_changed: bool,
+    ) -> list[PartitionCommit] | None:
+        """What a delivered batch's outcome means; None when what was prepared after it is void.
+
+        On a failure everything prepared after the batch is discarded: the
+        engine is restored from the checkpoint, the batch goes through the
+        failure policy, and the consumer is rewound to fetch the rest again.
+
+        Raises:
+            SinkOutage: the sink could not be reached (the loop waits, then replays).
+            QueryFailedError: per the failure policy.
+        """
+        try:
+            outcome = delivery.result()
+        except asyncio.CancelledError:
+            raise
+        except STOP_ERRORS:
+            raise
+        except Exception as exc:
+            self._tracker.discard_planned()
+            if assignment_changed and classify_failure(exc) is not FailureKind.UNAVAILABLE:
+                # Its records may no longer be ours: fetch again what is.
+                await self._tracker.replay_from_ledger()
+                return None
+            raws = list(prepared.raws)
+            await self.policy.after_failed_commit(
+                exc, raws, prepared.commit.partitions, dead_letters_sent
+            )
+            self._tracker.rewind()
+            return None
+        committed = await self._settled(prepared, outcome)
+        return committed if not outcome.stale else None
+
+    async def _settled(
+        self, prepared: PreparedBatch, outcome: CommitOutcome
+    ) -> list[PartitionCommit]:
         if outcome.stale:
             self._accounting.stale()
             log.warning("stale batch for partitions %s: replaying", list(outcome.stale))
-            await tracker.replay_from_ledger()
+            await self._tracker.replay_from_ledger()
             return []
         self.committed(prepared, outcome)
         return list(prepared.commit.partitions)
+
+    async def _prepare(self, raws: list[RawRecord]) -> PreparedBatch | None:
+        """Fold records into the engine, emit, and build the commit (None: nothing to do)."""
+        tracker = self._tracker
+        engine = tracker.engine
+        times = self._accounting.stats.times
+        processed = process_records(raws, engine, self._quality, self._guard, times)
+        if not raws and engine.global_watermark_ms is None:
+            # With no records an emit can still close windows, but only once
+            # there is a W; the commit is skipped when nothing changed.
+            return None
+        if tracker.partition_count and not tracker.owns_every_partition:
+            # Other workers' partitions count in W (records were classified
+            # with W as of the batch's start, as the engine's contract says).
+            with times.phase("watermarks"):
+                await tracker.refresh_remote_watermarks()
+        with times.phase("engine"):
+            local = closes_locally(engine.spec, tracker.owns_every_partition)
+            emission = engine.emit(closed_partials=not local)
+            self._quality.check_rows(emission.rows)
+            return prepare_commit(
+                processed,
+                emission,
+                engine,
+                next_offsets=tracker.next,
+                owns_every_partition=tracker.owns_every_partition,
+                topic_partitions=tracker.partition_count,
+                late=self._late,
+                bad=self._bad,
+            )
 
     async def try_without_keeping(self, raws: list[RawRecord]) -> Exception | None:
         """Process records and commit them with dry_run: the error a commit would raise.
 
         The engine afterwards holds the records: restore it before going on.
         """
-        tracker = self._tracker
-        engine = tracker.engine
-        processed = process_records(raws, engine, self._quality, self._guard)
-        emission = engine.emit()
-        prepared = prepare_commit(
-            processed,
-            emission,
-            engine,
-            next_offsets=tracker.next,
-            owns_every_partition=tracker.owns_every_partition,
-            topic_partitions=tracker.partition_count,
-            late=self._late,
-            bad=self._bad,
-        )
+        prepared = await self._prepare(raws)
         if prepared is None:
             return None
         try:
@@ -233,7 +303,7 @@ class BatchCommitter:
     ) -> None:
         """Next offsets, counts and bounded ends after a durable commit."""
         for p in partitions:
-            self._tracker.next[p.partition] = p.next_offset
+            self._tracker.committed_up_to(p.partition, p.next_offset)
         self._accounting.committed(partitions, outcome, late, bad)
         self._collector.committed(partitions)
 

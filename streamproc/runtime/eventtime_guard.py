@@ -83,7 +83,7 @@ class EventTimeGuard:
             except EventTimeError:
                 kept.append((p, offset, record))  # the engine says why it is bad
                 continue
-            reference = raw.timestamp_ms if raw.timestamp_ms > 0 else now
+            reference = raw.timestamp if raw.timestamp > 0 else now
             if ts - reference > skew:
                 bad.append(
                     UndecodableRecord(

@@ -67,11 +67,16 @@ def _alive(pid: int) -> bool:
 
 
 def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[str]:
-    """The closing summary of a run, in plain words."""
-    rate = stats.records / elapsed_s if elapsed_s > 0 else 0.0
+    """The closing summary of a run, in plain words.
+
+    The rate counts the time spent on batches (fetch, decode, engine,
+    checkpoint), not the time spent waiting for records to arrive.
+    """
+    busy = stats.batch_seconds + (stats.times.seconds.get("fetch", 0.0) if stats.run_id else 0.0)
+    rate = stats.records / busy if busy > 0 else 0.0
     return [
         f"query {plan.query_name}: {stats.records} record(s) read in {stats.batches} batch(es), "
-        f"{elapsed_s:.1f}s ({rate:,.0f} records/s)",
+        f"{elapsed_s:.1f}s ({rate:,.0f} records/s over {busy:.1f}s of work)",
         f"  aggregated {stats.aggregated}, late {stats.late}, bad {stats.bad} "
         f"(rejected by the sink and dead-lettered {stats.dead_lettered}), "
         f"filtered {stats.filtered}; result rows written {stats.result_rows}; "
@@ -79,7 +84,27 @@ def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[st
         f"sink outages {stats.sink_outages}",
         *_run_lines(stats),
         f"  {stats.late_summary.text()}",
+        *_time_lines(stats),
     ]
+
+
+def _time_lines(stats: RunStats) -> list[str]:
+    """Where the time went (`phases:`) and the lock's share of it (`lock share:`)."""
+    seconds = dict(stats.times.seconds)
+    held = seconds.pop("lock", 0.0)
+    if not seconds:
+        return []
+    phases = " ".join(f"{name}={value:.3f}s" for name, value in seconds.items())
+    lines = [f"  phases: {phases}"]
+    if stats.batch_seconds > 0:
+        share = held / stats.batch_seconds
+        bound = f"{1 / share:.1f}x" if share > 0 else "no bound"
+        lines.append(
+            f"  lock share: {share:.2f} (the query's lock was held {held:.1f}s of the "
+            f"{stats.batch_seconds:.1f}s spent on batches: more workers speed it up at most "
+            f"{bound})"
+        )
+    return lines
 
 
 def _run_lines(stats: RunStats) -> list[str]:
@@ -161,16 +186,22 @@ def configure_logging(level: str = "INFO") -> None:
 
 def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
     """`streamproc run CONFIG`: exit 0 when done or stopped, 1 on a bad config or a failure."""
-    from streamproc.config import ConfigError, load_config
+    from streamproc.config import validate_config
     from streamproc.runtime.planning import plan_from_config
 
-    try:
-        config = load_config(config_path)
-        plan = plan_from_config(config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{config_path}: {line}", file=sys.stderr)
+    report = validate_config(config_path)
+    for warning in report.warnings:
+        print(f"{config_path}: warning: {warning}", file=sys.stderr)
+    if report.config is None:
+        for line in report.errors:
+            # File-level errors (unreadable, not JSON) already name the file.
+            print(
+                line if line.startswith(config_path) else f"{config_path}: {line}", file=sys.stderr
+            )
         return 1
+    config = report.config
+    try:
+        plan = plan_from_config(config)
     except ValueError as exc:
         print(f"{config_path}: {exc}", file=sys.stderr)
         return 1

@@ -47,8 +47,11 @@ class PartitionTracker:
         self._new_engine = new_engine
         self.engine = new_engine()
         self.generation = 0
-        #: Owned, restored partitions -> the offset the checkpoint expects next.
+        #: Owned, restored partitions -> the offset the next batch starts at (after
+        #: what was prepared, even if its commit is still in flight).
         self.next: dict[int, int] = {}
+        #: Owned, restored partitions -> the offset after what is durably committed.
+        self.committed: dict[int, int] = {}
         #: Owned partitions not restored yet (the checkpoint was unreachable);
         #: none of their records is processed until they are.
         self.pending: set[int] = set()
@@ -64,6 +67,7 @@ class PartitionTracker:
         self.generation += 1
         for p in partitions:
             self.next.pop(p, None)
+            self.committed.pop(p, None)
         self.pending |= partitions
         try:
             await self.restore_pending()
@@ -82,6 +86,7 @@ class PartitionTracker:
         self.engine.revoke(partitions)
         for p in partitions:
             self.next.pop(p, None)
+            self.committed.pop(p, None)
             self.pending.discard(p)
 
     @property
@@ -162,6 +167,7 @@ class PartitionTracker:
         self.engine.close()
         self.engine = self._new_engine()
         self.next.clear()
+        self.committed.clear()
         self.pending = set(self._source.assignment())
         await self.restore_pending()
 
@@ -182,10 +188,27 @@ class PartitionTracker:
                 continue
             checkpoint = await self._checkpoint.load_partition(p)
             self._restore_engine(checkpoint)
-            if checkpoint.next_offset is not None and checkpoint.next_offset != self.next.get(p):
+            if checkpoint.next_offset is not None and checkpoint.next_offset != self.committed.get(
+                p
+            ):
                 await self.replay_from_ledger()
                 return False
+        self.discard_planned()
         return True
+
+    def discard_planned(self) -> None:
+        """Forget batches prepared but not committed: the next batch starts at the commit."""
+        self.next = dict(self.committed)
+
+    def prepared(self, ends: dict[int, int]) -> None:
+        """A batch ending at these offsets was prepared: the next one starts there."""
+        self.next.update(ends)
+
+    def committed_up_to(self, partition: int, offset: int) -> None:
+        """A batch of the partition ending at offset is durable."""
+        self.committed[partition] = offset
+        if self.next.get(partition, -1) < offset:
+            self.next[partition] = offset
 
     def _restore_engine(self, checkpoint: PartitionCheckpoint) -> None:
         """Reset a partition's engine state to its last commit."""
@@ -203,6 +226,7 @@ class PartitionTracker:
         else:
             await self._source.seek_to_start(p)
             self.next[p] = await self._source.position(p)
+        self.committed[p] = self.next[p]
 
     async def refresh_remote_watermarks(self) -> None:
         """Count other workers' partitions in W, and never let W be below the committed W."""

@@ -10,16 +10,17 @@ prepares the same records again and gets the same values.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from streamproc.engine import BatchResult, Emission, Engine, LateRecord, ResultRow
+from streamproc.engine import BatchResult, Emission, Engine, LateRecord, QuerySpec, ResultRow
 from streamproc.runtime.decode import UndecodableRecord, decode_records
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Routed
 from streamproc.sinks.base import CommitBatch, PartitionCommit
 from streamproc.sources.base import RawRecord, record_digest
+from streamproc.timing import PhaseTimes
 
 #: A bad record and the reason it is bad.
 BadItem = tuple[RawRecord, str]
@@ -38,9 +39,23 @@ class ProcessedBatch:
         """Every bad record of the batch with its reason: undecodable first, then the engine's."""
         items: list[BadItem] = [(u.raw, u.reason) for u in self.undecodable]
         if self.result.bad:
-            by_pos = {(r.partition, r.offset): r for r in self.raws}
-            items += [(by_pos[(b.partition, b.offset)], b.reason) for b in self.result.bad]
+            raw_at = self.raw_at()
+            items += [(raw_at(b.partition, b.offset), b.reason) for b in self.result.bad]
         return items
+
+    def raw_at(self) -> Callable[[int, int], RawRecord]:
+        """Finds the raw record at (partition, offset) (offsets may have gaps: compaction)."""
+        per_partition: dict[int, dict[int, RawRecord]] = {}
+        for r in self.raws:
+            records = per_partition.get(r.partition)
+            if records is None:
+                records = per_partition[r.partition] = {}
+            records[r.offset] = r
+
+        def find(partition: int, offset: int) -> RawRecord:
+            return per_partition[partition][offset]
+
+        return find
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +66,25 @@ class PreparedBatch:
     dead_letters: Sequence[DeadLetter]
     late: Sequence[LateRecord]
     bad: Sequence[BadItem]
+    #: The records it holds (the failure policy processes them again in parts).
+    raws: Sequence[RawRecord] = ()
 
 
 def process_records(
-    raws: Sequence[RawRecord], engine: Engine, quality: QualityGate, guard: EventTimeGuard
+    raws: Sequence[RawRecord],
+    engine: Engine,
+    quality: QualityGate,
+    guard: EventTimeGuard,
+    times: PhaseTimes,
 ) -> ProcessedBatch:
     """Decode, set aside event-time outliers, filter by the quality rules, fold into the engine."""
-    good, undecodable = decode_records(raws)
-    good, too_far = guard.future(good, raws)
-    good, filtered = quality.filter_records(good)
-    guard.check_seconds(good)
-    result = engine.process(good)
+    with times.phase("decode"):
+        good, undecodable = decode_records(raws)
+        good, too_far = guard.future(good, raws)
+        good, filtered = quality.filter_records(good)
+        guard.check_seconds(good)
+    with times.phase("engine"):
+        result = engine.process(good)
     guard.check_jumps(result, good)
     return ProcessedBatch(raws, result, undecodable + too_far, filtered)
 
@@ -99,15 +122,36 @@ def partition_commits(
     return tuple(commits)
 
 
+def closes_locally(spec: QuerySpec, owns_every_partition: bool) -> bool:
+    """True when windows closing at this emit are written from the engine's own merge.
+
+    A worker that owns every partition merges rows exactly; without an idle
+    timeout its W is the checkpoint's W (both the monotonic minimum of the
+    same partition watermarks), so the windows it closes are exactly the ones
+    the checkpoint closes. Their partial states then need not be written at
+    all: the checkpoint drops every stored state of a closed window by W.
+    """
+    return (
+        owns_every_partition
+        and spec.idle_timeout_ms is None
+        and spec.window is not None
+        and spec.output_mode in ("update", "append")
+    )
+
+
 def local_rows(
-    emission: Emission, output_mode: str, owns_every_partition: bool
+    emission: Emission, spec: QuerySpec, owns_every_partition: bool
 ) -> Sequence[ResultRow] | None:
     """Rows merged locally, valid only when this worker owns every partition.
 
-    None means the checkpoint merges them from every partition's partials.
+    None means the checkpoint merges them from every partition's partials
+    (append mode: when the windows close).
     """
-    if output_mode == "append" or not owns_every_partition:
+    output_mode = spec.output_mode
+    if not owns_every_partition:
         return None
+    if output_mode == "append":
+        return emission.rows if closes_locally(spec, owns_every_partition) else None
     if output_mode == "update":
         return emission.rows
     touched = {(r.key, r.window_start_ms) for rows in emission.partials.values() for r in rows}
@@ -120,9 +164,9 @@ def route(batch: ProcessedBatch, late: LateRouter, bad: BadRouter) -> Routed:
     result = batch.result
     if not result.late and not result.bad and not batch.undecodable:
         return routed
-    by_pos = {(r.partition, r.offset): r for r in batch.raws}
+    raw_at = batch.raw_at()
     for record in result.late:
-        late.route(by_pos[(record.partition, record.offset)], record, routed)
+        late.route(raw_at(record.partition, record.offset), record, routed)
     for raw, reason in batch.bad_items():
         bad.route(raw, reason, routed)
     return routed
@@ -140,18 +184,23 @@ def prepare_commit(
     bad: BadRouter,
 ) -> PreparedBatch | None:
     """The commit of a processed batch after the engine's emit; None when it changes nothing."""
+    spec = engine.spec
+    local = closes_locally(spec, owns_every_partition)
     partitions = partition_commits(batch, engine, next_offsets)
-    if not partitions and not any(emission.partials.values()):
+    if not partitions and not any(emission.partials.values()) and not (local and emission.rows):
         return None
     routed = route(batch, late, bad)
-    spec = engine.spec
     commit = CommitBatch(
         partitions=partitions,
         partials=emission.partials,
         evicted=emission.evicted,
-        local_rows=local_rows(emission, spec.output_mode, owns_every_partition),
+        local_rows=local_rows(emission, spec, owns_every_partition),
         late_rows=routed.late_rows,
         topic_partitions=topic_partitions,
         idle_timeout_ms=spec.idle_timeout_ms,
+        closes_locally=local,
+        watermark_ms=emission.global_watermark_ms,
     )
-    return PreparedBatch(commit, routed.dead_letters, batch.result.late, batch.bad_items())
+    return PreparedBatch(
+        commit, routed.dead_letters, batch.result.late, batch.bad_items(), batch.raws
+    )

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from streamproc.engine import Engine
 from streamproc.runtime import metrics
@@ -41,16 +42,28 @@ from streamproc.runtime.failures import (
 )
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.prepare import PreparedBatch
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
+from streamproc.runtime.routers import Position
 from streamproc.runtime.wiring import QueryPorts, kafka_postgres_ports
-from streamproc.sinks.base import PartitionCommit
+from streamproc.sinks.base import CommitOutcome, PartitionCommit
 from streamproc.sources.base import RawRecord
 from streamproc.state.base import WindowStore
 
 __all__ = ["QueryFailedError", "RunStats", "StreamingQuery"]
 
 log = logging.getLogger("streamproc.query")
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A prepared batch whose delivery is running."""
+
+    prepared: PreparedBatch
+    task: asyncio.Task[CommitOutcome]
+    sent: set[Position]
+    generation: int
 
 
 class StreamingQuery:
@@ -108,6 +121,10 @@ class StreamingQuery:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._joined = asyncio.Event()
+        #: The batch whose delivery runs while the next one is prepared.
+        self._inflight: _InFlight | None = None
+        #: An outage met while preparing (a checkpoint read), waited out by the loop.
+        self._outage: Exception | None = None
 
     # ----------------------------------------------------------------- control
     @property
@@ -131,6 +148,7 @@ class StreamingQuery:
     # -------------------------------------------------------- rebalance hooks
     async def on_assigned(self, partitions: set[int]) -> None:
         """Restore each new partition exactly from the checkpoint and seek to its ledger offset."""
+        await self._delivered()
         async with self._lock:
             await self._tracker.assigned(partitions)
             self._collector.pause_finished()
@@ -139,6 +157,7 @@ class StreamingQuery:
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Drop local state of partitions another worker will own."""
+        await self._delivered()
         async with self._lock:
             self._tracker.revoked(partitions)
             log.info("revoked partitions %s", sorted(partitions))
@@ -191,17 +210,122 @@ class StreamingQuery:
         return self.stats
 
     async def _loop(self) -> None:
+        """Fetch, prepare and commit batches; one commit is in flight while the next is prepared.
+
+        The engine folds batch N+1 while batch N's transaction runs in
+        PostgreSQL. N+1 starts where N ends; if N does not commit (stale,
+        refused, an outage), N+1 is discarded: the engine is rebuilt from the
+        checkpoint and the consumer fetches again from there.
+        """
         next_tick = time.monotonic()
-        while not self._stop.is_set():
-            if self.plan.trigger == "processingtime":
-                next_tick = await self._wait_for_tick(next_tick)
-                if self._stop.is_set():
-                    break
-            generation = self._tracker.generation
-            raws = await self._collector.collect(self._stop.is_set)
-            await self._run_batch(raws, generation)
-            if self._collector.share_done() and await self._run_done():
-                return
+        try:
+            while not self._stop.is_set():
+                if self.plan.trigger == "processingtime":
+                    next_tick = await self._wait_for_tick(next_tick)
+                    if self._stop.is_set():
+                        break
+                generation = self._tracker.generation
+                with self.stats.times.phase("fetch"):
+                    raws = await self._collector.collect(self._stop.is_set)
+                started = time.perf_counter()
+                prepared = await self._prepare(raws, generation)
+                kept = await self._settle()
+                if prepared is not None:
+                    if kept and generation == self._tracker.generation:
+                        self._launch(prepared, generation)
+                    else:
+                        async with self._lock:
+                            self._tracker.discard_planned()
+                            self._tracker.rewind()  # fetched again, after what committed
+                self.stats.batch_seconds += time.perf_counter() - started
+                if self._collector.share_done():
+                    await self._settle()
+                    if await self._run_done():
+                        return
+        finally:
+            await self._settle()
+
+    async def _prepare(self, raws: list[RawRecord], generation: int) -> PreparedBatch | None:
+        """Fold a fetched batch into the engine and build its commit (under the lock)."""
+        tracker = self._tracker
+        async with self._lock:
+            if generation != tracker.generation:
+                # The assignment changed while fetching. Records fetched after
+                # its seeks moved the consumer on, so seek back: dropping
+                # fetched records without a seek would skip them for good.
+                tracker.rewind()
+                return None
+            try:
+                if tracker.pending:
+                    # Partitions assigned while the sink was unreachable: restore
+                    # and seek them first; what was fetched meanwhile comes again.
+                    await self._settle_locked()
+                    tracker.generation += 1
+                    tracker.rewind()
+                    await tracker.restore_pending()
+                    return None
+                return await self._committer.prepare_next(tracker.contiguous(raws))
+            except QualityAbortError as exc:
+                # Nothing of the batch was written; a restart replays it.
+                raise QueryFailedError(f"query {self.plan.query_name} stopped: {exc}") from exc
+            except SinkOutage as exc:
+                self._outage = exc.cause
+                return None
+            except (asyncio.CancelledError, QueryFailedError):
+                raise
+            except STOP_ERRORS:
+                raise
+            except Exception as exc:
+                # A read of the checkpoint (restore, watermarks) failed.
+                if classify_failure(exc) is not FailureKind.UNAVAILABLE:
+                    raise self._committer.policy.fatal(exc) from exc
+                self._outage = exc
+                return None
+
+    def _launch(self, prepared: PreparedBatch, generation: int) -> None:
+        """Start delivering a prepared batch (dead letters, transaction) in the background."""
+        sent: set[Position] = set()
+        task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
+        self._inflight = _InFlight(prepared, task, sent, generation)
+
+    async def _delivered(self) -> None:
+        """Wait until the batch in flight is delivered (its outcome is handled later)."""
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.wait({inflight.task})
+
+    async def _settle(self) -> bool:
+        """Handle the outcome of the batch in flight; False when what followed it is void."""
+        outage: Exception | None = None
+        async with self._lock:
+            try:
+                kept = await self._settle_locked()
+            except SinkOutage as exc:
+                outage, kept = exc.cause, False
+        if outage is None and self._outage is not None:
+            outage, kept = self._outage, False
+        self._outage = None
+        if outage is not None:
+            # Waiting happens outside the lock so that rebalances go on meanwhile.
+            await self._committer.policy.wait_for_sink(outage, self._stop, self._lock)
+            return False
+        return kept
+
+    async def _settle_locked(self) -> bool:
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return True
+        await asyncio.wait({inflight.task})
+        committed = await self._committer.settle(
+            inflight.prepared,
+            inflight.task,
+            inflight.sent,
+            assignment_changed=inflight.generation != self._tracker.generation,
+        )
+        if committed is None:
+            return False
+        await self._commit_offsets(committed)
+        return True
 
     async def _take_ends(self) -> dict[int, int]:
         """The end offsets of a new bounded run: every partition's end right now.
@@ -257,47 +381,6 @@ class StreamingQuery:
                 await asyncio.wait_for(self._stop.wait(), delay)
         # A batch that overran its interval starts the next one at once.
         return max(next_tick + interval, time.monotonic())
-
-    async def _run_batch(self, raws: list[RawRecord], generation: int) -> None:
-        tracker = self._tracker
-        outage: Exception | None = None
-        committed: list[PartitionCommit] = []
-        async with self._lock:
-            if generation != tracker.generation:
-                # The assignment changed while fetching. Records fetched after
-                # its seeks moved the consumer on, so seek back: dropping
-                # fetched records without a seek would skip them for good.
-                tracker.rewind()
-                return
-            try:
-                if tracker.pending:
-                    # Partitions assigned while the sink was unreachable: restore
-                    # and seek them first; what was fetched meanwhile comes again.
-                    tracker.generation += 1
-                    tracker.rewind()
-                    await tracker.restore_pending()
-                    return
-                committed = await self._committer.process_and_commit(
-                    tracker.contiguous(raws), set()
-                )
-            except SinkOutage as exc:
-                outage = exc.cause
-            except (asyncio.CancelledError, QueryFailedError):
-                raise
-            except STOP_ERRORS:
-                raise
-            except QualityAbortError as exc:
-                # Nothing of the batch was written; a restart replays it.
-                raise QueryFailedError(f"query {self.plan.query_name} stopped: {exc}") from exc
-            except Exception as exc:
-                # A read of the checkpoint (restore, watermarks) failed.
-                if classify_failure(exc) is not FailureKind.UNAVAILABLE:
-                    raise self._committer.policy.fatal(exc) from exc
-                outage = exc
-        if outage is not None:
-            await self._committer.policy.wait_for_sink(outage, self._stop, self._lock)
-            return
-        await self._commit_offsets(committed)
 
     async def _commit_offsets(self, partitions: list[PartitionCommit]) -> None:
         try:

@@ -67,16 +67,27 @@ class CommitBatch:
     late_rows: Sequence[LateRow] = ()
     topic_partitions: int = 1
     idle_timeout_ms: int | None = None
+    # The worker owns every partition and closes windows itself: `local_rows`
+    # hold the rows of windows closing now (append mode too), `partials` leave
+    # closed windows out, and the checkpoint only drops their stored states,
+    # after checking that its W is the engine's `watermark_ms`.
+    closes_locally: bool = False
+    watermark_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
-    """What a commit did: stale partitions (nothing written) or the rows written."""
+    """What a commit did: stale partitions (nothing written) or the rows written.
+
+    `timings` are the commit's phases in wall seconds (see runtime/timing.py):
+    lock_wait, states, sink, ledger, closing, commit, and lock (time held).
+    """
 
     stale: tuple[int, ...] = ()
     result_rows: int = 0
     closed_windows: int = 0
     global_watermark_ms: int | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,10 @@ class ResultSink(Protocol):
         """Create the table when missing, refuse an incompatible one (inside `tx`)."""
         ...
 
+    async def prepare_connection(self, conn: Any) -> None:
+        """Set up a new connection of the checkpoint's (e.g. a staging table)."""
+        ...
+
     def check_keys(self, keys: Iterable[Sequence[Any]]) -> None:
         """Raise ValueError for a group key the sink could never store (checked per batch)."""
         ...
@@ -279,3 +294,29 @@ class Checkpoint(Protocol):
     async def finish_run(self, run: BoundedRun) -> None:
         """Mark a bounded run done (every partition reached its end)."""
         ...
+
+
+def behind_watermark(batch: CommitBatch, stored_w: int | None) -> tuple[int, ...]:
+    """The batch's partitions when it holds a state of a window W had already closed.
+
+    That happens only when a worker classified records with a W older than the
+    checkpoint's (another worker moved W meanwhile, an idle partition): the
+    batch is stale, and its replay, with W restored from the checkpoint, finds
+    those records late ("window closed") instead of reopening a closed window.
+    """
+    if stored_w is None:
+        return ()
+    for rows in batch.partials.values():
+        for row in rows:
+            if row.window_end_ms is not None and row.window_end_ms <= stored_w:
+                return tuple(p.partition for p in batch.partitions) or tuple(batch.partials)
+    return ()
+
+
+def check_local_watermark(query: str, batch: CommitBatch, watermark: int | None) -> None:
+    """A worker closing windows itself must agree with the checkpoint on W (see CommitBatch)."""
+    if batch.closes_locally and watermark != batch.watermark_ms:
+        raise RuntimeError(
+            f"query {query}: internal error: the worker's W ({batch.watermark_ms}) is not the "
+            f"checkpoint's ({watermark}); nothing of the batch was written"
+        )

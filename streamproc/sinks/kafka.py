@@ -113,6 +113,9 @@ class KafkaResultSink:
     async def prepare(self, tx: Any) -> None:
         """Nothing to create: the topic is the broker's."""
 
+    async def prepare_connection(self, conn: Any) -> None:
+        """Nothing per connection."""
+
     def check_keys(self, keys: Iterable[Sequence[Any]]) -> None:
         """JSON carries any group value."""
 

@@ -32,6 +32,10 @@ LEDGER_TABLE = "streamproc_ledger"
 POSITIONS_TABLE = "streamproc_positions"
 QUERIES_TABLE = "streamproc_queries"
 RUNS_TABLE = "streamproc_runs"
+#: Temporary tables (one set per connection) that batches are copied into.
+STAGE_STATES = "streamproc_stage_states"
+STAGE_KEYS = "streamproc_stage_keys"
+STAGE_ROWS = "streamproc_stage_rows"
 
 
 def quote_ident(name: str) -> str:
@@ -116,9 +120,12 @@ def create_result_table_sql(layout: ResultTableLayout) -> str:
     """
     cols = ",\n  ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in layout.columns)
     key = ", ".join(quote_ident(c) for c in layout.key_columns)
+    # fillfactor: rows are updated in place (aggregates are not in the key), and
+    # room on the page keeps those updates off the index.
     return (
         f"CREATE TABLE IF NOT EXISTS {quote_ident(layout.table)} (\n  {cols},\n"
-        f"  CONSTRAINT {quote_ident(layout.constraint_name)} UNIQUE NULLS NOT DISTINCT ({key})\n)"
+        f"  CONSTRAINT {quote_ident(layout.constraint_name)} UNIQUE NULLS NOT DISTINCT ({key})\n"
+        ") WITH (fillfactor = 70)"
     )
 
 
@@ -162,6 +169,11 @@ def create_state_table_sql() -> str:
     `key` and `state` are the group key and the partial aggregate state in
     marshal format 2 (see `streamproc.sinks.rows.encode_key`): exact, typed,
     and compact; `window_start_ms`/`window_end_ms` are 0 for a non-windowed query.
+
+    One index serves every access: a partition's states (restore), the states
+    of closed windows (by window start, per partition), a key's states in
+    every partition (merging). Space left in each page (fillfactor) lets an
+    update of a state stay on its page without touching the index.
     """
     t = quote_ident(STATE_TABLE)
     return f"""
@@ -172,10 +184,8 @@ CREATE TABLE IF NOT EXISTS {t} (
   window_end_ms bigint NOT NULL,
   key bytea NOT NULL,
   state bytea NOT NULL,
-  PRIMARY KEY (query, key, window_start_ms, partition)
-);
-CREATE INDEX IF NOT EXISTS streamproc_state_by_partition ON {t} (query, partition);
-CREATE INDEX IF NOT EXISTS streamproc_state_by_end ON {t} (query, window_end_ms);
+  PRIMARY KEY (query, partition, window_start_ms, key)
+) WITH (fillfactor = 70);
 """
 
 
@@ -273,3 +283,38 @@ CREATE TABLE IF NOT EXISTS {quote_ident(table)} (
   record jsonb NOT NULL,
   UNIQUE (query, source_topic, source_partition, source_offset)
 )"""
+
+
+def create_stage_tables_sql() -> str:
+    """DDL for the checkpoint's temporary staging tables (per connection, emptied at commit).
+
+    A batch's partial states and keys are copied into them with binary COPY,
+    then applied in one statement each.
+    """
+    return f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_STATES} (
+  partition integer, key bytea, window_start_ms bigint, window_end_ms bigint, state bytea
+) ON COMMIT DELETE ROWS;
+CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_KEYS} (
+  partition integer, key bytea, window_start_ms bigint
+) ON COMMIT DELETE ROWS;
+"""
+
+
+def create_stage_rows_sql(layout: ResultTableLayout) -> str:
+    """DDL for the temporary table result rows are copied into before the upsert.
+
+    Window bounds travel as epoch milliseconds (bigint) and become timestamps
+    in the upsert.
+    """
+    columns = [f"k{i} text" for i in range(len(layout.group_by))]
+    if layout.typed:
+        columns.append("types text")
+    if layout.windowed:
+        columns += ["ws bigint", "we bigint"]
+    values = layout.columns[len(layout.columns) - len(layout.value_columns) :]
+    columns += [f"v{i} {c.sql_type}" for i, c in enumerate(values)]
+    return (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_ROWS} ({', '.join(columns)}) "
+        "ON COMMIT DELETE ROWS"
+    )

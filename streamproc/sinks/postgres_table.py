@@ -15,21 +15,15 @@ from typing import Any
 from streamproc.engine import ResultRow
 from streamproc.sinks.base import CheckpointError
 from streamproc.sinks.layout import (
+    STAGE_ROWS,
     ResultTableLayout,
     create_result_table_sql,
+    create_stage_rows_sql,
     layout_differences,
     quote_ident,
 )
 from streamproc.sinks.postgres_registry import create_if_missing
-from streamproc.sinks.rows import key_text, key_types, ms_to_datetime, to_json
-
-_SQL_ARRAY_TYPE = {
-    "text": "text[]",
-    "timestamp with time zone": "timestamptz[]",
-    "bigint": "bigint[]",
-    "double precision": "float8[]",
-    "jsonb": "jsonb[]",
-}
+from streamproc.sinks.rows import key_text, key_types, to_json
 
 
 class IncompatibleTableError(CheckpointError):
@@ -41,6 +35,8 @@ class PostgresTableSink:
 
     def __init__(self, layout: ResultTableLayout) -> None:
         self.layout = layout
+        self._upsert_sql = self._insert_sql(insert_only=False)
+        self._insert_only_sql = self._insert_sql(insert_only=True)
 
     async def start(self) -> None:
         """Nothing to open: rows go through the checkpoint's connection."""
@@ -100,33 +96,55 @@ class PostgresTableSink:
                     if not value.isascii():
                         value.encode("utf-8")  # raises UnicodeEncodeError (a ValueError)
 
+    async def prepare_connection(self, conn: Any) -> None:
+        """Per connection: the temporary table rows are copied into before the upsert."""
+        await conn.execute(create_stage_rows_sql(self.layout))
+
     async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
-        """Upsert rows, or insert them where absent (append-mode closing)."""
+        """Upsert rows, or insert them where absent (append-mode closing).
+
+        The rows go in by binary COPY to a temporary table (encoded in C), then
+        one INSERT ... ON CONFLICT applies them.
+        """
         if not rows:
             return 0
         layout = self.layout
-        columns: list[list[Any]] = [[] for _ in layout.columns]
-        json_columns = {i for i, c in enumerate(layout.columns) if c.sql_type == "jsonb"}
-        typed = layout.typed
+        typed, windowed = layout.typed, layout.windowed
+        json_values = [c.sql_type == "jsonb" for c in layout.columns[-len(layout.value_columns) :]]
+        records = []
         for row in rows:
-            i = 0
-            for value in row.key:
-                columns[i].append(key_text(value))
-                i += 1
+            record: list[Any] = [key_text(value) for value in row.key]
             if typed:
-                columns[i].append(key_types(row.key))
-                i += 1
-            if layout.windowed:
-                columns[i].append(ms_to_datetime(row.window_start_ms))
-                columns[i + 1].append(ms_to_datetime(row.window_end_ms))
-                i += 2
-            for value in row.values:
-                columns[i].append(to_json(value) if i in json_columns else value)
-                i += 1
+                record.append(key_types(row.key))
+            if windowed:
+                record += (row.window_start_ms, row.window_end_ms)
+            if any(json_values):
+                record += [
+                    to_json(v) if is_json else v
+                    for v, is_json in zip(row.values, json_values, strict=True)
+                ]
+            else:
+                record += row.values
+            records.append(record)
+        await tx.copy_records_to_table(STAGE_ROWS, records=records)
+        statement = self._insert_only_sql if insert_only else self._upsert_sql
+        status: str = await tx.execute(statement)
+        await tx.execute(f"TRUNCATE {STAGE_ROWS}")
+        return int(status.split()[-1]) if insert_only else len(rows)
+
+    def _insert_sql(self, *, insert_only: bool) -> str:
+        layout = self.layout
+        selected = [f"k{i}" for i in range(len(layout.group_by))]
+        if layout.typed:
+            selected.append("types")
+        if layout.windowed:
+            # Epoch milliseconds to timestamptz, exactly (intervals are microseconds).
+            selected += [
+                "timestamptz 'epoch' + ws * interval '1 millisecond'",
+                "timestamptz 'epoch' + we * interval '1 millisecond'",
+            ]
+        selected += [f"v{i}" for i in range(len(layout.value_columns))]
         names = ", ".join(quote_ident(c.name) for c in layout.columns)
-        params = ", ".join(
-            f"${i + 1}::{_SQL_ARRAY_TYPE[c.sql_type]}" for i, c in enumerate(layout.columns)
-        )
         conflict = ", ".join(quote_ident(c) for c in layout.key_columns)
         if not insert_only and layout.value_columns:
             action = "DO UPDATE SET " + ", ".join(
@@ -134,10 +152,8 @@ class PostgresTableSink:
             )
         else:
             action = "DO NOTHING"
-        status: str = await tx.execute(
-            f"""INSERT INTO {quote_ident(layout.table)} ({names})
-                SELECT * FROM unnest({params})
-                ON CONFLICT ({conflict}) {action}""",
-            *columns,
+        return (
+            f"INSERT INTO {quote_ident(layout.table)} ({names}) "
+            f"SELECT {', '.join(selected)} FROM {STAGE_ROWS} "
+            f"ON CONFLICT ({conflict}) {action}"
         )
-        return int(status.split()[-1]) if insert_only else len(rows)

@@ -21,13 +21,19 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """A record as fetched: where it came from and its undecoded bytes."""
+    """A record as fetched: where it came from and its undecoded bytes.
+
+    `timestamp` is the record's Kafka timestamp (epoch ms, wall time when it
+    was written; 0 or less when it has none). The Kafka source hands over
+    aiokafka's own records, which have these attributes too (no copy per
+    record); other sources build RawRecords.
+    """
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int
+    timestamp: int
 
 
 class SourceTopicMissingError(RuntimeError):
@@ -44,7 +50,7 @@ def record_digest(record: RawRecord) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for part in (record.key, record.value):
         h.update(b"\x00" if part is None else b"\x01" + len(part).to_bytes(8, "big") + part)
-    h.update(record.timestamp_ms.to_bytes(8, "big", signed=True))
+    h.update(record.timestamp.to_bytes(8, "big", signed=True))
     return h.digest()
 
 

@@ -19,6 +19,7 @@ result table. The database can be told to fail like PostgreSQL does:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ from streamproc.sinks.base import (
     QueryIdentity,
     ResultSink,
     Watermarks,
+    behind_watermark,
+    check_local_watermark,
 )
 from streamproc.sinks.definition import definition_changes
 
@@ -184,6 +187,9 @@ class MemoryTableSink:
     async def prepare(self, tx: Any) -> None:
         """Create the table when missing."""
         self._db.tables.setdefault(self.table, {})
+
+    async def prepare_connection(self, conn: Any) -> None:
+        """Nothing per connection."""
 
     def check_keys(self, keys: Any) -> None:
         """Any key fits (refusals come from `MemoryDatabase.refuse_key`)."""
@@ -364,6 +370,9 @@ class MemoryCheckpoint:
     async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
         """One atomic commit: nothing is changed unless everything can be (dry_run: nothing)."""
         db = self._db
+        # Like a round trip to a server: other tasks (the next batch, a
+        # rebalance) run while the commit is in flight.
+        await asyncio.sleep(0)
         step = db.before_commit.pop(db.commits, None)
         if step is not None:
             step()
@@ -377,6 +386,9 @@ class MemoryCheckpoint:
             if (query, p.partition) in db.positions
             and db.positions[(query, p.partition)].next_offset != p.start_offset
         )
+        registered = db.queries[query]
+        if not stale:
+            stale = behind_watermark(batch, registered.global_watermark_ms)
         if stale:
             return CommitOutcome(stale=stale)
         for rows in batch.partials.values():
@@ -405,14 +417,18 @@ class MemoryCheckpoint:
             positions[(query, p.partition)] = Position(
                 p.next_offset, p.max_event_ts_ms, p.watermark_ms, p.last_record, now
             )
-        registered = db.queries[query]
         watermark = self._global_watermark(positions, registered, batch, now)
+        check_local_watermark(query, batch, watermark)
         closed = 0
         if self._spec.window is not None and watermark is not None:
             ending = [k for k, row in partials.items() if self._closes(k, row, watermark)]
             if mode == "append":
                 closing = {k: partials.pop(k) for k in sorted(ending, key=lambda k: k[3])}
-                merged = self._merge(closing.values())
+                merged = (
+                    list(batch.local_rows or ())
+                    if batch.closes_locally
+                    else self._merge(closing.values())
+                )
                 to_write.append((merged, True))
                 closed = len(merged)
             elif mode == "update":

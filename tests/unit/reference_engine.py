@@ -285,6 +285,11 @@ class PartialsRuntime:
                 self.partials.get(tkey, {}).pop(partition, None)
                 if not self.partials.get(tkey, True):
                     del self.partials[tkey]
+        w = emission.global_watermark_ms
+        if self.spec.output_mode != "complete" and w is not None:
+            # Partials of closed windows are dropped by W, as the checkpoint does.
+            for tkey in [t for t in self.partials if t[2] is not None and t[2] <= w]:
+                del self.partials[tkey]
 
     def partials_of(self, partition: int) -> list[Any]:
         """The committed partial rows of one partition (what `Engine.restore` reads)."""

@@ -1,0 +1,44 @@
+"""Where a run's time goes: seconds per phase of its micro-batches (wall time).
+
+    fetch       waiting for and fetching records (includes idle waits)
+    decode      UTF-8 JSON decoding, event-time guards, quality rules on records
+    engine      folding records into state, the emit, preparing the commit
+    dead_letters  flushing dead letters before the commit
+    lock_wait   waiting for the query's lock in PostgreSQL (other workers' commits)
+    states      writing partial states
+    sink        writing result rows (the table, or the Kafka topic)
+    ledger      late rows, ledger rows, positions
+    closing     W, closing or evicting windows
+    commit      the transaction's commit
+
+`lock` is the time the query's lock was held: its share of the time spent on
+batches bounds how far more workers can speed the query up (1 / share).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+
+class PhaseTimes:
+    """Seconds spent per phase, summed over a run."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the time spent in the with-block to `name`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def add(self, timings: Mapping[str, float]) -> None:
+        """Add seconds measured elsewhere (the checkpoint's own phases)."""
+        for name, seconds in timings.items():
+            self.seconds[name] += seconds
