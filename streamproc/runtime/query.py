@@ -200,7 +200,10 @@ class StreamingQuery:
                     self.plan.query_name,
                     dict(sorted(run.ends.items())),
                 )
-            await self._source.start(self)
+            # A bounded run that began alone starts reading at once, without
+            # waiting seconds for the group's first assignment.
+            early = self._collector.run is not None and not self._collector.run.joined
+            await self._source.start(self, early=early)
             await self._wait_for_assignment()
             await self._loop()
         except STOP_ERRORS as exc:

@@ -89,8 +89,12 @@ class Source(Protocol):
         """The topic read."""
         ...
 
-    async def start(self, listener: PartitionListener) -> None:
-        """Join the group; assignment changes go to listener."""
+    async def start(self, listener: PartitionListener, *, early: bool = False) -> None:
+        """Join the group; assignment changes go to listener.
+
+        With early, read every partition at once while joining; the group's
+        first assignment takes over (every partition revoked, its share assigned).
+        """
         ...
 
     async def stop(self) -> None:
@@ -115,14 +119,6 @@ class Source(Protocol):
 
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
-        ...
-
-    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
-        """End offsets as listed by the source (may undercount, see `highwater`)."""
-        ...
-
-    def highwater(self, partition: int) -> int | None:
-        """The end offset seen in the last fetch response of partition, if any."""
         ...
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:

@@ -50,7 +50,8 @@ class KafkaSourceConfig:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, listener: PartitionListener) -> None:
+    def __init__(self, source: KafkaSource, listener: PartitionListener) -> None:
+        self._source = source
         self._listener = listener
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -58,8 +59,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._listener.on_revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in assigned}
+        # The group's first answer ends an early start: from here on the group decides.
+        if await self._source.take_over_early_start(partitions, self._listener):
+            return
         # Called even when empty: a member with no partitions has still joined.
-        await self._listener.on_assigned({tp.partition for tp in assigned})
+        await self._listener.on_assigned(partitions)
 
 
 class KafkaSource:
@@ -71,14 +76,27 @@ class KafkaSource:
         # A second consumer, outside the group, for `describe` (log start, exact
         # ends, the record at an offset) without moving the member's positions.
         self._probe: Any = None
+        # An early start: a consumer outside the group reading every partition
+        # until the group's first assignment arrives (see `start`).
+        self._early: Any = None
 
     @property
     def topic(self) -> str:
         """The topic read."""
         return self._config.topic
 
-    async def start(self, listener: PartitionListener) -> None:
-        """Join the group; assignment is reported to the listener."""
+    async def start(self, listener: PartitionListener, *, early: bool = False) -> None:
+        """Join the group; assignment is reported to the listener.
+
+        With early, the source reads every partition at once, outside the
+        group, while it joins (a join waits seconds before the first
+        assignment: Kafka's initial rebalance delay, half the session timeout
+        on the local broker); the group's first assignment ends it (every
+        partition revoked, the group's share assigned). A bounded run that
+        begins alone starts this way. Reading outside the group is safe: were
+        another member to read a partition meanwhile, the checkpoint's
+        position check lets only one of their batches commit.
+        """
         cfg = self._config
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap,
@@ -100,7 +118,60 @@ class KafkaSource:
         )
         await self._consumer.start()
         await self.check_topic_exists(self._consumer)
-        self._consumer.subscribe([cfg.topic], listener=_Rebalance(listener))
+        if early:
+            self._early = self._new_consumer(group=False)
+            await self._early.start()
+            count = await self.partition_count()
+            self._early.assign([TopicPartition(cfg.topic, p) for p in range(count)])
+            await listener.on_assigned(set(range(count)))
+        self._consumer.subscribe([cfg.topic], listener=_Rebalance(self, listener))
+
+    async def take_over_early_start(self, assigned: set[int], listener: PartitionListener) -> bool:
+        """Hand over from the early reader to the group's first assignment.
+
+        The partitions the group gives this member go on from where the early
+        reader stands, state and all (nothing is restored again); the others
+        are revoked; any the early reader did not have are assigned. Returns
+        False when there was no early start (the caller reports the assignment).
+        """
+        early, self._early = self._early, None
+        if early is None:
+            return False
+        topic = self._config.topic
+        try:
+            had = {tp.partition for tp in early.assignment()}
+            paused = {tp.partition for tp in early.paused()}
+            if had - assigned:
+                await listener.on_revoked(had - assigned)
+            for p in had & assigned:
+                tp = TopicPartition(topic, p)
+                self._consumer.seek(tp, await early.position(tp))
+            self.pause((had & assigned) & paused)
+            if assigned - had:
+                await listener.on_assigned(assigned - had)
+        finally:
+            await early.stop()
+        return True
+
+    def _new_consumer(self, *, group: bool) -> Any:
+        cfg = self._config
+        return AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=cfg.group_id if group else None,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.starting_offsets,
+            fetch_max_bytes=cfg.fetch_max_bytes,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            isolation_level="read_uncommitted",
+            fetch_max_wait_ms=100,
+            metadata_max_age_ms=cfg.metadata_max_age_ms,
+            **dict(cfg.client_params),
+        )
+
+    @property
+    def _reader(self) -> Any:
+        """The consumer records are read from: the early one, else the group member."""
+        return self._early if self._early is not None else self._consumer
 
     async def check_topic_exists(self, consumer: Any) -> None:
         """Refuse a topic the cluster does not have, before anything could auto-create it.
@@ -140,15 +211,18 @@ class KafkaSource:
                     STOP_TIMEOUT_S,
                 )
                 await consumer._client.close()
-        if self._probe is not None:
-            await self._probe.stop()
-            self._probe = None
+        for name in ("_probe", "_early"):
+            consumer = getattr(self, name)
+            if consumer is not None:
+                setattr(self, name, None)
+                await consumer.stop()
 
     def assignment(self) -> set[int]:
         """The partitions of the topic this member owns now."""
-        if self._consumer is None:
+        reader = self._reader
+        if reader is None:
             return set()  # not in the group (yet, or any more)
-        return {tp.partition for tp in self._consumer.assignment()}
+        return {tp.partition for tp in reader.assignment()}
 
     async def partition_count(self) -> int:
         """How many partitions the topic has (cluster metadata; before joining too).
@@ -165,31 +239,20 @@ class KafkaSource:
 
     def seek(self, partition: int, offset: int) -> None:
         """Continue fetching partition at offset."""
-        self._consumer.seek(TopicPartition(self._config.topic, partition), offset)
+        self._reader.seek(TopicPartition(self._config.topic, partition), offset)
 
     async def seek_to_start(self, partition: int) -> None:
         """Position a partition without a checkpoint per startingOffsets."""
         tp = TopicPartition(self._config.topic, partition)
         if self._config.starting_offsets == "earliest":
-            await self._consumer.seek_to_beginning(tp)
+            await self._reader.seek_to_beginning(tp)
         else:
-            await self._consumer.seek_to_end(tp)
+            await self._reader.seek_to_end(tp)
 
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
-        pos: int = await self._consumer.position(TopicPartition(self._config.topic, partition))
+        pos: int = await self._reader.position(TopicPartition(self._config.topic, partition))
         return pos
-
-    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
-        """Log-end offsets as ListOffsets reports them (may undercount on Tansu)."""
-        tps = [TopicPartition(self._config.topic, p) for p in partitions]
-        ends = await self._consumer.end_offsets(tps)
-        return {tp.partition: off for tp, off in ends.items()}
-
-    def highwater(self, partition: int) -> int | None:
-        """The high watermark seen in the last fetch response of partition."""
-        hw: int | None = self._consumer.highwater(TopicPartition(self._config.topic, partition))
-        return hw
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
         """Log start, exact end, and the record at an offset, per partition (any partition).
@@ -268,14 +331,14 @@ class KafkaSource:
 
     def pause(self, partitions: set[int]) -> None:
         """Stop fetching these partitions (bounded runs that reached their end)."""
-        self._consumer.pause(*(TopicPartition(self._config.topic, p) for p in partitions))
+        self._reader.pause(*(TopicPartition(self._config.topic, p) for p in partitions))
 
     async def fetch(self, max_records: int, timeout_ms: int) -> list[RawRecord]:
         """Fetch up to max_records records from the owned partitions.
 
         Waits at most timeout_ms when nothing is buffered.
         """
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        batches = await self._reader.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[RawRecord] = []
         for records in batches.values():
             # aiokafka's ConsumerRecords have RawRecord's attributes: no copy.
@@ -284,7 +347,7 @@ class KafkaSource:
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit consumer-group offsets (informational: the ledger is the truth)."""
-        if offsets:
+        if offsets and self._early is None:  # outside the group there is nothing to commit
             await self._consumer.commit(
                 {TopicPartition(self._config.topic, p): o for p, o in offsets.items()}
             )

@@ -10,8 +10,9 @@ member joining or leaving rebalances the group, calling every member's
 listener (revoked first, then assigned) as a consumer group would. Tests
 script rebalances at exact points with `MemoryGroup.assign` or with
 `MemorySource.at_fetch`, which runs a step before a given fetch returns.
-`listed_end_lag` makes `end_offsets` undercount like the local broker's
-ListOffsets, while `highwater` (after a fetch) stays exact.
+An early start (`start(listener, early=True)`) owns every partition at once
+and hands over to the group's assignment when `MemoryGroup.rebalance` (or
+`assign`) next runs.
 """
 
 from __future__ import annotations
@@ -135,18 +136,15 @@ class MemorySource:
         topic: MemoryTopic,
         group: MemoryGroup | None = None,
         *,
-        listed_end_lag: int = 0,
         starting_offsets: str = "earliest",
     ) -> None:
         self._topic = topic
         self._group = group
-        self._listed_end_lag = listed_end_lag
         self._starting = starting_offsets
         self._listener: PartitionListener | None = None
         self._owned: set[int] = set()
         self._positions: dict[int, int] = {}
         self._paused: set[int] = set()
-        self._highwater: dict[int, int] = {}
         self._fetches = 0
         self._steps: dict[int, Callable[[], Awaitable[None]]] = {}
         self.commits: list[dict[int, int]] = []
@@ -169,7 +167,6 @@ class MemorySource:
             return
         self._owned.clear()
         self._positions.clear()
-        self._highwater.clear()
         self._paused.clear()
         await self._listener.on_revoked(revoked)
 
@@ -187,8 +184,8 @@ class MemorySource:
         """The topic read."""
         return self._topic.name
 
-    async def start(self, listener: PartitionListener) -> None:
-        """Join the group (or own every partition)."""
+    async def start(self, listener: PartitionListener, *, early: bool = False) -> None:
+        """Join the group (or own every partition); early: own them all until it rebalances."""
         self._listener = listener
         if self._group is not None:
             await self._group.join(self)
@@ -222,14 +219,6 @@ class MemorySource:
     async def position(self, partition: int) -> int:
         """The next offset to fetch."""
         return self._positions[partition]
-
-    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
-        """Listed end offsets, `listed_end_lag` short of the real ones."""
-        return {p: max(0, self._topic.end_offset(p) - self._listed_end_lag) for p in partitions}
-
-    def highwater(self, partition: int) -> int | None:
-        """The end offset seen by the last fetch of partition."""
-        return self._highwater.get(partition)
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
         """Log start, end and the record at an offset, for any partition."""
@@ -266,7 +255,6 @@ class MemorySource:
     def _read(self, max_records: int) -> list[RawRecord]:
         out: list[RawRecord] = []
         for p in sorted(self._owned - self._paused):
-            self._highwater[p] = self._topic.end_offset(p)
             got = self._topic.read(p, self._positions[p], max_records - len(out))
             if got:
                 self._positions[p] = got[-1].offset + 1
