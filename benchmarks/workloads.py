@@ -130,7 +130,7 @@ class Query:
     slide: str | None = None
     trigger: str = "availablenow"
     aggregations: str = AGGREGATIONS
-    max_records_per_trigger: int | None = 20_000
+    max_records_per_trigger: int | None = None
     late_table: bool = True
 
 

@@ -17,6 +17,7 @@ batches bounds how far more workers can speed the query up (1 / share).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,8 @@ class PhaseTimes:
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        # Batches are prepared on a worker thread while the loop commits.
+        self._lock = threading.Lock()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -36,9 +39,12 @@ class PhaseTimes:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.seconds[name] += elapsed
 
     def add(self, timings: Mapping[str, float]) -> None:
         """Add seconds measured elsewhere (the checkpoint's own phases)."""
-        for name, seconds in timings.items():
-            self.seconds[name] += seconds
+        with self._lock:
+            for name, seconds in timings.items():
+                self.seconds[name] += seconds

@@ -497,3 +497,16 @@ def run_logged(
         timeout=timeout,
         check=True,
     )
+
+
+def wait_until_stopped(pid: int, timeout: float) -> bool:
+    """Wait until a process is stopped (SIGSTOP took effect); False on timeout or exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+                return True
+        except psutil.Error:
+            return False
+        time.sleep(0.01)
+    return False

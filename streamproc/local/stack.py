@@ -283,6 +283,9 @@ def pause_broker(info: StackInfo) -> None:
     state = _loaded(info)
     if not _proc.send_signal(state.broker_pid, signal.SIGSTOP, state.broker_created, group=True):
         raise StackError("the broker is not running")
+    # A signal is delivered asynchronously: return only once the broker stopped,
+    # so that nothing it answers afterwards was answered "during" the pause.
+    _proc.wait_until_stopped(state.broker_pid, timeout=5.0)
 
 
 def resume_broker(info: StackInfo) -> None:

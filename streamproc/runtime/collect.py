@@ -26,7 +26,7 @@ log = logging.getLogger("streamproc.query")
 
 # Without maxRecordsPerTrigger a micro-batch is still capped, so one
 # transaction stays small; the cap never changes results, only batch sizes.
-DEFAULT_BATCH_CAP = 20_000
+DEFAULT_BATCH_CAP = 100_000
 BOUNDED_TRIGGERS = ("once", "availablenow")
 
 
@@ -73,11 +73,14 @@ class BatchCollector:
         out: list[RawRecord] = []
         reached = dict(self._tracker.next) if self.run is not None else {}
         first_timeout = 200 if plan.trigger != "processingtime" else 50
+        # A bounded run knows more is there: it waits briefly for the next
+        # fetch response rather than cut the batch at one response's size.
+        next_timeout = 50 if self.run is not None else 0
         while True:
             want = (cap - len(out)) if cap is not None else DEFAULT_BATCH_CAP
             if want <= 0:
                 break
-            got = await self._source.fetch(want, first_timeout if not out else 0)
+            got = await self._source.fetch(want, first_timeout if not out else next_timeout)
             if self.run is not None and got:
                 got = self._within_run(got, reached)
             out.extend(got)

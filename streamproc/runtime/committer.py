@@ -15,19 +15,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from streamproc.engine import LateRecord
+from streamproc.engine import Engine, LateRecord
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.failure_policy import FailurePolicy
 from streamproc.runtime.failures import STOP_ERRORS, FailureKind, classify_failure, is_outage
+from streamproc.runtime.offload import Offload
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import (
     BadItem,
     PreparedBatch,
+    ProcessedBatch,
     closes_locally,
     prepare_commit,
     process_records,
@@ -80,6 +83,7 @@ class BatchCommitter:
         self._accounting = accounting
         self._breaker = breaker
         self._guard = EventTimeGuard(plan)
+        self._offload = Offload()
         self.policy = FailurePolicy(
             plan,
             committer=self,
@@ -209,7 +213,9 @@ class BatchCommitter:
         tracker = self._tracker
         engine = tracker.engine
         times = self._accounting.stats.times
-        processed = process_records(raws, engine, self._quality, self._guard, times)
+        processed = await self._offload.run(
+            process_records, raws, engine, self._quality, self._guard, times
+        )
         if not raws and engine.global_watermark_ms is None:
             # With no records an emit can still close windows, but only once
             # there is a W; the commit is skipped when nothing changed.
@@ -220,19 +226,45 @@ class BatchCommitter:
             with times.phase("watermarks"):
                 await tracker.refresh_remote_watermarks()
         with times.phase("engine"):
-            local = closes_locally(engine.spec, tracker.owns_every_partition)
-            emission = engine.emit(closed_partials=not local)
-            self._quality.check_rows(emission.rows)
-            return prepare_commit(
+            return await self._offload.run(
+                self._emit,
                 processed,
-                emission,
                 engine,
-                next_offsets=tracker.next,
-                owns_every_partition=tracker.owns_every_partition,
-                topic_partitions=tracker.partition_count,
-                late=self._late,
-                bad=self._bad,
+                dict(tracker.next),
+                tracker.owns_every_partition,
+                tracker.partition_count,
             )
+
+    def _emit(
+        self,
+        processed: ProcessedBatch,
+        engine: Engine,
+        next_offsets: dict[int, int],
+        owns_every_partition: bool,
+        topic_partitions: int,
+    ) -> PreparedBatch | None:
+        local = closes_locally(engine.spec, owns_every_partition)
+        emission = engine.emit(closed_partials=not local)
+        self._quality.check_rows(emission.rows)
+        prepared = prepare_commit(
+            processed,
+            emission,
+            engine,
+            next_offsets=next_offsets,
+            owns_every_partition=owns_every_partition,
+            topic_partitions=topic_partitions,
+            late=self._late,
+            bad=self._bad,
+        )
+        if prepared is None:
+            return None
+        # Encoding for the transaction happens here, off the loop and outside
+        # the query's lock.
+        return replace(prepared, commit=self._checkpoint.stage(prepared.commit))
+
+    def close(self) -> None:
+        """Stop the thread batches are prepared on."""
+        self._offload.close()
 
     async def try_without_keeping(self, raws: list[RawRecord]) -> Exception | None:
         """Process records and commit them with dry_run: the error a commit would raise.

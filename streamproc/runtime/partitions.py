@@ -59,16 +59,35 @@ class PartitionTracker:
 
     # ------------------------------------------------------------ assignment
     async def assigned(self, partitions: set[int]) -> None:
-        """Restore new partitions from the checkpoint and seek them to the ledger.
+        """Take on new partitions: every owned partition restored from its last commit.
 
         A partition that cannot be restored now (the checkpoint is
         unreachable) stays pending; the loop restores it later.
         """
         self.generation += 1
-        for p in partitions:
-            self.next.pop(p, None)
-            self.committed.pop(p, None)
-        self.pending |= partitions
+        await self._restart(self._owned() | partitions)
+
+    async def revoked(self, partitions: set[int]) -> None:
+        """Give partitions up: the ones kept are restored from their last commit."""
+        self.generation += 1
+        await self._restart(self._owned() - partitions)
+
+    def _owned(self) -> set[int]:
+        return set(self.next) | set(self.committed) | self.pending
+
+    async def _restart(self, owned: set[int]) -> None:
+        """A fresh engine holding exactly what is committed for the owned partitions.
+
+        After an assignment change the engine must be what a restarted worker
+        would hold: a batch prepared but not committed may have moved W (and
+        folded records into kept partitions); the loop drops such a batch and
+        fetches its records again, so none of it may stay behind.
+        """
+        self.engine.close()
+        self.engine = self._new_engine()
+        self.next.clear()
+        self.committed.clear()
+        self.pending = set(owned)
         try:
             await self.restore_pending()
         except STOP_ERRORS:
@@ -79,15 +98,6 @@ class PartitionTracker:
             log.warning(
                 "cannot restore partitions %s yet (%s); they wait", sorted(self.pending), exc
             )
-
-    def revoked(self, partitions: set[int]) -> None:
-        """Drop the local state of partitions another worker will own."""
-        self.generation += 1
-        self.engine.revoke(partitions)
-        for p in partitions:
-            self.next.pop(p, None)
-            self.committed.pop(p, None)
-            self.pending.discard(p)
 
     @property
     def owns_every_partition(self) -> bool:

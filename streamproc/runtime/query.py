@@ -40,6 +40,7 @@ from streamproc.runtime.failures import (
     first_line,
     is_outage,
 )
+from streamproc.runtime.gcpolicy import batch_pace
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import PreparedBatch
@@ -159,12 +160,16 @@ class StreamingQuery:
         """Drop local state of partitions another worker will own."""
         await self._delivered()
         async with self._lock:
-            self._tracker.revoked(partitions)
+            await self._tracker.revoked(partitions)
             log.info("revoked partitions %s", sorted(partitions))
 
     # ---------------------------------------------------------------- the loop
     async def run(self) -> RunStats:
         """Run until stopped (or, for bounded triggers, until the end offsets)."""
+        with batch_pace():
+            return await self._run()
+
+    async def _run(self) -> RunStats:
         try:
             await call_with_retry(
                 self._checkpoint.open,
@@ -401,6 +406,7 @@ class StreamingQuery:
                 await closer()
             except Exception as exc:
                 log.warning("error while stopping: %s", first_line(exc))
+        self._committer.close()
         try:
             self._tracker.engine.close()
         except Exception as exc:

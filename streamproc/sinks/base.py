@@ -73,6 +73,9 @@ class CommitBatch:
     # after checking that its W is the engine's `watermark_ms`.
     closes_locally: bool = False
     watermark_ms: int | None = None
+    # The checkpoint's own encoding of what it writes, made by `Checkpoint.stage`
+    # before the transaction (None: the commit encodes).
+    staged: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +237,20 @@ class ResultSink(Protocol):
         """Raise ValueError for a group key the sink could never store (checked per batch)."""
         ...
 
-    async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
+    def encode(self, rows: Sequence[ResultRow]) -> Any:
+        """Rows as `write` sends them, encoded ahead of the transaction (None: not needed).
+
+        Pure CPU work, done on the thread batches are prepared on.
+        """
+        ...
+
+    async def write(
+        self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool, encoded: Any = None
+    ) -> int:
         """Write rows: upsert them, or (closing append-mode windows) insert them once.
+
+        Args:
+            encoded: What `encode(rows)` returned, if it was called.
 
         Returns:
             The number of rows written.
@@ -266,6 +281,15 @@ class Checkpoint(Protocol):
 
     async def watermarks(self) -> Watermarks:
         """The committed watermarks: every partition's and the global one."""
+        ...
+
+    def stage(self, batch: CommitBatch) -> CommitBatch:
+        """The batch with what its transaction writes already encoded (`CommitBatch.staged`).
+
+        Pure CPU work, done on the thread batches are prepared on, so the
+        transaction (and the query's lock) lasts only as long as the I/O. A
+        value that cannot be encoded is left for `commit` to refuse.
+        """
         ...
 
     async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:

@@ -119,7 +119,12 @@ class KafkaResultSink:
     def check_keys(self, keys: Iterable[Sequence[Any]]) -> None:
         """JSON carries any group value."""
 
-    async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
+    def encode(self, rows: Sequence[ResultRow]) -> None:
+        """Messages are built as they are sent."""
+
+    async def write(
+        self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool, encoded: Any = None
+    ) -> int:
         """Deliver the rows (acknowledged by the broker) before the transaction commits."""
         await self._producer.send_all(
             [result_message(self._topic, self._group_by, self._outputs, row) for row in rows]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -302,20 +302,39 @@ class PostgresCheckpoint:
         except asyncpg.InsufficientPrivilegeError as exc:
             raise privilege_error(exc, f"query {self._query}: writing its batch") from None
 
+    def stage(self, batch: CommitBatch) -> CommitBatch:
+        """The batch with its state records and local rows encoded for COPY.
+
+        Runs on the thread batches are prepared on; the transaction then only
+        sends them. A key or value that cannot be stored is left for `commit`,
+        which refuses it the way the failure policy expects.
+        """
+        try:
+            states = self._state_records(batch.partials)
+            rows = batch.local_rows
+            encoded = self._sink.encode(rows) if rows else None
+        except (ValueError, TypeError, OverflowError):
+            return batch
+        return replace(batch, staged=_Staged(states, encoded))
+
     async def _write(
         self, conn: Any, batch: CommitBatch, times: PhaseTimes, stored_w: int | None
     ) -> CommitOutcome:
+        staged: _Staged | None = batch.staged
         with times.phase("states"):
-            await self._upsert_states(conn, batch.partials)
+            states = staged.states if staged else self._state_records(batch.partials)
+            await self._upsert_states(conn, states)
         written = 0
         mode = self._spec.output_mode
         if mode != "append":
             with times.phase("sink"):
+                encoded = None
                 if batch.local_rows is not None:
                     rows = batch.local_rows
+                    encoded = staged.rows if staged else None
                 else:
                     rows = await self._merge_touched(conn, batch.partials, _partitions(batch))
-                written = await self._sink.write(conn, rows, insert_only=False)
+                written = await self._sink.write(conn, rows, insert_only=False, encoded=encoded)
         with times.phase("ledger"):
             await self._insert_late_rows(conn, batch.late_rows)
             await self._insert_ledger_rows(conn, batch.partitions)
@@ -355,8 +374,10 @@ class PostgresCheckpoint:
             if p.partition in committed and committed[p.partition] != p.start_offset
         )
 
-    async def _upsert_states(self, conn: Any, partials: Mapping[int, Sequence[PartialRow]]) -> None:
-        records = [
+    def _state_records(self, partials: Mapping[int, Sequence[PartialRow]]) -> list[tuple[Any, ...]]:
+        """The staging records of partial states; refuses keys the sink cannot hold."""
+        self._sink.check_keys(row.key for rows in partials.values() for row in rows)
+        return [
             (
                 partition,
                 encode_key(row.key),
@@ -367,9 +388,10 @@ class PostgresCheckpoint:
             for partition, rows in partials.items()
             for row in rows
         ]
+
+    async def _upsert_states(self, conn: Any, records: Sequence[tuple[Any, ...]]) -> None:
         if not records:
             return
-        self._sink.check_keys(row.key for rows in partials.values() for row in rows)
         # Rows go in by binary COPY (encoded in C: a fraction of the client's
         # time of bind arrays) to a temporary table, then one upsert.
         await conn.copy_records_to_table(STAGE_STATES, records=records)
@@ -574,9 +596,12 @@ class PostgresCheckpoint:
         only ever closed once): the query stops rather than drop this one's
         contribution.
         """
+        encoded = None
         if batch.closes_locally:
             await self._evict_closed(conn, watermark_ms, batch)
             merged = list(batch.local_rows or ())
+            staged: _Staged | None = batch.staged
+            encoded = staged.rows if staged else None
         else:
             rows = await conn.fetch(
                 f"""DELETE FROM {_STATE}
@@ -588,7 +613,7 @@ class PostgresCheckpoint:
             )
             merged = self._merge_rows(sorted(rows, key=lambda r: r["partition"]))
         try:
-            written = await self._sink.write(conn, merged, insert_only=True)
+            written = await self._sink.write(conn, merged, insert_only=True, encoded=encoded)
         except Exception as exc:
             raise ClosingWindowsError(exc, len(merged)) from exc
         if written < len(merged):
@@ -617,6 +642,14 @@ class PostgresCheckpoint:
         window = self._spec.window
         assert window is not None  # only windowed queries close windows
         return window.size_ms
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A batch's COPY records, encoded before its transaction (`PostgresCheckpoint.stage`)."""
+
+    states: list[tuple[Any, ...]]
+    rows: Any
 
 
 def _partitions(batch: CommitBatch) -> list[int]:

@@ -23,7 +23,7 @@ from streamproc.sinks.layout import (
     quote_ident,
 )
 from streamproc.sinks.postgres_registry import create_if_missing
-from streamproc.sinks.rows import key_text, key_types, to_json
+from streamproc.sinks.rows import TYPE_LETTER, key_text, key_types, to_json
 
 
 class IncompatibleTableError(CheckpointError):
@@ -100,7 +100,9 @@ class PostgresTableSink:
         """Per connection: the temporary table rows are copied into before the upsert."""
         await conn.execute(create_stage_rows_sql(self.layout))
 
-    async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
+    async def write(
+        self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool, encoded: Any = None
+    ) -> int:
         """Upsert rows, or insert them where absent (append-mode closing).
 
         The rows go in by binary COPY to a temporary table (encoded in C), then
@@ -108,29 +110,19 @@ class PostgresTableSink:
         """
         if not rows:
             return 0
-        layout = self.layout
-        typed, windowed = layout.typed, layout.windowed
-        json_values = [c.sql_type == "jsonb" for c in layout.columns[-len(layout.value_columns) :]]
-        records = []
-        for row in rows:
-            record: list[Any] = [key_text(value) for value in row.key]
-            if typed:
-                record.append(key_types(row.key))
-            if windowed:
-                record += (row.window_start_ms, row.window_end_ms)
-            if any(json_values):
-                record += [
-                    to_json(v) if is_json else v
-                    for v, is_json in zip(row.values, json_values, strict=True)
-                ]
-            else:
-                record += row.values
-            records.append(record)
+        records = encoded if encoded is not None else self.encode(rows)
         await tx.copy_records_to_table(STAGE_ROWS, records=records)
         statement = self._insert_only_sql if insert_only else self._upsert_sql
         status: str = await tx.execute(statement)
         await tx.execute(f"TRUNCATE {STAGE_ROWS}")
         return int(status.split()[-1]) if insert_only else len(rows)
+
+    def encode(self, rows: Sequence[ResultRow]) -> list[Sequence[Any]]:
+        """Rows as the staging table's records (see `create_stage_rows_sql`)."""
+        layout = self.layout
+        if len(layout.group_by) == 1 and layout.windowed and not any(_json_values(layout)):
+            return encode_one_key_windowed(rows)
+        return encode_rows(layout, rows)
 
     def _insert_sql(self, *, insert_only: bool) -> str:
         layout = self.layout
@@ -157,3 +149,46 @@ class PostgresTableSink:
             f"SELECT {', '.join(selected)} FROM {STAGE_ROWS} "
             f"ON CONFLICT ({conflict}) {action}"
         )
+
+
+def _json_values(layout: ResultTableLayout) -> list[bool]:
+    """Per value column, True when it is jsonb (first/last): sent as JSON text."""
+    return [c.sql_type == "jsonb" for c in layout.columns[-len(layout.value_columns) :]]
+
+
+def encode_rows(layout: ResultTableLayout, rows: Sequence[ResultRow]) -> list[Sequence[Any]]:
+    """Rows as the staging table's records, for any layout."""
+    typed, windowed = layout.typed, layout.windowed
+    json_values = _json_values(layout)
+    records: list[Sequence[Any]] = []
+    for row in rows:
+        record: list[Any] = [key_text(value) for value in row.key]
+        if typed:
+            record.append(key_types(row.key))
+        if windowed:
+            record += (row.window_start_ms, row.window_end_ms)
+        if any(json_values):
+            record += [
+                to_json(v) if is_json else v
+                for v, is_json in zip(row.values, json_values, strict=True)
+            ]
+        else:
+            record += row.values
+        records.append(record)
+    return records
+
+
+def encode_one_key_windowed(rows: Sequence[ResultRow]) -> list[Sequence[Any]]:
+    """`encode_rows` for the common shape (one group-by column, windowed, no jsonb), fast.
+
+    The same records, one tuple per row.
+    """
+    letter = TYPE_LETTER.get
+    records: list[Sequence[Any]] = []
+    append = records.append
+    for row in rows:
+        value = row.key[0]
+        kind = type(value)
+        text = value if kind is str or value is None else key_text(value)
+        append((text, letter(kind, "s"), row.window_start_ms, row.window_end_ms, *row.values))
+    return records

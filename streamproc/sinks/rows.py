@@ -40,10 +40,11 @@ def to_json(value: Any) -> str:
 
 def key_types(key: Sequence[Any]) -> str:
     """The JSON type of each group-by value, one letter each: s, n, b, or - for null."""
-    return "".join(_TYPE_LETTER.get(type(value), "s") for value in key)
+    return "".join(TYPE_LETTER.get(type(value), "s") for value in key)
 
 
-_TYPE_LETTER = {str: "s", int: "n", float: "n", bool: "b", type(None): "-"}
+#: The letter of each JSON type in `group_key_types` (any other type is a string).
+TYPE_LETTER = {str: "s", int: "n", float: "n", bool: "b", type(None): "-"}
 
 # Partial states and keys are stored in marshal format 2: it round-trips the
 # engine's values exactly (ints of any size, floats bit for bit, bool apart

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import IllegalStateError, OffsetOutOfRangeError
 
+from streamproc.sources.alignment import aligned_counts
 from streamproc.sources.base import (
     PartitionInfo,
     PartitionListener,
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds `KafkaSource.stop` waits to leave the group cleanly.
 STOP_TIMEOUT_S = 10.0
+#: How long a fetch waits for a partition known to have records on the broker.
+LAGGING_WAIT_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._listener = listener
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._source.forget({tp.partition for tp in revoked})
         if revoked:
             await self._listener.on_revoked({tp.partition for tp in revoked})
 
@@ -79,6 +83,9 @@ class KafkaSource:
         # An early start: a consumer outside the group reading every partition
         # until the group's first assignment arrives (see `start`).
         self._early: Any = None
+        # Records fetched but not handed out yet, per partition, in offset
+        # order (see `fetch`): the position of a partition is its first one.
+        self._buffered: dict[int, list[Any]] = {}
 
     @property
     def topic(self) -> str:
@@ -141,11 +148,12 @@ class KafkaSource:
         try:
             had = {tp.partition for tp in early.assignment()}
             paused = {tp.partition for tp in early.paused()}
+            positions = {p: await self._position_in(early, p) for p in had & assigned}
+            self._buffered.clear()  # the group's consumer fetches them again
             if had - assigned:
                 await listener.on_revoked(had - assigned)
-            for p in had & assigned:
-                tp = TopicPartition(topic, p)
-                self._consumer.seek(tp, await early.position(tp))
+            for p, offset in positions.items():
+                self._consumer.seek(TopicPartition(topic, p), offset)
             self.pause((had & assigned) & paused)
             if assigned - had:
                 await listener.on_assigned(assigned - had)
@@ -239,10 +247,12 @@ class KafkaSource:
 
     def seek(self, partition: int, offset: int) -> None:
         """Continue fetching partition at offset."""
+        self._buffered.pop(partition, None)
         self._reader.seek(TopicPartition(self._config.topic, partition), offset)
 
     async def seek_to_start(self, partition: int) -> None:
         """Position a partition without a checkpoint per startingOffsets."""
+        self._buffered.pop(partition, None)
         tp = TopicPartition(self._config.topic, partition)
         if self._config.starting_offsets == "earliest":
             await self._reader.seek_to_beginning(tp)
@@ -251,8 +261,19 @@ class KafkaSource:
 
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
-        pos: int = await self._reader.position(TopicPartition(self._config.topic, partition))
+        return await self._position_in(self._reader, partition)
+
+    async def _position_in(self, consumer: Any, partition: int) -> int:
+        buffered = self._buffered.get(partition)
+        if buffered:
+            return int(buffered[0].offset)
+        pos: int = await consumer.position(TopicPartition(self._config.topic, partition))
         return pos
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the records buffered for partitions this member no longer owns."""
+        for p in partitions:
+            self._buffered.pop(p, None)
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
         """Log start, exact end, and the record at an offset, per partition (any partition).
@@ -334,16 +355,64 @@ class KafkaSource:
         self._reader.pause(*(TopicPartition(self._config.topic, p) for p in partitions))
 
     async def fetch(self, max_records: int, timeout_ms: int) -> list[RawRecord]:
-        """Fetch up to max_records records from the owned partitions.
+        """Fetch up to max_records records of the owned partitions, level in time.
 
-        Waits at most timeout_ms when nothing is buffered.
+        Waits at most timeout_ms when nothing is buffered. Records are taken
+        from the client into a buffer per partition, and handed out by Kafka
+        timestamp (`aligned_counts`), so that a batch does not hold one
+        partition far ahead of the others.
         """
-        batches = await self._reader.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        reader = self._reader
+        topic = self._config.topic
+        owned = {tp.partition for tp in reader.assignment() - reader.paused()}
+        share = max(1, max_records // max(1, len(owned)))
+        try:
+            await self._top_up(reader, owned, share)
+            empty = [p for p in owned if not self._buffered.get(p)]
+            if empty and timeout_ms > 0 and len(empty) == len(owned):
+                got = await reader.getmany(timeout_ms=timeout_ms, max_records=share)
+                self._take(got)
+            # A partition with records on the broker but none here yet would
+            # be left behind (its fetch response has not arrived): wait for it
+            # a little, as Kafka Streams does for partitions of known lag.
+            lagging = [
+                TopicPartition(topic, p)
+                for p in owned
+                if not self._buffered.get(p) and await self._known_lag(reader, p)
+            ]
+            if lagging and (len(lagging) < len(owned) or timeout_ms > 0):
+                got = await reader.getmany(*lagging, timeout_ms=LAGGING_WAIT_MS, max_records=share)
+                self._take(got)
+        except IllegalStateError:
+            pass  # a partition was revoked meanwhile; `forget` dropped its records
+        owned = {tp.partition for tp in reader.assignment() - reader.paused()}
+        available = {p: self._buffered[p] for p in owned if self._buffered.get(p)}
         out: list[RawRecord] = []
-        for records in batches.values():
+        for p, n in sorted(aligned_counts(available, max_records).items()):
+            records = available[p]
             # aiokafka's ConsumerRecords have RawRecord's attributes: no copy.
-            out += records
+            out += records[:n]
+            self._buffered[p] = records[n:]
         return out
+
+    async def _top_up(self, reader: Any, owned: set[int], share: int) -> None:
+        """Take what the client holds for partitions with nothing buffered here."""
+        topic = self._config.topic
+        for p in sorted(owned):
+            if not self._buffered.get(p):
+                tp = TopicPartition(topic, p)
+                self._take(await reader.getmany(tp, timeout_ms=0, max_records=share))
+
+    def _take(self, got: Mapping[Any, Sequence[Any]]) -> None:
+        for tp, records in got.items():
+            if records:
+                self._buffered.setdefault(tp.partition, []).extend(records)
+
+    async def _known_lag(self, reader: Any, partition: int) -> bool:
+        """True when the broker is known to hold records past the client's position."""
+        tp = TopicPartition(self._config.topic, partition)
+        high = reader.highwater(tp)
+        return high is not None and await reader.position(tp) < high
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit consumer-group offsets (informational: the ledger is the truth)."""

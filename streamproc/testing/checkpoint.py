@@ -194,7 +194,12 @@ class MemoryTableSink:
     def check_keys(self, keys: Any) -> None:
         """Any key fits (refusals come from `MemoryDatabase.refuse_key`)."""
 
-    async def write(self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool) -> int:
+    def encode(self, rows: Sequence[ResultRow]) -> None:
+        """Rows are kept as they are."""
+
+    async def write(
+        self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool, encoded: Any = None
+    ) -> int:
         """Upsert rows, or insert the absent ones (returns how many were inserted)."""
         table = self._db.tables.setdefault(self.table, {})
         written = 0
@@ -226,6 +231,10 @@ class MemoryCheckpoint:
         self._spec = spec
         self._sink = sink
         self._late_table = late_table
+
+    def stage(self, batch: CommitBatch) -> CommitBatch:
+        """Nothing to encode: rows and states are kept as they are."""
+        return batch
 
     async def open(self) -> None:
         """Register the query (or check its definition); create the tables."""

@@ -18,6 +18,7 @@ from streamproc.sinks.base import (
     Checkpoint,
     CheckpointConflictError,
     CommitBatch,
+    CommitOutcome,
     LateRow,
     PartitionCommit,
     QueryIdentity,
@@ -27,7 +28,7 @@ from streamproc.sinks.definition import query_definition
 from streamproc.sinks.layout import quote_ident, result_layout
 from streamproc.sinks.postgres import PostgresCheckpoint
 from streamproc.sinks.postgres_table import PostgresTableSink
-from streamproc.sinks.rows import datetime_to_ms, ms_to_datetime
+from streamproc.sinks.rows import datetime_to_ms, decode_key, decode_state, ms_to_datetime
 from streamproc.testing import MemoryCheckpoint, MemoryDatabase, MemoryTableSink, typed_key
 
 AGGS = (AggSpec("n", None, "count"), AggSpec("total", "v", "sum"))
@@ -78,7 +79,9 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         ) -> Checkpoint:
             sink = MemoryTableSink(db, to or table)
             who = identity(query or table, s, to or table, topic)
-            return MemoryCheckpoint(db, identity=who, spec=s, sink=sink, late_table=late_table)
+            return staging(
+                MemoryCheckpoint(db, identity=who, spec=s, sink=sink, late_table=late_table)
+            )
 
         async def memory_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
             return {(*r.key, r.window_start_ms): r.values for r in db.table_rows(table)}
@@ -108,7 +111,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         who = identity(query or table, s, to or table, topic)
         checkpoint = PostgresCheckpoint(dsn, identity=who, spec=s, sink=sink, late_table=late_table)
         opened.append(checkpoint)
-        return checkpoint
+        return staging(checkpoint)
 
     async def pg_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
         rows = await pg.fetch(f"SELECT * FROM {quote_ident(table)}")
@@ -142,6 +145,17 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     for checkpoint in opened:
         await checkpoint.close()
     await pg.close()
+
+
+def staging(checkpoint: Checkpoint) -> Checkpoint:
+    """Commits go through `stage` first, as the runtime's do."""
+    unstaged = checkpoint.commit
+
+    async def commit_staged(batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
+        return await unstaged(checkpoint.stage(batch), dry_run=dry_run)
+
+    checkpoint.commit = commit_staged  # type: ignore[method-assign]
+    return checkpoint
 
 
 def commit(p: int, start: int, end: int, max_ts: int | None, wm: int | None) -> PartitionCommit:
@@ -348,3 +362,23 @@ async def test_workers_of_a_bounded_run_share_its_ends(backend: Backend) -> None
     # Every member left: the next bounded run takes new ends.
     again = await c.begin_run("availablenow", lambda: ends(20))
     assert (again.run_id, dict(again.ends), again.joined) == (2, {0: 20, 1: 20}, False)
+
+
+def test_staging_encodes_states_and_rows_and_leaves_unstorable_keys_to_the_commit() -> None:
+    s = spec("update")
+    sink = PostgresTableSink(result_layout(s, "t"))
+    who = identity("q", s, "t", "t")
+    checkpoint = PostgresCheckpoint("postgresql://unused/x", identity=who, spec=s, sink=sink)
+    rows = [ResultRow(("a",), 0, W, (5, 1.0))]
+    staged = checkpoint.stage(
+        batch((commit(0, 0, 5, 1, 1),), {0: (partial("a", 0, 5, 1.0),)}, local=rows)
+    ).staged
+    assert staged is not None
+    assert staged.rows == sink.encode(rows)
+    assert [(p, decode_key(k), ws, we, decode_state(st)) for p, k, ws, we, st in staged.states] == [
+        (0, ("a",), 0, W, (5, 1.0))
+    ]
+    # A key PostgreSQL text cannot hold: the commit refuses it (a refusal the
+    # failure policy isolates), so staging leaves the batch as it was.
+    bad = batch((commit(0, 0, 1, 1, 1),), {0: (partial("a\x00b", 0, 1, 1.0),)})
+    assert checkpoint.stage(bad).staged is None

@@ -1,13 +1,18 @@
-"""Pure SQL layout: DDL shape, identifier quoting, and the differences reported."""
+"""Pure SQL layout: DDL shape, identifier quoting, the differences reported, row encoding."""
 
 from __future__ import annotations
 
-from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.engine import AggSpec, QuerySpec, ResultRow, WindowSpec
 from streamproc.sinks.layout import (
     create_result_table_sql,
     layout_differences,
     quote_ident,
     result_layout,
+)
+from streamproc.sinks.postgres_table import (
+    PostgresTableSink,
+    encode_one_key_windowed,
+    encode_rows,
 )
 
 SPEC = QuerySpec(
@@ -86,3 +91,41 @@ def test_constraint_name_never_takes_the_cut_name_of_a_long_table() -> None:
     layout = result_layout(SPEC, "t" * 70)
     assert layout.constraint_name == "t" * 59 + "_key"
     assert layout.constraint_name != layout.table[:63]
+
+
+def test_fast_row_encoding_equals_the_general_one_for_every_json_type() -> None:
+    spec = QuerySpec(
+        group_by=("user_id",),
+        aggregations=(AggSpec("n", None, "count"), AggSpec("v_max", "v", "max")),
+        output_mode="update",
+        event_time_column="ts",
+        delay_ms=1_000,
+        window=WindowSpec(10_000, 10_000),
+    )
+    layout = result_layout(spec, "t")
+    keys = ["u1", "", "ü", 1, 1.0, -2.5, 10**30, True, False, None]
+    rows = [ResultRow((k,), 10_000 * i, 10_000 * (i + 1), (i, 0.5 * i)) for i, k in enumerate(keys)]
+    fast = encode_one_key_windowed(rows)
+    general = encode_rows(layout, rows)
+    assert [tuple(r) for r in fast] == [tuple(r) for r in general]
+    assert [r[:2] for r in fast] == [
+        ("u1", "s"),
+        ("", "s"),
+        ("ü", "s"),
+        ("1", "n"),
+        ("1.0", "n"),
+        ("-2.5", "n"),
+        (str(10**30), "n"),
+        ("true", "b"),
+        ("false", "b"),
+        (None, "-"),
+    ]
+    assert PostgresTableSink(layout).encode(rows) == fast
+
+
+def test_general_row_encoding_sends_first_and_last_as_json_text() -> None:
+    layout = result_layout(SPEC, "t")
+    row = ResultRow(("u1", 7), 0, 60_000, (3, 1.5, {"a": [1, None]}))
+    assert PostgresTableSink(layout).encode([row]) == [
+        ["u1", "7", "sn", 0, 60_000, 3, 1.5, '{"a":[1,null]}']
+    ]
