@@ -36,6 +36,9 @@ from tests.results import read_table
 from tests.streams import make_stream
 
 BIN = Path(sys.executable).parent
+# The worker joins its group once and its session never expires here: a short one
+# shortens the wait for its first assignment (about half of it).
+SESSION_MS = 3_000
 
 
 @pytest.mark.slow
@@ -52,7 +55,7 @@ async def test_poison_goes_to_the_dlq_and_the_accounting_is_exact(
     await produce_raw(kafka_bootstrap, unique_name, messages)
     total = len(messages)
     pipe = pipeline(max_records=1_000, dlq={"dlqType": "kafka", "topic": dlq_topic})
-    worker = Worker(pipe.write(tmp_path), tmp_path / "worker.log")
+    worker = Worker(pipe.write(tmp_path), tmp_path / "worker.log", session_timeout_ms=SESSION_MS)
     try:
         await wait_for_records(pg, unique_name, total, [worker], timeout=120)
         assert worker.alive()  # still running after all the poison

@@ -33,6 +33,9 @@ from tests.streams import halves, make_stream
 
 OUTAGE_S = 30.0
 BEFORE, DURING = 30_000, 10_000
+# The worker joins its group once and its session never expires here: a short one
+# shortens the wait for its first assignment (about half of it).
+SESSION_MS = 3_000
 
 
 @pytest.mark.slow
@@ -59,6 +62,7 @@ async def test_postgres_down_30s_breaker_opens_and_query_resumes(
         pipe.write(tmp_path),
         tmp_path / "worker.log",
         env={"STREAMPROC_METRICS_PORT": str(port)},
+        session_timeout_ms=SESSION_MS,
     )
     gauge_seen: list[float] = []
     try:

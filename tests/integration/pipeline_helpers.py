@@ -11,8 +11,9 @@ from streamproc.runtime.query import RunStats, StreamingQuery
 from tests.plans import spec_of
 from tests.reference import Query
 
-#: The consumer-group session of in-process queries.
-SESSION_TIMEOUT_MS = 6_000
+#: The consumer-group session of in-process queries. A joining member waits about half
+#: of it for its first assignment on the local broker; heartbeats go every second.
+SESSION_TIMEOUT_MS = 3_000
 
 
 def make_plan(

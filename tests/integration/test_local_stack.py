@@ -43,7 +43,7 @@ from streamproc.local._proc import is_alive
 PARTITIONS = 4
 # Tansu makes a joining consumer wait about half the session timeout for its
 # first assignment (DESIGN.md section 5, quirk 1): keep the timeout short.
-GROUP_TIMEOUTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+GROUP_TIMEOUTS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 1000}
 Record = tuple[bytes, bytes]
 
 
@@ -113,9 +113,9 @@ async def test_group_consume_commit_exactly_once(kafka_bootstrap: str, unique_na
     assert Counter((m.key, m.value) for m in got) == Counter(sent)
     assert len({(m.partition, m.offset) for m in got}) == 100
 
-    # Takes ~11 s on Tansu: it numbers the first generation of a new group 0,
-    # and aiokafka only sends LeaveGroup on close when generation > 0, so the
-    # first member stays in the group until its session times out (6 s).
+    # Takes a few seconds on Tansu: it numbers the first generation of a new
+    # group 0, and aiokafka only sends LeaveGroup on close when generation > 0,
+    # so the first member stays in the group until its session times out (3 s).
     second = _consumer(kafka_bootstrap, topic, group_id=group)
     await second.start()
     try:
