@@ -101,7 +101,11 @@ def test_validate_accepts_the_clean_config(
     assert code == 0, out + err
 
 
-@pytest.mark.parametrize(("path", "value", "field"), CONFIG_ATTACKS)
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    CONFIG_ATTACKS,
+    ids=[f"{i}-{field}" for i, (_, _, field) in enumerate(CONFIG_ATTACKS)],
+)
 def test_validate_rejects_hostile_identifiers(
     path: str, value: Any, field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
