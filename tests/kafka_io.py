@@ -119,13 +119,17 @@ class Letter:
         return int(self.headers["source_partition"]), int(self.headers["source_offset"])
 
 
-async def read_topic(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list[Letter]:
+async def read_topic(bootstrap: str, topic: str, quiet_s: float = 0.0) -> list[Letter]:
     """Every message of a topic: read until every partition reached its high watermark.
+
+    Read it once its writers are done (the query ended or was stopped): the high
+    watermarks then bound everything there is, and nothing needs waiting out.
 
     Args:
         bootstrap: Kafka bootstrap servers.
         topic: The topic.
-        quiet_s: After reaching the high watermarks, how long no new message may come.
+        quiet_s: After reaching the high watermarks, how long no new message may come
+            (for a topic that may still be written to).
 
     Returns:
         The messages, per partition in offset order.

@@ -271,7 +271,7 @@ async def test_a_constraint_refusing_every_row_stops_the_query_and_dead_letters_
     assert line.startswith(f"streamproc: query {unique_name}: {words}"), line
     assert "(constraint no_more_rows of table " in line
     assert "nothing of the batch was" in line
-    assert await read_topic(kafka_bootstrap, f"{unique_name}_dlq", quiet_s=0.5) == []
+    assert await read_topic(kafka_bootstrap, f"{unique_name}_dlq") == []
     assert await read_table(pg, unique_name, CLI_QUERY) == table
     dead = await pg.fetchval(
         "SELECT coalesce(sum(dead_lettered), 0) FROM streamproc_ledger WHERE query = $1",

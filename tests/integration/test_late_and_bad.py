@@ -46,7 +46,7 @@ async def test_sendtodlq_puts_each_late_record_on_the_topic_with_headers(
     )
     [stats] = await run_workers(plan)
     want = expected(QUERY, stream)
-    messages = await read_topic(kafka_bootstrap, dlq, quiet_s=0)
+    messages = await read_topic(kafka_bootstrap, dlq)
     got: dict[tuple[int, int], tuple[dict[str, str], bytes]] = {}
     for m in messages:
         got[m.source] = (m.headers, m.value)
@@ -160,7 +160,7 @@ async def test_bad_records_go_to_the_dlq_with_a_reason_and_are_counted(
     )
     [stats] = await run_workers(plan)
     assert (stats.records, stats.aggregated, stats.bad, stats.late) == (8, 2, 6, 0)
-    messages: list[Letter] = await read_topic(kafka_bootstrap, dlq, quiet_s=0)
+    messages: list[Letter] = await read_topic(kafka_bootstrap, dlq)
     reasons = {m.source[1]: m.headers["reason"] for m in messages}
     assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
     assert reasons[1].startswith("value: not UTF-8")
