@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m streamproc.demo
 
+# Parallel (pytest-xdist): most of the suite waits (consumer-group joins, outages,
+# worker restarts; under one core busy on average), so 4 workers pay on 2 cores; each
+# starts its own broker and PostgreSQL. Tests are handed out one by one, the longest
+# first (tests/conftest.py): the run takes about as long as its longest test (kill -9).
+# `make test PYTEST_PARALLEL=` runs it in one process.
+PYTEST_PARALLEL ?= -n 4 --dist load --maxschedchunk 1
+
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

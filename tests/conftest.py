@@ -10,6 +10,12 @@ Unit tests that request none of these fixtures start nothing.
 
 Per test: ``unique_name`` (a fresh topic/group/table name) and ``pg`` (an
 asyncpg connection).
+
+Parallel runs (``make test``: pytest-xdist, ``-n``): every worker process starts its
+own stack through these session fixtures (its own run directory, free ports) and
+tmp_path is per worker, so nothing is shared between workers. The longest tests
+run first (`pytest_collection_modifyitems`), so that the workers share them out
+instead of one worker ending the run with them.
 """
 
 from __future__ import annotations
@@ -36,6 +42,36 @@ from streamproc.local import StackInfo, start_stack, stop_stack
 
 KAFKA_ENV = "STREAMPROC_KAFKA_BOOTSTRAP"
 PG_ENV = "STREAMPROC_PG_DSN"
+
+#: The longest tests, longest first (as `pytest --durations` shows them): they start
+#: first. xdist (``--maxschedchunk 1``) hands each worker two tests at first and one
+#: more whenever it has one left, so the second test here shares the first one's
+#: worker: a short one, so that no long test waits behind the longest.
+START_FIRST = (
+    "tests/faults/test_kill9.py",
+    "tests/faults/test_injection.py::test_validate_accepts_the_clean_config",
+    "tests/faults/test_postgres_outage.py",
+    "tests/faults/test_rebalance.py",
+    "tests/faults/test_broker_pause.py",
+    "tests/integration/test_cli_run.py::test_faust_worker_runs_the_same_query",
+    "tests/faults/test_bounded_runs.py",
+)
+#: The layers, slower first.
+LAYERS = ("faults", "integration", "component", "unit")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the longest tests first, then the layers from the slowest to the fastest."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        for i, prefix in enumerate(START_FIRST):
+            if item.nodeid.startswith(prefix):
+                return (0, i)
+        parts = item.nodeid.split("/")
+        layer = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+        return (1, LAYERS.index(layer) if layer in LAYERS else len(LAYERS))
+
+    items.sort(key=rank)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.query import RunStats, StreamingQuery
 from streamproc.state import memory_store_factory, rocks_store_factory
@@ -20,26 +19,18 @@ from streamproc.testing import (
     MemoryTopic,
     memory_ports,
 )
-from tests.integration.expected import Query
+from tests.plans import spec_of
+from tests.reference import Query
 
 TOPIC = "events"
 
 
 def make_plan(query: Query, *, name: str = "q", **changes: Any) -> QueryPlan:
     """A plan of the model's query on the in-memory topic; `changes` override plan fields."""
-    window = WindowSpec(query.size_ms, query.slide_ms or query.size_ms) if query.size_ms else None
-    spec = QuerySpec(
-        group_by=query.group_by,
-        aggregations=tuple(AggSpec(o, c, f) for o, c, f in query.aggregations),  # type: ignore[arg-type]
-        output_mode=query.output_mode,  # type: ignore[arg-type]
-        event_time_column=query.time_column,
-        delay_ms=query.delay_ms,
-        window=window,
-    )
     plan = QueryPlan(
         pipeline_id=name,
         query_name=name,
-        spec=spec,
+        spec=spec_of(query),
         bootstrap="memory",
         topic=TOPIC,
         starting_offsets="earliest",

@@ -14,8 +14,8 @@ import pytest
 from streamproc.runtime.failures import QueryFailedError
 from streamproc.testing import MemoryDatabase, MemoryMessages, MemorySource, MemoryTopic
 from tests.component.harness import TOPIC, fill_topic, make_plan, new_query
-from tests.integration.expected import Query
-from tests.integration.pipeline_helpers import AGGS, BASE_MS, MINUTE, make_stream
+from tests.reference import Query
+from tests.streams import AGGS, BASE_MS, MINUTE, make_stream
 
 QUERY = Query(("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="update")
 YEAR_MS = 365 * 86_400_000

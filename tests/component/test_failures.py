@@ -17,14 +17,8 @@ import pytest
 from streamproc.runtime.failures import QueryFailedError
 from streamproc.testing import MemoryDatabase, MemoryMessages, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, run_to_end, table_of
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    AGGS,
-    MINUTE,
-    assert_tables_equal,
-    make_stream,
-    with_offsets,
-)
+from tests.reference import Query, assert_tables_equal, expected
+from tests.streams import AGGS, MINUTE, make_stream
 
 QUERY = Query(
     ("user_id",),
@@ -65,7 +59,7 @@ async def test_crash_before_a_commit_then_resume_equals_a_clean_run(
     clean = MemoryDatabase()
     await run_to_end(plan, fill_topic(stream), clean)
     assert_tables_equal(table_of(db, plan), table_of(clean, plan))
-    assert_tables_equal(table_of(db, plan), expected(query, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(query, stream).table)
     ledger = db.ledger_rows(plan.query_name, plan.topic)
     assert sum(r.records for r in ledger) == 1_000
 
@@ -89,7 +83,7 @@ async def test_an_outage_waits_then_replays_from_the_ledger_exactly() -> None:
     assert stats.sink_outages == 1
     assert db.commits > 3
     assert stats.records == 800  # nothing counted twice, nothing lost
-    assert_tables_equal(table_of(db, plan), expected(QUERY, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 
 def _refuse_u3(key: tuple[object, ...]) -> str | None:
@@ -108,7 +102,7 @@ async def test_a_refused_record_is_isolated_by_halving_and_dead_lettered_alone()
     plan = make_plan(QUERY, dlq_type="kafka", dlq_topic="dlq")
     stats = await new_query(plan, MemorySource(topic), db, messages=messages).run()
     # u3 records that were late for the engine never reach the sink.
-    model = expected(QUERY, with_offsets(stream))
+    model = expected(QUERY, stream)
     late = set(model.late)
     want_dead = refused - late
     ledger = db.ledger_rows(plan.query_name, plan.topic)
@@ -122,8 +116,8 @@ async def test_a_refused_record_is_isolated_by_halving_and_dead_lettered_alone()
     assert stats.dead_lettered == len(want_dead) and stats.records == 600
     # Every other record is in the table exactly as the model says, u3 nowhere.
     without = {
-        p: [(o, r) for o, r in recs if (p, o) not in want_dead]
-        for p, recs in with_offsets(stream).items()
+        p: [(o, r) for o, r in enumerate(recs) if (p, o) not in want_dead]
+        for p, recs in stream.items()
     }
     assert_tables_equal(table_of(db, plan), expected(QUERY, without).table)
     assert not any(k[0] == "u3" for k in table_of(db, plan))
@@ -141,7 +135,6 @@ async def test_fail_fast_stops_at_a_refused_batch_and_writes_nothing_of_it() -> 
     assert all(not r.dead_lettered for r in ledger)
     committed = {(r.partition, o) for r in ledger for o in range(r.start_offset, r.next_offset)}
     assert not any(
-        stream[p][o]["user_id"] == "u3"
-        and (p, o) not in set(expected(QUERY, with_offsets(stream)).late)
+        stream[p][o]["user_id"] == "u3" and (p, o) not in set(expected(QUERY, stream).late)
         for p, o in committed
     )

@@ -15,65 +15,21 @@ import pytest
 
 from streamproc.testing import MemoryDatabase, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, run_to_end, table_of
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    AGGS,
-    MINUTE,
-    assert_tables_equal,
-    make_stream,
-    with_offsets,
-)
-
-CASES = {
-    "append_tumbling": Query(
-        ("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="append"
-    ),
-    "append_sliding": Query(
-        ("user_id",),
-        AGGS,
-        delay_ms=5 * MINUTE,
-        size_ms=10 * MINUTE,
-        slide_ms=4 * MINUTE,
-        output_mode="append",
-    ),
-    "update_tumbling": Query(
-        ("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="update"
-    ),
-    "update_sliding": Query(
-        ("user_id",),
-        AGGS,
-        delay_ms=5 * MINUTE,
-        size_ms=10 * MINUTE,
-        slide_ms=4 * MINUTE,
-        output_mode="update",
-    ),
-    "complete_tumbling": Query(
-        ("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="complete"
-    ),
-    "complete_sliding": Query(
-        ("user_id",),
-        AGGS,
-        delay_ms=5 * MINUTE,
-        size_ms=10 * MINUTE,
-        slide_ms=4 * MINUTE,
-        output_mode="complete",
-    ),
-    "update_nonwindowed": Query(("user_id",), AGGS, output_mode="update"),
-    "complete_nonwindowed": Query(("user_id",), AGGS, output_mode="complete"),
-}
+from tests.reference import assert_tables_equal, expected
+from tests.streams import MODE_CASES, make_stream
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(MODE_CASES))
 async def test_output_mode_matches_the_model(case: str, store: str, tmp_path: Path) -> None:
-    query = CASES[case]
+    query = MODE_CASES[case]
     stream = make_stream(1_500, seed=zlib.crc32(case.encode()) % 1000)
     topic = fill_topic(stream)
     db = MemoryDatabase()
     plan = make_plan(query)
     state_dir = tmp_path / "state" if store == "rocksdb" else None
     stats = await new_query(plan, MemorySource(topic), db, state_dir=state_dir).run()
-    model = expected(query, with_offsets(stream))
+    model = expected(query, stream)
     assert stats.records == 1_500
     assert stats.late == len(model.late)
     assert_tables_equal(table_of(db, plan), model.table)
@@ -83,7 +39,7 @@ async def test_output_mode_matches_the_model(case: str, store: str, tmp_path: Pa
 @pytest.mark.parametrize("case", ["append_sliding", "update_tumbling", "complete_nonwindowed"])
 async def test_workers_sharing_the_topic_equal_one(case: str, workers: int) -> None:
     # Each worker owns some partitions, so rows merge from the stored partials.
-    query = CASES[case]
+    query = MODE_CASES[case]
     stream = make_stream(1_200, seed=7)
     one, many = MemoryDatabase(), MemoryDatabase()
     plan = make_plan(query)
@@ -92,11 +48,11 @@ async def test_workers_sharing_the_topic_equal_one(case: str, workers: int) -> N
     assert sum(s.records for s in stats) == 1_200
     assert all(s.records for s in stats), [s.records for s in stats]
     assert_tables_equal(table_of(many, plan), table_of(one, plan))
-    assert_tables_equal(table_of(many, plan), expected(query, with_offsets(stream)).table)
+    assert_tables_equal(table_of(many, plan), expected(query, stream).table)
 
 
 async def test_batch_sizes_never_change_results() -> None:
-    query = CASES["update_sliding"]
+    query = MODE_CASES["update_sliding"]
     stream = make_stream(900, seed=3)
     tables = []
     for cap in (1, 7, 300, 5_000):

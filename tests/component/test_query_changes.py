@@ -14,14 +14,9 @@ from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.failures import QueryFailedError
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource, MemoryTopic
 from tests.component.harness import TOPIC, fill_topic, make_plan, new_query, table_of
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    AGGS,
-    MINUTE,
-    assert_tables_equal,
-    make_stream,
-    with_offsets,
-)
+from tests.reference import Query, assert_tables_equal, expected
+from tests.streams import AGGS, MINUTE, make_stream
+from tests.waiting import wait_until
 
 QUERY = Query(("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="update")
 APPEND = replace(QUERY, output_mode="append")
@@ -46,7 +41,7 @@ async def test_a_bounded_run_waits_for_partitions_a_live_worker_owns() -> None:
     assert sum(r.records for r in ledger) == 1_000  # the whole query, by both workers
     live.request_stop()
     await asyncio.wait_for(live_run, 30)
-    assert_tables_equal(table_of(db, plan), expected(QUERY, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 
 async def test_a_bounded_run_takes_over_the_partitions_of_a_dead_member() -> None:
@@ -71,7 +66,7 @@ async def test_a_bounded_run_takes_over_the_partitions_of_a_dead_member() -> Non
     await group.leave(dead)  # the dead member's session expires
     stats = await asyncio.wait_for(running, 30)
     assert stats.run_complete and stats.records == 800
-    assert_tables_equal(table_of(db, plan), expected(QUERY, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 
 async def test_two_bounded_workers_started_together_both_end_when_the_query_is_done() -> None:
@@ -85,7 +80,7 @@ async def test_two_bounded_workers_started_together_both_end_when_the_query_is_d
     assert first.run_id == second.run_id == 1
     assert first.run_complete and second.run_complete
     assert first.records + second.records == 1_200
-    assert_tables_equal(table_of(db, plan), expected(QUERY, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 
 async def test_records_arriving_after_a_bounded_run_began_wait_for_the_next_run() -> None:
@@ -217,14 +212,18 @@ async def test_a_partition_added_while_running_is_consumed_and_closed_windows_st
             topic.produce_json(
                 p, {"user_id": "u", "event_time": base + minute * MINUTE, "value": 1}
             )
-    await _until(lambda: sum(r.records for r in db.ledger_rows("q", TOPIC)) == 6)
+    await wait_until(
+        lambda: sum(r.records for r in db.ledger_rows("q", TOPIC)) == 6, "6 records", 10, 0.01
+    )
     closed_before = dict(table_of(db, plan))
     assert len(closed_before) == 2
     topic.add_partitions(1)
     await group.rebalance()  # the metadata refresh: the group sees partition 2
     topic.produce_json(2, {"user_id": "u", "event_time": base + 3 * MINUTE, "value": 1})
     topic.produce_json(2, {"user_id": "u", "event_time": base + 31 * MINUTE, "value": 1})
-    await _until(lambda: sum(r.records for r in db.ledger_rows("q", TOPIC)) == 8)
+    await wait_until(
+        lambda: sum(r.records for r in db.ledger_rows("q", TOPIC)) == 8, "8 records", 10, 0.01
+    )
     query.request_stop()
     stats = await asyncio.wait_for(running, 30)
     ledger = db.ledger_rows("q", TOPIC)
@@ -232,13 +231,6 @@ async def test_a_partition_added_while_running_is_consumed_and_closed_windows_st
     assert sum(r.late for r in ledger if r.partition == 2) == 1  # the 10:03 record
     assert {k: v for k, v in table_of(db, plan).items() if k in closed_before} == closed_before
     assert stats.late_summary.count == 1
-
-
-async def _until(condition: object, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_group_values_keep_their_json_type() -> None:

@@ -7,14 +7,8 @@ import itertools
 
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, table_of
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    AGGS,
-    MINUTE,
-    assert_tables_equal,
-    make_stream,
-    with_offsets,
-)
+from tests.reference import Query, assert_tables_equal, expected
+from tests.streams import AGGS, MINUTE, make_stream
 
 QUERY = Query(
     ("user_id",),
@@ -40,7 +34,7 @@ async def test_records_fetched_across_a_rebalance_are_fetched_again_not_lost() -
     stats = await asyncio.wait_for(asyncio.gather(qa.run(), qb.run()), 30)
     assert sum(s.records for s in stats) == 1_200
     assert a.fetches >= 3
-    assert_tables_equal(table_of(db, plan), expected(QUERY, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 
 async def test_a_zombie_owner_finds_its_batch_stale_and_replays() -> None:
@@ -62,4 +56,4 @@ async def test_a_zombie_owner_finds_its_batch_stale_and_replays() -> None:
         spans = [(r.start_offset, r.next_offset) for r in ledger if r.partition == p]
         assert spans[0][0] == 0 and all(x[1] == y[0] for x, y in itertools.pairwise(spans))
         assert spans[-1][1] == len(stream[p])
-    assert_tables_equal(table_of(db, plan), expected(QUERY, with_offsets(stream)).table)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)

@@ -19,16 +19,17 @@ import pytest
 
 from streamproc.local import create_topic
 from tests.faults.harness import (
-    Pipeline,
+    PipelineFactory,
     Worker,
     check_ledger,
     clean_run,
-    encode_stream,
     fault_query,
-    produce_raw,
     wait_for_progress,
 )
-from tests.integration.pipeline_helpers import assert_tables_equal, make_stream, read_table
+from tests.kafka_io import produce
+from tests.reference import assert_tables_equal
+from tests.results import read_table
+from tests.streams import make_stream
 
 RECORDS = 40_000
 SESSION_MS = 6_000
@@ -44,23 +45,19 @@ async def _reference(pg: Any, config: Path, name: str) -> dict[Any, Any]:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_availablenow_right_after_kills_covers_the_whole_query(
-    seed: int, kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    seed: int,
+    kafka_bootstrap: str,
+    pg: Any,
+    unique_name: str,
+    tmp_path: Path,
+    pipeline: PipelineFactory,
 ) -> None:
     rng = random.Random(seed)
     stream = make_stream(RECORDS, partitions=4, seed=seed)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_raw(kafka_bootstrap, unique_name, encode_stream(stream))
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
-        trigger="processingtime=300 milliseconds",
-        max_records=1_000,
-    )
-    config = pipeline.write(tmp_path)
+    await produce(kafka_bootstrap, unique_name, stream)
+    pipe = pipeline(trigger="processingtime=300 milliseconds", max_records=1_000)
+    config = pipe.write(tmp_path)
     committed = Worker(config, tmp_path / "committed.log", session_timeout_ms=SESSION_MS)
     joining: Worker | None = None
     try:
@@ -76,9 +73,9 @@ async def test_availablenow_right_after_kills_covers_the_whole_query(
         if joining is not None:
             joining.stop()
     # At once: the dead members still hold partitions for their session's time.
-    pipeline.trigger, pipeline.max_records = "availablenow", 5_000
+    finish = pipe.changed(trigger="availablenow", max_records=5_000)
     finisher = Worker(
-        pipeline.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
+        finish.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
     )
     try:
         assert await finisher.finish(timeout=240) == 0, finisher.text()[-3000:]
@@ -96,22 +93,17 @@ async def test_availablenow_right_after_kills_covers_the_whole_query(
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 3])
 async def test_bounded_workers_started_together_each_end_with_the_whole_query(
-    workers: int, kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    workers: int,
+    kafka_bootstrap: str,
+    pg: Any,
+    unique_name: str,
+    tmp_path: Path,
+    pipeline: PipelineFactory,
 ) -> None:
     stream = make_stream(RECORDS // 2, partitions=4, seed=40 + workers)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_raw(kafka_bootstrap, unique_name, encode_stream(stream))
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
-        trigger="availablenow",
-        max_records=2_000,
-    )
-    config = pipeline.write(tmp_path)
+    await produce(kafka_bootstrap, unique_name, stream)
+    config = pipeline(trigger="availablenow", max_records=2_000).write(tmp_path)
     started = [
         Worker(config, tmp_path / f"worker-{i}.log", session_timeout_ms=SESSION_MS)
         for i in range(workers)

@@ -17,26 +17,20 @@ import pytest
 
 from streamproc.local import StackInfo, create_topic, pause_broker, resume_broker
 from tests.faults.harness import (
-    Pipeline,
+    PipelineFactory,
     Worker,
     check_ledger,
-    expected_late,
     fault_query,
     good_records,
     poison_records,
-    produce_raw,
-    read_topic,
     wait_for_progress,
     wait_for_records,
     with_poison,
 )
-from tests.integration.expected import expected
-from tests.integration.pipeline_helpers import (
-    MINUTE,
-    assert_tables_equal,
-    make_stream,
-    read_table,
-)
+from tests.kafka_io import produce_raw, read_topic
+from tests.reference import assert_tables_equal, expected
+from tests.results import read_table
+from tests.streams import make_stream
 
 PAUSE_S = 20.0
 SIMPLE_POISON = ("not JSON", "JSON array", "no event time", "numeric column holds a string")
@@ -44,7 +38,7 @@ SIMPLE_POISON = ("not JSON", "JSON array", "no event time", "numeric column hold
 
 @pytest.mark.slow
 async def test_broker_frozen_20s_worker_waits_and_resumes(
-    own_stack: StackInfo, unique_name: str, tmp_path: Path
+    own_stack: StackInfo, unique_name: str, tmp_path: Path, own_pipeline: PipelineFactory
 ) -> None:
     bootstrap, dsn = own_stack.bootstrap, own_stack.dsn
     stream = make_stream(30_000, partitions=4, seed=77)
@@ -54,18 +48,12 @@ async def test_broker_frozen_20s_worker_waits_and_resumes(
     for topic, partitions in ((unique_name, 4), (dlq, 1), (late_dlq, 1)):
         await create_topic(bootstrap, topic, partitions)
     await produce_raw(bootstrap, unique_name, messages)
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=bootstrap,
-        dsn=dsn,
-        checkpoint=tmp_path / "checkpoints",
+    pipe = own_pipeline(
         max_records=1_000,
         late={"strategy": "sendtodlq", "dlqTopic": late_dlq},
         dlq={"dlqType": "kafka", "topic": dlq},
     )
-    worker = Worker(pipeline.write(tmp_path), tmp_path / "worker.log")
+    worker = Worker(pipe.write(tmp_path), tmp_path / "worker.log")
     pg = await asyncpg.connect(dsn)
     try:
         before = await wait_for_progress(pg, unique_name, 5_000, [worker])
@@ -97,7 +85,7 @@ async def test_broker_frozen_20s_worker_waits_and_resumes(
     bad = {letter.source for letter in await read_topic(bootstrap, dlq)}
     assert bad == set(where) and ledger.bad == len(where)
     late = await read_topic(bootstrap, late_dlq)
-    assert {letter.source for letter in late} == set(expected_late(good, 5 * MINUTE))
+    assert {letter.source for letter in late} == set(model.late)
     assert ledger.late == len(model.late) == len({letter.source for letter in late})
     print(
         f"\nbroker frozen {PAUSE_S:.0f}s after {before} records ({during} committed when it "

@@ -12,30 +12,29 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamproc.cli import main as streamproc_main
 from streamproc.local import create_topic
 from streamproc.sinks.layout import quote_ident
-from streamproc.sinks.rows import datetime_to_ms
 from tests.faults.harness import (
-    DELAY_MS,
     Pipeline,
+    PipelineFactory,
     Worker,
     check_ledger,
-    expected_late,
     fault_query,
-    produce_raw,
-    read_late_table,
 )
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import assert_tables_equal, make_stream, with_offsets
+from tests.kafka_io import produce_raw
+from tests.reference import assert_tables_equal, expected
+from tests.results import read_late_table, read_table
+from tests.streams import make_stream
 
-BIN = Path(sys.executable).parent
+# The worker joins its group once and its session never expires here: a short one
+# shortens the wait for its first assignment (about half of it).
+SESSION_MS = 3_000
 HOSTILE = "x; DROP TABLE canary; --"
 
 
@@ -72,8 +71,8 @@ CONFIG_ATTACKS = [
 ]
 
 
-def test_validate_rejects_hostile_identifiers(tmp_path: Path) -> None:
-    base = Pipeline(
+def _clean_document(tmp_path: Path) -> dict[str, Any]:
+    return Pipeline(
         name="injection",
         topic="events",
         table="results",
@@ -81,19 +80,40 @@ def test_validate_rejects_hostile_identifiers(tmp_path: Path) -> None:
         dsn="postgresql://postgres@127.0.0.1:5432/postgres",
         checkpoint=tmp_path / "checkpoints",
     ).document()
-    clean = tmp_path / "clean.json"
-    clean.write_text(json.dumps(base))
-    ok = subprocess.run([str(BIN / "streamproc"), "validate", str(clean)], capture_output=True)
-    assert ok.returncode == 0, ok.stdout + ok.stderr  # the attacks below are the only change
-    for i, (path, value, field) in enumerate(CONFIG_ATTACKS):
-        config = tmp_path / f"attack-{i}.json"
-        config.write_text(json.dumps(_set(base, path, value)))
-        done = subprocess.run(
-            [str(BIN / "streamproc"), "validate", str(config)], capture_output=True, text=True
-        )
-        output = done.stdout + done.stderr
-        assert done.returncode == 1, (path, value, output)
-        assert field in output, (path, value, output)
+
+
+def _validate(
+    document: dict[str, Any], path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``streamproc validate PATH`` in this process: (exit code, stdout, stderr)."""
+    path.write_text(json.dumps(document))
+    capsys.readouterr()
+    code = streamproc_main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_accepts_the_clean_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The attacks below are the only change to this config.
+    code, out, err = _validate(_clean_document(tmp_path), tmp_path / "clean.json", capsys)
+    assert code == 0, out + err
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    CONFIG_ATTACKS,
+    ids=[f"{i}-{field}" for i, (_, _, field) in enumerate(CONFIG_ATTACKS)],
+)
+def test_validate_rejects_hostile_identifiers(
+    path: str, value: Any, field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    attack = _set(_clean_document(tmp_path), path, value)
+    code, out, err = _validate(attack, tmp_path / "attack.json", capsys)
+    assert code == 1, (path, value, out + err)
+    errors = [line for line in err.splitlines() if ": warning: " not in line]
+    assert len(errors) == 1 and field in errors[0], (path, value, out + err)
 
 
 PAYLOADS = [
@@ -117,7 +137,7 @@ PAYLOADS = [
 
 @pytest.mark.slow
 async def test_sql_in_records_lands_as_data(
-    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, pg: Any, unique_name: str, tmp_path: Path, pipeline: PipelineFactory
 ) -> None:
     schema = unique_name
     canary = f"{schema}.canary"
@@ -139,18 +159,13 @@ async def test_sql_in_records_lands_as_data(
     await create_topic(kafka_bootstrap, unique_name, 2)
     await produce_raw(kafka_bootstrap, unique_name, messages)
     table, late_table = f"{schema}.order", f"{schema}.group"  # reserved words
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
+    pipe = pipeline(
         table=table,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
         trigger="availablenow",
         group_by="from",
         late={"strategy": "separatestream", "lateDataTable": late_table},
     )
-    worker = Worker(pipeline.write(tmp_path), tmp_path / "worker.log")
+    worker = Worker(pipe.write(tmp_path), tmp_path / "worker.log", session_timeout_ms=SESSION_MS)
     try:
         assert await worker.finish() == 0, worker.text()[-3000:]
     finally:
@@ -160,31 +175,15 @@ async def test_sql_in_records_lands_as_data(
     produced = {p: len(records) for p, records in stream.items()}
     ledger = await check_ledger(pg, unique_name, unique_name, produced)
     query = fault_query(group_by=("from",))
-    model = expected(query, with_offsets(stream))
-    got = await read_result(pg, table, query)
+    model = expected(query, stream)
+    got = await read_table(pg, table, query)
     assert_tables_equal(got, model.table)
     assert {key[0] for key in got} == set(payloads)  # every payload is a group, as text
     late = await read_late_table(pg, late_table, unique_name)
-    assert late == expected_late(with_offsets(stream), DELAY_MS)
+    assert late == model.late
     assert {row[3]["from"] for row in late.values()} <= set(payloads)
     print(
         f"\ninjection: {len(CONFIG_ATTACKS)} hostile configs rejected; {len(payloads)} SQL "
         f"payloads as group keys and message keys over {ledger.records} records landed as "
         f"{len(got)} rows of {table} and {len(late)} late rows; canary intact; 0 differences"
     )
-
-
-async def read_result(pg: Any, table: str, query: Query) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    """A (possibly schema-qualified) result table as {(*key, start ms, end ms): values}."""
-    out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for r in await pg.fetch(f"SELECT * FROM {quote_ident(table)}"):
-        key = (
-            *(r[c] for c in query.group_by),
-            datetime_to_ms(r["window_start"]),
-            datetime_to_ms(r["window_end"]),
-        )
-        out[key] = tuple(
-            json.loads(r[name]) if func in ("first", "last") and r[name] is not None else r[name]
-            for name, _col, func in query.aggregations
-        )
-    return out

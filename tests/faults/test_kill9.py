@@ -19,27 +19,11 @@ from typing import Any
 import pytest
 
 from streamproc.local import create_topic
-from tests.faults.harness import (
-    DELAY_MS,
-    Pipeline,
-    Worker,
-    check_ledger,
-    clean_run,
-    encode_stream,
-    expected_late,
-    fault_query,
-    ledger_records,
-    produce_raw,
-    read_late_table,
-    read_partials,
-)
-from tests.integration.expected import expected
-from tests.integration.pipeline_helpers import (
-    assert_tables_equal,
-    make_stream,
-    read_table,
-    with_offsets,
-)
+from tests.faults.harness import PipelineFactory, Worker, check_ledger, clean_run, fault_query
+from tests.kafka_io import produce
+from tests.reference import assert_tables_equal, expected
+from tests.results import ledger_records, read_late_table, read_partials, read_table
+from tests.streams import make_stream
 
 RECORDS = 200_000
 KILLS = 20
@@ -52,26 +36,20 @@ SESSION_MS = 3_000
 
 @pytest.mark.slow
 async def test_kill9_at_random_instants_equals_a_clean_run(
-    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, pg: Any, unique_name: str, tmp_path: Path, pipeline: PipelineFactory
 ) -> None:
     rng = random.Random(SEED)
     stream = make_stream(RECORDS, partitions=4, seed=SEED % 1000)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_raw(kafka_bootstrap, unique_name, encode_stream(stream))
+    await produce(kafka_bootstrap, unique_name, stream)
     late_table = f"{unique_name}_late"
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
+    pipe = pipeline(
         # ~3,000 records/s at most: the run spans all 20 lives of the worker.
         trigger="processingtime=500 milliseconds",
         max_records=1_500,
         late={"strategy": "separatestream", "lateDataTable": late_table},
     )
-    config = pipeline.write(tmp_path)
+    config = pipe.write(tmp_path)
 
     progress = [0]
     for life in range(KILLS):
@@ -97,9 +75,9 @@ async def test_kill9_at_random_instants_equals_a_clean_run(
 
     # At once, while the last killed worker still holds partitions: the
     # availablenow run ends only when the whole query reached its end offsets.
-    pipeline.trigger, pipeline.max_records = "availablenow", 5_000  # sizes never change results
+    finish = pipe.changed(trigger="availablenow", max_records=5_000)  # sizes change nothing
     finisher = Worker(
-        pipeline.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
+        finish.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
     )
     try:
         assert await finisher.finish(timeout=300) == 0, finisher.text()[-3000:]
@@ -110,13 +88,11 @@ async def test_kill9_at_random_instants_equals_a_clean_run(
     produced = {p: len(records) for p, records in stream.items()}
     ledger = await check_ledger(pg, unique_name, unique_name, produced)
     query = fault_query()
-    model = expected(query, with_offsets(stream))
+    model = expected(query, stream)
     assert_tables_equal(await read_table(pg, unique_name, query), model.table)
     late = await read_late_table(pg, late_table, unique_name)
-    want_late = expected_late(with_offsets(stream), DELAY_MS)
-    assert late == want_late
-    assert set(want_late) == set(model.late)
-    assert ledger.late == len(want_late) and ledger.aggregated == RECORDS - len(want_late)
+    assert late == model.late
+    assert ledger.late == len(model.late) and ledger.aggregated == RECORDS - len(model.late)
 
     reference = f"{unique_name}_ref"
     stats = await clean_run(

@@ -21,26 +21,29 @@ import pytest
 
 from streamproc.local import create_topic
 from tests.faults.harness import (
-    Pipeline,
+    PipelineFactory,
     Worker,
     check_ledger,
     fault_query,
     good_records,
     poison_records,
-    produce_raw,
-    read_topic,
     wait_for_records,
     with_poison,
 )
-from tests.integration.expected import expected
-from tests.integration.pipeline_helpers import assert_tables_equal, make_stream, read_table
+from tests.kafka_io import Message, produce_raw, read_topic
+from tests.reference import assert_tables_equal, expected
+from tests.results import read_table
+from tests.streams import make_stream
 
 BIN = Path(sys.executable).parent
+# The worker joins its group once and its session never expires here: a short one
+# shortens the wait for its first assignment (about half of it).
+SESSION_MS = 3_000
 
 
 @pytest.mark.slow
 async def test_poison_goes_to_the_dlq_and_the_accounting_is_exact(
-    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, pg: Any, unique_name: str, tmp_path: Path, pipeline: PipelineFactory
 ) -> None:
     poisons = poison_records()
     assert len({p.kind for p in poisons}) == len(poisons) >= 15
@@ -51,17 +54,8 @@ async def test_poison_goes_to_the_dlq_and_the_accounting_is_exact(
     await create_topic(kafka_bootstrap, dlq_topic, 1)
     await produce_raw(kafka_bootstrap, unique_name, messages)
     total = len(messages)
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
-        max_records=1_000,
-        dlq={"dlqType": "kafka", "topic": dlq_topic},
-    )
-    worker = Worker(pipeline.write(tmp_path), tmp_path / "worker.log")
+    pipe = pipeline(max_records=1_000, dlq={"dlqType": "kafka", "topic": dlq_topic})
+    worker = Worker(pipe.write(tmp_path), tmp_path / "worker.log", session_timeout_ms=SESSION_MS)
     try:
         await wait_for_records(pg, unique_name, total, [worker], timeout=120)
         assert worker.alive()  # still running after all the poison
@@ -115,9 +109,7 @@ async def test_poison_goes_to_the_dlq_and_the_accounting_is_exact(
     )
 
 
-def _offsets(
-    messages: list[tuple[int, bytes | None, bytes | None]],
-) -> list[tuple[int, tuple[int, bytes | None, bytes | None]]]:
+def _offsets(messages: list[Message]) -> list[tuple[int, Message]]:
     """Messages with the offset each gets (produced in order, one partition after another)."""
     seen: dict[int, int] = {}
     out = []
@@ -130,27 +122,21 @@ def _offsets(
 
 @pytest.mark.slow
 async def test_fail_fast_stops_streamproc_run_with_exit_1_and_writes_nothing_of_the_batch(
-    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, pg: Any, unique_name: str, tmp_path: Path, pipeline: PipelineFactory
 ) -> None:
     nul = next(p for p in poison_records() if p.kind == "NUL in the group key")
     stream = make_stream(2_000, partitions=2, seed=66)
     messages, where = with_poison(stream, [nul])
     await create_topic(kafka_bootstrap, unique_name, 2)
     await produce_raw(kafka_bootstrap, unique_name, messages)
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
+    pipe = pipeline(
         trigger="availablenow",
         max_records=100,
         fail_fast=True,
         retry={"strategy": "fixed", "maxAttempts": 2, "initialDelaySeconds": 0.2},
     )
     done = subprocess.run(
-        [str(BIN / "streamproc"), "run", str(pipeline.write(tmp_path))],
+        [str(BIN / "streamproc"), "run", str(pipe.write(tmp_path))],
         capture_output=True,
         text=True,
         timeout=180,

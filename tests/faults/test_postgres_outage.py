@@ -18,49 +18,37 @@ import pytest
 
 from streamproc.local import StackInfo, create_topic, free_port, start_postgres, stop_postgres
 from tests.faults.harness import (
-    DELAY_MS,
-    Pipeline,
+    PipelineFactory,
     Worker,
     check_ledger,
-    encode_stream,
-    expected_late,
     fault_query,
-    produce_raw,
-    read_late_table,
     scrape,
     wait_for_progress,
     wait_for_records,
 )
-from tests.integration.expected import expected
-from tests.integration.pipeline_helpers import (
-    assert_tables_equal,
-    make_stream,
-    read_table,
-    with_offsets,
-)
+from tests.kafka_io import produce
+from tests.reference import assert_tables_equal, expected
+from tests.results import read_late_table, read_table
+from tests.streams import halves, make_stream
 
 OUTAGE_S = 30.0
 BEFORE, DURING = 30_000, 10_000
+# The worker joins its group once and its session never expires here: a short one
+# shortens the wait for its first assignment (about half of it).
+SESSION_MS = 3_000
 
 
 @pytest.mark.slow
 async def test_postgres_down_30s_breaker_opens_and_query_resumes(
-    own_stack: StackInfo, unique_name: str, tmp_path: Path
+    own_stack: StackInfo, unique_name: str, tmp_path: Path, own_pipeline: PipelineFactory
 ) -> None:
     bootstrap, dsn = own_stack.bootstrap, own_stack.dsn
     stream = make_stream(BEFORE + DURING, partitions=4, seed=44)
-    first = {p: recs[: len(recs) * 3 // 4] for p, recs in stream.items()}
-    second = {p: recs[len(recs) * 3 // 4 :] for p, recs in stream.items()}
+    first, second = halves(stream, 0.75)
     await create_topic(bootstrap, unique_name, 4)
-    await produce_raw(bootstrap, unique_name, encode_stream(first))
+    await produce(bootstrap, unique_name, first)
     late_table = f"{unique_name}_late"
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=bootstrap,
-        dsn=dsn,
-        checkpoint=tmp_path / "checkpoints",
+    pipe = own_pipeline(
         trigger="processingtime=500 milliseconds",
         max_records=1_000,
         late={"strategy": "separatestream", "lateDataTable": late_table},
@@ -71,9 +59,10 @@ async def test_postgres_down_30s_breaker_opens_and_query_resumes(
     )
     port = free_port()
     worker = Worker(
-        pipeline.write(tmp_path),
+        pipe.write(tmp_path),
         tmp_path / "worker.log",
         env={"STREAMPROC_METRICS_PORT": str(port)},
+        session_timeout_ms=SESSION_MS,
     )
     gauge_seen: list[float] = []
     try:
@@ -87,7 +76,7 @@ async def test_postgres_down_30s_breaker_opens_and_query_resumes(
         stop_postgres(own_stack)
         outage_started = time.monotonic()
         # New records keep arriving while the sink is down.
-        await produce_raw(bootstrap, unique_name, encode_stream(second))
+        await produce(bootstrap, unique_name, second)
         while time.monotonic() - outage_started < OUTAGE_S:
             assert worker.alive(), worker.text()[-3000:]
             gauge_seen.append(scrape(port, "streamproc_circuit_breaker_open"))
@@ -124,10 +113,10 @@ async def test_postgres_down_30s_breaker_opens_and_query_resumes(
         ledger = await check_ledger(pg, unique_name, unique_name, produced)
         assert ledger.bad == 0 and ledger.dead_lettered == 0
         query = fault_query()
-        model = expected(query, with_offsets(stream))
+        model = expected(query, stream)
         assert_tables_equal(await read_table(pg, unique_name, query), model.table)
         late = await read_late_table(pg, late_table, unique_name)
-        assert late == expected_late(with_offsets(stream), DELAY_MS)
+        assert late == model.late
     finally:
         await pg.close()
     print(

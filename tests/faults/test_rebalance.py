@@ -15,28 +15,19 @@ import pytest
 
 from streamproc.local import create_topic
 from tests.faults.harness import (
-    DELAY_MS,
-    Pipeline,
+    PipelineFactory,
     Worker,
     check_ledger,
     clean_run,
-    encode_stream,
-    expected_late,
     fault_query,
-    produce_raw,
-    read_late_table,
-    read_partials,
     wait_for_progress,
     wait_for_records,
-    wait_until,
 )
-from tests.integration.expected import expected
-from tests.integration.pipeline_helpers import (
-    assert_tables_equal,
-    make_stream,
-    read_table,
-    with_offsets,
-)
+from tests.kafka_io import produce
+from tests.reference import assert_tables_equal, expected
+from tests.results import read_late_table, read_partials, read_table
+from tests.streams import make_stream
+from tests.waiting import wait_until
 
 RECORDS = 60_000
 ASSIGNED = re.compile(r"assigned partitions \[([0-9, ]*)\]")
@@ -50,25 +41,19 @@ def last_assignment(worker: Worker) -> list[int]:
 
 @pytest.mark.slow
 async def test_kill_one_of_three_workers_then_add_one(
-    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, pg: Any, unique_name: str, tmp_path: Path, pipeline: PipelineFactory
 ) -> None:
     stream = make_stream(RECORDS, partitions=4, seed=33)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_raw(kafka_bootstrap, unique_name, encode_stream(stream))
+    await produce(kafka_bootstrap, unique_name, stream)
     late_table = f"{unique_name}_late"
-    pipeline = Pipeline(
-        name=unique_name,
-        topic=unique_name,
-        table=unique_name,
-        bootstrap=kafka_bootstrap,
-        dsn=pg_dsn,
-        checkpoint=tmp_path / "checkpoints",
+    pipe = pipeline(
         # At most ~1,000 records/s per worker: the run outlasts both rebalances.
         trigger="processingtime=500 milliseconds",
         max_records=500,
         late={"strategy": "separatestream", "lateDataTable": late_table},
     )
-    config = pipeline.write(tmp_path)
+    config = pipe.write(tmp_path)
     workers = [Worker(config, tmp_path / f"worker-{i}.log") for i in range(3)]
     try:
         # The group settles with all three members owning partitions.
@@ -102,10 +87,10 @@ async def test_kill_one_of_three_workers_then_add_one(
     produced = {p: len(records) for p, records in stream.items()}
     ledger = await check_ledger(pg, unique_name, unique_name, produced)
     query = fault_query()
-    model = expected(query, with_offsets(stream))
+    model = expected(query, stream)
     assert_tables_equal(await read_table(pg, unique_name, query), model.table)
     late = await read_late_table(pg, late_table, unique_name)
-    assert late == expected_late(with_offsets(stream), DELAY_MS)
+    assert late == model.late
 
     reference = f"{unique_name}_ref"
     await clean_run(config, query=reference, table=reference, late_table=f"{reference}_late")

@@ -5,9 +5,7 @@ and tables as they were or as a clean run leaves them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -20,36 +18,20 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streamproc.local import create_topic
-from tests.faults.harness import read_topic
-from tests.integration.expected import expected
-from tests.integration.pipeline_helpers import (
-    assert_tables_equal,
-    make_stream,
-    read_table,
-    with_offsets,
+from tests.integration.cli_helpers import (
+    BIN,
+    CLI_QUERY,
+    edit,
+    env_for,
+    last_line,
+    run_cli,
+    write_config,
 )
-from tests.integration.test_cli_run import BIN, QUERY, env_for, write_config
-from tests.integration.test_query_changes import flat, last_line, produce_at
-
-
-def edit(config: Path, change: Any) -> Path:
-    """Apply change(document) to a config file."""
-    document = json.loads(config.read_text())
-    change(document)
-    config.write_text(json.dumps(document, indent=2))
-    return config
-
-
-def run(
-    config: Path, bootstrap: str, dsn: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "streamproc"), "run", str(config)],
-        env=env_for(bootstrap, dsn),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.kafka_io import produce, read_topic
+from tests.reference import assert_tables_equal, expected
+from tests.results import ledger_records, read_table
+from tests.streams import halves, make_stream
+from tests.waiting import wait_until
 
 
 async def test_an_unusable_checkpoint_location_stops_at_once_naming_the_path(
@@ -60,7 +42,7 @@ async def test_an_unusable_checkpoint_location_stops_at_once_naming_the_path(
         write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn),
         lambda d: d["streamingConfigJson"].update(checkpointLocation="/dev/null/ckpt"),
     )
-    done = run(config, kafka_bootstrap, pg_dsn, timeout=60)
+    done = run_cli(config, kafka_bootstrap, pg_dsn, timeout=60)
     assert done.returncode == 1
     line = last_line(done.stderr)
     assert line.startswith(f"streamproc: local state at /dev/null/ckpt/{unique_name}/state/worker-")
@@ -89,7 +71,7 @@ async def test_a_full_disk_stops_with_one_line_and_a_rerun_with_room_resumes_exa
 ) -> None:
     stream = make_stream(20_000, seed=61, users=5_000)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_at(kafka_bootstrap, unique_name, flat(stream))
+    await produce(kafka_bootstrap, unique_name, stream, timestamp_ms=1_000)
     with small_disk(tmp_path / "disk", "512k") as disk:
         config = edit(
             write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn),
@@ -97,17 +79,17 @@ async def test_a_full_disk_stops_with_one_line_and_a_rerun_with_room_resumes_exa
                 checkpointLocation=str(disk), maxRecordsPerTrigger=2_000
             ),
         )
-        full = run(config, kafka_bootstrap, pg_dsn)
+        full = run_cli(config, kafka_bootstrap, pg_dsn)
         assert full.returncode == 1, full.stderr[-3000:]
         line = last_line(full.stderr)
         assert line.startswith(f"streamproc: local state at {disk}/{unique_name}/state/worker-")
         assert "No space left on device" in line
         # Room again: the rerun resumes from the checkpoint, exactly.
         subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
-        again = run(config, kafka_bootstrap, pg_dsn)
+        again = run_cli(config, kafka_bootstrap, pg_dsn)
         assert again.returncode == 0, again.stderr[-3000:]
-    want = expected(QUERY, with_offsets(stream))
-    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+    want = expected(CLI_QUERY, stream)
+    assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
 
 
 async def test_least_privilege_runs_and_a_table_it_cannot_create_is_named(
@@ -115,12 +97,12 @@ async def test_least_privilege_runs_and_a_table_it_cannot_create_is_named(
 ) -> None:
     stream = make_stream(1_000, seed=62)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_at(kafka_bootstrap, unique_name, flat(stream))
+    await produce(kafka_bootstrap, unique_name, stream, timestamp_ms=1_000)
     config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
     role = f"{unique_name}_rw"
     # Tables made by someone else; this user may read and write them, no more.
     await pg.execute(f'CREATE TABLE "{unique_name}_pre" (x int)')
-    first = run(
+    first = run_cli(
         edit(
             config,
             lambda d: d["streamingConfigJson"].update(triggerMode="once", maxRecordsPerTrigger=1),
@@ -136,13 +118,13 @@ async def test_least_privilege_runs_and_a_table_it_cannot_create_is_named(
     await pg.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     limited = pg_dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
     edit(config, lambda d: d["streamingConfigJson"].update(triggerMode="availablenow"))
-    rest = run(config, kafka_bootstrap, limited)
+    rest = run_cli(config, kafka_bootstrap, limited)
     assert rest.returncode == 0, rest.stderr[-2000:]
-    want = expected(QUERY, with_offsets(stream))
-    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+    want = expected(CLI_QUERY, stream)
+    assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
     other = edit(config, lambda d: d["load"].update(table=f"{unique_name}_new"))
     edit(other, lambda d: d["streamingConfigJson"].update(queryName=f"{unique_name}_new"))
-    refused = run(other, kafka_bootstrap, limited)
+    refused = run_cli(other, kafka_bootstrap, limited)
     assert refused.returncode == 1
     assert last_line(refused.stderr) == (
         f"streamproc: table {unique_name}_new does not exist and cannot be created: permission "
@@ -182,7 +164,7 @@ async def test_a_missing_source_topic_is_an_error_and_is_not_created(
     kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
-    done = run(config, kafka_bootstrap, pg_dsn, timeout=60)
+    done = run_cli(config, kafka_bootstrap, pg_dsn, timeout=60)
     assert done.returncode == 1
     assert last_line(done.stderr) == (
         f"streamproc: source topic '{unique_name}' does not exist on {kafka_bootstrap}; create it "
@@ -210,7 +192,7 @@ async def test_a_signal_before_a_bounded_run_ends_says_interrupted_with_its_exit
 ) -> None:
     stream = make_stream(12_000, seed=63)
     await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce_at(kafka_bootstrap, unique_name, flat(stream))
+    await produce(kafka_bootstrap, unique_name, stream, timestamp_ms=1_000)
     config = edit(
         write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn),
         lambda d: d["streamingConfigJson"].update(maxRecordsPerTrigger=50),
@@ -223,19 +205,12 @@ async def test_a_signal_before_a_bounded_run_ends_says_interrupted_with_its_exit
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            n = (
-                await pg.fetchval(
-                    "SELECT coalesce(sum(records), 0) FROM streamproc_ledger WHERE query = $1",
-                    unique_name,
-                )
-                if await pg.fetchval("SELECT to_regclass('streamproc_ledger') IS NOT NULL")
-                else 0
-            )
-            if n:
-                break
-            await asyncio.sleep(0.05)
+
+        async def committed_some() -> bool:
+            assert worker.poll() is None, "the run ended before the signal"
+            return await ledger_records(pg, unique_name) > 0
+
+        await wait_until(committed_some, "a first commit", timeout=60, interval=0.05)
         worker.send_signal(sig)
         out, err = worker.communicate(timeout=60)
     finally:
@@ -268,13 +243,10 @@ async def test_a_constraint_refusing_every_row_stops_the_query_and_dead_letters_
     tmp_path: Path,
 ) -> None:
     stream = make_stream(3_000, seed=64)
-    first, second = (
-        {p: recs[: len(recs) // 2] for p, recs in stream.items()},
-        {p: recs[len(recs) // 2 :] for p, recs in stream.items()},
-    )
+    first, second = halves(stream)
     await create_topic(kafka_bootstrap, unique_name, 4)
     await create_topic(kafka_bootstrap, f"{unique_name}_dlq", 1)
-    await produce_at(kafka_bootstrap, unique_name, flat(first))
+    await produce(kafka_bootstrap, unique_name, first, timestamp_ms=1_000)
     config = edit(
         write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn),
         lambda d: (
@@ -287,20 +259,20 @@ async def test_a_constraint_refusing_every_row_stops_the_query_and_dead_letters_
             d["streamingConfigJson"].update(outputMode=mode),
         ),
     )
-    assert run(config, kafka_bootstrap, pg_dsn).returncode == 0
-    table = await read_table(pg, unique_name, QUERY)
+    assert run_cli(config, kafka_bootstrap, pg_dsn).returncode == 0
+    table = await read_table(pg, unique_name, CLI_QUERY)
     await pg.execute(
         f'ALTER TABLE "{unique_name}" ADD CONSTRAINT no_more_rows CHECK (count < 0) NOT VALID'
     )
-    await produce_at(kafka_bootstrap, unique_name, flat(second), t0=100_000)
-    refused = run(config, kafka_bootstrap, pg_dsn)
+    await produce(kafka_bootstrap, unique_name, second, timestamp_ms=100_000)
+    refused = run_cli(config, kafka_bootstrap, pg_dsn)
     assert refused.returncode == 1
     line = last_line(refused.stderr)
     assert line.startswith(f"streamproc: query {unique_name}: {words}"), line
     assert "(constraint no_more_rows of table " in line
     assert "nothing of the batch was" in line
-    assert await read_topic(kafka_bootstrap, f"{unique_name}_dlq", quiet_s=0.5) == []
-    assert await read_table(pg, unique_name, QUERY) == table
+    assert await read_topic(kafka_bootstrap, f"{unique_name}_dlq") == []
+    assert await read_table(pg, unique_name, CLI_QUERY) == table
     dead = await pg.fetchval(
         "SELECT coalesce(sum(dead_lettered), 0) FROM streamproc_ledger WHERE query = $1",
         unique_name,
@@ -317,9 +289,9 @@ async def test_a_record_from_2100_is_bad_with_max_future_skew_and_warned_about_w
     ]
     records.insert(5, (0, {"user_id": "u", "event_time": "2100-01-01T00:00:00Z", "value": 1}))
     await create_topic(kafka_bootstrap, unique_name, 1)
-    await produce_at(kafka_bootstrap, unique_name, records, t0=now - 120_000)
+    await produce(kafka_bootstrap, unique_name, records, timestamp_ms=now - 120_000)
     config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
-    plain = run(config, kafka_bootstrap, pg_dsn)
+    plain = run_cli(config, kafka_bootstrap, pg_dsn)
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert "offset 5 (event_time '2100-01-01T00:00:00Z') moved the watermark " in plain.stderr
     assert "late 5, bad 0" in plain.stdout
@@ -332,6 +304,6 @@ async def test_a_record_from_2100_is_bad_with_max_future_skew_and_warned_about_w
             d["load"].update(table=f"{unique_name}_g"),
         ),
     )
-    done = run(guarded, kafka_bootstrap, pg_dsn)
+    done = run_cli(guarded, kafka_bootstrap, pg_dsn)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "late 0, bad 1" in done.stdout

@@ -2,85 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from streamproc.local import create_topic
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    MINUTE,
-    assert_tables_equal,
-    make_stream,
-    produce,
-    read_table,
-    with_offsets,
-)
-
-BIN = Path(sys.executable).parent
-QUERY = Query(
-    ("user_id",),
-    (("count", None, "count"), ("value_sum", "value", "sum"), ("value_max", "value", "max")),
-    delay_ms=5 * MINUTE,
-    size_ms=10 * MINUTE,
-    output_mode="append",
-)
-
-
-def write_config(
-    tmp: Path, name: str, bootstrap: str, dsn: str, trigger: str = "availablenow"
-) -> Path:
-    config = {
-        "pipelineId": name,
-        "mode": "streaming",
-        "extract": {
-            "sourceType": "kafka",
-            "connectionParams": {
-                "kafka.bootstrap.servers": "${TEST_BOOTSTRAP}",
-                "subscribe": name,
-                "startingOffsets": "earliest",
-            },
-        },
-        "transforms": [
-            {
-                "transformType": "aggregation",
-                "parameters": {
-                    "groupByColumns": "user_id",
-                    "windowColumn": "event_time",
-                    "windowDuration": "10 minutes",
-                    "aggregations": "count=*:count,value:sum,value:max",
-                },
-            }
-        ],
-        "load": {
-            "sinkType": "postgresql",
-            "table": name,
-            "connectionParams": {"url": "${TEST_PG_DSN}"},
-        },
-        "streamingConfigJson": {
-            "checkpointLocation": str(tmp / "checkpoints"),
-            "queryName": name,
-            "outputMode": "append",
-            "triggerMode": trigger,
-            "maxRecordsPerTrigger": 400,
-            "watermark": {"eventTimeColumn": "event_time", "delayThreshold": "5 minutes"},
-        },
-    }
-    path = tmp / f"{name}.json"
-    path.write_text(json.dumps(config, indent=2))
-    return path
-
-
-def env_for(bootstrap: str, dsn: str, config: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ, TEST_BOOTSTRAP=bootstrap, TEST_PG_DSN=dsn)
-    if config is not None:
-        env["STREAMPROC_CONFIG"] = str(config)
-    return env
+from tests.integration.cli_helpers import BIN, CLI_QUERY, REPO, env_for, run_cli, write_config
+from tests.kafka_io import produce
+from tests.reference import assert_tables_equal, expected
+from tests.results import ledger_records, read_table
+from tests.streams import make_stream
+from tests.waiting import wait_until
 
 
 async def test_streamproc_run_availablenow_exits_0_with_exact_table(
@@ -90,18 +23,12 @@ async def test_streamproc_run_availablenow_exits_0_with_exact_table(
     await create_topic(kafka_bootstrap, unique_name, 4)
     await produce(kafka_bootstrap, unique_name, stream)
     config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
-    done = subprocess.run(
-        [str(BIN / "streamproc"), "run", str(config)],
-        env=env_for(kafka_bootstrap, pg_dsn),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(config, kafka_bootstrap, pg_dsn)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"query {unique_name}: 2000 record(s) read" in done.stdout
     assert "Late data: " in done.stdout
-    want = expected(QUERY, with_offsets(stream))
-    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+    want = expected(CLI_QUERY, stream)
+    assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
 
 
 async def test_faust_worker_runs_the_same_query(
@@ -117,11 +44,11 @@ async def test_faust_worker_runs_the_same_query(
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO,
     )
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
-    want = expected(QUERY, with_offsets(stream))
-    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+    want = expected(CLI_QUERY, stream)
+    assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
 
 
 async def test_sigterm_commits_the_batch_in_flight_and_exits_0(
@@ -139,15 +66,12 @@ async def test_sigterm_commits_the_batch_in_flight_and_exits_0(
     )
     try:
         await produce(kafka_bootstrap, unique_name, stream)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            n = await pg.fetchval(
-                "SELECT coalesce(sum(records), 0) FROM streamproc_ledger WHERE query = $1",
-                unique_name,
-            )
-            if n == 1_200:
-                break
-            time.sleep(0.5)
+
+        async def all_committed() -> bool:
+            assert worker.poll() is None, "the worker exited before SIGTERM"
+            return await ledger_records(pg, unique_name) == 1_200
+
+        await wait_until(all_committed, "the ledger counts all 1200 records", timeout=60)
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
     finally:
@@ -156,5 +80,5 @@ async def test_sigterm_commits_the_batch_in_flight_and_exits_0(
             worker.wait()
     assert worker.returncode == 0, err[-2000:]
     assert f"query {unique_name}: 1200 record(s) read" in out
-    want = expected(QUERY, with_offsets(stream))
-    assert_tables_equal(await read_table(pg, unique_name, QUERY), want.table)
+    want = expected(CLI_QUERY, stream)
+    assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)

@@ -9,42 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamproc.local import create_topic
 from streamproc.runtime.quality import QualityPlan, QualityRule
 from streamproc.runtime.query import QueryFailedError
-from tests.integration.expected import Query, expected, parse_ts
-from tests.integration.pipeline_helpers import (
-    AGGS,
-    MINUTE,
-    assert_tables_equal,
-    make_plan,
-    make_stream,
-    produce,
-    read_table,
-    run_workers,
-    with_offsets,
-)
+from tests.integration.pipeline_helpers import make_plan, run_workers
+from tests.kafka_io import Letter, produce, produce_raw, read_topic
+from tests.reference import Query, assert_tables_equal, expected, parse_ts
+from tests.results import read_table
+from tests.streams import AGGS, MINUTE, make_stream
 
 QUERY = Query(("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="update")
-
-
-async def read_topic(bootstrap: str, topic: str, expect: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        for _ in range(20):
-            batches = await consumer.getmany(timeout_ms=500)
-            out += [r for recs in batches.values() for r in recs]
-            if len(out) >= expect and not batches:
-                break
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def setup_stream(bootstrap: str, name: str, n: int = 1_200) -> dict[int, list[Any]]:
@@ -70,12 +45,11 @@ async def test_sendtodlq_puts_each_late_record_on_the_topic_with_headers(
         late_dlq_topic=dlq,
     )
     [stats] = await run_workers(plan)
-    want = expected(QUERY, with_offsets(stream))
-    messages = await read_topic(kafka_bootstrap, dlq, len(want.late))
-    got = {}
+    want = expected(QUERY, stream)
+    messages = await read_topic(kafka_bootstrap, dlq)
+    got: dict[tuple[int, int], tuple[dict[str, str], bytes]] = {}
     for m in messages:
-        h = {k: v.decode() for k, v in m.headers}
-        got[(int(h["source_partition"]), int(h["source_offset"]))] = (h, m.value)
+        got[m.source] = (m.headers, m.value)
     assert sorted(got) == sorted(want.late)
     assert stats.late == len(want.late) > 0
     for (p, offset), (h, value) in got.items():
@@ -104,7 +78,7 @@ async def test_separatestream_writes_each_late_record_to_the_side_table(
         late_table=side,
     )
     await run_workers(plan)
-    want = expected(QUERY, with_offsets(stream))
+    want = expected(QUERY, stream)
     rows = await pg.fetch(f'SELECT * FROM "{side}"')
     got = {(r["source_partition"], r["source_offset"]): r for r in rows}
     assert sorted(got) == sorted(want.late) and len(rows) == len(want.late) > 0
@@ -140,7 +114,7 @@ async def test_drop_and_loganddrop_count_late_records(
     )
     with caplog.at_level(logging.WARNING, logger="streamproc.late"):
         [stats] = await run_workers(plan)
-    want = expected(QUERY, with_offsets(stream))
+    want = expected(QUERY, stream)
     assert stats.late == len(want.late) > 0
     late_in_ledger = await pg.fetchval(
         "SELECT sum(late) FROM streamproc_ledger WHERE query = $1", unique_name
@@ -174,13 +148,7 @@ async def test_bad_records_go_to_the_dlq_with_a_reason_and_are_counted(
         ).encode(),
         json.dumps(good).encode(),
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        for v in values:
-            await producer.send_and_wait(unique_name, v, partition=0)
-    finally:
-        await producer.stop()
+    await produce_raw(kafka_bootstrap, unique_name, [(0, None, v) for v in values])
     plan = make_plan(
         name=unique_name,
         bootstrap=kafka_bootstrap,
@@ -192,10 +160,8 @@ async def test_bad_records_go_to_the_dlq_with_a_reason_and_are_counted(
     )
     [stats] = await run_workers(plan)
     assert (stats.records, stats.aggregated, stats.bad, stats.late) == (8, 2, 6, 0)
-    messages = await read_topic(kafka_bootstrap, dlq, 6)
-    reasons = {
-        int(dict(m.headers)["source_offset"]): dict(m.headers)["reason"].decode() for m in messages
-    }
+    messages: list[Letter] = await read_topic(kafka_bootstrap, dlq)
+    reasons = {m.source[1]: m.headers["reason"] for m in messages}
     assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
     assert reasons[1].startswith("value: not UTF-8")
     assert reasons[2].startswith("value: not JSON")
@@ -246,8 +212,8 @@ async def test_quality_rules_filter_records_and_abort_stops_before_writing(
     )
     [stats] = await run_workers(plan)
     kept = {
-        p: [(o, r) for o, r in recs if r.get("value") is None or 0 <= r["value"] <= 400]
-        for p, recs in with_offsets(stream).items()
+        p: [(o, r) for o, r in enumerate(recs) if r.get("value") is None or 0 <= r["value"] <= 400]
+        for p, recs in stream.items()
     }
     n_filtered = 600 - sum(len(v) for v in kept.values())
     assert stats.filtered == n_filtered > 0

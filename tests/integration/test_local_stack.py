@@ -39,11 +39,12 @@ from streamproc.local import (
 )
 from streamproc.local._probe import postgres_query_one
 from streamproc.local._proc import is_alive
+from tests.waiting import wait_until
 
 PARTITIONS = 4
 # Tansu makes a joining consumer wait about half the session timeout for its
 # first assignment (DESIGN.md section 5, quirk 1): keep the timeout short.
-GROUP_TIMEOUTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+GROUP_TIMEOUTS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 1000}
 Record = tuple[bytes, bytes]
 
 
@@ -113,9 +114,9 @@ async def test_group_consume_commit_exactly_once(kafka_bootstrap: str, unique_na
     assert Counter((m.key, m.value) for m in got) == Counter(sent)
     assert len({(m.partition, m.offset) for m in got}) == 100
 
-    # Takes ~11 s on Tansu: it numbers the first generation of a new group 0,
-    # and aiokafka only sends LeaveGroup on close when generation > 0, so the
-    # first member stays in the group until its session times out (6 s).
+    # Takes a few seconds on Tansu: it numbers the first generation of a new
+    # group 0, and aiokafka only sends LeaveGroup on close when generation > 0,
+    # so the first member stays in the group until its session times out (3 s).
     second = _consumer(kafka_bootstrap, topic, group_id=group)
     await second.start()
     try:
@@ -234,6 +235,15 @@ async def test_postgres_restart_keeps_data(local_stack: StackInfo, unique_name: 
 # ----------------------------------------------------------------------------- broker outage
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """True once every thread of pid is stopped: SIGSTOP reaches them one by one."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 async def test_pause_resume_broker(local_stack: StackInfo, unique_name: str) -> None:
     bootstrap, topic = local_stack.bootstrap, unique_name
     await create_topic(bootstrap, topic, 1)
@@ -243,6 +253,9 @@ async def test_pause_resume_broker(local_stack: StackInfo, unique_name: str) -> 
         await producer.send_and_wait(topic, b"before")
         pause_broker(local_stack)
         try:
+            await wait_until(
+                lambda: _all_threads_stopped(local_stack.broker_pid), "the broker stopped", 10
+            )
             assert not broker_is_ready(bootstrap, timeout=0.5)
             pending = await producer.send(topic, b"during")
             await asyncio.sleep(1.0)

@@ -1,8 +1,16 @@
-"""Each output mode x window shape, end to end on the real broker and PostgreSQL.
+"""Output modes and window shapes, end to end on the real broker and PostgreSQL.
 
 A known stream on a 4-partition topic whose message key is NOT the group key
 runs with availablenow; every row of the result table is compared with the
-independent model in expected.py.
+independent model (tests/reference.py).
+
+`tests/component/test_modes.py` runs all 8 mode x window cases through the same
+runtime in memory (with both state stores) against the same model. What only the
+real stack adds is the Kafka source and the PostgreSQL sink's SQL per output mode
+and table layout, so 3 cases run here: each output mode once, and both table
+layouts (windowed, non-windowed); the other tests of this file add tumbling append
+(resume), tumbling update and sliding append (three workers) and sliding update
+(Kafka sink).
 """
 
 from __future__ import annotations
@@ -19,63 +27,21 @@ from aiokafka import AIOKafkaConsumer
 
 from streamproc.local import create_topic
 from streamproc.sinks.rows import datetime_to_ms
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    AGGS,
-    MINUTE,
-    assert_tables_equal,
-    make_plan,
-    make_stream,
-    produce,
-    read_table,
-    run_workers,
-    with_offsets,
-)
+from tests.integration.pipeline_helpers import make_plan, run_workers
+from tests.kafka_io import produce
+from tests.reference import assert_tables_equal, expected
+from tests.results import read_table
+from tests.streams import MODE_CASES, halves, make_stream
 
-CASES = {
-    "append_tumbling": Query(
-        ("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="append"
-    ),
-    "append_sliding": Query(
-        ("user_id",),
-        AGGS,
-        delay_ms=5 * MINUTE,
-        size_ms=10 * MINUTE,
-        slide_ms=4 * MINUTE,
-        output_mode="append",
-    ),
-    "update_tumbling": Query(
-        ("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="update"
-    ),
-    "update_sliding": Query(
-        ("user_id",),
-        AGGS,
-        delay_ms=5 * MINUTE,
-        size_ms=10 * MINUTE,
-        slide_ms=4 * MINUTE,
-        output_mode="update",
-    ),
-    "complete_tumbling": Query(
-        ("user_id",), AGGS, delay_ms=5 * MINUTE, size_ms=10 * MINUTE, output_mode="complete"
-    ),
-    "complete_sliding": Query(
-        ("user_id",),
-        AGGS,
-        delay_ms=5 * MINUTE,
-        size_ms=10 * MINUTE,
-        slide_ms=4 * MINUTE,
-        output_mode="complete",
-    ),
-    "update_nonwindowed": Query(("user_id",), AGGS, output_mode="update"),
-    "complete_nonwindowed": Query(("user_id",), AGGS, output_mode="complete"),
-}
+#: The cases run here: one per output mode, sliding and non-windowed among them.
+REAL_STACK_CASES = ["append_sliding", "complete_tumbling", "update_nonwindowed"]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", REAL_STACK_CASES)
 async def test_output_mode_matches_reference(
     case: str, kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
-    query = CASES[case]
+    query = MODE_CASES[case]
     stream = make_stream(1_500, seed=zlib.crc32(case.encode()) % 1000)
     await create_topic(kafka_bootstrap, unique_name, 4)
     await produce(kafka_bootstrap, unique_name, stream)
@@ -85,7 +51,7 @@ async def test_output_mode_matches_reference(
 
     [stats] = await run_workers(plan)
 
-    want = expected(query, with_offsets(stream))
+    want = expected(query, stream)
     got = await read_table(pg, unique_name, query)
     assert_tables_equal(got, want.table)
     assert stats.records == 1_500
@@ -104,7 +70,7 @@ async def test_output_mode_matches_reference(
 async def test_three_workers_equal_one(
     case: str, kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
-    query = CASES[case]
+    query = MODE_CASES[case]
     stream = make_stream(2_000, seed=11)
     tables = []
     for workers in (1, 3):
@@ -123,16 +89,15 @@ async def test_three_workers_equal_one(
         assert sum(s.records for s in stats) == 2_000
         tables.append(await read_table(pg, name, query))
     assert_tables_equal(tables[1], tables[0])
-    assert_tables_equal(tables[0], expected(query, with_offsets(stream)).table)
+    assert_tables_equal(tables[0], expected(query, stream).table)
 
 
 async def test_resume_equals_one_clean_run(
     kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
-    query = CASES["append_tumbling"]
+    query = MODE_CASES["append_tumbling"]
     stream = make_stream(1_600, seed=5)
-    first = {p: recs[: len(recs) // 2] for p, recs in stream.items()}
-    second = {p: recs[len(recs) // 2 :] for p, recs in stream.items()}
+    first, second = halves(stream)
     await create_topic(kafka_bootstrap, unique_name, 4)
     plan = make_plan(
         name=unique_name, bootstrap=kafka_bootstrap, dsn=pg_dsn, tmp=tmp_path, query=query
@@ -143,13 +108,13 @@ async def test_resume_equals_one_clean_run(
     [s2] = await run_workers(plan)
     assert s1.records + s2.records == 1_600
     got = await read_table(pg, unique_name, query)
-    assert_tables_equal(got, expected(query, with_offsets(stream)).table)
+    assert_tables_equal(got, expected(query, stream).table)
 
 
 async def test_kafka_sink_delivers_rows_keyed_by_group_and_window(
     kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
 ) -> None:
-    query = CASES["update_sliding"]
+    query = MODE_CASES["update_sliding"]
     stream = make_stream(1_200, seed=9)
     out_topic = f"{unique_name}_out"
     await create_topic(kafka_bootstrap, unique_name, 4)
@@ -188,4 +153,4 @@ async def test_kafka_sink_delivers_rows_keyed_by_group_and_window(
         end = datetime.fromisoformat(body["window_end"])
         key = (body["user_id"], datetime_to_ms(start), datetime_to_ms(end))
         got[key] = tuple(body[name] for name, _, _ in query.aggregations)
-    assert_tables_equal(got, expected(query, with_offsets(stream)).table)
+    assert_tables_equal(got, expected(query, stream).table)

@@ -11,16 +11,11 @@ from typing import Any
 from streamproc.local import create_topic
 from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.query import StreamingQuery
-from tests.integration.expected import Query, expected
-from tests.integration.pipeline_helpers import (
-    MINUTE,
-    assert_tables_equal,
-    make_plan,
-    make_stream,
-    produce,
-    read_table,
-    with_offsets,
-)
+from tests.integration.pipeline_helpers import make_plan
+from tests.kafka_io import produce
+from tests.reference import Query, assert_tables_equal, expected
+from tests.results import read_table
+from tests.streams import MINUTE, make_stream
 
 QUERY = Query(
     ("user_id",),
@@ -73,7 +68,7 @@ async def run_live(
             for p in burst:
                 so_far[p] += burst[p]
             # The table catches up with every burst while the query keeps running.
-            await wait_for_table(pg, name, expected(QUERY, with_offsets(so_far)).table)
+            await wait_for_table(pg, name, expected(QUERY, so_far).table)
         assert not task.done()
     finally:
         query.request_stop()

@@ -1,4 +1,4 @@
-"""Property tests: the engine against the slow reference, over random streams.
+"""Property tests: the engine against the model (tests/reference.py), over random streams.
 
 Random queries (every aggregate, tumbling / sliding / no window, every output mode,
 with and without a watermark) and random streams (several partitions, disorder, late
@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 
 from streamproc.engine import AggSpec, Engine, QuerySpec, WindowSpec, format_event_time
 from streamproc.state import WindowStore, memory_store_factory, rocks_store_factory
-from tests.unit.reference_engine import Outcome, PartialsRuntime, SinkTable, run_reference
+from tests.reference import Outcome, Query, expected
+from tests.unit.sink_simulators import PartialsRuntime, SinkTable
 
 MISSING = object()
 SETTINGS = settings(
@@ -239,13 +240,18 @@ def _emit(engine: Engine, run: Run) -> None:
         run.committed[p] = (engine.partition_max_event_ts_ms(p), engine.partition_next_offset(p))
 
 
+def run_reference(spec: QuerySpec, streams: Mapping[int, Sequence[Any]]) -> Outcome:
+    """What the model says of the scenario's query and streams (offset = index)."""
+    return expected(Query.of(spec), streams)
+
+
 def assert_matches(run: Run, ref: Outcome, exact: bool = True) -> None:
     """Classification and both sink tables equal the reference."""
     assert run.bad == ref.bad
-    assert run.late == ref.late
+    assert run.late == ref.late_reasons
     for table in (run.sink.rows, run.runtime.sink.rows):
-        assert table.keys() == ref.table.keys()
-        for key, values in ref.table.items():
+        assert table.keys() == ref.typed_table.keys()
+        for key, values in ref.typed_table.items():
             if exact:
                 assert table[key] == values, key
             else:
