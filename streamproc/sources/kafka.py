@@ -411,8 +411,13 @@ class KafkaSource:
     async def _known_lag(self, reader: Any, partition: int) -> bool:
         """True when the broker is known to hold records past the client's position."""
         tp = TopicPartition(self._config.topic, partition)
+        if tp not in reader.assignment():
+            return False
         high = reader.highwater(tp)
-        return high is not None and await reader.position(tp) < high
+        try:
+            return high is not None and await reader.position(tp) < high
+        except (AssertionError, IllegalStateError):
+            return False  # revoked meanwhile (aiokafka asserts the assignment)
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit consumer-group offsets (informational: the ledger is the truth)."""
