@@ -96,13 +96,15 @@ def _time_lines(stats: RunStats) -> list[str]:
         return []
     phases = " ".join(f"{name}={value:.3f}s" for name, value in seconds.items())
     lines = [f"  phases: {phases}"]
-    if stats.batch_seconds > 0:
-        share = held / stats.batch_seconds
+    # The loop's wall time: a commit runs while the next batch is fetched and
+    # prepared, so the lock is held within this time, never beyond it.
+    wall = stats.batch_seconds + seconds.get("fetch", 0.0)
+    if wall > 0:
+        share = held / wall
         bound = f"{1 / share:.1f}x" if share > 0 else "no bound"
         lines.append(
             f"  lock share: {share:.2f} (the query's lock was held {held:.1f}s of the "
-            f"{stats.batch_seconds:.1f}s spent on batches: more workers speed it up at most "
-            f"{bound})"
+            f"{wall:.1f}s the worker ran batches: more workers speed it up at most {bound})"
         )
     return lines
 

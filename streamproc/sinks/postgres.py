@@ -1,10 +1,13 @@
 """PostgreSQL as the checkpoint: positions, partial states, ledger, late rows, results.
 
 One `commit()` is one transaction that makes a micro-batch durable, exactly
-once (DESIGN.md section 3), under the query's advisory lock:
+once (DESIGN.md section 3):
 
-    1. stale check   every partition's batch starts at its position's next offset
-    2. states        the partitions' absolute partial states, upserted
+    1. states        the partitions' absolute partial states, upserted (before
+                     the lock: rows of the worker's own partitions only)
+    --               the query's advisory lock, held from here to the commit
+    2. stale check   every partition's batch starts at its position's next offset
+                     (else the transaction is rolled back, states included)
     3. results       rows through the ResultSink: merged locally when this worker
                      owns every partition, else merged from the stored states
     4. late rows     the separatestream side table
@@ -271,6 +274,12 @@ class PostgresCheckpoint:
             transaction = conn.transaction()
             await transaction.start()
             try:
+                # The batch's own partial states go in before the lock: their
+                # rows are keyed by partition, so workers' rows never meet, and
+                # nobody sees them before the commit. A zombie's states meet the
+                # new owner's at worst (a deadlock PostgreSQL breaks, retried as
+                # an outage) and are rolled back when the check finds it stale.
+                await self._write_states(conn, batch, times)
                 with times.phase("lock_wait"):
                     # One query's commits never interleave, so merges from two
                     # workers cannot race and the position check is decisive.
@@ -281,7 +290,7 @@ class PostgresCheckpoint:
                 await transaction.rollback()
                 raise
             with times.phase("commit"):
-                if dry_run:
+                if dry_run or outcome.stale:
                     await transaction.rollback()
                 else:
                     await transaction.commit()
@@ -317,13 +326,19 @@ class PostgresCheckpoint:
             return batch
         return replace(batch, staged=_Staged(states, encoded))
 
+    async def _write_states(self, conn: Any, batch: CommitBatch, times: PhaseTimes) -> None:
+        staged: _Staged | None = batch.staged
+        try:
+            with times.phase("states"):
+                states = staged.states if staged else self._state_records(batch.partials)
+                await self._upsert_states(conn, states)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise privilege_error(exc, f"query {self._query}: writing its batch") from None
+
     async def _write(
         self, conn: Any, batch: CommitBatch, times: PhaseTimes, stored_w: int | None
     ) -> CommitOutcome:
         staged: _Staged | None = batch.staged
-        with times.phase("states"):
-            states = staged.states if staged else self._state_records(batch.partials)
-            await self._upsert_states(conn, states)
         written = 0
         mode = self._spec.output_mode
         if mode != "append":
