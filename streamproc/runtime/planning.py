@@ -3,57 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
 
 from streamproc.config import PipelineConfig
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.quality import QualityPlan, QualityRule
-
-# Spark-style `kafka.*` security settings -> aiokafka client arguments.
-_SECURITY_KEYS: Mapping[str, str] = {
-    "kafka.security.protocol": "security_protocol",
-    "kafka.sasl.mechanism": "sasl_mechanism",
-    "kafka.sasl.username": "sasl_plain_username",
-    "kafka.sasl.plain.username": "sasl_plain_username",
-    "kafka.sasl.password": "sasl_plain_password",
-    "kafka.sasl.plain.password": "sasl_plain_password",
-    "kafka.sasl.kerberos.service.name": "sasl_kerberos_service_name",
-    "kafka.sasl.kerberos.domain.name": "sasl_kerberos_domain_name",
-}
-_SSL_KEYS: Mapping[str, str] = {
-    "kafka.ssl.cafile": "cafile",
-    "kafka.ssl.ca.location": "cafile",
-    "kafka.ssl.certfile": "certfile",
-    "kafka.ssl.certificate.location": "certfile",
-    "kafka.ssl.keyfile": "keyfile",
-    "kafka.ssl.key.location": "keyfile",
-    "kafka.ssl.key.password": "password",
-}
-
-
-def kafka_client_params(security: Mapping[str, str]) -> dict[str, Any]:
-    """aiokafka keyword arguments for a secured cluster.
-
-    Raises:
-        ValueError: a `kafka.sasl.*` / `kafka.ssl.*` key this runtime cannot map.
-    """
-    params: dict[str, Any] = {}
-    ssl_args: dict[str, str] = {}
-    for key, value in security.items():
-        if key in _SECURITY_KEYS:
-            params[_SECURITY_KEYS[key]] = value.upper() if key.endswith("protocol") else value
-        elif key in _SSL_KEYS:
-            ssl_args[_SSL_KEYS[key]] = value
-        else:
-            known = ", ".join(sorted({*_SECURITY_KEYS, *_SSL_KEYS}))
-            raise ValueError(f"extract.connectionParams.{key}: not supported; supported: {known}")
-    if ssl_args:
-        from aiokafka.helpers import create_ssl_context
-
-        params["ssl_context"] = create_ssl_context(**ssl_args)
-    return params
+from streamproc.runtime.security import kafka_client_params
 
 
 def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
