@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
-from streamproc.config import PipelineConfig
+from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
+from streamproc.config.transform import aggregation_transforms
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.quality import QualityPlan, QualityRule
 from streamproc.runtime.security import kafka_client_params
 
 
-def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
+def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) -> QueryPlan:
     """The QueryPlan of a streaming pipeline.
+
+    Pure but for reading the files of `kafka.ssl.*` keys: `streamproc validate`
+    builds the plan too, so whatever validates also runs.
+
+    Args:
+        cfg: a validated config.
+        env: where STREAMPROC_PG_DSN is looked up (default: ``os.environ``).
 
     Raises:
         ValueError: the pipeline is valid but cannot run as a streaming query here
-            (batch mode, a file source, no aggregation), with a one-line reason.
+            (batch mode, a file source, no aggregation, ...): one line naming the
+            field, its value and what is accepted.
     """
     streaming = cfg.streaming
     if not cfg.is_streaming or streaming is None:
@@ -30,6 +40,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
     agg = cfg.aggregation
     if agg is None:
         raise ValueError("transforms: a streaming query needs an aggregation transform")
+    _refuse_windowed_state_timeout(cfg, agg)
     wm = streaming.watermark
     spec = QuerySpec(
         group_by=tuple(agg.group_by),
@@ -58,7 +69,11 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
     late = streaming.late_data
     source_params = kafka_client_params(cfg.extract.security_params)
     sink_type = cfg.load.sink_type
-    dsn = _checkpoint_dsn(cfg) if sink_type == "kafka" else cfg.load.dsn()
+    dsn = (
+        _checkpoint_dsn(cfg, os.environ if env is None else env)
+        if sink_type == "kafka"
+        else cfg.load.dsn()
+    )
     return QueryPlan(
         pipeline_id=cfg.pipeline_id,
         query_name=streaming.query_name,
@@ -101,6 +116,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         ),
         fail_fast=eh.fail_fast,
         quality=_quality_plan(cfg, agg.window_column),
+        log_level=cfg.logging.log_level,
     )
 
 
@@ -128,7 +144,25 @@ def _quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan
     )
 
 
-def _checkpoint_dsn(cfg: PipelineConfig) -> str:
+def _refuse_windowed_state_timeout(cfg: PipelineConfig, agg: AggregationParams) -> None:
+    # The engine evicts idle keys of a non-windowed aggregation only; a windowed
+    # query's state is bounded by the watermark instead.
+    if not agg.windowed or cfg.state_timeout_ms is None:
+        return
+    index = aggregation_transforms(cfg.transforms)[0][0]
+    path = (
+        f"transforms[{index}].parameters.stateTimeout"
+        if agg.state_timeout_ms is not None
+        else "streamingConfigJson.stateTimeout"
+    )
+    raise ValueError(
+        f"{path}: {format_duration_ms(cfg.state_timeout_ms)} is not supported with a windowed "
+        "aggregation yet (stateTimeout evicts idle keys of a non-windowed aggregation; the "
+        "watermark closes and evicts windows); remove stateTimeout, or windowDuration"
+    )
+
+
+def _checkpoint_dsn(cfg: PipelineConfig, env: Mapping[str, str]) -> str:
     """Where a Kafka sink keeps its exactly-once checkpoint (ledger and partials).
 
     A Kafka sink has no result table, but the checkpoint still lives in
@@ -138,7 +172,7 @@ def _checkpoint_dsn(cfg: PipelineConfig) -> str:
     params = cfg.load.connection_params
     if params.url is not None or params.host is not None:
         return cfg.load.dsn()
-    dsn = os.environ.get("STREAMPROC_PG_DSN")
+    dsn = env.get("STREAMPROC_PG_DSN")
     if not dsn:
         raise ValueError(
             "load.connectionParams.url: a kafka sink keeps its checkpoint (ledger, partials) "

@@ -89,8 +89,7 @@ def test_ssl_without_files_uses_the_system_trust_store() -> None:
         ),
         (
             {"kafka.security.protocol": "SSL", "kafka.ssl.cafile": "/nonexistent/ca.pem"},
-            f"{P}.kafka.ssl.cafile: cannot load '/nonexistent/ca.pem': "
-            "No such file or directory",
+            f"{P}.kafka.ssl.cafile: cannot load '/nonexistent/ca.pem': No such file or directory",
         ),
         (
             {"kafka.security.protocol": "SSL", "kafka.ssl.key.location": "/etc/client.key"},
