@@ -19,10 +19,9 @@ import sys
 
 import faust
 
-from streamproc.config import ConfigError, load_config
 from streamproc.runtime.main import store_factory_for, summary_lines
 from streamproc.runtime.metrics import start_metrics_server
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
 
 log = logging.getLogger("agents.app")
@@ -33,10 +32,16 @@ if not _config_path:
         "agents.app: set STREAMPROC_CONFIG to a pipeline config "
         "(e.g. configs/streaming-example.json)"
     )
-try:
-    plan = plan_from_config(load_config(_config_path))
-except ConfigError as exc:
-    sys.exit("\n".join(f"{_config_path}: {e}" for e in exc.errors))
+# The same check, and the same lines, as `streamproc run`: any refusal is one
+# line and exit 1, never a traceback.
+_checked = preflight(_config_path)
+for _line in _checked.problem_lines(_config_path):
+    print(_line, file=sys.stderr)
+if _checked.plan is None:
+    sys.exit(1)
+plan = _checked.plan
+for _note in _checked.notes:
+    log.info("%s", _note)
 
 app = faust.App(
     f"streamproc-{plan.query_name}-host",

@@ -1,7 +1,7 @@
 """The `streamproc` command line: validate, schema, run, local.
 
 Each sub-command imports what it needs lazily, so `streamproc validate` stays
-fast and works without the runtime's heavy dependencies being imported.
+fast and imports no Kafka or PostgreSQL client.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from collections.abc import Sequence
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from streamproc.config import validate_config
+    # The run's own check: validate builds the run plan too, so it refuses
+    # exactly what `streamproc run` would, with the same line.
+    from streamproc.runtime.preflight import preflight
 
     all_ok = True
     for path in args.configs:
-        report = validate_config(path)
-        for warning in report.warnings:
-            print(f"{path}: warning: {warning}", file=sys.stderr)
-        for error in report.errors:
-            # File-level errors (unreadable, not JSON) already name the file.
-            line = error if error.startswith(str(path)) else f"{path}: {error}"
+        checked = preflight(path)
+        for line in checked.problem_lines(path):
             print(line, file=sys.stderr)
-        if report.ok:
+        for note in checked.notes:
+            print(f"{path}: note: {note}")
+        if checked.ok:
             print(f"{path}: ok")
-        all_ok = all_ok and report.ok
+        all_ok = all_ok and checked.ok
     return 0 if all_ok else 1
 
 
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    validate = sub.add_parser("validate", help="validate pipeline configs (exit 1 on any error)")
+    validate = sub.add_parser(
+        "validate", help="validate pipeline configs and plan their runs (exit 1 on any error)"
+    )
     validate.add_argument("configs", nargs="+", metavar="CONFIG")
     validate.set_defaults(func=_cmd_validate)
 

@@ -78,8 +78,10 @@ class DlqConfig(ConfigModel):
             the sink's database).
         bootstrap_servers: the DLQ's Kafka cluster (default: the source's).
         topic: the DLQ topic of 'kafka'.
-        buffer_size: records buffered before a flush (100).
-        producer_config: extra Kafka producer settings, as written.
+        buffer_size: records buffered before a flush (100); ignored by the run (with a
+            warning): each batch sends its own dead letters.
+        producer_config: extra Kafka producer settings, as written; ignored by the run
+            (with a warning).
     """
 
     dlq_type: _DlqType = "logging"
@@ -144,7 +146,8 @@ class DataQualityConfig(ConfigModel):
 
 
 class LoggingConfig(ConfigModel):
-    """``loggingConfig``: log level (DEBUG, INFO, WARN, ERROR) and per-batch metrics in logs."""
+    """``loggingConfig``: log level (DEBUG, INFO, WARN, ERROR), and ``includeMetrics``
+    (per-batch metrics in logs), which the run ignores with a warning."""
 
     log_level: _LogLevel = "INFO"
     include_metrics: Annotated[bool, Flag()] = True

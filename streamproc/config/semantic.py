@@ -171,11 +171,6 @@ def _check_transforms(d: Draft, found: Findings) -> None:
                     f"{base}.aggregations",
                     f"output column '{agg.output}' is also a group-by or window column; {_NAME_IT}",
                 )
-        if p.state_timeout_ms is not None and p.windowed:
-            found.warnings.append(
-                f"{base}.stateTimeout: ignored by a windowed aggregation "
-                "(its windows are evicted by the watermark)"
-            )
 
 
 def _check_streaming(d: Draft, found: Findings) -> None:
@@ -232,6 +227,19 @@ def _check_output_mode(d: Draft, s: StreamingConfig, found: Findings) -> None:
                 "required by outputMode 'append' with an aggregation "
                 "(a row is written once, when the watermark closes its window)",
             )
+    if (
+        s.output_mode != "append"
+        and agg.windowed
+        and s.watermark is None
+        and d.ok(f"{_S}.watermark")
+    ):
+        found.warnings.append(
+            f"{_S}.watermark: not set, so the windows of this windowed '{s.output_mode}' query "
+            "never close: a record of any age still changes its window, and every (key, "
+            "window) stays in state (state grows without bound); set watermark "
+            "{eventTimeColumn, delayThreshold} to close a window once event time passes its "
+            "end by delayThreshold"
+        )
     column, watermark = agg.window_column, s.watermark
     if column is not None and watermark is not None and column != watermark.event_time_column:
         found.error(

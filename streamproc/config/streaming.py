@@ -165,8 +165,10 @@ class StreamingConfig(ConfigModel):
         output_mode: 'append' (default), 'update' or 'complete'.
         trigger: ``triggerMode``, parsed (default continuous).
         watermark: see :class:`WatermarkConfig`; None without one.
-        enable_idempotence: default true.
-        max_records_per_trigger, max_files_per_trigger: batch size limits, or None.
+        enable_idempotence: default true; ignored by the run (with a warning).
+        max_records_per_trigger: batch size limit, or None.
+        max_files_per_trigger: file-source batch limit, or None; ignored by the run
+            (with a warning) until a file source streams.
         state_timeout_ms: evict an idle key of a non-windowed aggregation (wall time).
         late_data: see :class:`LateDataConfig`.
     """

@@ -188,26 +188,17 @@ def configure_logging(level: str = "INFO") -> None:
 
 def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
     """`streamproc run CONFIG`: exit 0 when done or stopped, 1 on a bad config or a failure."""
-    from streamproc.config import validate_config
-    from streamproc.runtime.planning import plan_from_config
+    from streamproc.runtime.preflight import preflight
 
-    report = validate_config(config_path)
-    for warning in report.warnings:
-        print(f"{config_path}: warning: {warning}", file=sys.stderr)
-    if report.config is None:
-        for line in report.errors:
-            # File-level errors (unreadable, not JSON) already name the file.
-            print(
-                line if line.startswith(config_path) else f"{config_path}: {line}", file=sys.stderr
-            )
+    checked = preflight(config_path)
+    for line in checked.problem_lines(config_path):
+        print(line, file=sys.stderr)
+    if checked.plan is None:
         return 1
-    config = report.config
-    try:
-        plan = plan_from_config(config)
-    except ValueError as exc:
-        print(f"{config_path}: {exc}", file=sys.stderr)
-        return 1
-    configure_logging(config.logging.log_level)
+    plan = checked.plan
+    configure_logging(plan.log_level)
+    for note in checked.notes:
+        log.info("%s", note)
     started = time.monotonic()
     try:
         stats = asyncio.run(run_query(plan, max_seconds=max_seconds))

@@ -80,6 +80,8 @@ class QueryPlan:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     fail_fast: bool = False
     quality: QualityPlan = field(default_factory=QualityPlan)
+    # loggingConfig.logLevel, applied by `streamproc run`
+    log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
 
     @property
     def group_id(self) -> str:

@@ -4,64 +4,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
-from streamproc.config import PipelineConfig
+from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
+from streamproc.config.transform import aggregation_transforms
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.quality import QualityPlan, QualityRule
-
-# Spark-style `kafka.*` security settings -> aiokafka client arguments.
-_SECURITY_KEYS: Mapping[str, str] = {
-    "kafka.security.protocol": "security_protocol",
-    "kafka.sasl.mechanism": "sasl_mechanism",
-    "kafka.sasl.username": "sasl_plain_username",
-    "kafka.sasl.plain.username": "sasl_plain_username",
-    "kafka.sasl.password": "sasl_plain_password",
-    "kafka.sasl.plain.password": "sasl_plain_password",
-    "kafka.sasl.kerberos.service.name": "sasl_kerberos_service_name",
-    "kafka.sasl.kerberos.domain.name": "sasl_kerberos_domain_name",
-}
-_SSL_KEYS: Mapping[str, str] = {
-    "kafka.ssl.cafile": "cafile",
-    "kafka.ssl.ca.location": "cafile",
-    "kafka.ssl.certfile": "certfile",
-    "kafka.ssl.certificate.location": "certfile",
-    "kafka.ssl.keyfile": "keyfile",
-    "kafka.ssl.key.location": "keyfile",
-    "kafka.ssl.key.password": "password",
-}
+from streamproc.runtime.security import kafka_client_params
 
 
-def kafka_client_params(security: Mapping[str, str]) -> dict[str, Any]:
-    """aiokafka keyword arguments for a secured cluster.
-
-    Raises:
-        ValueError: a `kafka.sasl.*` / `kafka.ssl.*` key this runtime cannot map.
-    """
-    params: dict[str, Any] = {}
-    ssl_args: dict[str, str] = {}
-    for key, value in security.items():
-        if key in _SECURITY_KEYS:
-            params[_SECURITY_KEYS[key]] = value.upper() if key.endswith("protocol") else value
-        elif key in _SSL_KEYS:
-            ssl_args[_SSL_KEYS[key]] = value
-        else:
-            known = ", ".join(sorted({*_SECURITY_KEYS, *_SSL_KEYS}))
-            raise ValueError(f"extract.connectionParams.{key}: not supported; supported: {known}")
-    if ssl_args:
-        from aiokafka.helpers import create_ssl_context
-
-        params["ssl_context"] = create_ssl_context(**ssl_args)
-    return params
-
-
-def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
+def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) -> QueryPlan:
     """The QueryPlan of a streaming pipeline.
+
+    Pure but for reading the files of `kafka.ssl.*` keys: `streamproc validate`
+    builds the plan too, so whatever validates also runs.
+
+    Args:
+        cfg: a validated config.
+        env: where STREAMPROC_PG_DSN is looked up (default: ``os.environ``).
 
     Raises:
         ValueError: the pipeline is valid but cannot run as a streaming query here
-            (batch mode, a file source, no aggregation), with a one-line reason.
+            (batch mode, a file source, no aggregation, ...): one line naming the
+            field, its value and what is accepted.
     """
     streaming = cfg.streaming
     if not cfg.is_streaming or streaming is None:
@@ -75,6 +40,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
     agg = cfg.aggregation
     if agg is None:
         raise ValueError("transforms: a streaming query needs an aggregation transform")
+    _refuse_windowed_state_timeout(cfg, agg)
     wm = streaming.watermark
     spec = QuerySpec(
         group_by=tuple(agg.group_by),
@@ -103,7 +69,11 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
     late = streaming.late_data
     source_params = kafka_client_params(cfg.extract.security_params)
     sink_type = cfg.load.sink_type
-    dsn = _checkpoint_dsn(cfg) if sink_type == "kafka" else cfg.load.dsn()
+    dsn = (
+        _checkpoint_dsn(cfg, os.environ if env is None else env)
+        if sink_type == "kafka"
+        else cfg.load.dsn()
+    )
     return QueryPlan(
         pipeline_id=cfg.pipeline_id,
         query_name=streaming.query_name,
@@ -146,6 +116,7 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         ),
         fail_fast=eh.fail_fast,
         quality=_quality_plan(cfg, agg.window_column),
+        log_level=cfg.logging.log_level,
     )
 
 
@@ -173,7 +144,25 @@ def _quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan
     )
 
 
-def _checkpoint_dsn(cfg: PipelineConfig) -> str:
+def _refuse_windowed_state_timeout(cfg: PipelineConfig, agg: AggregationParams) -> None:
+    # The engine evicts idle keys of a non-windowed aggregation only; a windowed
+    # query's state is bounded by the watermark instead.
+    if not agg.windowed or cfg.state_timeout_ms is None:
+        return
+    index = aggregation_transforms(cfg.transforms)[0][0]
+    path = (
+        f"transforms[{index}].parameters.stateTimeout"
+        if agg.state_timeout_ms is not None
+        else "streamingConfigJson.stateTimeout"
+    )
+    raise ValueError(
+        f"{path}: {format_duration_ms(cfg.state_timeout_ms)} is not supported with a windowed "
+        "aggregation yet (stateTimeout evicts idle keys of a non-windowed aggregation; the "
+        "watermark closes and evicts windows); remove stateTimeout, or windowDuration"
+    )
+
+
+def _checkpoint_dsn(cfg: PipelineConfig, env: Mapping[str, str]) -> str:
     """Where a Kafka sink keeps its exactly-once checkpoint (ledger and partials).
 
     A Kafka sink has no result table, but the checkpoint still lives in
@@ -183,7 +172,7 @@ def _checkpoint_dsn(cfg: PipelineConfig) -> str:
     params = cfg.load.connection_params
     if params.url is not None or params.host is not None:
         return cfg.load.dsn()
-    dsn = os.environ.get("STREAMPROC_PG_DSN")
+    dsn = env.get("STREAMPROC_PG_DSN")
     if not dsn:
         raise ValueError(
             "load.connectionParams.url: a kafka sink keeps its checkpoint (ledger, partials) "

@@ -10,7 +10,7 @@ import pytest
 from streamproc.config import load_config
 from streamproc.engine import LateRecord
 from streamproc.runtime.late import LateSummary, RateLimitedLog
-from streamproc.runtime.planning import kafka_client_params, plan_from_config
+from streamproc.runtime.planning import plan_from_config
 from streamproc.sinks.base import batch_id
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.json"))
@@ -35,14 +35,6 @@ def test_streaming_example_plan_matches_the_seed() -> None:
     assert plan.late_strategy == "sendtodlq" and plan.late_dlq_topic == "late-user-events"
     assert plan.max_records_per_trigger == 10_000
     assert plan.dlq_type == "kafka" and plan.dlq_topic == "failed-events-dlq"
-
-
-def test_security_params_map_to_aiokafka_and_unknown_ones_are_refused() -> None:
-    assert kafka_client_params(
-        {"kafka.security.protocol": "sasl_ssl", "kafka.sasl.mechanism": "PLAIN"}
-    ) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}
-    with pytest.raises(ValueError, match=r"^extract.connectionParams.kafka.sasl.oops: not"):
-        kafka_client_params({"kafka.sasl.oops": "x"})
 
 
 def late(ts_ms: int) -> LateRecord:

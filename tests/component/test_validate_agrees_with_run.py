@@ -1,0 +1,307 @@
+"""Whatever `streamproc validate` accepts, `streamproc run` and the Faust worker accept; whatever
+one refuses, all three refuse with the same lines (issue 12).
+
+Walked: every config in configs/ (each recorded below with its exact warnings, so a new one
+must say whether it runs), every case of the broken-config suite, and one case per refusal
+of the run plan. `run` is called in this process, and only on configs it refuses (an
+accepted one would start a query); the Faust app, which checks its config when imported,
+runs in a subprocess for the configs, the plan refusals and a few broken configs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproc import cli
+from streamproc.config import load_config
+from streamproc.runtime.main import run_from_cli
+from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.preflight import preflight
+from tests.unit.test_config_broken import BASE, CASES, INCLUDE_METRICS_IGNORED, mutate
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_FILES = sorted((ROOT / "configs").glob("*.json"))
+S = "streamingConfigJson"
+SECRET = "s3cr3t-Pa55"
+# Variables that configs/ or the broken suite read; unset, every outcome is fixed.
+ENV_NAMES = (
+    "STREAMPROC_KAFKA_BOOTSTRAP",
+    "STREAMPROC_PG_DSN",
+    "STREAMPROC_CHECKPOINT_DIR",
+    "PG_PASSWORD",
+    "ORDERS_PG_PASSWORD",
+)
+
+ENABLE_IDEMPOTENCE_IGNORED = (
+    f"{S}.enableIdempotence: ignored; results are exactly-once through the PostgreSQL "
+    "checkpoint whatever its value, and Kafka writes (dead letters, a kafka sink) are "
+    "at-least-once, with the source position in headers"
+)
+BUFFER_SIZE_IGNORED = (
+    "errorHandlingConfig.dlqConfig.bufferSize: ignored; dead letters are not buffered across "
+    "batches: each micro-batch sends its own and waits for the broker's acknowledgement "
+    "before its checkpoint commits"
+)
+BATCH_SECTION_IGNORED = f'{S}: ignored because mode is \'batch\'; set "mode": "streaming" to use it'
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What validate and run say about one config: warnings, then the refusal (if any)."""
+
+    warnings: list[str] = field(default_factory=list)
+    refusal: str | None = None
+
+
+# Every config in configs/, and what validate says about it. All of them are streaming
+# configs that plan; a config that could not run would be recorded here with its refusal.
+CONFIGS: dict[str, Outcome] = {
+    "fraud-detection.json": Outcome([INCLUDE_METRICS_IGNORED]),
+    "sales-dashboard.json": Outcome([INCLUDE_METRICS_IGNORED]),
+    "streaming-example.json": Outcome(
+        [ENABLE_IDEMPOTENCE_IGNORED, BUFFER_SIZE_IGNORED, INCLUDE_METRICS_IGNORED]
+    ),
+    "user-analytics.json": Outcome([INCLUDE_METRICS_IGNORED]),
+}
+
+P = "transforms[0].parameters"
+# Configs the format accepts and the run plan refuses: one line naming field, value and
+# what is accepted; BASE's includeMetrics warning comes first.
+PLAN_REFUSALS = [
+    pytest.param(
+        {("mode",): "batch"},
+        Outcome(
+            [BATCH_SECTION_IGNORED, INCLUDE_METRICS_IGNORED],
+            "mode: 'batch' pipelines do not run as streaming queries; set mode: streaming",
+        ),
+        id="batch-mode",
+    ),
+    pytest.param(
+        {
+            ("extract",): {"sourceType": "file", "path": "/data/orders/*.jsonl"},
+            ("errorHandlingConfig", "dlqConfig", "bootstrapServers"): "localhost:9092",
+        },
+        Outcome(
+            [INCLUDE_METRICS_IGNORED], "extract.sourceType: 'file' cannot stream yet; use kafka"
+        ),
+        id="file-source",
+    ),
+    pytest.param(
+        {("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented by the "
+            "streaming runtime yet; use kafka, logging or none",
+        ),
+        id="postgresql-dlq",
+    ),
+    pytest.param(
+        {(S, "stateTimeout"): "30 minutes"},
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            f"{S}.stateTimeout: 30 minutes is not supported with a windowed aggregation yet "
+            "(stateTimeout evicts idle keys of a non-windowed aggregation; the watermark "
+            "closes and evicts windows); remove stateTimeout, or windowDuration",
+        ),
+        id="state-timeout-windowed",
+    ),
+    pytest.param(
+        {("transforms", 0, "parameters", "stateTimeout"): "1 hour"},
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            f"{P}.stateTimeout: 1 hour is not supported with a windowed aggregation yet "
+            "(stateTimeout evicts idle keys of a non-windowed aggregation; the watermark "
+            "closes and evicts windows); remove stateTimeout, or windowDuration",
+        ),
+        id="transform-state-timeout-windowed",
+    ),
+    pytest.param(
+        {("transforms",): []},
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            "transforms: a streaming query needs an aggregation transform",
+        ),
+        id="no-aggregation",
+    ),
+    pytest.param(
+        {("extract", "connectionParams", "kafka.ssl.truststore.location"): "/etc/kafka.jks"},
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            "extract.connectionParams.kafka.ssl.truststore.location: not supported; supported: "
+            "kafka.sasl.kerberos.domain.name, kafka.sasl.kerberos.service.name, "
+            "kafka.sasl.mechanism, kafka.sasl.password, kafka.sasl.plain.password, "
+            "kafka.sasl.plain.username, kafka.sasl.username, kafka.security.protocol, "
+            "kafka.ssl.ca.location, kafka.ssl.cafile, kafka.ssl.certfile, "
+            "kafka.ssl.certificate.location, kafka.ssl.key.location, kafka.ssl.key.password, "
+            "kafka.ssl.keyfile",
+        ),
+        id="ssl-key-unknown",
+    ),
+    pytest.param(
+        {
+            ("extract", "connectionParams", "kafka.ssl.cafile"): "/etc/kafka/ca.pem",
+            ("extract", "connectionParams", "kafka.ssl.key.password"): SECRET,
+        },
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            "extract.connectionParams.kafka.ssl.cafile: used only with kafka.security.protocol "
+            "SSL or SASL_SSL, and the protocol is PLAINTEXT; set the protocol or remove the "
+            "kafka.ssl.* keys",
+        ),
+        id="ssl-keys-without-ssl",
+    ),
+    pytest.param(
+        {
+            ("extract", "connectionParams", "kafka.security.protocol"): "SASL_SSL",
+            ("extract", "connectionParams", "kafka.sasl.password"): SECRET,
+        },
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            "extract.connectionParams.kafka.sasl.username: required by SASL mechanism PLAIN",
+        ),
+        id="sasl-without-user",
+    ),
+    pytest.param(
+        {("load",): {"sinkType": "kafka", "topic": "order-totals"}},
+        Outcome(
+            [INCLUDE_METRICS_IGNORED],
+            "load.connectionParams.url: a kafka sink keeps its checkpoint (ledger, partials) "
+            "in PostgreSQL; give url (or set STREAMPROC_PG_DSN)",
+        ),
+        id="kafka-sink-without-checkpoint-database",
+    ),
+]
+
+# Broken configs the Faust app is also started on (one per kind of check: a value, an
+# environment reference, a relation between fields).
+FAUST_BROKEN = ("trigger-bad-unit", "env-unset", "append-without-watermark")
+
+
+@pytest.fixture(autouse=True)
+def _fixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = cli.main(["validate", str(path)])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def _run(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = run_from_cli(str(path))
+    return code, capsys.readouterr().err.splitlines()
+
+
+def _expected_lines(path: Path, outcome: Outcome) -> list[str]:
+    refusal = [f"{path}: {outcome.refusal}"] if outcome.refusal else []
+    return [f"{path}: warning: {w}" for w in outcome.warnings] + refusal
+
+
+def _faust_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ENV_NAMES and k != "STREAMPROC_CONFIG"}
+
+
+def _faust_import(path: Path) -> subprocess.CompletedProcess[str]:
+    """Import agents.app (what `faust -A agents.app worker` does first) with this config."""
+    return subprocess.run(
+        [sys.executable, "-c", "import agents.app"],
+        cwd=ROOT,
+        env={**_faust_env(), "STREAMPROC_CONFIG": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _faust_imports(paths: list[Path]) -> Iterator[subprocess.CompletedProcess[str]]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield from pool.map(_faust_import, paths)
+
+
+def test_every_config_file_is_recorded() -> None:
+    assert sorted(CONFIGS) == [p.name for p in CONFIG_FILES]
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_config_file_validates_and_plans(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = CONFIGS[path.name]
+    code, err = _validate(path, capsys)
+    assert err == _expected_lines(path, outcome)
+    assert code == (1 if outcome.refusal else 0)
+    checked = preflight(path)
+    assert (checked.plan is None) == (outcome.refusal is not None)
+    if checked.plan is not None:
+        # The planning path of reset, the demo and the fault workers gives the same plan.
+        assert checked.plan == plan_from_config(load_config(path))
+
+
+@pytest.mark.parametrize(("changes", "outcome"), PLAN_REFUSALS)
+def test_a_plan_refusal_is_the_same_line_in_validate_and_run(
+    changes: dict[tuple[Any, ...], Any],
+    outcome: Outcome,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "refused.json"
+    path.write_text(json.dumps(mutate(changes)))
+    expected = _expected_lines(path, outcome)
+    assert _validate(path, capsys) == (1, expected)
+    assert _run(path, capsys) == (1, expected)
+    assert SECRET not in "\n".join(expected)
+
+
+@pytest.mark.parametrize(("changes", "errors"), CASES)
+def test_a_broken_config_is_refused_alike_by_validate_and_run(
+    changes: dict[tuple[Any, ...], Any],
+    errors: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(mutate(changes)))
+    code, err = _validate(path, capsys)
+    assert code == 1
+    assert [line for line in err if ": warning: " not in line] == [f"{path}: {e}" for e in errors]
+    assert _run(path, capsys) == (code, err)
+
+
+def test_the_faust_worker_agrees_with_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases: list[Path] = list(CONFIG_FILES)
+    for param in PLAN_REFUSALS:
+        changes, _ = param.values
+        path = tmp_path / f"{param.id}.json"
+        path.write_text(json.dumps(mutate(changes)))
+        cases.append(path)
+    for param in CASES:
+        if param.id in FAUST_BROKEN:
+            changes, _ = param.values
+            path = tmp_path / f"{param.id}.json"
+            path.write_text(json.dumps(mutate(changes)))
+            cases.append(path)
+    assert len(cases) == len(CONFIG_FILES) + len(PLAN_REFUSALS) + len(FAUST_BROKEN)
+    for path, done in zip(cases, _faust_imports(cases), strict=True):
+        code, err = _validate(path, capsys)
+        assert (done.returncode, done.stderr.splitlines()) == (code, err), path
+        assert "Traceback" not in done.stderr
+
+
+def test_the_base_config_of_the_broken_suite_runs() -> None:
+    assert preflight(copy.deepcopy(BASE), env={}).ok

@@ -1,0 +1,148 @@
+"""What `validate` and `run` say before a run: options the run ignores, windows that never
+close, what checkpointLocation holds; and validate stays free of the Kafka and PostgreSQL
+clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproc import cli
+from streamproc.config import validate_config
+from streamproc.runtime.preflight import preflight
+from tests.unit.test_config_broken import BASE, INCLUDE_METRICS_IGNORED, mutate
+
+S = "streamingConfigJson"
+DLQ = "errorHandlingConfig.dlqConfig"
+CHECKPOINT_NOTE = (
+    f"{S}.checkpointLocation: unlike Spark, not the checkpoint: offsets, partial aggregates "
+    "and the ledger are kept in PostgreSQL, keyed by queryName 'orders'; this directory "
+    "holds only local RocksDB working state, rebuilt from PostgreSQL whenever a worker takes "
+    "a partition (to start the query over, use streamproc reset, not rm)"
+)
+
+
+def quiet(changes: dict[tuple[Any, ...], Any] | None = None) -> dict[str, Any]:
+    """BASE without the one ignored option it sets (includeMetrics), then ``changes``."""
+    return mutate({("loggingConfig",): {"logLevel": "INFO"}, **(changes or {})})
+
+
+def test_a_config_without_ignored_options_plans_without_warnings() -> None:
+    checked = preflight(quiet(), env={})
+    assert checked.ok and checked.errors == [] and checked.warnings == []
+    assert checked.notes == [CHECKPOINT_NOTE]
+    assert checked.plan is not None and checked.plan.log_level == "INFO"
+
+
+@pytest.mark.parametrize(
+    ("changes", "warning"),
+    [
+        (
+            {(S, "enableIdempotence"): False},
+            f"{S}.enableIdempotence: ignored; results are exactly-once through the PostgreSQL "
+            "checkpoint whatever its value, and Kafka writes (dead letters, a kafka sink) are "
+            "at-least-once, with the source position in headers",
+        ),
+        (
+            {(S, "maxFilesPerTrigger"): 10},
+            f"{S}.maxFilesPerTrigger: ignored; it limits a file source, which does not stream "
+            "yet; a micro-batch of a Kafka source is capped by maxRecordsPerTrigger (else "
+            "extract.connectionParams.maxOffsetsPerTrigger, else a default cap)",
+        ),
+        (
+            {("errorHandlingConfig", "dlqConfig", "bufferSize"): 500},
+            f"{DLQ}.bufferSize: ignored; dead letters are not buffered across batches: each "
+            "micro-batch sends its own and waits for the broker's acknowledgement before its "
+            "checkpoint commits",
+        ),
+        (
+            {("errorHandlingConfig", "dlqConfig", "producerConfig"): {"linger.ms": "50"}},
+            f"{DLQ}.producerConfig: ignored; the dead-letter producer uses acks=all and the "
+            "source's kafka.security.protocol, kafka.sasl.* and kafka.ssl.* settings",
+        ),
+        ({("loggingConfig", "includeMetrics"): False}, INCLUDE_METRICS_IGNORED),
+    ],
+    ids=["enableIdempotence", "maxFilesPerTrigger", "bufferSize", "producerConfig", "metrics"],
+)
+def test_an_ignored_option_gives_one_warning_naming_it(
+    changes: dict[tuple[Any, ...], Any], warning: str
+) -> None:
+    checked = preflight(quiet(changes), env={})
+    assert checked.ok
+    assert checked.warnings == [warning]
+
+
+def test_ignored_options_warn_once_each_in_order() -> None:
+    config = quiet(
+        {
+            (S, "enableIdempotence"): True,
+            (S, "maxFilesPerTrigger"): 1,
+            ("errorHandlingConfig", "dlqConfig", "bufferSize"): 100,
+            ("errorHandlingConfig", "dlqConfig", "producerConfig"): {},
+            ("loggingConfig", "includeMetrics"): True,
+        }
+    )
+    fields = [w.split(":")[0] for w in preflight(config, env={}).warnings]
+    assert fields == [
+        f"{S}.enableIdempotence",
+        f"{S}.maxFilesPerTrigger",
+        f"{DLQ}.bufferSize",
+        f"{DLQ}.producerConfig",
+        "loggingConfig.includeMetrics",
+    ]
+
+
+@pytest.mark.parametrize("mode", ["update", "complete"])
+def test_a_windowed_query_without_watermark_warns_that_its_windows_never_close(
+    mode: str,
+) -> None:
+    config = quiet({(S, "outputMode"): mode})
+    del config[S]["watermark"]
+    report = validate_config(config, env={})
+    assert report.errors == []
+    assert report.warnings == [
+        f"{S}.watermark: not set, so the windows of this windowed '{mode}' query never close: "
+        "a record of any age still changes its window, and every (key, window) stays in state "
+        "(state grows without bound); set watermark {eventTimeColumn, delayThreshold} to close "
+        "a window once event time passes its end by delayThreshold"
+    ]
+
+
+def test_a_non_windowed_update_query_without_watermark_does_not_warn() -> None:
+    config = quiet({(S, "outputMode"): "update"})
+    del config[S]["watermark"]
+    params = config["transforms"][0]["parameters"]
+    del params["windowColumn"], params["windowDuration"]
+    config["dataQualityConfig"]["enabled"] = False
+    assert validate_config(config, env={}).warnings == []
+
+
+def test_validate_prints_warnings_on_stderr_and_the_note_on_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "orders.json"
+    path.write_text(json.dumps(BASE))
+    assert cli.main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"{path}: warning: {INCLUDE_METRICS_IGNORED}"]
+    assert out.splitlines() == [f"{path}: note: {CHECKPOINT_NOTE}", f"{path}: ok"]
+
+
+def test_validate_imports_no_kafka_postgres_or_faust_client(tmp_path: Path) -> None:
+    path = tmp_path / "orders.json"
+    path.write_text(json.dumps(BASE))
+    probe = (
+        "import sys; from streamproc import cli; code = cli.main(['validate', sys.argv[1]]); "
+        "print(sorted(m for m in ('aiokafka', 'asyncpg', 'faust') if m in sys.modules)); "
+        "sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
