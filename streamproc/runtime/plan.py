@@ -80,6 +80,10 @@ class QueryPlan:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     fail_fast: bool = False
     quality: QualityPlan = field(default_factory=QualityPlan)
+    # observability: progress records at INFO (else DEBUG); where /metrics listens
+    include_metrics: bool = True
+    metrics_address: str | None = None
+    metrics_port: int | None = None
 
     @property
     def group_id(self) -> str:

@@ -146,6 +146,9 @@ def plan_from_config(cfg: PipelineConfig) -> QueryPlan:
         ),
         fail_fast=eh.fail_fast,
         quality=_quality_plan(cfg, agg.window_column),
+        include_metrics=cfg.logging.include_metrics,
+        metrics_address=cfg.logging.metrics_address,
+        metrics_port=cfg.logging.metrics_port,
     )
 
 
