@@ -14,6 +14,9 @@ Phases of a record (`PHASES`), folded from the runtime's finer ones (timing.py):
     sink        sink (result rows), dead_letters (the DLQ writes before the commit)
     commit      commit (the transaction's COMMIT)
 
+In append mode result rows are written as their windows close, in the
+checkpoint's `closing` phase: their time counts in checkpoint, not sink.
+
 Rates, as Spark defines them: input rows per second over the wall time since
 the previous batch's fetch began (how fast records arrive); processed rows
 per second over the batch's own work, every phase but fetch (how fast they

@@ -69,6 +69,10 @@ class _InFlight:
     #: perf_counter when its fetch began, and the seconds of its preparation's phases.
     fetch_started: float = 0.0
     prepare_seconds: Mapping[str, float] = field(default_factory=dict)
+    #: perf_counter and wall clock (epoch ms) when its delivery ended: the loop
+    #: settles it later (after the next tick, with processingtime).
+    delivered_s: float | None = None
+    delivered_ms: int | None = None
 
 
 class StreamingQuery:
@@ -340,7 +344,13 @@ class StreamingQuery:
         """Start delivering a prepared batch (dead letters, transaction) in the background."""
         sent: set[Position] = set()
         task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
-        self._inflight = _InFlight(prepared, task, sent, generation, fetch_started, prepare_seconds)
+        inflight = _InFlight(prepared, task, sent, generation, fetch_started, prepare_seconds)
+        task.add_done_callback(lambda _: self._delivered_at(inflight))
+        self._inflight = inflight
+
+    def _delivered_at(self, inflight: _InFlight) -> None:
+        inflight.delivered_s = time.perf_counter()
+        inflight.delivered_ms = self._clock_ms()
 
     async def _delivered(self) -> None:
         """Wait until the batch in flight is delivered (its outcome is handled later)."""
@@ -386,7 +396,7 @@ class StreamingQuery:
         """Record the progress of a batch that committed."""
         outcome = inflight.task.result()
         commit = inflight.prepared.commit
-        now = time.perf_counter()
+        delivered_s = inflight.delivered_s or time.perf_counter()
         last = self._last_fetch_started
         self._last_fetch_started = inflight.fetch_started
         progress = build_progress(
@@ -394,10 +404,10 @@ class StreamingQuery:
             query=self.plan.query_name,
             topic=self.plan.topic,
             batch_number=self.stats.batches,
-            timestamp_ms=self._clock_ms(),
+            timestamp_ms=inflight.delivered_ms or self._clock_ms(),
             partitions=commit.partitions,
             phase_seconds={**inflight.prepare_seconds, **outcome.timings},
-            batch_seconds=now - inflight.fetch_started,
+            batch_seconds=delivered_s - inflight.fetch_started,
             since_previous_s=None if last is None else inflight.fetch_started - last,
             watermark_ms=(
                 outcome.global_watermark_ms
