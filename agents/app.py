@@ -20,7 +20,6 @@ import sys
 import faust
 
 from streamproc.runtime.main import store_factory_for, summary_lines
-from streamproc.runtime.metrics import start_metrics_server
 from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
 
@@ -57,7 +56,6 @@ app = faust.App(
 @app.task
 async def run_pipeline() -> None:
     """Run the pipeline's query until it ends or the worker stops."""
-    start_metrics_server()
     query = StreamingQuery(plan, store_factory_for(plan))
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -57,10 +57,13 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the `streamproc` command."""
+    from streamproc import __version__
+
     parser = argparse.ArgumentParser(
         prog="streamproc",
         description="Event-time stream processing from Kafka to PostgreSQL, exactly once.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser(
@@ -112,8 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamproc` console script."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["local"]:
+        # `local` has a parser of its own (up, down, status); handing it every
+        # argument lets `streamproc local --help` reach it.
+        return _cmd_local(argparse.Namespace(local_args=arguments[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     result: int = args.func(args)
     return result
 

@@ -43,6 +43,11 @@ class PhaseTimes:
             with self._lock:
                 self.seconds[name] += elapsed
 
+    def snapshot(self) -> dict[str, float]:
+        """The seconds per phase so far (a copy)."""
+        with self._lock:
+            return dict(self.seconds)
+
     def add(self, timings: Mapping[str, float]) -> None:
         """Add seconds measured elsewhere (the checkpoint's own phases)."""
         with self._lock:

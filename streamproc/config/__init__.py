@@ -40,7 +40,8 @@ delays and state timeouts in event time, triggers and retries in wall time):
 - ``cfg.data_quality``: ``enabled``, ``rules`` (``rule_type`` 'not_null' | 'range' |
   'unique', ``name``, ``columns``, ``severity``, ``parameters.min/max``),
   ``on_failure``, ``validate_after_extract``, ``validate_after_transform``.
-- ``cfg.logging``: ``log_level`` ('DEBUG' | 'INFO' | 'WARN' | 'ERROR'), ``include_metrics``.
+- ``cfg.logging``: ``log_level`` ('DEBUG' | 'INFO' | 'WARN' | 'ERROR'), ``include_metrics``,
+  ``metrics_address``, ``metrics_port``.
 """
 
 from streamproc.config.durations import format_duration_ms, parse_duration_ms

@@ -66,9 +66,11 @@ def _read(source: ConfigSource) -> dict[str, Any]:
     if isinstance(source, Mapping):
         document: Any = dict(source)
     else:
-        path = Path(source)
+        # Errors name the file as it was given ("./x.json", not pathlib's "x.json"),
+        # so that callers can tell the name is already there and not repeat it.
+        path = str(source)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = Path(source).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise _SourceError(f"{path}: cannot read the file: {reason}") from None

@@ -146,11 +146,22 @@ class DataQualityConfig(ConfigModel):
 
 
 class LoggingConfig(ConfigModel):
-    """``loggingConfig``: log level (DEBUG, INFO, WARN, ERROR), and ``includeMetrics``
-    (per-batch metrics in logs), which the run ignores with a warning."""
+    """``loggingConfig``: log level, per-batch progress in the log, where metrics are served.
+
+    Attributes:
+        log_level: 'DEBUG', 'INFO' (default), 'WARN' or 'ERROR'.
+        include_metrics: log each batch's progress record at INFO (default
+            true, as in the original format); false logs it at DEBUG.
+        metrics_address: NEW; the address /metrics listens on (default
+            127.0.0.1; STREAMPROC_METRICS_ADDRESS wins).
+        metrics_port: NEW; serve /metrics on this port, 0 for any free one
+            (default: not served; STREAMPROC_METRICS_PORT wins).
+    """
 
     log_level: _LogLevel = "INFO"
     include_metrics: Annotated[bool, Flag()] = True
+    metrics_address: str | None = None
+    metrics_port: Annotated[int, WholeNumber(0, 65535)] | None = None
 
 
 class PerformanceConfig(ConfigModel):

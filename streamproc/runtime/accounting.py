@@ -1,22 +1,35 @@
-"""The run's accounting: counts, metrics and log lines of what was committed.
+"""The run's accounting: counts, metrics, progress and log lines of what was committed.
 
 Everything here happens once a batch is durable, so a retried or replayed
 batch is counted once. For every partition of every batch:
 records = aggregated + late + bad + filtered.
+
+Each committed batch's `QueryProgress` is logged on one line (logger
+`streamproc.progress`: INFO with loggingConfig.includeMetrics, its default,
+else DEBUG), kept among the last `RECENT_PROGRESS`, and fed to the metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamproc.engine import LateRecord
 from streamproc.runtime import metrics
 from streamproc.runtime.late import LateSummary
+from streamproc.runtime.progress import QueryProgress
 from streamproc.runtime.routers import BadRouter, LateRouter
 from streamproc.sinks.base import CommitOutcome, PartitionCommit
 from streamproc.sources.base import RawRecord
 from streamproc.timing import PhaseTimes
+
+progress_log = logging.getLogger("streamproc.progress")
+
+#: Progress records a query keeps in memory (Spark keeps 100 as well).
+RECENT_PROGRESS = 100
 
 
 @dataclass(slots=True)
@@ -54,11 +67,23 @@ class RunStats:
 class Accounting:
     """Counts committed batches into `RunStats` and the Prometheus metrics."""
 
-    def __init__(self, query: str, late: LateRouter, bad: BadRouter) -> None:
+    def __init__(
+        self,
+        query: str,
+        late: LateRouter,
+        bad: BadRouter,
+        *,
+        pipeline: str = "",
+        include_metrics: bool = True,
+    ) -> None:
         self.stats = RunStats()
         self._query = query
+        self._pipeline = pipeline
         self._late = late
         self._bad = bad
+        self._progress_level = logging.INFO if include_metrics else logging.DEBUG
+        #: The last committed batches' progress, oldest first.
+        self.recent: deque[QueryProgress] = deque(maxlen=RECENT_PROGRESS)
 
     def committed(
         self,
@@ -98,6 +123,52 @@ class Accounting:
         stats.result_rows += outcome.result_rows
         metrics.BATCHES.labels(query, "committed").inc()
         metrics.RESULT_ROWS.labels(query).inc(outcome.result_rows)
+
+    def progressed(self, progress: QueryProgress, lag: Mapping[int, int]) -> None:
+        """A committed batch's progress record: keep it, log it, export it.
+
+        Args:
+            progress: The record.
+            lag: Consumer lag of every owned partition whose end is known: the
+                end offset the source client last saw minus the committed one.
+        """
+        self.recent.append(progress)
+        if progress_log.isEnabledFor(self._progress_level):
+            progress_log.log(self._progress_level, "progress %s", progress.log_line())
+        labels = (self._pipeline, self._query)
+        for phase, ms in progress.duration_ms.items():
+            metrics.PHASE_SECONDS.labels(*labels, phase).observe(ms / 1000)
+        metrics.BATCH_SECONDS.labels(*labels).observe(progress.batch_duration_ms / 1000)
+        metrics.LAST_COMMIT.labels(*labels).set(progress.timestamp_ms / 1000)
+        if progress.watermark_ms is not None:
+            metrics.GLOBAL_WATERMARK.labels(*labels).set(progress.watermark_ms / 1000)
+        for span in progress.partitions:
+            partition = str(span.partition)
+            if span.watermark_ms is not None:
+                metrics.PARTITION_WATERMARK.labels(*labels, partition).set(span.watermark_ms / 1000)
+            if span.max_event_ts_ms is not None:
+                metrics.MAX_EVENT_TIME.labels(*labels, partition).set(span.max_event_ts_ms / 1000)
+        for p, records in lag.items():
+            metrics.CONSUMER_LAG.labels(*labels, str(p)).set(records)
+
+    def assigned(self, owned: int) -> None:
+        """The consumer group gave this worker an assignment; it now owns that many partitions."""
+        labels = (self._pipeline, self._query)
+        metrics.REBALANCES.labels(*labels).inc()
+        metrics.ASSIGNED_PARTITIONS.labels(*labels).set(owned)
+
+    def revoked(self, partitions: set[int], owned: int) -> None:
+        """Partitions went to another worker: their per-partition series leave this one's."""
+        metrics.ASSIGNED_PARTITIONS.labels(self._pipeline, self._query).set(owned)
+        for p in partitions:
+            for gauge in (
+                metrics.CONSUMER_LAG,
+                metrics.PARTITION_WATERMARK,
+                metrics.MAX_EVENT_TIME,
+            ):
+                # Absent when no batch of the partition was committed here.
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self._pipeline, self._query, str(p))
 
     def dead_lettered(self) -> None:
         """A record the sink refused was dead-lettered (counted by `committed` too)."""

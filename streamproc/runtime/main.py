@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from streamproc.runtime.metrics import start_metrics_server
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.state.base import LocalStateError, WindowStore
@@ -137,7 +136,6 @@ async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> Run
     SIGINT, SIGTERM and SIGHUP finish and commit the batch in flight, then
     stop; `RunStats.stopped_by` names the signal.
     """
-    start_metrics_server()
     try:
         factory = store_factory_for(plan)
     except LocalStateError as exc:

@@ -1,14 +1,29 @@
-"""Prometheus metrics of the streaming runtime.
+"""Prometheus metrics of the streaming runtime, and the server that exposes them.
 
-Served on STREAMPROC_METRICS_PORT when set (`start_metrics_server`). Every
-record read is counted in exactly one of aggregated, late, bad or filtered.
+Every record read is counted in exactly one of aggregated, late, bad or
+filtered. The metrics added with the progress record follow Prometheus
+naming (base units: seconds; `_timestamp_seconds` for points in time) and
+carry only the labels pipeline, query, partition and phase, all bounded. The
+older series keep their names and labels (STREAMING.md "Progress and
+metrics" lists them all); `streamproc_watermark_ms` stays for the dashboards
+that read it, next to `streamproc_watermark_timestamp_seconds`.
+
+`start_metrics_server` serves /metrics on the address and port of the config
+(`loggingConfig.metricsAddress`, `metricsPort`) or of the environment
+(`STREAMPROC_METRICS_ADDRESS`, `STREAMPROC_METRICS_PORT`, which win: one
+config, several workers on a host, a port each).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("streamproc.metrics")
 
 RECORDS = Counter(
     "streamproc_records_total",
@@ -34,15 +49,122 @@ BREAKER_OPEN = Gauge(
     ["query"],
 )
 
-_started = False
+# Batches take from about a millisecond (continuous, few records) to many
+# seconds (a bounded run's large batches, a slow sink).
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+PARTITION_WATERMARK = Gauge(
+    "streamproc_watermark_timestamp_seconds",
+    "Partition watermark wm(p) after the last committed batch (event time, Unix seconds)",
+    ["pipeline", "query", "partition"],
+)
+GLOBAL_WATERMARK = Gauge(
+    "streamproc_global_watermark_timestamp_seconds",
+    "Global watermark W of the query after this worker's last commit (event time, Unix seconds)",
+    ["pipeline", "query"],
+)
+MAX_EVENT_TIME = Gauge(
+    "streamproc_max_event_time_timestamp_seconds",
+    "Max event time seen in a partition (event time, Unix seconds)",
+    ["pipeline", "query", "partition"],
+)
+PHASE_SECONDS = Histogram(
+    "streamproc_phase_duration_seconds",
+    "Wall time of a batch's phase (fetch, decode, engine, checkpoint, sink, commit)",
+    ["pipeline", "query", "phase"],
+    buckets=_SECONDS_BUCKETS,
+)
+BATCH_SECONDS = Histogram(
+    "streamproc_batch_duration_seconds",
+    "Wall time from a batch's fetch to its commit",
+    ["pipeline", "query"],
+    buckets=_SECONDS_BUCKETS,
+)
+CONSUMER_LAG = Gauge(
+    "streamproc_consumer_lag_records",
+    "Records of a partition past this worker's last commit: the end offset its client "
+    "last saw minus the committed next offset",
+    ["pipeline", "query", "partition"],
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "streamproc_assigned_partitions",
+    "Source partitions this worker owns",
+    ["pipeline", "query"],
+)
+REBALANCES = Counter(
+    "streamproc_rebalances_total",
+    "Assignments this worker received from its consumer group (the first one included)",
+    ["pipeline", "query"],
+)
+LAST_COMMIT = Gauge(
+    "streamproc_last_commit_timestamp_seconds",
+    "Wall time of this worker's last committed batch (Unix seconds)",
+    ["pipeline", "query"],
+)
+
+#: Listen on loopback only unless told otherwise: /metrics has no authentication.
+DEFAULT_ADDRESS = "127.0.0.1"
+
+_port: int | None = None
 
 
-def start_metrics_server() -> int | None:
-    """Serve /metrics on STREAMPROC_METRICS_PORT if set; returns the port."""
-    global _started
-    port = os.environ.get("STREAMPROC_METRICS_PORT")
-    if not port or _started:
+class MetricsServerError(RuntimeError):
+    """The metrics server cannot listen where it was told to (one line: where and why)."""
+
+
+def metrics_endpoint(address: str | None = None, port: int | None = None) -> tuple[str, int] | None:
+    """Where to serve /metrics: the environment over the config; None when no port is set.
+
+    Raises:
+        MetricsServerError: STREAMPROC_METRICS_PORT is not a port number.
+    """
+    env_port = os.environ.get("STREAMPROC_METRICS_PORT", "").strip()
+    if env_port:
+        if not env_port.isdigit() or int(env_port) > 65535:
+            raise MetricsServerError(
+                f"STREAMPROC_METRICS_PORT={env_port!r} is not a port; expected 0 to 65535 "
+                "(0: any free port)"
+            )
+        port = int(env_port)
+    if port is None:
         return None
-    start_http_server(int(port))
-    _started = True
-    return int(port)
+    env_address = os.environ.get("STREAMPROC_METRICS_ADDRESS", "").strip()
+    return env_address or address or DEFAULT_ADDRESS, port
+
+
+def serve_metrics(host: str, port: int) -> tuple[Any, int]:
+    """Start a /metrics server on host:port (0: any free port); returns it and its port.
+
+    Raises:
+        MetricsServerError: the address cannot be bound (in use, not local).
+    """
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        why = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise MetricsServerError(
+            f"cannot serve metrics on {host}:{port}: {why} (set metricsPort or "
+            "STREAMPROC_METRICS_PORT to a free port, or 0 for any)"
+        ) from None
+    return server, int(server.server_address[1])
+
+
+def start_metrics_server(address: str | None = None, port: int | None = None) -> int | None:
+    """Serve /metrics (see `metrics_endpoint`) once per process; returns the port, None if none.
+
+    Port 0 takes any free port; the port taken is logged and returned. A
+    second call in one process returns the first server's port.
+
+    Raises:
+        MetricsServerError: no port number, or the address cannot be bound.
+    """
+    global _port
+    if _port is not None:
+        return _port
+    endpoint = metrics_endpoint(address, port)
+    if endpoint is None:
+        return None
+    host, wanted = endpoint
+    _server, _port = serve_metrics(host, wanted)
+    log.info("metrics on http://%s:%d/metrics", host, _port)
+    return _port

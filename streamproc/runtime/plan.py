@@ -82,6 +82,10 @@ class QueryPlan:
     quality: QualityPlan = field(default_factory=QualityPlan)
     # loggingConfig.logLevel, applied by `streamproc run`
     log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
+    # observability: progress records at INFO (else DEBUG); where /metrics listens
+    include_metrics: bool = True
+    metrics_address: str | None = None
+    metrics_port: int | None = None
 
     @property
     def group_id(self) -> str:

@@ -117,6 +117,9 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         fail_fast=eh.fail_fast,
         quality=_quality_plan(cfg, agg.window_column),
         log_level=cfg.logging.log_level,
+        include_metrics=cfg.logging.include_metrics,
+        metrics_address=cfg.logging.metrics_address,
+        metrics_port=cfg.logging.metrics_port,
     )
 
 

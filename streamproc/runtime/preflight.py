@@ -106,12 +106,6 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
             f"{_DLQ}.producerConfig: ignored; the dead-letter producer uses acks=all and "
             "the source's kafka.security.protocol, kafka.sasl.* and kafka.ssl.* settings"
         )
-    if "include_metrics" in cfg.logging.model_fields_set:
-        out.append(
-            "loggingConfig.includeMetrics: ignored; metrics are not written to the log: "
-            "they are served to Prometheus on STREAMPROC_METRICS_PORT when it is set, and "
-            "a run ends with a summary of its counts"
-        )
     return out
 
 

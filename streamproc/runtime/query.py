@@ -7,7 +7,7 @@ A batch flows through these parts, in this order:
     BatchCommitter              decode, quality, engine.process/emit, prepare_commit,
                                 dead letters, one Checkpoint.commit
     FailurePolicy               outage -> wait and replay; refusal -> isolate or stop
-    Accounting                  counts, metrics, log lines of what committed
+    Accounting                  counts, metrics, progress records and log lines of what committed
     Source.commit               group offsets (informational: the ledger decides)
 
 The loop holds one lock around each batch and around rebalance callbacks, so
@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from streamproc.engine import Engine
 from streamproc.runtime import metrics
@@ -44,6 +44,7 @@ from streamproc.runtime.gcpolicy import batch_pace
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import PreparedBatch
+from streamproc.runtime.progress import QueryProgress, build_progress, phase_delta
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import Position
@@ -65,6 +66,13 @@ class _InFlight:
     task: asyncio.Task[CommitOutcome]
     sent: set[Position]
     generation: int
+    #: perf_counter when its fetch began, and the seconds of its preparation's phases.
+    fetch_started: float = 0.0
+    prepare_seconds: Mapping[str, float] = field(default_factory=dict)
+    #: perf_counter and wall clock (epoch ms) when its delivery ended: the loop
+    #: settles it later (after the next tick, with processingtime).
+    delivered_s: float | None = None
+    delivered_ms: int | None = None
 
 
 class StreamingQuery:
@@ -97,7 +105,16 @@ class StreamingQuery:
             # Half-open counts as open: the sink is not known to be back yet.
             on_change=lambda state: breaker_gauge.set(0 if state is BreakerState.CLOSED else 1),
         )
-        self._accounting = Accounting(plan.query_name, ports.late, ports.bad)
+        self._accounting = Accounting(
+            plan.query_name,
+            ports.late,
+            ports.bad,
+            pipeline=plan.pipeline_id,
+            include_metrics=plan.include_metrics,
+        )
+        self._clock_ms = clock_ms
+        #: perf_counter when the fetch of the last batch with a progress record began.
+        self._last_fetch_started: float | None = None
         self._tracker = PartitionTracker(
             plan.query_name,
             ports.source,
@@ -133,6 +150,21 @@ class StreamingQuery:
         """What this worker committed so far."""
         return self._accounting.stats
 
+    @property
+    def recent_progress(self) -> tuple[QueryProgress, ...]:
+        """The last committed batches' progress records, oldest first (at most 100).
+
+        Spark's `StreamingQuery.recentProgress`. Batches the failure policy
+        split up to isolate a refused record have none.
+        """
+        return tuple(self._accounting.recent)
+
+    @property
+    def last_progress(self) -> QueryProgress | None:
+        """The last committed batch's progress record (Spark's `lastProgress`)."""
+        recent = self._accounting.recent
+        return recent[-1] if recent else None
+
     def request_stop(self) -> None:
         """Finish the batch in flight, commit it, then stop."""
         self._stop.set()
@@ -153,7 +185,9 @@ class StreamingQuery:
         async with self._lock:
             await self._tracker.assigned(partitions)
             self._collector.pause_finished()
-            log.info("assigned partitions %s", sorted(self._source.assignment()))
+            owned = sorted(self._source.assignment())
+            self._accounting.assigned(len(owned))
+            log.info("assigned partitions %s", owned)
         self._joined.set()
 
     async def on_revoked(self, partitions: set[int]) -> None:
@@ -161,6 +195,7 @@ class StreamingQuery:
         await self._delivered()
         async with self._lock:
             await self._tracker.revoked(partitions)
+            self._accounting.revoked(partitions, len(self._source.assignment()))
             log.info("revoked partitions %s", sorted(partitions))
 
     # ---------------------------------------------------------------- the loop
@@ -170,6 +205,11 @@ class StreamingQuery:
             return await self._run()
 
     async def _run(self) -> RunStats:
+        try:
+            # Once per process; here so that every way of running a query serves it.
+            metrics.start_metrics_server(self.plan.metrics_address, self.plan.metrics_port)
+        except metrics.MetricsServerError as exc:
+            raise QueryFailedError(str(exc)) from None
         try:
             await call_with_retry(
                 self._checkpoint.open,
@@ -233,14 +273,18 @@ class StreamingQuery:
                     if self._stop.is_set():
                         break
                 generation = self._tracker.generation
+                fetch_started = time.perf_counter()
+                before = self.stats.times.snapshot()
                 with self.stats.times.phase("fetch"):
                     raws = await self._collector.collect(self._stop.is_set)
                 started = time.perf_counter()
                 prepared = await self._prepare(raws, generation)
+                # Only preparation phases count: the batch in flight adds others meanwhile.
+                prepare_seconds = phase_delta(before, self.stats.times.snapshot())
                 kept = await self._settle()
                 if prepared is not None:
                     if kept and generation == self._tracker.generation:
-                        self._launch(prepared, generation)
+                        self._launch(prepared, generation, fetch_started, prepare_seconds)
                     else:
                         async with self._lock:
                             self._tracker.discard_planned()
@@ -290,11 +334,23 @@ class StreamingQuery:
                 self._outage = exc
                 return None
 
-    def _launch(self, prepared: PreparedBatch, generation: int) -> None:
+    def _launch(
+        self,
+        prepared: PreparedBatch,
+        generation: int,
+        fetch_started: float,
+        prepare_seconds: Mapping[str, float],
+    ) -> None:
         """Start delivering a prepared batch (dead letters, transaction) in the background."""
         sent: set[Position] = set()
         task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
-        self._inflight = _InFlight(prepared, task, sent, generation)
+        inflight = _InFlight(prepared, task, sent, generation, fetch_started, prepare_seconds)
+        task.add_done_callback(lambda _: self._delivered_at(inflight))
+        self._inflight = inflight
+
+    def _delivered_at(self, inflight: _InFlight) -> None:
+        inflight.delivered_s = time.perf_counter()
+        inflight.delivered_ms = self._clock_ms()
 
     async def _delivered(self) -> None:
         """Wait until the batch in flight is delivered (its outcome is handled later)."""
@@ -332,8 +388,39 @@ class StreamingQuery:
         )
         if committed is None:
             return False
+        self._progressed(inflight)
         await self._commit_offsets(committed)
         return True
+
+    def _progressed(self, inflight: _InFlight) -> None:
+        """Record the progress of a batch that committed."""
+        outcome = inflight.task.result()
+        commit = inflight.prepared.commit
+        delivered_s = inflight.delivered_s or time.perf_counter()
+        last = self._last_fetch_started
+        self._last_fetch_started = inflight.fetch_started
+        progress = build_progress(
+            pipeline_id=self.plan.pipeline_id,
+            query=self.plan.query_name,
+            topic=self.plan.topic,
+            batch_number=self.stats.batches,
+            timestamp_ms=inflight.delivered_ms or self._clock_ms(),
+            partitions=commit.partitions,
+            phase_seconds={**inflight.prepare_seconds, **outcome.timings},
+            batch_seconds=delivered_s - inflight.fetch_started,
+            since_previous_s=None if last is None else inflight.fetch_started - last,
+            watermark_ms=(
+                outcome.global_watermark_ms
+                if outcome.global_watermark_ms is not None
+                else commit.watermark_ms
+            ),
+            state_rows_updated=sum(len(rows) for rows in commit.partials.values()),
+            sink_rows=outcome.result_rows,
+        )
+        ends = self._source.seen_ends()
+        committed = self._tracker.committed
+        lag = {p: max(0, end - committed[p]) for p, end in ends.items() if p in committed}
+        self._accounting.progressed(progress, lag)
 
     async def _take_ends(self) -> dict[int, int]:
         """The end offsets of a new bounded run: every partition's end right now.

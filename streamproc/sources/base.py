@@ -129,6 +129,13 @@ class Source(Protocol):
         """
         ...
 
+    def seen_ends(self) -> dict[int, int]:
+        """End offsets of owned partitions as last seen by the client, without a request.
+
+        For consumer lag; a partition whose end is not known yet is absent.
+        """
+        ...
+
     def pause(self, partitions: set[int]) -> None:
         """Stop fetching these partitions."""
         ...

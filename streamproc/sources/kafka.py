@@ -232,6 +232,23 @@ class KafkaSource:
             return set()  # not in the group (yet, or any more)
         return {tp.partition for tp in reader.assignment()}
 
+    def seen_ends(self) -> dict[int, int]:
+        """End offsets of owned partitions as the last fetch responses gave them (no request).
+
+        The high watermark of a fetch response, so right on brokers whose
+        ListOffsets undercounts (DESIGN.md section 5); absent for a
+        partition not fetched yet.
+        """
+        reader = self._reader
+        if reader is None:
+            return {}
+        ends = {}
+        for tp in reader.assignment():
+            high = reader.highwater(tp)
+            if high is not None:
+                ends[tp.partition] = high
+        return ends
+
     async def partition_count(self) -> int:
         """How many partitions the topic has (cluster metadata; before joining too).
 

@@ -232,6 +232,10 @@ class MemorySource:
             out[p] = PartitionInfo(start, end, record)
         return out
 
+    def seen_ends(self) -> dict[int, int]:
+        """The end offset of every owned partition (the topic is right here)."""
+        return {p: self._topic.end_offset(p) for p in self._owned}
+
     def pause(self, partitions: set[int]) -> None:
         """Stop fetching these partitions."""
         self._paused |= partitions & self._owned

@@ -28,7 +28,7 @@ from streamproc.config import load_config
 from streamproc.runtime.main import run_from_cli
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.preflight import preflight
-from tests.unit.test_config_broken import BASE, CASES, INCLUDE_METRICS_IGNORED, mutate
+from tests.unit.test_config_broken import BASE, CASES, mutate
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = sorted((ROOT / "configs").glob("*.json"))
@@ -67,22 +67,20 @@ class Outcome:
 # Every config in configs/, and what validate says about it. All of them are streaming
 # configs that plan; a config that could not run would be recorded here with its refusal.
 CONFIGS: dict[str, Outcome] = {
-    "fraud-detection.json": Outcome([INCLUDE_METRICS_IGNORED]),
-    "sales-dashboard.json": Outcome([INCLUDE_METRICS_IGNORED]),
-    "streaming-example.json": Outcome(
-        [ENABLE_IDEMPOTENCE_IGNORED, BUFFER_SIZE_IGNORED, INCLUDE_METRICS_IGNORED]
-    ),
-    "user-analytics.json": Outcome([INCLUDE_METRICS_IGNORED]),
+    "fraud-detection.json": Outcome([]),
+    "sales-dashboard.json": Outcome([]),
+    "streaming-example.json": Outcome([ENABLE_IDEMPOTENCE_IGNORED, BUFFER_SIZE_IGNORED]),
+    "user-analytics.json": Outcome([]),
 }
 
 P = "transforms[0].parameters"
 # Configs the format accepts and the run plan refuses: one line naming field, value and
-# what is accepted; BASE's includeMetrics warning comes first.
+# what is accepted.
 PLAN_REFUSALS = [
     pytest.param(
         {("mode",): "batch"},
         Outcome(
-            [BATCH_SECTION_IGNORED, INCLUDE_METRICS_IGNORED],
+            [BATCH_SECTION_IGNORED],
             "mode: 'batch' pipelines do not run as streaming queries; set mode: streaming",
         ),
         id="batch-mode",
@@ -92,15 +90,13 @@ PLAN_REFUSALS = [
             ("extract",): {"sourceType": "file", "path": "/data/orders/*.jsonl"},
             ("errorHandlingConfig", "dlqConfig", "bootstrapServers"): "localhost:9092",
         },
-        Outcome(
-            [INCLUDE_METRICS_IGNORED], "extract.sourceType: 'file' cannot stream yet; use kafka"
-        ),
+        Outcome([], "extract.sourceType: 'file' cannot stream yet; use kafka"),
         id="file-source",
     ),
     pytest.param(
         {("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented by the "
             "streaming runtime yet; use kafka, logging or none",
         ),
@@ -109,7 +105,7 @@ PLAN_REFUSALS = [
     pytest.param(
         {(S, "stateTimeout"): "30 minutes"},
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             f"{S}.stateTimeout: 30 minutes is not supported with a windowed aggregation yet "
             "(stateTimeout evicts idle keys of a non-windowed aggregation; the watermark "
             "closes and evicts windows); remove stateTimeout, or windowDuration",
@@ -119,7 +115,7 @@ PLAN_REFUSALS = [
     pytest.param(
         {("transforms", 0, "parameters", "stateTimeout"): "1 hour"},
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             f"{P}.stateTimeout: 1 hour is not supported with a windowed aggregation yet "
             "(stateTimeout evicts idle keys of a non-windowed aggregation; the watermark "
             "closes and evicts windows); remove stateTimeout, or windowDuration",
@@ -129,7 +125,7 @@ PLAN_REFUSALS = [
     pytest.param(
         {("transforms",): []},
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             "transforms: a streaming query needs an aggregation transform",
         ),
         id="no-aggregation",
@@ -137,7 +133,7 @@ PLAN_REFUSALS = [
     pytest.param(
         {("extract", "connectionParams", "kafka.ssl.truststore.location"): "/etc/kafka.jks"},
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             "extract.connectionParams.kafka.ssl.truststore.location: not supported; supported: "
             "kafka.sasl.kerberos.domain.name, kafka.sasl.kerberos.service.name, "
             "kafka.sasl.mechanism, kafka.sasl.password, kafka.sasl.plain.password, "
@@ -154,7 +150,7 @@ PLAN_REFUSALS = [
             ("extract", "connectionParams", "kafka.ssl.key.password"): SECRET,
         },
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             "extract.connectionParams.kafka.ssl.cafile: used only with kafka.security.protocol "
             "SSL or SASL_SSL, and the protocol is PLAINTEXT; set the protocol or remove the "
             "kafka.ssl.* keys",
@@ -167,7 +163,7 @@ PLAN_REFUSALS = [
             ("extract", "connectionParams", "kafka.sasl.password"): SECRET,
         },
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             "extract.connectionParams.kafka.sasl.username: required by SASL mechanism PLAIN",
         ),
         id="sasl-without-user",
@@ -175,7 +171,7 @@ PLAN_REFUSALS = [
     pytest.param(
         {("load",): {"sinkType": "kafka", "topic": "order-totals"}},
         Outcome(
-            [INCLUDE_METRICS_IGNORED],
+            [],
             "load.connectionParams.url: a kafka sink keeps its checkpoint (ledger, partials) "
             "in PostgreSQL; give url (or set STREAMPROC_PG_DSN)",
         ),
