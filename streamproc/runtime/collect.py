@@ -26,7 +26,7 @@ log = logging.getLogger("streamproc.query")
 
 # Without maxRecordsPerTrigger a micro-batch is still capped, so one
 # transaction stays small; the cap never changes results, only batch sizes.
-DEFAULT_BATCH_CAP = 100_000
+DEFAULT_BATCH_CAP = 70_000
 BOUNDED_TRIGGERS = ("once", "availablenow")
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from streamproc.engine import Engine, LateRecord
 from streamproc.runtime import metrics
@@ -47,6 +48,11 @@ from streamproc.sinks.base import (
     PartitionCommit,
 )
 from streamproc.sources.base import RawRecord
+
+T = TypeVar("T")
+
+#: Batches smaller than this are prepared on the event loop, not the worker thread.
+INLINE_BELOW = 2_000
 
 log = logging.getLogger("streamproc.query")
 
@@ -216,8 +222,12 @@ class BatchCommitter:
         tracker = self._tracker
         engine = tracker.engine
         times = self._accounting.stats.times
-        processed = await self._offload.run(
-            process_records, raws, engine, self._quality, self._guard, times
+        # A small batch is prepared on the loop: handing it to the worker
+        # thread and back costs GIL switches (up to 5 ms each) that are worth
+        # paying only when preparing takes longer than the commit it overlaps.
+        inline = len(raws) < INLINE_BELOW
+        processed = await self._cpu(
+            inline, process_records, raws, engine, self._quality, self._guard, times
         )
         if not raws and engine.global_watermark_ms is None:
             # With no records an emit can still close windows, but only once
@@ -229,7 +239,8 @@ class BatchCommitter:
             with times.phase("watermarks"):
                 await tracker.refresh_remote_watermarks()
         with times.phase("engine"):
-            return await self._offload.run(
+            return await self._cpu(
+                inline,
                 self._emit,
                 processed,
                 engine,
@@ -237,6 +248,9 @@ class BatchCommitter:
                 tracker.owns_every_partition,
                 tracker.partition_count,
             )
+
+    async def _cpu(self, inline: bool, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args) if inline else await self._offload.run(fn, *args)
 
     def _emit(
         self,

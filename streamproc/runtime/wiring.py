@@ -19,7 +19,7 @@ from streamproc.sinks.layout import result_layout
 from streamproc.sinks.postgres import PostgresCheckpoint
 from streamproc.sinks.postgres_table import PostgresTableSink
 from streamproc.sources.base import Source
-from streamproc.sources.kafka import KafkaSource, KafkaSourceConfig
+from streamproc.sources.kafka import LAGGING_WAIT_MS, KafkaSource, KafkaSourceConfig
 
 # A dead-letter producer must carry any record the source can deliver, plus
 # its headers: max_partition_fetch_bytes of the source (4 MiB) and room.
@@ -87,6 +87,10 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
             client_params=plan.kafka_params,
             session_timeout_ms=plan.session_timeout_ms,
             metadata_max_age_ms=plan.metadata_max_age_ms,
+            # A continuous query answers as soon as records arrive: no batch
+            # waits for a partition whose next records are still in flight.
+            lagging_wait_ms=0 if plan.trigger == "continuous" else LAGGING_WAIT_MS,
+            fetch_max_wait_ms=10 if plan.trigger == "continuous" else 100,
         )
     )
     late, bad = late_router(plan), bad_router(plan)

@@ -50,6 +50,13 @@ class KafkaSourceConfig:
     # picked up (the group rebalances) within about this long. Kafka's default
     # is 5 minutes; Spark's Kafka source and Flink's discovery use seconds.
     metadata_max_age_ms: int = 5_000
+    # How long a fetch waits for a partition known to hold records (position
+    # below the high watermark) that has none buffered yet, so that a batch
+    # takes every partition level in time. 0 for latency-first triggers
+    # (continuous), as Kafka Streams' max.task.idle.ms = 0.
+    lagging_wait_ms: int = LAGGING_WAIT_MS
+    # The longest the broker holds a fetch request open when it has no records.
+    fetch_max_wait_ms: int = 100
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -119,7 +126,7 @@ class KafkaSource:
             isolation_level="read_uncommitted",
             # A short broker-side wait keeps continuous and processingtime
             # triggers from missing records that arrive during a long poll.
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             metadata_max_age_ms=cfg.metadata_max_age_ms,
             **dict(cfg.client_params),
         )
@@ -171,7 +178,7 @@ class KafkaSource:
             fetch_max_bytes=cfg.fetch_max_bytes,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             isolation_level="read_uncommitted",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             metadata_max_age_ms=cfg.metadata_max_age_ms,
             **dict(cfg.client_params),
         )
@@ -397,8 +404,9 @@ class KafkaSource:
                 for p in owned
                 if not self._buffered.get(p) and await self._known_lag(reader, p)
             ]
-            if lagging and (len(lagging) < len(owned) or timeout_ms > 0):
-                got = await reader.getmany(*lagging, timeout_ms=LAGGING_WAIT_MS, max_records=share)
+            wait_ms = self._config.lagging_wait_ms
+            if lagging and wait_ms > 0 and (len(lagging) < len(owned) or timeout_ms > 0):
+                got = await reader.getmany(*lagging, timeout_ms=wait_ms, max_records=share)
                 self._take(got)
         except IllegalStateError:
             pass  # a partition was revoked meanwhile; `forget` dropped its records
