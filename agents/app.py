@@ -19,6 +19,7 @@ import sys
 
 import faust
 
+from streamproc.batch.plan import BatchPlan
 from streamproc.runtime.main import store_factory_for, summary_lines
 from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
@@ -37,6 +38,15 @@ _checked = preflight(_config_path)
 for _line in _checked.problem_lines(_config_path):
     print(_line, file=sys.stderr)
 if _checked.plan is None:
+    sys.exit(1)
+if isinstance(_checked.plan, BatchPlan):
+    # A worker serves a stream with its group; a batch job reads a bounded input
+    # once, loads it in one transaction and ends: nothing for Faust to host.
+    print(
+        "streamproc: mode 'batch' runs as a job with `streamproc run CONFIG`, not in a "
+        "Faust worker (set mode: streaming to run it here)",
+        file=sys.stderr,
+    )
     sys.exit(1)
 plan = _checked.plan
 for _note in _checked.notes:

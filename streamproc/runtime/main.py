@@ -1,4 +1,4 @@
-"""Run one streaming query in this process: `streamproc run CONFIG`.
+"""Run one streaming query (or a batch job) in this process: `streamproc run CONFIG`.
 
 SIGINT and SIGTERM finish and commit the batch in flight, then the process
 exits 0. A bounded trigger (once, availablenow) exits 0 when it reached the
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from streamproc.batch.plan import BatchPlan
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.state.base import LocalStateError, WindowStore
@@ -195,6 +196,10 @@ def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
         return 1
     plan = checked.plan
     configure_logging(plan.log_level)
+    if isinstance(plan, BatchPlan):
+        from streamproc.batch.job import run_batch_cli
+
+        return run_batch_cli(plan)
     for note in checked.notes:
         log.info("%s", note)
     started = time.monotonic()

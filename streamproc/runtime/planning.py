@@ -30,12 +30,12 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
     """
     streaming = cfg.streaming
     if not cfg.is_streaming or streaming is None:
-        raise ValueError(
-            "mode: 'batch' pipelines do not run as streaming queries; set mode: streaming"
-        )
+        # Batch jobs are planned by streamproc.batch.plan (preflight picks by mode).
+        raise ValueError("mode: 'batch' pipelines run as batch jobs, not as streaming queries")
     if cfg.extract.source_type != "kafka":
         raise ValueError(
-            f"extract.sourceType: '{cfg.extract.source_type}' cannot stream yet; use kafka"
+            f"extract.sourceType: '{cfg.extract.source_type}' cannot stream yet; use kafka, "
+            "or mode: batch"
         )
     agg = cfg.aggregation
     if agg is None:
@@ -115,7 +115,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
             half_open_max_attempts=breaker.half_open_max_attempts,
         ),
         fail_fast=eh.fail_fast,
-        quality=_quality_plan(cfg, agg.window_column),
+        quality=quality_plan(cfg, agg.window_column),
         log_level=cfg.logging.log_level,
         include_metrics=cfg.logging.include_metrics,
         metrics_address=cfg.logging.metrics_address,
@@ -123,7 +123,8 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
     )
 
 
-def _quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan:
+def quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan:
+    """The dataQualityConfig rules of a pipeline, resolved (streaming and batch alike)."""
     dq = cfg.data_quality
     if not dq.enabled:
         return QualityPlan()

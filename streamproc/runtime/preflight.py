@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from streamproc.batch.plan import BatchPlan, batch_plan_from_config
 from streamproc.config import PipelineConfig, validate_config
 from streamproc.config.loader import ConfigSource
+from streamproc.config.transform import aggregation_transforms
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 
@@ -26,13 +28,14 @@ class Preflight:
     """The outcome of :func:`preflight`.
 
     Attributes:
-        plan: the run plan, or None when the config is invalid or refused.
+        plan: the run plan (a streaming query's, or a batch job's), or None when the
+            config is invalid or refused.
         errors: one line per problem, or the one refusal of the plan.
         warnings: one line per accepted-but-worth-knowing setting.
         notes: what a setting means here when that differs from Spark (valid configs only).
     """
 
-    plan: QueryPlan | None
+    plan: QueryPlan | BatchPlan | None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -67,7 +70,9 @@ def preflight(source: ConfigSource, env: Mapping[str, str] | None = None) -> Pre
         return Preflight(None, report.errors, report.warnings)
     warnings = report.warnings + ignored_options(config)
     try:
-        plan = plan_from_config(config, env)
+        plan: QueryPlan | BatchPlan = (
+            plan_from_config(config, env) if config.is_streaming else batch_plan_from_config(config)
+        )
     except ValueError as exc:
         return Preflight(None, [str(exc)], warnings)
     return Preflight(plan, [], warnings, checkpoint_notes(config))
@@ -79,7 +84,7 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
     These are keys of the original format that no part of the run plan carries;
     each warning says what the run does instead.
     """
-    out: list[str] = []
+    out: list[str] = [] if cfg.is_streaming else _ignored_in_batch(cfg)
     streaming = cfg.streaming if cfg.is_streaming else None
     given = streaming.model_fields_set if streaming is not None else set()
     if "enable_idempotence" in given:
@@ -105,6 +110,23 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
         out.append(
             f"{_DLQ}.producerConfig: ignored; the dead-letter producer uses acks=all and "
             "the source's kafka.security.protocol, kafka.sasl.* and kafka.ssl.* settings"
+        )
+    return out
+
+
+def _ignored_in_batch(cfg: PipelineConfig) -> list[str]:
+    out: list[str] = []
+    found = aggregation_transforms(cfg.transforms)
+    if found and found[0][1].state_timeout_ms is not None:
+        out.append(
+            f"transforms[{found[0][0]}].parameters.stateTimeout: ignored in batch mode; "
+            "a batch job aggregates its whole input at once and evicts nothing"
+        )
+    given = cfg.logging.model_fields_set & {"metrics_port", "metrics_address"}
+    if given:
+        out.append(
+            "loggingConfig.metricsPort: ignored in batch mode; a batch job serves no "
+            "/metrics, it prints its report (rows read, written, rejected) when it ends"
         )
     return out
 

@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 
 from streamproc import cli
+from streamproc.batch.plan import BatchPlan
 from streamproc.config import load_config
 from streamproc.runtime.main import run_from_cli
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.preflight import preflight
-from tests.unit.test_config_broken import BASE, CASES, mutate
+from tests.unit.test_config_broken import BASE, CASES, DELETE, mutate
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = sorted((ROOT / "configs").glob("*.json"))
@@ -78,20 +79,51 @@ P = "transforms[0].parameters"
 # what is accepted.
 PLAN_REFUSALS = [
     pytest.param(
-        {("mode",): "batch"},
-        Outcome(
-            [BATCH_SECTION_IGNORED],
-            "mode: 'batch' pipelines do not run as streaming queries; set mode: streaming",
-        ),
-        id="batch-mode",
-    ),
-    pytest.param(
         {
             ("extract",): {"sourceType": "file", "path": "/data/orders/*.jsonl"},
             ("errorHandlingConfig", "dlqConfig", "bootstrapServers"): "localhost:9092",
         },
-        Outcome([], "extract.sourceType: 'file' cannot stream yet; use kafka"),
-        id="file-source",
+        Outcome([], "extract.sourceType: 'file' cannot stream yet; use kafka, or mode: batch"),
+        id="file-source-streaming",
+    ),
+    pytest.param(
+        {("mode",): "batch", ("extract", "connectionParams", "startingOffsets"): "latest"},
+        Outcome(
+            [BATCH_SECTION_IGNORED],
+            "extract.connectionParams.startingOffsets: 'latest' reads nothing in batch mode "
+            "(the end offsets are taken when the job starts); use earliest, the batch default",
+        ),
+        id="batch-latest-offsets",
+    ),
+    pytest.param(
+        {("mode",): "batch", ("load",): {"sinkType": "kafka", "topic": "order-totals"}},
+        Outcome(
+            [BATCH_SECTION_IGNORED],
+            "load.sinkType: 'kafka' is not supported in batch mode; use postgresql",
+        ),
+        id="batch-kafka-sink",
+    ),
+    pytest.param(
+        {
+            ("mode",): "batch",
+            ("load", "writeMode"): "upsert",
+            ("load", "upsertKeys"): "user_id",
+        },
+        Outcome(
+            [BATCH_SECTION_IGNORED],
+            "load.upsertKeys: (user_id) is not the key of the aggregation's rows; use "
+            "(user_id, window_start, window_end)",
+        ),
+        id="batch-upsert-keys-not-the-row-key",
+    ),
+    pytest.param(
+        {("mode",): "batch", ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
+        Outcome(
+            [BATCH_SECTION_IGNORED],
+            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented yet; use "
+            "kafka, logging or none",
+        ),
+        id="batch-postgresql-dlq",
     ),
     pytest.param(
         {("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
@@ -179,6 +211,32 @@ PLAN_REFUSALS = [
     ),
 ]
 
+# Batch jobs that validate (and run with `streamproc run`), with validate's warnings; the
+# Faust worker refuses them with FAUST_BATCH (a worker serves streams).
+BATCH_ACCEPTED = [
+    pytest.param({("mode",): "batch"}, [BATCH_SECTION_IGNORED], id="batch-kafka"),
+    pytest.param(
+        {
+            ("mode",): "batch",
+            ("extract",): {"sourceType": "file", "path": "/data/orders/*.jsonl"},
+            ("errorHandlingConfig", "dlqConfig", "bootstrapServers"): "localhost:9092",
+            ("load", "writeMode"): "upsert",
+            ("load", "upsertKeys"): "user_id, window_start, window_end",
+        },
+        [BATCH_SECTION_IGNORED],
+        id="batch-file-upsert",
+    ),
+    pytest.param(
+        {("mode",): "batch", ("transforms",): [], (S,): DELETE},
+        [],
+        id="batch-without-aggregation",
+    ),
+]
+FAUST_BATCH = (
+    "streamproc: mode 'batch' runs as a job with `streamproc run CONFIG`, not in a Faust "
+    "worker (set mode: streaming to run it here)"
+)
+
 # Broken configs the Faust app is also started on (one per kind of check: a value, an
 # environment reference, a relation between fields).
 FAUST_BROKEN = ("trigger-bad-unit", "env-unset", "append-without-watermark")
@@ -262,6 +320,20 @@ def test_a_plan_refusal_is_the_same_line_in_validate_and_run(
     assert SECRET not in "\n".join(expected)
 
 
+@pytest.mark.parametrize(("changes", "warnings"), BATCH_ACCEPTED)
+def test_a_batch_job_validates_and_plans(
+    changes: dict[tuple[Any, ...], Any],
+    warnings: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps(mutate(changes)))
+    assert _validate(path, capsys) == (0, _expected_lines(path, Outcome(warnings)))
+    checked = preflight(path)
+    assert isinstance(checked.plan, BatchPlan)
+
+
 @pytest.mark.parametrize(("changes", "errors"), CASES)
 def test_a_broken_config_is_refused_alike_by_validate_and_run(
     changes: dict[tuple[Any, ...], Any],
@@ -293,8 +365,18 @@ def test_the_faust_worker_agrees_with_validate(
             path.write_text(json.dumps(mutate(changes)))
             cases.append(path)
     assert len(cases) == len(CONFIG_FILES) + len(PLAN_REFUSALS) + len(FAUST_BROKEN)
-    for path, done in zip(cases, _faust_imports(cases), strict=True):
+    batch: list[Path] = []
+    for param in BATCH_ACCEPTED:
+        changes, _ = param.values
+        path = tmp_path / f"{param.id}.json"
+        path.write_text(json.dumps(mutate(changes)))
+        batch.append(path)
+    for path, done in zip(cases + batch, _faust_imports(cases + batch), strict=True):
         code, err = _validate(path, capsys)
+        if path in batch:
+            # validate accepts it for `streamproc run`; the worker says where it runs.
+            assert code == 0
+            code, err = 1, [*err, FAUST_BATCH]
         assert (done.returncode, done.stderr.splitlines()) == (code, err), path
         assert "Traceback" not in done.stderr
 

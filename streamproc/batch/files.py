@@ -1,0 +1,95 @@
+"""The file source of a batch job: JSON-lines files named by a directory, a file or a glob.
+
+Files are read in path order, then line order; (file index, line index) plays the
+part of (partition, offset), so `first`/`last` ties and reports work as for Kafka.
+A name ending in `.gz` is gzip. A last line without its newline is being written
+(or was cut): it is ignored and reported, never half-read. Blank lines are skipped
+(they still count as lines, so positions stay the file's own line numbers).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from streamproc.sources.base import RawRecord
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class FileSourceError(RuntimeError):
+    """The path names no readable file (one line, for the job's failure message)."""
+
+
+def list_files(path: str) -> list[str]:
+    """The files a path names, in path order.
+
+    A directory names its regular files (not those of subdirectories, and not
+    hidden ones: names starting with '.' or '_', as Spark skips them); a glob
+    (recursive with '**') names the regular files it matches; else the file itself.
+
+    Raises:
+        FileSourceError: the path does not exist, or the glob matches no file.
+    """
+    if any(c in _GLOB_CHARS for c in path):
+        found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+        if not found:
+            raise FileSourceError(f"extract.path: '{path}' matches no file")
+        return found
+    if os.path.isdir(path):
+        return sorted(
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if not name.startswith((".", "_")) and os.path.isfile(os.path.join(path, name))
+        )
+    if os.path.isfile(path):
+        return [path]
+    raise FileSourceError(f"extract.path: '{path}' does not exist")
+
+
+@dataclass(frozen=True, slots=True)
+class FileLines:
+    """The complete lines of one file.
+
+    Attributes:
+        records: one per non-blank line: partition = the file's index, offset = the
+            line's index (0-based), value = the line's bytes.
+        partial_tail: bytes after the last newline (an incomplete line, ignored); 0
+            when the file ends with a newline.
+    """
+
+    records: list[RawRecord]
+    partial_tail: int
+
+
+def read_file(index: int, path: str) -> FileLines:
+    """Read one JSON-lines file (gzip when its name ends in `.gz`).
+
+    Raises:
+        FileSourceError: the file cannot be read or decompressed.
+    """
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise FileSourceError(f"cannot read {path}: {exc}") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: empty unless the line is incomplete
+    records = [
+        RawRecord(index, number, None, line, 0) for number, line in enumerate(lines) if line.strip()
+    ]
+    return FileLines(records, len(tail) if tail.strip() else 0)
+
+
+def iter_files(files: list[str]) -> Iterator[tuple[str, FileLines]]:
+    """Each file's lines in path order, one file in memory at a time."""
+    for index, path in enumerate(files):
+        yield path, read_file(index, path)

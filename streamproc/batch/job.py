@@ -1,0 +1,252 @@
+"""Run a batch job: read the bounded input, transform it, load it in one transaction.
+
+    input (Kafka from startingOffsets to the ends at start, or JSON-lines files)
+      -> decode (not JSON / not an object: bad)
+      -> data-quality rules after extract
+      -> aggregation: the streaming engine, every window final at the end
+         | no aggregation: the records themselves
+      -> one PostgreSQL transaction: the table, the write mode, the rows, and the
+         dead letters sent before the commit
+
+Bad records never stop the job unless failFast is set; each is counted with its
+reason, logged or dead-lettered per dlqConfig, and listed in the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from streamproc.batch.files import iter_files, list_files
+from streamproc.batch.kafka import bounded_ranges, read_bounded
+from streamproc.batch.load import Doc, LoadResult, LoadTarget, RowRefusedError, load
+from streamproc.batch.plan import BatchPlan
+from streamproc.batch.report import BatchReport
+from streamproc.batch.rows import result_doc
+from streamproc.engine import Engine, ResultRow
+from streamproc.runtime.decode import decode_records
+from streamproc.runtime.failures import is_outage
+from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
+from streamproc.runtime.quality import QualityGate
+from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
+from streamproc.sinks.base import OutgoingMessage
+from streamproc.sinks.layout import result_layout
+from streamproc.sources.base import RawRecord
+from streamproc.state.memory import memory_store_factory
+
+log = logging.getLogger("streamproc.batch")
+
+#: Lines of a file handed to the engine at a time.
+CHUNK = 10_000
+
+
+class BatchFailedError(RuntimeError):
+    """The job stopped (failFast, an abort rule, ...): one line, nothing loaded."""
+
+
+class _Collector:
+    """Decodes, checks and transforms the input chunk by chunk; remembers what to report."""
+
+    def __init__(self, plan: BatchPlan, report: BatchReport) -> None:
+        self._plan = plan
+        self.report = report
+        self.files: list[str] = []
+        spec = plan.spec
+        quality = plan.quality
+        if spec is None:
+            # The records are the rows: rules meant for either stage see them.
+            after = quality.after_extract or quality.after_transform
+            quality = dataclasses.replace(quality, after_extract=after, after_transform=False)
+        outputs = [a.output for a in spec.aggregations] if spec else []
+        self._gate = QualityGate(quality, spec.group_by if spec else (), outputs)
+        self._engine = Engine(spec, memory_store_factory, lambda: 0) if spec else None
+        self.records: list[RawRecord] = []  # no aggregation: the records to load
+        self.fields: set[str] = set()
+        self.letters: list[OutgoingMessage] = []
+        self._log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
+
+    def where(self, partition: int, offset: int) -> str:
+        """A record's position as the user reads it (file:line, or partition and offset)."""
+        if self._plan.source_type == "file":
+            return f"{self.files[partition]}:{offset + 1}"
+        return f"partition {partition} offset {offset}"
+
+    def add(self, raws: Sequence[RawRecord]) -> None:
+        """Take one chunk of the input (each partition's records in offset order)."""
+        self.report.read += len(raws)
+        good, undecodable = decode_records(raws)
+        for item in undecodable:
+            self.bad(item.raw, item.reason)
+        kept, filtered = self._gate.filter_records(good)
+        self.report.filtered += sum(filtered.values())
+        if self._engine is not None:
+            result = self._engine.process(kept)
+            self.report.used += result.aggregated
+            if result.bad:
+                index = {(r.partition, r.offset): r for r in raws}
+                for b in result.bad:
+                    self.bad(index[(b.partition, b.offset)], b.reason)
+            return
+        index = {(r.partition, r.offset): r for r in raws}
+        for partition, offset, obj in kept:
+            self.records.append(index[(partition, offset)])
+            self.fields.update(obj)
+        self.report.used += len(kept)
+
+    def bad(self, raw: RawRecord, reason: str) -> None:
+        """Count a bad record; stop on it with failFast; else log or dead-letter it."""
+        where = self.where(raw.partition, raw.offset)
+        self.report.bad.append((where, reason))
+        plan = self._plan
+        if plan.fail_fast:
+            raise BatchFailedError(
+                f"bad record at {where}: {reason} (errorHandlingConfig.failFast: nothing loaded)"
+            )
+        if plan.dlq_type == "kafka" and plan.dlq_topic:
+            self.letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
+        elif plan.dlq_type == "logging":
+            self._log.warning("bad record: %s: %s", where, reason)
+
+    def rows(self) -> tuple[list[Doc], list[str]]:
+        """The documents to load, and where each one came from (for refusals)."""
+        plan, spec = self._plan, self._plan.spec
+        if self._engine is None or spec is None:
+            records = [(i, (r.value or b"").decode("utf-8")) for i, r in enumerate(self.records)]
+            return records, [self.where(r.partition, r.offset) for r in self.records]
+        rows = self._engine.emit().rows
+        self._gate.check_rows(rows)
+        layout = result_layout(spec, plan.table)
+        docs: list[Doc] = []
+        places: list[str] = []
+        for row in rows:
+            places.append(_describe(spec.group_by, row))
+            try:
+                docs.append((len(places) - 1, result_doc(layout, row)))
+            except ValueError as exc:
+                self.report.refused.append((places[-1], f"not storable as JSON: {exc}"))
+        return docs, places
+
+
+def _describe(group_by: Sequence[str], row: ResultRow) -> str:
+    key = ", ".join(f"{c}={v!r}" for c, v in zip(group_by, row.key, strict=True))
+    window = f" window_start_ms={row.window_start_ms}" if row.window_start_ms is not None else ""
+    return f"result row ({key}){window}"
+
+
+async def _input(plan: BatchPlan, collector: _Collector) -> AsyncIterator[Sequence[RawRecord]]:
+    if plan.source_type == "file":
+        collector.files = list_files(plan.path)
+        for path, lines in iter_files(collector.files):
+            if lines.partial_tail:
+                collector.report.incomplete.append(
+                    f"{path}: last line incomplete ({lines.partial_tail} byte(s) after the last "
+                    "newline)"
+                )
+            for start in range(0, len(lines.records), CHUNK):
+                yield lines.records[start : start + CHUNK]
+        return
+    ranges = await bounded_ranges(plan.bootstrap, plan.topic, plan.kafka_params)
+    async for batch in read_bounded(plan.bootstrap, plan.topic, ranges, plan.kafka_params):
+        yield batch
+
+
+async def run_batch(plan: BatchPlan) -> BatchReport:
+    """Run the job to its end: read, transform, load, dead letters; the report.
+
+    Raises:
+        BatchFailedError and the errors of the input and the load (see `run_batch_cli`).
+    """
+    collector = _Collector(plan, BatchReport(plan.source_name, plan.spec is not None))
+    report = collector.report
+    async for chunk in _input(plan, collector):
+        collector.add(chunk)
+    docs, places = collector.rows()
+    report.rows = len(docs) + len(report.refused)
+    target = LoadTarget(
+        plan.table,
+        plan.write_mode,
+        plan.upsert_keys,
+        result_layout(plan.spec, plan.table) if plan.spec else None,
+        frozenset(collector.fields),
+    )
+    producer = await _dlq_producer(plan)
+
+    async def before_commit(result: LoadResult) -> None:
+        letters = list(collector.letters)
+        if plan.spec is None and plan.dlq_topic and producer is not None:
+            for refusal in result.refused:
+                raw = collector.records[refusal.seq]
+                reason = f"refused by table {plan.table}: {refusal.reason}"
+                letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
+        if producer is not None:
+            await producer.send_all(letters)
+        report.dead_letters = len(letters)
+
+    try:
+        result = await call_with_retry(
+            lambda: load(
+                plan.dsn,
+                target,
+                docs,
+                batchsize=plan.batchsize,
+                fail_fast=plan.fail_fast,
+                before_commit=before_commit,
+            ),
+            plan.retry,
+            CircuitBreaker(plan.breaker, name="postgresql"),
+            what="batch load",
+            is_outage=is_outage,
+            retry_if=is_outage,
+        )
+    except RowRefusedError as exc:
+        raise BatchFailedError(
+            f"table {plan.table} refused {places[exc.refusal.seq]}: {exc.refusal.reason} "
+            "(errorHandlingConfig.failFast: the load was rolled back, the table is unchanged)"
+        ) from None
+    finally:
+        if producer is not None:
+            await producer.stop()
+    report.written, report.deleted = result.written, result.deleted
+    for refusal in result.refused:
+        report.refused.append((places[refusal.seq], refusal.reason))
+        if plan.dlq_type == "logging" or plan.spec is not None:
+            log.warning(
+                "row rejected by table %s: %s: %s", plan.table, places[refusal.seq], refusal.reason
+            )
+    report.dead_letter_topic = plan.dlq_topic if producer is not None else None
+    return report
+
+
+async def _dlq_producer(plan: BatchPlan) -> Any:
+    if plan.dlq_type != "kafka" or not plan.dlq_topic or not plan.dlq_bootstrap:
+        return None
+    from streamproc.sinks.kafka import KafkaProducerSink
+
+    producer = KafkaProducerSink(plan.dlq_bootstrap, plan.kafka_params)
+    await producer.start()
+    return producer
+
+
+def run_batch_cli(plan: BatchPlan) -> int:
+    """`streamproc run CONFIG` of a batch job: the summary on stdout, exit 0; or one
+    `streamproc:` line on stderr and exit 1."""
+    import asyncio
+    import sys
+
+    from streamproc.batch.report import summary_lines
+    from streamproc.runtime.failures import first_line
+
+    started = time.monotonic()
+    try:
+        report = asyncio.run(run_batch(plan))
+    except Exception as exc:  # every failure is one line; the traceback only at DEBUG
+        log.debug("batch job failed", exc_info=True)
+        print(f"streamproc: {first_line(exc, limit=1000)}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+    for line in summary_lines(report, plan.pipeline_id, plan.table, plan.write_mode, elapsed):
+        print(line)
+    return 0

@@ -1,0 +1,162 @@
+"""BatchPlan: what a `mode: batch` pipeline does, resolved from its config (pure).
+
+`streamproc validate`, `streamproc run` and the Faust worker build it through
+`runtime.preflight`, so a batch config that validates also runs. Nothing here
+imports a Kafka or PostgreSQL client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streamproc.config import PipelineConfig
+from streamproc.config.sink import WriteMode
+from streamproc.config.transform import WINDOW_BOUNDS
+from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
+from streamproc.runtime.planning import quality_plan
+from streamproc.runtime.quality import QualityPlan
+from streamproc.runtime.security import kafka_client_params
+
+_PARAMS = "extract.connectionParams"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """A batch job: a bounded input, the transforms, one load into PostgreSQL.
+
+    Attributes:
+        spec: the aggregation as the engine runs it (output mode complete, no
+            watermark: all data is present, so every window is final at the end);
+            None for a pipeline without aggregation, which loads the records.
+        upsert_keys: the columns an upsert matches rows on (as configured).
+        batchsize: rows per COPY chunk inside the load's one transaction.
+    """
+
+    pipeline_id: str
+    source_type: Literal["kafka", "file"]
+    table: str
+    dsn: str
+    spec: QuerySpec | None
+    write_mode: WriteMode = "append"
+    upsert_keys: tuple[str, ...] = ()
+    batchsize: int = 1000
+    # kafka input
+    bootstrap: str = ""
+    topic: str = ""
+    kafka_params: dict[str, Any] = field(default_factory=dict)
+    # file input
+    path: str = ""
+    # bad and refused records
+    dlq_type: Literal["kafka", "logging", "none", "postgresql"] = "logging"
+    dlq_topic: str | None = None
+    dlq_bootstrap: str | None = None
+    fail_fast: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    quality: QualityPlan = field(default_factory=QualityPlan)
+    log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
+
+    @property
+    def source_name(self) -> str:
+        """The input as reports and dead-letter headers name it."""
+        return self.topic if self.source_type == "kafka" else self.path
+
+
+def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
+    """The BatchPlan of a `mode: batch` pipeline.
+
+    Raises:
+        ValueError: the pipeline is valid but cannot run as a batch job: one line
+            naming the field, its value and what is accepted.
+    """
+    extract, load = cfg.extract, cfg.load
+    if load.sink_type != "postgresql" or load.table is None:
+        raise ValueError(
+            f"load.sinkType: '{load.sink_type}' is not supported in batch mode; use postgresql"
+        )
+    given = extract.connection_params.model_fields_set
+    if (
+        extract.source_type == "kafka"
+        and "starting_offsets" in given
+        and extract.starting_offsets == "latest"
+    ):
+        # Spark refuses it too: the end offsets are taken at start, so a job
+        # starting there reads nothing.
+        raise ValueError(
+            f"{_PARAMS}.startingOffsets: 'latest' reads nothing in batch mode (the end "
+            "offsets are taken when the job starts); use earliest, the batch default"
+        )
+    eh = cfg.error_handling
+    if eh.dlq.dlq_type == "postgresql":
+        raise ValueError(
+            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented yet; "
+            "use kafka, logging or none"
+        )
+    agg = cfg.aggregation
+    spec = None
+    if agg is not None:
+        spec = QuerySpec(
+            group_by=tuple(agg.group_by),
+            aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
+            output_mode="complete",
+            event_time_column=agg.window_column,
+            window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
+            if agg.window_size_ms
+            else None,
+        )
+        _check_upsert_keys(spec, load.write_mode, load.upsert_keys or ())
+    retry, breaker = eh.retry, eh.circuit_breaker
+    return BatchPlan(
+        pipeline_id=cfg.pipeline_id,
+        source_type=extract.source_type,
+        table=load.table,
+        dsn=load.dsn(),
+        spec=spec,
+        write_mode=load.write_mode,
+        upsert_keys=tuple(load.upsert_keys or ()),
+        batchsize=load.batchsize,
+        bootstrap=extract.bootstrap_servers or "",
+        topic=extract.topic or "",
+        kafka_params=kafka_client_params(extract.security_params),
+        path=extract.path or "",
+        dlq_type=eh.dlq.dlq_type,
+        dlq_topic=eh.dlq.topic,
+        dlq_bootstrap=cfg.dlq_bootstrap_servers,
+        fail_fast=eh.fail_fast,
+        retry=RetryPolicy(
+            strategy=retry.strategy,
+            max_attempts=retry.max_attempts,
+            initial_delay_s=retry.initial_delay_seconds,
+            max_delay_s=retry.max_delay_seconds,
+            multiplier=retry.backoff_multiplier,
+            jitter=retry.jitter,
+        ),
+        breaker=BreakerPolicy(
+            enabled=breaker.enabled,
+            failure_threshold=breaker.failure_threshold,
+            reset_timeout_s=breaker.reset_timeout_seconds,
+            half_open_max_attempts=breaker.half_open_max_attempts,
+        ),
+        quality=quality_plan(cfg, agg.window_column if agg else None),
+        log_level=cfg.logging.log_level,
+    )
+
+
+def result_key(spec: QuerySpec) -> tuple[str, ...]:
+    """The columns that identify an aggregation's row: group-by, then the window bounds."""
+    return spec.group_by + (WINDOW_BOUNDS if spec.window is not None else ())
+
+
+def _check_upsert_keys(spec: QuerySpec, mode: WriteMode, keys: tuple[str, ...]) -> None:
+    # The result table's unique key is the group-by columns (with their JSON
+    # types) and the window bounds: an upsert can only match rows on that key.
+    if mode != "upsert":
+        return
+    wanted = result_key(spec)
+    if sorted(keys) != sorted(wanted):
+        raise ValueError(
+            f"load.upsertKeys: ({', '.join(keys)}) is not the key of the aggregation's rows; "
+            f"use ({', '.join(wanted)})"
+        )
