@@ -1,0 +1,262 @@
+"""Batch mode end to end: `streamproc run` on a `mode: batch` config, the real broker and
+PostgreSQL, tables compared row by row with the model (tests/reference.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from streamproc.local import create_topic
+from tests.integration.batch_helpers import (
+    NOT_JSON,
+    aggregation,
+    batch_config,
+    kafka_extract,
+    write_lines,
+)
+from tests.integration.cli_helpers import last_line, run_cli
+from tests.kafka_io import produce, read_topic
+from tests.reference import Query, assert_tables_equal, expected
+from tests.results import read_table
+from tests.streams import AGGS, MINUTE, make_stream
+
+ALL_AGGS = (
+    "count=*:count,value:count,value:sum,value:avg,value:min,value:max,value:first,value:last"
+)
+#: Batch mode: no watermark, so nothing is late and every window is final at the end.
+WINDOWED = Query(("user_id",), AGGS, size_ms=10 * MINUTE, output_mode="complete")
+SLIDING = Query(
+    ("user_id",), AGGS, size_ms=10 * MINUTE, slide_ms=4 * MINUTE, output_mode="complete"
+)
+CLI_AGGS = (("count", None, "count"), ("value_sum", "value", "sum"), ("value_max", "value", "max"))
+
+
+def file_extract(path: Path | str) -> dict[str, Any]:
+    return {"sourceType": "file", "path": str(path)}
+
+
+async def records_of(pg: Any, table: str) -> list[Any]:
+    """The whole-record column of a pass-through table, ordered by seq."""
+    rows = await pg.fetch(f'SELECT record::text AS r FROM "{table}"')
+    return sorted((json.loads(r["r"]) for r in rows), key=lambda d: (d["seq"], json.dumps(d)))
+
+
+async def test_windowed_aggregation_over_kafka_matches_the_model(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = make_stream(1_500, seed=31)
+    # Bad input: an event time that does not parse, a sum over a string.
+    stream[0].insert(5, {"user_id": "u1", "event_time": "yesterday", "value": 1, "seq": -1})
+    stream[2].append({"user_id": "u2", "event_time": "2025-11-26T10:00:00Z", "value": "x"})
+    await create_topic(kafka_bootstrap, unique_name, 4)
+    await produce(kafka_bootstrap, unique_name, stream)
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        kafka_extract(unique_name),
+        transforms=aggregation(ALL_AGGS),
+        write_mode="overwrite",
+    )
+    done = run_cli(config, kafka_bootstrap, pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = expected(WINDOWED, stream)
+    assert len(want.bad) == 2
+    assert f"batch job {unique_name}: 1502 record(s) read from {unique_name}" in done.stdout
+    assert f"aggregated 1500 into {len(want.table)} row(s), bad 2, filtered 0" in done.stdout
+    assert f"{len(want.table)} row(s) written, 0 rejected by the table" in done.stdout
+    assert "(first: partition 0 offset 5)" in done.stdout
+    assert_tables_equal(await read_table(pg, unique_name, WINDOWED), want.table)
+
+
+async def test_file_source_glob_gzip_partial_line_and_bad_lines_match_the_model(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = make_stream(900, partitions=3, seed=32)
+    data = tmp_path / "in"
+    data.mkdir()
+    stream[0].insert(3, NOT_JSON)
+    stream[1].insert(0, [1, 2])  # JSON, not an object
+    write_lines(data / "a.jsonl", stream[0])
+    write_lines(data / "b.jsonl.gz", stream[1])
+    write_lines(data / "c.jsonl", [*stream[2], {"user_id": "u0"}], complete=False)
+    write_lines(data / "notes.txt", ["not matched by the glob"])
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(data / "*.jsonl*"),
+        transforms=aggregation(ALL_AGGS),
+    )
+    config = _with_slide(config)
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = expected(SLIDING, stream)
+    assert len(want.bad) == 2
+    assert "902 record(s) read" in done.stdout
+    assert f"{data / 'a.jsonl'}:4" in done.stdout
+    assert f"ignored: {data / 'c.jsonl'}: last line incomplete" in done.stdout
+    assert_tables_equal(await read_table(pg, unique_name, SLIDING), want.table)
+
+
+def _with_slide(config: Path) -> Path:
+    document = json.loads(config.read_text())
+    document["transforms"][0]["parameters"]["slideDuration"] = "4 minutes"
+    config.write_text(json.dumps(document))
+    return config
+
+
+async def test_append_overwrite_and_upsert_of_records_without_aggregation(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    first = [{"id": i, "seq": i, "v": f"a{i}"} for i in range(5)]
+    second = [{"id": i, "seq": 10 + i, "v": f"b{i}"} for i in range(3, 8)]
+    source = write_lines(tmp_path / "in.jsonl", first)
+
+    append = batch_config(tmp_path, f"{unique_name}_a", file_extract(source), batchsize=2)
+    for _ in range(2):
+        assert run_cli(append, "unused:9092", pg_dsn).returncode == 0
+    assert await records_of(pg, f"{unique_name}_a") == sorted(first + first, key=lambda d: d["seq"])
+    columns = await pg.fetch(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = $1",
+        f"{unique_name}_a",
+    )
+    assert [(c["column_name"], c["data_type"]) for c in columns] == [("record", "jsonb")]
+
+    overwrite = batch_config(
+        tmp_path, f"{unique_name}_o", file_extract(source), write_mode="overwrite"
+    )
+    assert run_cli(overwrite, "unused:9092", pg_dsn).returncode == 0
+    write_lines(source, second)
+    for _ in range(2):  # a rerun of the same input gives the same table
+        done = run_cli(overwrite, "unused:9092", pg_dsn)
+        assert done.returncode == 0, done.stderr
+    assert await records_of(pg, f"{unique_name}_o") == second
+    assert "5 row(s) written, 0 rejected by the table, 5 previous row(s) deleted" in done.stdout
+
+    upsert = batch_config(
+        tmp_path, f"{unique_name}_u", file_extract(source), write_mode="upsert", upsert_keys="id"
+    )
+    write_lines(source, first + second)  # ids 3 and 4 twice: the last read wins
+    for _ in range(2):
+        done = run_cli(upsert, "unused:9092", pg_dsn)
+        assert done.returncode == 0, done.stderr
+    rows = await pg.fetch(f'SELECT id, record::text AS r FROM "{unique_name}_u" ORDER BY id')
+    assert [(r["id"], json.loads(r["r"])) for r in rows] == [
+        (str(d["id"]), d) for d in first[:3] + second
+    ]
+
+
+async def test_upsert_of_an_aggregation_is_idempotent_and_follows_new_input(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = make_stream(600, partitions=2, seed=33)
+    data = tmp_path / "in"
+    data.mkdir()
+    write_lines(data / "p0.jsonl", stream[0])
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(data),
+        transforms=aggregation(),
+        write_mode="upsert",
+        upsert_keys="window_start,user_id,window_end",
+    )
+    query = Query(("user_id",), CLI_AGGS, size_ms=10 * MINUTE, output_mode="complete")
+    for _ in range(2):
+        assert run_cli(config, "unused:9092", pg_dsn).returncode == 0
+        want = expected(query, {0: stream[0]})
+        assert_tables_equal(await read_table(pg, unique_name, query), want.table)
+    write_lines(data / "p1.jsonl", stream[1])
+    assert run_cli(config, "unused:9092", pg_dsn).returncode == 0
+    assert_tables_equal(await read_table(pg, unique_name, query), expected(query, stream).table)
+
+
+async def _amounts_table(pg: Any, table: str) -> None:
+    await pg.execute(
+        f'CREATE TABLE "{table}" (id integer PRIMARY KEY, amount integer CHECK (amount >= 0), '
+        "loaded_at timestamptz NOT NULL DEFAULT now())"
+    )
+    await pg.execute(f'INSERT INTO "{table}" (id, amount) VALUES (100, 1), (101, 2)')
+
+
+async def _amounts(pg: Any, table: str) -> list[tuple[int, int]]:
+    rows = await pg.fetch(f'SELECT id, amount FROM "{table}" ORDER BY id')
+    return [(r["id"], r["amount"]) for r in rows]
+
+
+async def test_a_row_the_table_refuses_with_failfast_rolls_back_the_whole_load(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    await _amounts_table(pg, unique_name)
+    records = [{"id": i, "amount": 10 * i} for i in range(7)]
+    records[5]["amount"] = -5  # chunks of 2: the first two chunks went in before this one
+    source = write_lines(tmp_path / "in.jsonl", records)
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(source),
+        write_mode="overwrite",
+        batchsize=2,
+        error_handling={"failFast": True},
+    )
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 1
+    line = last_line(done.stderr)
+    assert line.startswith(f"streamproc: table {unique_name} refused {source}:6: ")
+    assert "check constraint" in line and "the table is unchanged" in line
+    assert await _amounts(pg, unique_name) == [(100, 1), (101, 2)]
+
+
+async def test_rows_the_table_refuses_are_rejected_with_reasons_and_dead_lettered(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    await _amounts_table(pg, unique_name)
+    dlq = f"{unique_name}_dlq"
+    await create_topic(kafka_bootstrap, dlq, 1)
+    records: list[Any] = [{"id": i, "amount": i} for i in range(6)]
+    records[1]["amount"] = -1  # a check constraint
+    records[3]["amount"] = "lots"  # a value an integer column cannot hold
+    records.insert(4, NOT_JSON)
+    source = write_lines(tmp_path / "in.jsonl", records)
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(source),
+        batchsize=4,
+        error_handling={
+            "dlqConfig": {"dlqType": "kafka", "topic": dlq, "bootstrapServers": "${TEST_BOOTSTRAP}"}
+        },
+    )
+    done = run_cli(config, kafka_bootstrap, pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert await _amounts(pg, unique_name) == [(0, 0), (2, 2), (4, 4), (5, 5), (100, 1), (101, 2)]
+    assert "loaded as rows 6, bad 1, filtered 0" in done.stdout
+    assert "4 row(s) written, 2 rejected by the table" in done.stdout
+    assert f"dead letters sent to {dlq}: 3" in done.stdout
+    letters = await read_topic(kafka_bootstrap, dlq)
+    got = {(x.headers["source_offset"], x.value.decode()): x.headers["reason"] for x in letters}
+    assert set(got) == {
+        ("1", json.dumps(records[1])),
+        ("3", json.dumps(records[3])),
+        ("4", NOT_JSON),
+    }
+    assert "check constraint" in got[("1", json.dumps(records[1]))]
+    assert 'invalid input syntax for type integer: "lots"' in got[("3", json.dumps(records[3]))]
+    assert got[("4", NOT_JSON)].startswith("value: not JSON")
+    assert all(x.headers["source_topic"] == str(source) for x in letters)
+
+
+async def test_a_bad_record_with_failfast_stops_before_anything_is_loaded(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [{"id": 1}, "[]", {"id": 2}])
+    config = batch_config(
+        tmp_path, unique_name, file_extract(source), error_handling={"failFast": True}
+    )
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 1
+    assert last_line(done.stderr) == (
+        f"streamproc: bad record at {source}:2: value: a JSON array, not an object "
+        "(errorHandlingConfig.failFast: nothing loaded)"
+    )
+    assert not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", unique_name)
