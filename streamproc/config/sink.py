@@ -51,7 +51,8 @@ class SinkConnectionParams(ConfigModel):
         url: a ``postgresql://`` DSN (NEW), instead of host/port/database/user/password.
         host, port, database, user, password: the parts of the DSN.
         table: the original's copy of ``load.table`` (either may be given).
-        batchsize: rows per INSERT batch.
+        batchsize: rows per COPY chunk of a batch job's load (the load is one
+            transaction, whatever its size).
         bootstrap_servers: ``kafka.bootstrap.servers`` of a Kafka sink, when it is
             not the source's cluster.
     """
@@ -108,7 +109,7 @@ class LoadConfig(ConfigModel):
 
     @property
     def batchsize(self) -> int:
-        """Rows per INSERT batch (default 1000)."""
+        """Rows per COPY chunk of a batch job's load (default 1000)."""
         return self.connection_params.batchsize or DEFAULT_BATCHSIZE
 
     @property
