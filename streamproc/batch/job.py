@@ -28,7 +28,7 @@ from streamproc.batch.report import BatchReport
 from streamproc.batch.rows import result_doc
 from streamproc.engine import Engine, ResultRow
 from streamproc.runtime.decode import decode_records
-from streamproc.runtime.failures import is_outage
+from streamproc.runtime.failures import first_line, is_outage
 from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
 from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
@@ -66,7 +66,9 @@ class _Collector:
         self.records: list[RawRecord] = []  # no aggregation: the records to load
         self.fields: set[str] = set()
         self.letters: list[OutgoingMessage] = []
-        self._log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
+        # At most 20 lines per 10 s, then a tally: a million bad lines must not
+        # become a million log lines.
+        self.log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
 
     def where(self, partition: int, offset: int) -> str:
         """A record's position as the user reads it (file:line, or partition and offset)."""
@@ -108,7 +110,7 @@ class _Collector:
         if plan.dlq_type == "kafka" and plan.dlq_topic:
             self.letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
         elif plan.dlq_type == "logging":
-            self._log.warning("bad record: %s: %s", where, reason)
+            self.log.warning("bad record: %s: %s", where, reason)
 
     def rows(self) -> tuple[list[Doc], list[str]]:
         """The documents to load, and where each one came from (for refusals)."""
@@ -206,6 +208,15 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
             f"table {plan.table} refused {places[exc.refusal.seq]}: {exc.refusal.reason} "
             "(errorHandlingConfig.failFast: the load was rolled back, the table is unchanged)"
         ) from None
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # The DSN may hold a password: name the setting, not its value.
+        raise BatchFailedError(
+            f"PostgreSQL (load.connectionParams) or the dead-letter Kafka cluster could not be "
+            f"reached after errorHandlingConfig.retryConfig's attempts: {first_line(exc)}; "
+            "nothing was loaded"
+        ) from None
     finally:
         if producer is not None:
             await producer.stop()
@@ -213,7 +224,7 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
     for refusal in result.refused:
         report.refused.append((places[refusal.seq], refusal.reason))
         if plan.dlq_type == "logging" or plan.spec is not None:
-            log.warning(
+            collector.log.warning(
                 "row rejected by table %s: %s: %s", plan.table, places[refusal.seq], refusal.reason
             )
     report.dead_letter_topic = plan.dlq_topic if producer is not None else None
@@ -237,7 +248,6 @@ def run_batch_cli(plan: BatchPlan) -> int:
     import sys
 
     from streamproc.batch.report import summary_lines
-    from streamproc.runtime.failures import first_line
 
     started = time.monotonic()
     try:

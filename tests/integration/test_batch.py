@@ -260,3 +260,26 @@ async def test_a_bad_record_with_failfast_stops_before_anything_is_loaded(
         "(errorHandlingConfig.failFast: nothing loaded)"
     )
     assert not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", unique_name)
+
+
+async def test_an_unreachable_database_is_one_line_after_the_retries(
+    unique_name: str, tmp_path: Path
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [{"id": 1}])
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(source),
+        error_handling={
+            "retryConfig": {"strategy": "fixed", "maxAttempts": 2, "initialDelaySeconds": 0.1}
+        },
+    )
+    done = run_cli(config, "unused:9092", "postgresql://u:secret@127.0.0.1:1/db")
+    assert done.returncode == 1
+    line = last_line(done.stderr)
+    assert line.startswith(
+        "streamproc: PostgreSQL (load.connectionParams) or the dead-letter Kafka cluster could "
+        "not be reached after errorHandlingConfig.retryConfig's attempts: "
+    )
+    assert line.endswith("; nothing was loaded") and "secret" not in done.stderr
+    assert "(attempt 1 of 2)" in done.stderr
