@@ -63,6 +63,11 @@ class _Collector:
         outputs = [a.output for a in spec.aggregations] if spec else []
         self._gate = QualityGate(quality, spec.group_by if spec else (), outputs)
         self._engine = Engine(spec, memory_store_factory, lambda: 0) if spec else None
+        # A `unique` rule after extract is over the whole input (the job is one
+        # batch), so the decoded records are held until the input ends.
+        unique = any(r.rule_type == "unique" for r in quality.rules)
+        hold = quality.active and quality.after_extract and unique
+        self._held: tuple[list[Any], list[RawRecord]] | None = ([], []) if hold else None
         self.records: list[RawRecord] = []  # no aggregation: the records to load
         self.fields: set[str] = set()
         self.letters: list[OutgoingMessage] = []
@@ -82,6 +87,20 @@ class _Collector:
         good, undecodable = decode_records(raws)
         for item in undecodable:
             self.bad(item.raw, item.reason)
+        if self._held is not None:
+            self._held[0].extend(good)
+            self._held[1].extend(raws)
+            return
+        self._take(good, raws)
+
+    def finish(self) -> None:
+        """The end of the input: records held for a `unique` rule are taken now."""
+        if self._held is not None:
+            good, raws = self._held
+            self._held = None
+            self._take(good, raws)
+
+    def _take(self, good: list[tuple[int, int, dict[str, Any]]], raws: Sequence[RawRecord]) -> None:
         kept, filtered = self._gate.filter_records(good)
         self.report.filtered += sum(filtered.values())
         if self._engine is not None:
@@ -165,6 +184,7 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
     report = collector.report
     async for chunk in _input(plan, collector):
         collector.add(chunk)
+    collector.finish()
     docs, places = collector.rows()
     report.rows = len(docs) + len(report.refused)
     target = LoadTarget(

@@ -283,3 +283,25 @@ async def test_an_unreachable_database_is_one_line_after_the_retries(
     )
     assert line.endswith("; nothing was loaded") and "secret" not in done.stderr
     assert "(attempt 1 of 2)" in done.stderr
+
+
+async def test_a_unique_rule_after_extract_covers_the_whole_input(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    write_lines(data / "a.jsonl", [{"id": 1, "seq": 1}, {"id": 2, "seq": 2}])
+    write_lines(data / "b.jsonl", [{"id": 2, "seq": 3}, {"id": 3, "seq": 4}])
+    config = batch_config(tmp_path, unique_name, file_extract(data))
+    document = json.loads(config.read_text())
+    document["dataQualityConfig"] = {
+        "enabled": True,
+        "validateAfterExtract": True,
+        "onFailure": "continue",
+        "rules": [{"ruleType": "unique", "name": "one per id", "columns": ["id"]}],
+    }
+    config.write_text(json.dumps(document))
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded as rows 3, bad 0, filtered 1" in done.stdout
+    assert [d["seq"] for d in await records_of(pg, unique_name)] == [1, 2, 4]
