@@ -31,7 +31,10 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
     streaming = cfg.streaming
     if not cfg.is_streaming or streaming is None:
         # Batch jobs are planned by streamproc.batch.plan (preflight picks by mode).
-        raise ValueError("mode: 'batch' pipelines run as batch jobs, not as streaming queries")
+        raise ValueError(
+            "mode: 'batch' pipelines run as batch jobs (streamproc run), not as streaming "
+            "queries; a batch job keeps no checkpoint"
+        )
     if cfg.extract.source_type != "kafka":
         raise ValueError(
             f"extract.sourceType: '{cfg.extract.source_type}' cannot stream yet; use kafka, "
