@@ -16,9 +16,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import faust
 
+from streamproc.runtime.loglevel import apply_log_level
 from streamproc.runtime.main import store_factory_for, summary_lines
 from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
@@ -42,6 +44,11 @@ plan = _checked.plan
 for _note in _checked.notes:
     log.info("%s", _note)
 
+# Faust's own data directory (relative to the cwd by default, so it littered
+# wherever the worker started): beside the query's local state instead.
+_datadir = Path(plan.checkpoint_location) / plan.query_name / "faust"
+_datadir.mkdir(parents=True, exist_ok=True)
+
 app = faust.App(
     f"streamproc-{plan.query_name}-host",
     broker=f"kafka://{plan.bootstrap}",
@@ -50,12 +57,15 @@ app = faust.App(
     web_port=int(os.environ.get("STREAMPROC_WEB_PORT") or 6066),
     topic_allow_declare=False,
     producer_acks=1,
+    datadir=str(_datadir),
 )
 
 
 @app.task
 async def run_pipeline() -> None:
     """Run the pipeline's query until it ends or the worker stops."""
+    # Faust set up logging from its -l option by now; logLevel governs streamproc's lines.
+    apply_log_level(plan.log_level)
     query = StreamingQuery(plan, store_factory_for(plan))
     loop = asyncio.get_running_loop()
     started = loop.time()
