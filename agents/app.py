@@ -47,7 +47,6 @@ for _note in _checked.notes:
 # Faust's own data directory (relative to the cwd by default, so it littered
 # wherever the worker started): beside the query's local state instead.
 _datadir = Path(plan.checkpoint_location) / plan.query_name / "faust"
-_datadir.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     f"streamproc-{plan.query_name}-host",
@@ -59,6 +58,13 @@ app = faust.App(
     producer_acks=1,
     datadir=str(_datadir),
 )
+
+
+@app.on_worker_init.connect
+def _create_datadir(sender: faust.App, **_: object) -> None:
+    # Faust creates only the last level of its datadir; made here rather than
+    # on import, which (validate's check, a `faust --help`) should write nothing.
+    _datadir.mkdir(parents=True, exist_ok=True)
 
 
 @app.task

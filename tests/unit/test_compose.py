@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,21 @@ def test_no_secret_is_written_in_the_file() -> None:
             assert "${" in line, line
 
 
+def dockerfile_copies() -> list[str]:
+    return [
+        source
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    ]
+
+
 def test_the_dockerfile_copies_what_exists() -> None:
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
-            for source in line.split()[1:-1]:
-                assert (ROOT / source).exists(), source
+    for source in dockerfile_copies():
+        assert (ROOT / source).exists(), source
+
+
+def test_the_image_has_what_building_the_package_reads() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {"pyproject.toml", project["readme"], *project["license-files"], "streamproc"}
+    assert needed <= set(dockerfile_copies())
