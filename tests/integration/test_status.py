@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.local import create_topic
-from tests.integration.cli_helpers import last_line, run_cli, write_config
+from tests.integration.cli_helpers import last_line, run_cli, run_to_the_end, write_config
 from tests.kafka_io import produce
 from tests.streams import make_stream
 
@@ -17,11 +17,7 @@ async def test_status_agrees_with_the_ledger_and_sees_new_lag(
     kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
     stream = make_stream(1_000, seed=41)
-    await create_topic(kafka_bootstrap, unique_name, 4)
-    await produce(kafka_bootstrap, unique_name, stream)
-    config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
-    done = run_cli(config, kafka_bootstrap, pg_dsn)
-    assert done.returncode == 0, done.stderr[-2000:]
+    config = await run_to_the_end(tmp_path, unique_name, kafka_bootstrap, pg_dsn, stream)
 
     shown = run_cli(config, kafka_bootstrap, pg_dsn, "status", "--json", "--batches", "1000")
     assert shown.returncode == 0, shown.stderr[-2000:]
