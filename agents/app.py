@@ -16,10 +16,12 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import faust
 
 from streamproc.batch.plan import BatchPlan
+from streamproc.runtime.loglevel import apply_log_level
 from streamproc.runtime.main import store_factory_for, summary_lines
 from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
@@ -52,6 +54,10 @@ plan = _checked.plan
 for _note in _checked.notes:
     log.info("%s", _note)
 
+# Faust's own data directory (relative to the cwd by default, so it littered
+# wherever the worker started): beside the query's local state instead.
+_datadir = Path(plan.checkpoint_location) / plan.query_name / "faust"
+
 app = faust.App(
     f"streamproc-{plan.query_name}-host",
     broker=f"kafka://{plan.bootstrap}",
@@ -60,12 +66,22 @@ app = faust.App(
     web_port=int(os.environ.get("STREAMPROC_WEB_PORT") or 6066),
     topic_allow_declare=False,
     producer_acks=1,
+    datadir=str(_datadir),
 )
+
+
+@app.on_worker_init.connect
+def _create_datadir(sender: faust.App, **_: object) -> None:
+    # Faust creates only the last level of its datadir; made here rather than
+    # on import, which (validate's check, a `faust --help`) should write nothing.
+    _datadir.mkdir(parents=True, exist_ok=True)
 
 
 @app.task
 async def run_pipeline() -> None:
     """Run the pipeline's query until it ends or the worker stops."""
+    # Faust set up logging from its -l option by now; logLevel governs streamproc's lines.
+    apply_log_level(plan.log_level)
     query = StreamingQuery(plan, store_factory_for(plan))
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -49,6 +49,14 @@ def _cmd_reset(args: argparse.Namespace) -> int:
     return reset_from_cli(args.target, dsn=args.dsn, drop_results=args.drop_results, yes=args.yes)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from streamproc.runtime.status_read import status_from_cli
+
+    return status_from_cli(
+        args.config, as_json=args.json, stale_after=args.stale_after, batches=args.batches
+    )
+
+
 def _cmd_local(args: argparse.Namespace) -> int:
     from streamproc.local import local_main
 
@@ -102,6 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
     reset.set_defaults(func=_cmd_reset)
+
+    status = sub.add_parser(
+        "status",
+        help="a query's progress: committed and end offsets, lag, watermarks, recent batches",
+        description="Per partition the committed offset (from the checkpoint in PostgreSQL), "
+        "the end offset (from the broker), the lag, the watermark and the last commit; then "
+        "the newest batches' counts and rates. Reads only; safe beside running workers.",
+        epilog="exit status: 0 fine; 1 the config, the query or a server cannot be read; "
+        "2 with --stale-after, the query is stale",
+    )
+    status.add_argument("config", metavar="CONFIG")
+    status.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    status.add_argument(
+        "--stale-after",
+        metavar="DURATION",
+        help="exit 2 when records wait and the query has not committed for this long "
+        "(e.g. '5 minutes'; '0 seconds': whenever records wait)",
+    )
+    status.add_argument(
+        "--batches",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many of the newest batches to show (default 10)",
+    )
+    status.set_defaults(func=_cmd_status)
 
     local = sub.add_parser(
         "local",

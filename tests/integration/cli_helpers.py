@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +137,22 @@ def last_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert [x for x in lines if x.startswith("streamproc:")] == lines[-1:], stderr[-3000:]
     return lines[-1]
+
+
+async def run_to_the_end(
+    tmp: Path, name: str, bootstrap: str, dsn: str, stream: Mapping[int, Sequence[Any]]
+) -> Path:
+    """Produce a stream to a new 4-partition topic and run `CLI_QUERY` over it (availablenow).
+
+    Returns:
+        The config of the finished run (see `write_config`).
+    """
+    from streamproc.local import create_topic
+    from tests.kafka_io import produce
+
+    await create_topic(bootstrap, name, 4)
+    await produce(bootstrap, name, stream)
+    config = write_config(tmp, name, bootstrap, dsn)
+    done = run_cli(config, bootstrap, dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return config

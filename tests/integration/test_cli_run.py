@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.local import create_topic
-from tests.integration.cli_helpers import BIN, CLI_QUERY, REPO, env_for, run_cli, write_config
+from tests.integration.cli_helpers import (
+    BIN,
+    CLI_QUERY,
+    REPO,
+    edit,
+    env_for,
+    run_cli,
+    write_config,
+)
 from tests.kafka_io import produce
 from tests.reference import assert_tables_equal, expected
 from tests.results import ledger_records, read_table
@@ -38,6 +46,10 @@ async def test_faust_worker_runs_the_same_query(
     await create_topic(kafka_bootstrap, unique_name, 4)
     await produce(kafka_bootstrap, unique_name, stream)
     config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
+    # Faust's -l says info; the config's logLevel says WARN, and wins for streamproc's lines.
+    edit(config, lambda doc: doc.update(loggingConfig={"logLevel": "WARN"}))
+    # Dot-entries are tools' caches (another xdist worker's .hypothesis, say), not ours.
+    before = {p.name for p in REPO.iterdir() if not p.name.startswith(".")}
     done = subprocess.run(
         [str(BIN / "faust"), "-A", "agents.app", "worker", "-l", "info"],
         env=env_for(kafka_bootstrap, pg_dsn, config),
@@ -49,6 +61,10 @@ async def test_faust_worker_runs_the_same_query(
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
     want = expected(CLI_QUERY, stream)
     assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
+    output = done.stdout + done.stderr
+    assert "Worker" in output  # Faust's own INFO lines stay (-l info)
+    assert "progress pipeline=" not in output, output[-2000:]
+    assert {p.name for p in REPO.iterdir() if not p.name.startswith(".")} == before
 
 
 async def test_sigterm_commits_the_batch_in_flight_and_exits_0(

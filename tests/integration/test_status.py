@@ -1,0 +1,93 @@
+"""`streamproc status` on the real broker and PostgreSQL: it agrees with the ledger, it sees
+records produced after a run, and it exits 2 for a stalled query, 1 for an unknown one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from streamproc.local import create_topic
+from tests.integration.cli_helpers import last_line, run_cli, run_to_the_end, write_config
+from tests.kafka_io import produce
+from tests.streams import make_stream
+
+
+async def test_status_agrees_with_the_ledger_and_sees_new_lag(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = make_stream(1_000, seed=41)
+    config = await run_to_the_end(tmp_path, unique_name, kafka_bootstrap, pg_dsn, stream)
+
+    shown = run_cli(config, kafka_bootstrap, pg_dsn, "status", "--json", "--batches", "1000")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    status = json.loads(shown.stdout)
+    ledger = await pg.fetch(
+        """SELECT partition, max(next_offset) AS next, max(committed_at) AS last
+           FROM streamproc_ledger WHERE query = $1 GROUP BY partition ORDER BY partition""",
+        unique_name,
+    )
+    assert [
+        (p["partition"], p["committedOffset"], p["endOffset"], p["lag"])
+        for p in status["partitions"]
+    ] == [(r["partition"], r["next"], len(stream[r["partition"]]), 0) for r in ledger]
+    assert status["totalLag"] == 0
+    batches = await pg.fetch(
+        """SELECT count(*) AS partitions, sum(records) AS records, sum(aggregated) AS aggregated,
+                  sum(late) AS late, sum(bad) AS bad, sum(filtered) AS filtered
+           FROM streamproc_ledger WHERE query = $1
+           GROUP BY committed_at ORDER BY committed_at DESC""",
+        unique_name,
+    )
+    assert [
+        (
+            b["partitions"],
+            b["numInputRows"],
+            b["rows"]["aggregated"],
+            b["rows"]["late"],
+            b["rows"]["bad"],
+            b["rows"]["filtered"],
+        )
+        for b in status["recentBatches"]
+    ] == [tuple(r) for r in batches]
+    assert sum(b["numInputRows"] for b in status["recentBatches"]) == 1_000
+    assert status["boundedRun"]["status"] == "done"
+    assert status["circuitBreaker"]["recorded"] is False
+
+    # Records produced after the run ended: the query lags and, idle, is stale.
+    more = make_stream(200, seed=42)
+    await produce(kafka_bootstrap, unique_name, more)
+    text = run_cli(config, kafka_bootstrap, pg_dsn, "status")
+    assert text.returncode == 0, text.stderr[-2000:]
+    assert "total lag 200 record(s)" in text.stdout
+    stale = run_cli(config, kafka_bootstrap, pg_dsn, "status", "--json", "--stale-after", "0 s")
+    assert stale.returncode == 2, stale.stderr[-2000:]
+    document = json.loads(stale.stdout)
+    assert [p["lag"] for p in document["partitions"]] == [len(more[p]) for p in range(4)]
+    assert document["stale"]["stale"] is True
+    patient = run_cli(config, kafka_bootstrap, pg_dsn, "status", "--stale-after", "1 hour")
+    assert patient.returncode == 0, patient.stderr[-2000:]
+
+    no_broker = run_cli(config, "127.0.0.1:1", pg_dsn, "status")
+    assert no_broker.returncode == 1
+    assert last_line(no_broker.stderr).startswith(
+        f"streamproc: cannot read the ends of topic {unique_name} from 127.0.0.1:1: "
+    )
+
+
+async def test_status_of_an_unknown_query_or_an_unreachable_server_is_one_line(
+    kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    await create_topic(kafka_bootstrap, unique_name, 2)
+    config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
+    unknown = run_cli(config, kafka_bootstrap, pg_dsn, "status")
+    assert unknown.returncode == 1
+    assert last_line(unknown.stderr) == (
+        f"streamproc: query {unique_name} has no checkpoint in this database: it never ran "
+        "against it, or it was reset (check queryName and the PostgreSQL URL)"
+    )
+    down = run_cli(config, kafka_bootstrap, "postgresql://nobody@127.0.0.1:1/x", "status")
+    assert down.returncode == 1
+    assert last_line(down.stderr).startswith(
+        f"streamproc: cannot reach PostgreSQL for query {unique_name}: "
+    )
