@@ -67,6 +67,14 @@ def status_from_cli(
         for line in checked.problem_lines(config_path):
             print(line, file=sys.stderr)
         return EXIT_ERROR
+    if not isinstance(checked.plan, QueryPlan):
+        # A batch job keeps no checkpoint: its table is all there is to see.
+        print(
+            f"streamproc: {config_path}: mode 'batch' keeps no checkpoint, so it has no "
+            "status; a batch job's report is printed when it ends",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     try:
         status = asyncio.run(read_status(checked.plan, batches=batches))
     except StatusError as exc:

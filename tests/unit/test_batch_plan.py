@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +120,18 @@ def test_options_a_batch_job_ignores_get_one_warning_each() -> None:
         "prints its report (rows read, written, rejected) when it ends",
     ]
     assert checked.notes == []
+
+
+def test_status_of_a_batch_config_says_it_keeps_no_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamproc import cli
+
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(mutate({("mode",): "batch"})))
+    assert cli.main(["status", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        f"streamproc: {path}: mode 'batch' keeps no checkpoint, so it has no status; "
+        "a batch job's report is printed when it ends"
+    )
