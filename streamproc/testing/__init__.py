@@ -1,5 +1,10 @@
 """Running streamproc queries without a broker or a database: in-memory adapters.
 
+For a user's own tests, `run_pipeline(config, records)` runs a pipeline
+config over a list of records and returns the result rows, the late and bad
+records and the counts (`streamproc.testing.pipeline`; STREAMING.md "Python
+API"). Underneath, and for tests that script rebalances or outages:
+
 The same `StreamingQuery` that runs against Kafka and PostgreSQL runs here
 over a `MemorySource` and a `MemoryCheckpoint` (Kafka Streams'
 TopologyTestDriver and Bytewax's TestingSource are the models):
@@ -14,9 +19,6 @@ TopologyTestDriver and Bytewax's TestingSource are the models):
 
 from __future__ import annotations
 
-from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.routers import bad_router, late_router
-from streamproc.runtime.wiring import QueryPorts, plan_identity
 from streamproc.testing.checkpoint import (
     MemoryCheckpoint,
     MemoryDatabase,
@@ -25,9 +27,22 @@ from streamproc.testing.checkpoint import (
     typed_key,
 )
 from streamproc.testing.messages import MemoryMessages
+from streamproc.testing.pipeline import (
+    BadOutput,
+    InputRecord,
+    LateOutput,
+    PipelineResult,
+    RunCounts,
+    run_pipeline,
+    run_pipeline_async,
+)
+from streamproc.testing.ports import memory_ports
 from streamproc.testing.source import MemoryGroup, MemorySource, MemoryTopic
 
 __all__ = [
+    "BadOutput",
+    "InputRecord",
+    "LateOutput",
     "MemoryCheckpoint",
     "MemoryDatabase",
     "MemoryGroup",
@@ -35,28 +50,11 @@ __all__ = [
     "MemorySource",
     "MemoryTableSink",
     "MemoryTopic",
+    "PipelineResult",
     "RefusedError",
+    "RunCounts",
     "memory_ports",
+    "run_pipeline",
+    "run_pipeline_async",
     "typed_key",
 ]
-
-
-def memory_ports(
-    plan: QueryPlan,
-    source: MemorySource,
-    db: MemoryDatabase,
-    dead_letters: MemoryMessages | None = None,
-) -> QueryPorts:
-    """In-memory adapters for a plan: its table and late table live in db.
-
-    Dead letters (sendtodlq, dlqType kafka) go to `dead_letters` when given.
-    """
-    sink = MemoryTableSink(db, plan.table or plan.sink_topic or plan.query_name)
-    checkpoint = MemoryCheckpoint(
-        db,
-        identity=plan_identity(plan),
-        spec=plan.spec,
-        sink=sink,
-        late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
-    )
-    return QueryPorts(source, checkpoint, sink, late_router(plan), bad_router(plan), dead_letters)

@@ -1,0 +1,31 @@
+"""The in-memory adapters of a plan, as `QueryPorts` for a `StreamingQuery`."""
+
+from __future__ import annotations
+
+from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.routers import bad_router, late_router
+from streamproc.runtime.wiring import QueryPorts, plan_identity
+from streamproc.testing.checkpoint import MemoryCheckpoint, MemoryDatabase, MemoryTableSink
+from streamproc.testing.messages import MemoryMessages
+from streamproc.testing.source import MemorySource
+
+
+def memory_ports(
+    plan: QueryPlan,
+    source: MemorySource,
+    db: MemoryDatabase,
+    dead_letters: MemoryMessages | None = None,
+) -> QueryPorts:
+    """In-memory adapters for a plan: its table and late table live in db.
+
+    Dead letters (sendtodlq, dlqType kafka) go to `dead_letters` when given.
+    """
+    sink = MemoryTableSink(db, plan.table or plan.sink_topic or plan.query_name)
+    checkpoint = MemoryCheckpoint(
+        db,
+        identity=plan_identity(plan),
+        spec=plan.spec,
+        sink=sink,
+        late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
+    )
+    return QueryPorts(source, checkpoint, sink, late_router(plan), bad_router(plan), dead_letters)
