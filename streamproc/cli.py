@@ -63,27 +63,57 @@ def _cmd_local(args: argparse.Namespace) -> int:
     return local_main(list(args.local_args))
 
 
+#: The end of every epilog: argparse's own exit status.
+_USAGE = "2 a usage error (unknown option, missing argument)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the `streamproc` command."""
     from streamproc import __version__
 
     parser = argparse.ArgumentParser(
         prog="streamproc",
-        description="Event-time stream processing from Kafka to PostgreSQL, exactly once.",
+        description="Event-time stream processing from Kafka to PostgreSQL, exactly once. "
+        "`streamproc COMMAND --help` tells more about each command.",
+        epilog="exit status: 0 done; 1 an error, said in one line on stderr; 2 a usage error; "
+        "each command's --help lists its own",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser(
-        "validate", help="validate pipeline configs and plan their runs (exit 1 on any error)"
+        "validate",
+        help="validate pipeline configs and plan their runs (exit 1 on any error)",
+        description="Validate each config and build its run plan, as `streamproc run` and the "
+        "Faust worker do: one line per error on stderr, warnings and notes, then "
+        "'<path>: ok' for each config that would run.",
+        epilog=f"exit status: 0 every config is valid; 1 any is not; {_USAGE}",
     )
     validate.add_argument("configs", nargs="+", metavar="CONFIG")
     validate.set_defaults(func=_cmd_validate)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the config format")
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the config format",
+        description="Print the JSON Schema of the pipeline config format on stdout "
+        "(for editors: a config's $schema can point at it).",
+        epilog=f"exit status: 0 printed; {_USAGE}",
+    )
     schema.set_defaults(func=_cmd_schema)
 
-    run = sub.add_parser("run", help="run a streaming pipeline in this process")
+    run = sub.add_parser(
+        "run",
+        help="run a streaming pipeline in this process (or a batch job)",
+        description="Run one worker of a streaming query in this process until it is "
+        "stopped (SIGINT, SIGTERM or SIGHUP commit the batch in flight first) or, with "
+        "triggerMode once or availablenow, until the end offsets taken at its start; a "
+        "mode: batch config runs as one job. Logs go to stderr, the closing summary to "
+        "stdout.",
+        epilog="exit status: 0 done, or a continuous query stopped by a signal; 1 the config "
+        "is invalid or the query (or job) failed, said in one line; 124 a bounded run "
+        "--max-seconds stopped before its end; 128+N a bounded run signal N cut short "
+        f"(130 SIGINT, 143 SIGTERM, 129 SIGHUP); {_USAGE}",
+    )
     run.add_argument("config", metavar="CONFIG")
     run.add_argument(
         "--max-seconds",
@@ -98,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a query's checkpoint so that it starts over (asks first)",
         description="Drop a query's checkpoint (positions, ledger, partial states, runs): "
         "its next run reads the topic from startingOffsets again.",
+        epilog="exit status: 0 dropped; 1 not confirmed, the config or query cannot be "
+        f"read, or the database cannot be reached, said in one line; {_USAGE}",
     )
     reset.add_argument("target", metavar="CONFIG|QUERY", help="a pipeline config, or a query name")
     reset.add_argument(
@@ -118,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the end offset (from the broker), the lag, the watermark and the last commit; then "
         "the newest batches' counts and rates. Reads only; safe beside running workers.",
         epilog="exit status: 0 fine; 1 the config, the query or a server cannot be read; "
-        "2 with --stale-after, the query is stale",
+        "2 with --stale-after, the query is stale (2 is also a usage error, which prints "
+        "usage first)",
     )
     status.add_argument("config", metavar="CONFIG")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")

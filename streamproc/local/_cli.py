@@ -89,15 +89,28 @@ def local_main(argv: list[str]) -> int:
         The process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="streamproc local", description="Local Kafka-compatible broker and PostgreSQL."
+        prog="streamproc local",
+        description="Local Kafka-compatible broker and PostgreSQL.",
+        epilog="exit status: up 0 running, 1 could not start, 130 interrupted; down 0; "
+        "status 0 running, 3 not; 2 a usage error",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("up", "start the stack in the background"),
-        ("down", "stop the stack and delete its data"),
-        ("status", "exit 0 if the stack runs, 3 if not"),
+    for name, text, codes in (
+        (
+            "up",
+            "start the stack in the background",
+            "0 running (started, or already running); 1 it could not start, said in one "
+            "line; 130 interrupted, nothing left running",
+        ),
+        ("down", "stop the stack and delete its data", "0 stopped, or nothing was running"),
+        ("status", "exit 0 if the stack runs, 3 if not", "0 running; 3 not running"),
     ):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=f"exit status: {codes}; 2 a usage error",
+        )
         sub.add_argument(
             "--run-dir",
             type=Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,34 @@ def test_run_on_a_missing_file_names_it_once(
     assert main(["run", path]) == 1
     err = capsys.readouterr().err
     assert err == f"{path}: cannot read the file: No such file or directory\n"
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0, (argv, out)
+    return out
+
+
+def test_every_command_and_group_has_help_listing_its_exit_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Walked as a user would: each group's usage line names its commands ({a,b,c}).
+    seen: list[str] = []
+    todo: list[list[str]] = [[]]
+    while todo:
+        argv = todo.pop(0)
+        out = _help(argv, capsys)
+        seen.append(" ".join(argv))
+        assert out.startswith(f"usage: {' '.join(['streamproc', *argv])} "), out
+        text = " ".join(out.split())  # argparse wraps the epilog anywhere
+        assert re.search(r"exit status: .*\b0 ", text), (argv, out)
+        assert "2 a usage error" in text or "2 is also a usage error" in text, (argv, out)
+        usage = out.split("\n\n")[0]
+        if "{" in usage:
+            commands = usage[usage.index("{") + 1 : usage.index("}")].split(",")
+            todo += [[*argv, command] for command in commands]
+    groups = ["", "local"]
+    commands = ["validate", "schema", "run", "reset", "status", "local up", "local down"]
+    assert sorted(seen) == sorted([*groups, *commands, "local status"])
