@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamproc.batch.plan import BatchPlan
+from streamproc.runtime import logformat
+from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.state.base import LocalStateError, WindowStore
@@ -175,14 +177,8 @@ def exit_status(plan: QueryPlan, stats: RunStats) -> int:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """One-line log records on stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("aiokafka", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Log lines on stderr: key=value on a terminal, JSON lines otherwise (`logformat`)."""
+    logformat.configure_logging(level)
 
 
 def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
@@ -195,12 +191,22 @@ def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
     if checked.plan is None:
         return 1
     plan = checked.plan
-    configure_logging(plan.log_level)
+    try:
+        configure_logging(plan.log_level)
+    except ValueError as exc:
+        print(f"streamproc: {exc}", file=sys.stderr)
+        return 1
     if isinstance(plan, BatchPlan):
         from streamproc.batch.job import run_batch_cli
 
-        return run_batch_cli(plan)
-    for note in checked.notes:
+        with log_context(pipeline_id=plan.pipeline_id):
+            return run_batch_cli(plan)
+    with log_context(pipeline_id=plan.pipeline_id, query=plan.query_name):
+        return _run_streaming(plan, checked.notes, max_seconds)
+
+
+def _run_streaming(plan: QueryPlan, notes: list[str], max_seconds: float | None) -> int:
+    for note in notes:
         log.info("%s", note)
     started = time.monotonic()
     try:

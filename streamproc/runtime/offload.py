@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -34,7 +35,10 @@ class Offload:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamproc-batch")
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        # run_in_executor drops the caller's context variables; the log context
+        # (the batch a line is about) must follow the work onto the thread.
+        context = contextvars.copy_context()
+        job = loop.run_in_executor(self._pool, lambda: context.run(fn, *args, **kwargs))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:

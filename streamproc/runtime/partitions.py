@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from streamproc.engine import Engine
 from streamproc.runtime.failures import STOP_ERRORS
+from streamproc.runtime.logcontext import log_context
 from streamproc.sinks.base import (
     RESET_HINT,
     Checkpoint,
@@ -122,7 +123,8 @@ class PartitionTracker:
         checkpoints = {p: await self._checkpoint.load_partition(p) for p in pending}
         await self._check_source(checkpoints)
         for p in pending:
-            await self._apply(checkpoints[p])
+            with log_context(partition=p):
+                await self._apply(checkpoints[p])
             self.pending.discard(p)
 
     async def _check_source(self, checkpoints: dict[int, PartitionCheckpoint]) -> None:

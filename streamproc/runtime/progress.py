@@ -86,8 +86,10 @@ class QueryProgress:
     Attributes:
         pipeline_id: The config's pipelineId.
         query: The query name.
-        batch_id: This worker's batch number since it started (1, 2, ...);
-            each partition's ledger id is in `partitions`.
+        batch_id: This worker's batch number since it started (1, 2, ...), as
+            its log lines' batchId says; a batch fetched again after a stale or
+            failed one gets the next number, so numbers may skip. Each
+            partition's ledger id is in `partitions`.
         timestamp_ms: Wall time the batch became durable (epoch ms).
         partitions: The partitions read, in partition order.
         input_rows: Records read (= aggregated + late + bad + filtered).
@@ -228,7 +230,7 @@ def build_progress(
         pipeline_id: The config's pipelineId.
         query: The query name (also part of each span's ledger batch id).
         topic: The source topic (part of each span's ledger batch id).
-        batch_number: This worker's count of committed batches, this one included.
+        batch_number: This worker's number for the batch (its log lines' batchId).
         timestamp_ms: Wall time the batch became durable (epoch ms).
         partitions: The batch's ledger entries.
         phase_seconds: Wall seconds per runtime phase (timing.py names) of this batch.

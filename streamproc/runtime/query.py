@@ -41,6 +41,7 @@ from streamproc.runtime.failures import (
     is_outage,
 )
 from streamproc.runtime.gcpolicy import batch_pace
+from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import PreparedBatch
@@ -66,6 +67,8 @@ class _InFlight:
     task: asyncio.Task[CommitOutcome]
     sent: set[Position]
     generation: int
+    #: The worker's number for it (1, 2, ...): its log lines' batchId and its progress record's.
+    number: int = 0
     #: perf_counter when its fetch began, and the seconds of its preparation's phases.
     fetch_started: float = 0.0
     prepare_seconds: Mapping[str, float] = field(default_factory=dict)
@@ -143,6 +146,8 @@ class StreamingQuery:
         self._inflight: _InFlight | None = None
         #: An outage met while preparing (a checkpoint read), waited out by the loop.
         self._outage: Exception | None = None
+        #: Batches fetched with records so far: the number of the last one.
+        self._batch_number = 0
 
     # ----------------------------------------------------------------- control
     @property
@@ -201,7 +206,8 @@ class StreamingQuery:
     # ---------------------------------------------------------------- the loop
     async def run(self) -> RunStats:
         """Run until stopped (or, for bounded triggers, until the end offsets)."""
-        with batch_pace():
+        plan = self.plan
+        with batch_pace(), log_context(pipeline_id=plan.pipeline_id, query=plan.query_name):
             return await self._run()
 
     async def _run(self) -> RunStats:
@@ -278,7 +284,10 @@ class StreamingQuery:
                 with self.stats.times.phase("fetch"):
                     raws = await self._collector.collect(self._stop.is_set)
                 started = time.perf_counter()
-                prepared = await self._prepare(raws, generation)
+                if raws:
+                    self._batch_number += 1
+                with log_context(batch_id=self._batch_number if raws else None):
+                    prepared = await self._prepare(raws, generation)
                 # Only preparation phases count: the batch in flight adds others meanwhile.
                 prepare_seconds = phase_delta(before, self.stats.times.snapshot())
                 kept = await self._settle()
@@ -343,8 +352,13 @@ class StreamingQuery:
     ) -> None:
         """Start delivering a prepared batch (dead letters, transaction) in the background."""
         sent: set[Position] = set()
-        task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
-        inflight = _InFlight(prepared, task, sent, generation, fetch_started, prepare_seconds)
+        number = self._batch_number
+        # The task starts with a copy of this context: its lines carry the batch's number.
+        with log_context(batch_id=number):
+            task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
+        inflight = _InFlight(
+            prepared, task, sent, generation, number, fetch_started, prepare_seconds
+        )
         task.add_done_callback(lambda _: self._delivered_at(inflight))
         self._inflight = inflight
 
@@ -380,15 +394,16 @@ class StreamingQuery:
         if inflight is None:
             return True
         await asyncio.wait({inflight.task})
-        committed = await self._committer.settle(
-            inflight.prepared,
-            inflight.task,
-            inflight.sent,
-            assignment_changed=inflight.generation != self._tracker.generation,
-        )
-        if committed is None:
-            return False
-        self._progressed(inflight)
+        with log_context(batch_id=inflight.number):
+            committed = await self._committer.settle(
+                inflight.prepared,
+                inflight.task,
+                inflight.sent,
+                assignment_changed=inflight.generation != self._tracker.generation,
+            )
+            if committed is None:
+                return False
+            self._progressed(inflight)
         await self._commit_offsets(committed)
         return True
 
@@ -403,7 +418,7 @@ class StreamingQuery:
             pipeline_id=self.plan.pipeline_id,
             query=self.plan.query_name,
             topic=self.plan.topic,
-            batch_number=self.stats.batches,
+            batch_number=inflight.number,
             timestamp_ms=inflight.delivered_ms or self._clock_ms(),
             partitions=commit.partitions,
             phase_seconds={**inflight.prepare_seconds, **outcome.timings},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -37,6 +38,16 @@ async def test_streamproc_run_availablenow_exits_0_with_exact_table(
     assert "Late data: " in done.stdout
     want = expected(CLI_QUERY, stream)
     assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
+    # Off a terminal the log is JSON lines, each saying which pipeline and query.
+    pipeline = json.loads(config.read_text())["pipelineId"]
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(line["msg"].startswith("assigned partitions") for line in logged), done.stderr
+    for line in logged:
+        assert (line["pipelineId"], line["query"]) == (pipeline, unique_name), line
+    progress = [line for line in logged if line["msg"].startswith("progress pipeline=")]
+    assert progress and all(f" batch={line['batchId']} " in line["msg"] for line in progress), (
+        progress
+    )
 
 
 async def test_faust_worker_runs_the_same_query(

@@ -78,9 +78,10 @@ async def test_metrics_and_progress_lines_agree_with_the_ledger(
     edit(config, lambda doc: doc.update(loggingConfig={"metricsPort": 0}))
     log_path = tmp_path / "worker.log"
     with log_path.open("w") as log_file:
+        # key=value lines: the progress lines are read back below
         worker = subprocess.Popen(
             [str(BIN / "streamproc"), "run", str(config)],
-            env=env_for(kafka_bootstrap, pg_dsn),
+            env={**env_for(kafka_bootstrap, pg_dsn), "STREAMPROC_LOG_FORMAT": "kv"},
             stdout=subprocess.DEVNULL,
             stderr=log_file,
             text=True,
