@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one worker of a streaming query in this process until it is "
         "stopped (SIGINT, SIGTERM or SIGHUP commit the batch in flight first) or, with "
         "triggerMode once or availablenow, until the end offsets taken at its start; a "
-        "mode: batch config runs as one job. Logs go to stderr, the closing summary to "
-        "stdout.",
+        "mode: batch config runs as one job. Logs go to stderr (key=value lines on a "
+        "terminal, JSON lines otherwise; STREAMPROC_LOG_FORMAT=kv|json|auto chooses), the "
+        "closing summary to stdout.",
         epilog="exit status: 0 done, or a continuous query stopped by a signal; 1 the config "
         "is invalid or the query (or job) failed, said in one line; 124 a bounded run "
         "--max-seconds stopped before its end; 128+N a bounded run signal N cut short "
