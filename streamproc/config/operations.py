@@ -8,7 +8,7 @@ from pydantic import Field
 
 from streamproc.config.base import SPARK_ONLY, ConfigModel
 from streamproc.config.fields import Flag, Number, StringMap, WholeNumber, choice
-from streamproc.config.names import BootstrapServers, ColumnNames, Topic
+from streamproc.config.names import BootstrapServers, ColumnNames, TableName, Topic
 
 RetryStrategy = Literal["exponential", "fixed", "none"]
 DlqType = Literal["kafka", "logging", "none", "postgresql"]
@@ -78,6 +78,8 @@ class DlqConfig(ConfigModel):
             the sink's database).
         bootstrap_servers: the DLQ's Kafka cluster (default: the source's).
         topic: the DLQ topic of 'kafka'.
+        table: NEW; the dead-letter table of 'postgresql', in the sink's database
+            (default: ``<load.table>_dlq``).
         buffer_size: records buffered before a flush (100); ignored by the run (with a
             warning): each batch sends its own dead letters.
         producer_config: extra Kafka producer settings, as written; ignored by the run
@@ -87,6 +89,7 @@ class DlqConfig(ConfigModel):
     dlq_type: _DlqType = "logging"
     bootstrap_servers: Annotated[str, BootstrapServers()] | None = None
     topic: Annotated[str, Topic()] | None = None
+    table: Annotated[str, TableName()] | None = None
     buffer_size: Annotated[int, WholeNumber()] = 100
     producer_config: Annotated[dict[str, str], StringMap()] = Field(default_factory=dict)
 

@@ -2,8 +2,9 @@
 
 - After extract (`validateAfterExtract`): rules run on each decoded record.
   A record that breaks an `error` rule is, per `onFailure`: `continue` ->
-  filtered (counted in the ledger's `filtered`, logged); `warn` -> logged and
-  kept; `abort` -> the query stops before the batch is written.
+  quarantined (to the DLQ like a bad record, the rule as its reason; counted
+  in the ledger's `filtered`, logged); `warn` -> logged and kept; `abort` ->
+  the query stops before the batch is written.
 - After transform (`validateAfterTransform`): rules run on the result rows a
   batch emits (columns: group-by, window_start/window_end, aggregates; the
   window column stands for window_start). A row cannot be dropped without
@@ -35,6 +36,27 @@ class QualityRule:
     severity: Literal["error", "warning", "info"] = "error"
     min: float | None = None
     max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A record an error rule took out of the stream (onFailure continue), and why.
+
+    It goes to the DLQ like a bad record, with `reason` (which starts with the
+    rule's name), and is counted in the ledger's `filtered`.
+    """
+
+    partition: int
+    offset: int
+    reason: str
+
+
+def per_partition(quarantined: Sequence[Quarantined]) -> dict[int, int]:
+    """How many records were quarantined in each partition."""
+    counts: dict[int, int] = {}
+    for q in quarantined:
+        counts[q.partition] = counts.get(q.partition, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,33 +171,34 @@ class QualityGate:
 
     def filter_records(
         self, records: list[tuple[int, int, dict[str, Any]]]
-    ) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[int, int]]:
-        """After-extract rules: the records kept, and how many were filtered per partition.
+    ) -> tuple[list[tuple[int, int, dict[str, Any]]], list[Quarantined]]:
+        """After-extract rules: the records kept, and the ones quarantined (in input order).
+
+        A record breaking several error rules is quarantined once, for the first.
 
         Raises:
             QualityAbortError: an error rule failed and onFailure is abort.
         """
         plan = self._plan
         if not (plan.active and plan.after_extract) or not records:
-            return records, {}
+            return records, []
         violations = check([r[2] for r in records], plan.rules)
         if not violations:
-            return records, {}
-        drop: set[int] = set()
+            return records, []
+        drop: dict[int, Quarantined] = {}
         for v in violations:
             partition, offset, _ = records[v.index]
             where = f"partition {partition} offset {offset}"
             if v.blocking and plan.on_failure == "abort":
                 raise QualityAbortError(f"data quality: {where}: {v.reason} (onFailure: abort)")
             if v.blocking and plan.on_failure == "continue":
-                drop.add(v.index)
-                self._log.warning("record filtered: %s: %s", where, v.reason)
+                if v.index not in drop:
+                    drop[v.index] = Quarantined(partition, offset, v.reason)
+                    self._log.warning("record quarantined: %s: %s", where, v.reason)
             else:
                 self._log.warning("record kept: %s: %s", where, v.reason)
-        filtered: dict[int, int] = {}
-        for i in drop:
-            filtered[records[i][0]] = filtered.get(records[i][0], 0) + 1
-        return [r for i, r in enumerate(records) if i not in drop], filtered
+        kept = [r for i, r in enumerate(records) if i not in drop]
+        return kept, [drop[i] for i in sorted(drop)]
 
     def check_rows(self, rows: Sequence[Any]) -> None:
         """After-transform rules on result rows: log, or raise QualityAbortError on abort."""

@@ -47,7 +47,7 @@ def memory_ports(
     db: MemoryDatabase,
     dead_letters: MemoryMessages | None = None,
 ) -> QueryPorts:
-    """In-memory adapters for a plan: its table and late table live in db.
+    """In-memory adapters for a plan: its table, late and dead-letter tables live in db.
 
     Dead letters (sendtodlq, dlqType kafka) go to `dead_letters` when given.
     """
@@ -58,5 +58,6 @@ def memory_ports(
         spec=plan.spec,
         sink=sink,
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
+        dlq_table=plan.dlq_table,
     )
     return QueryPorts(source, checkpoint, sink, late_router(plan), bad_router(plan), dead_letters)

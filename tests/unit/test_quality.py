@@ -12,7 +12,9 @@ from streamproc.runtime.quality import (
     QualityGate,
     QualityPlan,
     QualityRule,
+    Quarantined,
     check,
+    per_partition,
     row_view,
 )
 
@@ -73,14 +75,25 @@ RECORDS = [
 ]
 
 
-def test_continue_filters_failing_records_and_counts_them_per_partition() -> None:
-    kept, filtered = gate("continue", after_extract=True).filter_records(list(RECORDS))
-    assert kept == RECORDS[:1] and filtered == {1: 2}
+def test_continue_quarantines_failing_records_with_the_first_rule_they_break() -> None:
+    kept, quarantined = gate("continue", after_extract=True).filter_records(list(RECORDS))
+    assert kept == RECORDS[:1]
+    assert quarantined == [
+        Quarantined(1, 11, "rule Amounts (range): amount = 500 is above 100"),
+        Quarantined(1, 12, "rule Keys (not_null): user_id is null"),
+    ]
+    assert per_partition(quarantined) == {1: 2}
+
+
+def test_a_record_breaking_two_rules_is_quarantined_once() -> None:
+    record = (0, 5, {"user_id": None, "event_time": 1, "amount": -3})
+    _kept, quarantined = gate("continue", after_extract=True).filter_records([record])
+    assert quarantined == [Quarantined(0, 5, "rule Keys (not_null): user_id is null")]
 
 
 def test_warn_keeps_everything() -> None:
-    kept, filtered = gate("warn", after_extract=True).filter_records(list(RECORDS))
-    assert kept == RECORDS and filtered == {}
+    kept, quarantined = gate("warn", after_extract=True).filter_records(list(RECORDS))
+    assert kept == RECORDS and quarantined == []
 
 
 def test_abort_stops_with_the_record_and_rule() -> None:
