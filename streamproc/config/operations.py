@@ -13,7 +13,7 @@ from streamproc.config.names import BootstrapServers, ColumnNames, TableName, To
 RetryStrategy = Literal["exponential", "fixed", "none"]
 DlqType = Literal["kafka", "logging", "none", "postgresql"]
 OnFailure = Literal["abort", "continue", "warn"]
-RuleType = Literal["not_null", "range", "unique"]
+RuleType = Literal["not_null", "range", "unique", "pattern", "allowed_values"]
 Severity = Literal["error", "warning", "info"]
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
 _RetryStrategy = Annotated[
@@ -106,21 +106,31 @@ class ErrorHandlingConfig(ConfigModel):
 
 
 class RuleParameters(ConfigModel):
-    """``parameters`` of a quality rule: the bounds of a range rule (inclusive)."""
+    """``parameters`` of a quality rule.
+
+    Attributes:
+        min, max: the bounds of a range rule (inclusive).
+        regex: NEW; a pattern rule's regular expression (Python syntax), which
+            the whole value must match.
+        values: NEW; an allowed_values rule's list of allowed JSON values.
+    """
 
     min: Annotated[float, Number(positive=False)] | None = None
     max: Annotated[float, Number(positive=False)] | None = None
+    regex: str | None = None
+    values: tuple[Any, ...] | None = None
 
 
 class QualityRule(ConfigModel):
     """One data-quality rule.
 
     Attributes:
-        rule_type: 'not_null', 'range' or 'unique'.
+        rule_type: 'not_null', 'range', 'unique', NEW 'pattern' or 'allowed_values'.
         name: a label for reports.
         columns: the columns checked (at least one).
         severity: 'error' (default), 'warning' or 'info'.
-        parameters: ``min``/``max`` of a range rule.
+        parameters: ``min``/``max`` of a range rule, ``regex`` of a pattern rule,
+            ``values`` of an allowed_values rule.
     """
 
     rule_type: _RuleType

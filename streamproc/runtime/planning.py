@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 
 from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
@@ -10,7 +12,7 @@ from streamproc.config.names import IDENTIFIER_MAX
 from streamproc.config.transform import aggregation_transforms
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
-from streamproc.runtime.quality import QualityPlan, QualityRule
+from streamproc.runtime.quality import QualityPlan, QualityRule, json_keys
 from streamproc.runtime.security import kafka_client_params
 
 
@@ -148,19 +150,26 @@ def quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan:
     dq = cfg.data_quality
     if not dq.enabled:
         return QualityPlan()
-    rules = tuple(
-        QualityRule(
-            name=rule.name or f"rule{i}",
-            rule_type=rule.rule_type,
-            columns=tuple(rule.columns),
-            severity=rule.severity,
-            min=rule.parameters.min if rule.parameters else None,
-            max=rule.parameters.max if rule.parameters else None,
+    rules = []
+    for i, rule in enumerate(dq.rules):
+        params = rule.parameters
+        values = params.values if params and params.values else ()
+        rules.append(
+            QualityRule(
+                name=rule.name or f"rule{i}",
+                rule_type=rule.rule_type,
+                columns=tuple(rule.columns),
+                severity=rule.severity,
+                min=params.min if params else None,
+                max=params.max if params else None,
+                # validation compiled it once already: this cannot fail
+                regex=re.compile(params.regex) if params and params.regex is not None else None,
+                allowed=json_keys(values),
+                shown_values=json.dumps(list(values))[:200],
+            )
         )
-        for i, rule in enumerate(dq.rules)
-    )
     return QualityPlan(
-        rules=rules,
+        rules=tuple(rules),
         on_failure=dq.on_failure,
         after_extract=dq.validate_after_extract,
         after_transform=dq.validate_after_transform,

@@ -16,19 +16,47 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamproc.runtime.late import RateLimitedLog
 
-RuleType = Literal["not_null", "range", "unique"]
+RuleType = Literal["not_null", "range", "unique", "pattern", "allowed_values"]
+#: A JSON value as rules compare it: its type apart ("1" is not 1, true is not 1).
+JsonKey = tuple[str, Any]
+
+
+def json_key(value: Any) -> JsonKey:
+    """A value's JSON identity: equal numbers are equal (1 == 1.0), types stay apart."""
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    # null, objects and arrays: by their canonical JSON text
+    return ("json", json.dumps(value, sort_keys=True))
+
+
+def json_keys(values: Iterable[Any]) -> frozenset[JsonKey]:
+    """The JSON identities of the values of an allowed_values rule."""
+    return frozenset(json_key(v) for v in values)
 
 
 @dataclass(frozen=True, slots=True)
 class QualityRule:
-    """One rule, resolved."""
+    """One rule, resolved.
+
+    Attributes:
+        min, max: range bounds (inclusive).
+        regex: pattern: the expression the whole value must match.
+        allowed: allowed_values: the JSON identities allowed (`json_keys`).
+        shown_values: allowed_values: the list as configured, for messages.
+    """
 
     name: str
     rule_type: RuleType
@@ -36,6 +64,9 @@ class QualityRule:
     severity: Literal["error", "warning", "info"] = "error"
     min: float | None = None
     max: float | None = None
+    regex: re.Pattern[str] | None = None
+    allowed: frozenset[JsonKey] = field(default_factory=frozenset)
+    shown_values: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +143,30 @@ def _violates(rule: QualityRule, column: str, value: Any) -> str | None:
         return f"{label}: {column} is null" if value is None else None
     if value is None:
         return None  # null is not_null's business
+    if rule.rule_type == "pattern":
+        return _mismatch(rule, label, column, value)
+    if rule.rule_type == "allowed_values":
+        if json_key(value) in rule.allowed:
+            return None
+        return f"{label}: {column} = {value!r} is not one of {rule.shown_values}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{label}: {column} = {value!r} is not a number"
     if rule.min is not None and value < rule.min:
         return f"{label}: {column} = {value!r} is below {rule.min:g}"
     if rule.max is not None and value > rule.max:
         return f"{label}: {column} = {value!r} is above {rule.max:g}"
+    return None
+
+
+def _mismatch(rule: QualityRule, label: str, column: str, value: Any) -> str | None:
+    # Strings match as they are, numbers and booleans as their JSON text (Spark's
+    # rlike casts to string the same way); objects and arrays never match.
+    assert rule.regex is not None  # planning compiles it for every pattern rule
+    if isinstance(value, dict | list):
+        return f"{label}: {column} is a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = value if isinstance(value, str) else json.dumps(value)
+    if rule.regex.fullmatch(text) is None:
+        return f"{label}: {column} = {value!r} does not match '{rule.regex.pattern}'"
     return None
 
 

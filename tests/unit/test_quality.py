@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from streamproc.runtime.quality import (
     QualityRule,
     Quarantined,
     check,
+    json_keys,
     per_partition,
     row_view,
 )
@@ -41,6 +43,65 @@ def test_not_null_range_and_unique_name_the_rule_column_and_value() -> None:
         (3, "rule Ids (unique): id=1 repeats", False),
         (4, "rule Amounts (range): amount = 101.5 is above 100", True),
     ]
+
+
+CODE = QualityRule("Codes", "pattern", ("code",), regex=re.compile(r"[A-Z]{2}-\d+"))
+STATUS = QualityRule(
+    "Statuses",
+    "allowed_values",
+    ("status",),
+    allowed=json_keys(["new", "paid", 1, True]),
+    shown_values='["new", "paid", 1, true]',
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("AB-12", None),
+        (None, None),  # null is not_null's business
+        ("AB-12x", "code = 'AB-12x' does not match '[A-Z]{2}-\\d+'"),  # the whole value
+        ("xAB-12", "code = 'xAB-12' does not match '[A-Z]{2}-\\d+'"),
+        (12, "code = 12 does not match '[A-Z]{2}-\\d+'"),  # a number as its JSON text
+        ({"a": 1}, "code is a JSON object"),
+        (["AB-1"], "code is a JSON array"),
+    ],
+)
+def test_pattern_must_match_the_whole_value(code: Any, reason: str | None) -> None:
+    got = [v.reason for v in check([{"code": code}], [CODE])]
+    assert got == ([] if reason is None else [f"rule Codes (pattern): {reason}"])
+
+
+def test_pattern_matches_numbers_and_booleans_by_their_json_text() -> None:
+    digits = QualityRule("Digits", "pattern", ("v",), regex=re.compile(r"\d+|true"))
+    assert check([{"v": 42}, {"v": True}, {"v": "7"}], [digits]) == []
+    (violation,) = check([{"v": 4.5}], [digits])
+    assert violation.reason == "rule Digits (pattern): v = 4.5 does not match '\\d+|true'"
+
+
+@pytest.mark.parametrize(
+    ("status", "allowed"),
+    [
+        ("new", True),
+        ("paid", True),
+        (1, True),
+        (1.0, True),  # equal numbers are one JSON value
+        (True, True),
+        (None, True),  # null is not_null's business
+        ("1", False),  # a string is not the number
+        ("true", False),
+        (2, False),
+        ("NEW", False),  # case matters
+        ({"s": "new"}, False),
+    ],
+)
+def test_allowed_values_compare_as_json(status: Any, allowed: bool) -> None:
+    got = [v.reason for v in check([{"status": status}], [STATUS])]
+    expected_reason = (
+        f"rule Statuses (allowed_values): status = {status!r} is not one of "
+        '["new", "paid", 1, true]'
+    )
+    assert got == ([] if allowed else [expected_reason])
 
 
 def test_booleans_are_not_numbers_for_range() -> None:
