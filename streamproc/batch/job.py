@@ -36,8 +36,8 @@ from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
 from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
 from streamproc.sinks.base import DeadLetterRow, OutgoingMessage
-from streamproc.sinks.layout import result_layout
-from streamproc.sinks.postgres_dlq import dead_letter_table_sql, insert_dead_letters
+from streamproc.sinks.layout import dead_letter_table_sql, result_layout
+from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_registry import create_if_missing
 from streamproc.sources.base import RawRecord
 from streamproc.state.memory import memory_store_factory

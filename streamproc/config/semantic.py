@@ -341,7 +341,13 @@ def _check_error_handling(d: Draft, found: Findings) -> None:
         kept = "counted and logged" if dlq.dlq_type == "logging" else "counted"
         found.warnings.append(
             f"{base}.dlqType: with '{dlq.dlq_type}' a bad record, or one the sink refuses, "
-            f"is {kept} but kept nowhere except the source topic; use 'kafka' to keep a copy"
+            f"is {kept} but kept nowhere except the source topic; use 'kafka' or "
+            "'postgresql' to keep a copy"
+        )
+    if dlq.table is not None and dlq.dlq_type != "postgresql" and d.ok(f"{base}.table"):
+        found.warnings.append(
+            f"{base}.table: ignored: only dlqType 'postgresql' writes a dead-letter table "
+            f"(dlqType is '{dlq.dlq_type}')"
         )
     if dlq.dlq_type == "postgresql" and d.load is not None and d.load.sink_type != "postgresql":
         found.error(

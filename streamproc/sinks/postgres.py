@@ -60,9 +60,10 @@ from streamproc.sinks.layout import (
     STATE_TABLE,
     create_late_table_sql,
     create_stage_tables_sql,
+    dead_letter_table_sql,
     quote_ident,
 )
-from streamproc.sinks.postgres_dlq import dead_letter_table_sql, insert_dead_letters
+from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_registry import (
     ensure_tables,
     privilege_error,

@@ -1,4 +1,4 @@
-"""The dead-letter table (dlqType postgresql): DDL and the insert, inside a caller's transaction.
+"""The dead-letter table (dlqType postgresql): the insert, inside a caller's transaction.
 
 One row per dead record: its raw key and value bytes, why it is dead, where it
 was read (source topic, partition, offset), the batch that dead-lettered it
@@ -16,24 +16,6 @@ from typing import Any
 
 from streamproc.sinks.base import DeadLetterRow
 from streamproc.sinks.layout import quote_ident
-
-
-def dead_letter_table_sql(table: str) -> str:
-    """DDL for a dead-letter table (queries and jobs may share one)."""
-    return f"""
-CREATE TABLE IF NOT EXISTS {quote_ident(table)} (
-  query text NOT NULL,
-  source_topic text NOT NULL,
-  source_partition integer NOT NULL,
-  source_offset bigint NOT NULL,
-  record_key bytea,
-  record_value bytea,
-  reason text NOT NULL,
-  error text,
-  batch_id text NOT NULL,
-  dead_lettered_at timestamp with time zone NOT NULL DEFAULT now(),
-  UNIQUE (query, source_topic, source_partition, source_offset)
-)"""
 
 
 def storable_text(text: str) -> str:

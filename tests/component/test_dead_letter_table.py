@@ -20,17 +20,10 @@ from streamproc.runtime.quality import QualityPlan, QualityRule
 from streamproc.sinks.base import batch_id
 from streamproc.testing import MemoryDatabase, MemorySource, MemoryTopic
 from tests.component.harness import TOPIC, make_plan, new_query, table_of
-from tests.reference import Query, assert_tables_equal, expected
-from tests.streams import AGGS, MINUTE, make_stream
+from tests.reference import assert_tables_equal, expected
+from tests.streams import MODE_CASES, make_stream
 
-QUERY = Query(
-    ("user_id",),
-    AGGS,
-    delay_ms=5 * MINUTE,
-    size_ms=10 * MINUTE,
-    slide_ms=5 * MINUTE,
-    output_mode="update",
-)
+QUERY = MODE_CASES["update_sliding"]
 DLQ = "q_dlq"
 NON_NEGATIVE = QualityRule("non_negative", "range", ("value",), min=0)
 #: Raw values no decoder accepts, with how the reason each must carry begins.

@@ -179,6 +179,15 @@ async def _amounts_table(pg: Any, table: str) -> None:
     await pg.execute(f'INSERT INTO "{table}" (id, amount) VALUES (100, 1), (101, 2)')
 
 
+def _some_refused() -> list[Any]:
+    """Six records for `_amounts_table`, two the table refuses, and a line that is not JSON."""
+    records: list[Any] = [{"id": i, "amount": i} for i in range(6)]
+    records[1]["amount"] = -1  # a check constraint
+    records[3]["amount"] = "lots"  # a value an integer column cannot hold
+    records.insert(4, NOT_JSON)
+    return records
+
+
 async def _amounts(pg: Any, table: str) -> list[tuple[int, int]]:
     rows = await pg.fetch(f'SELECT id, amount FROM "{table}" ORDER BY id')
     return [(r["id"], r["amount"]) for r in rows]
@@ -213,10 +222,7 @@ async def test_rows_the_table_refuses_are_rejected_with_reasons_and_dead_lettere
     await _amounts_table(pg, unique_name)
     dlq = f"{unique_name}_dlq"
     await create_topic(kafka_bootstrap, dlq, 1)
-    records: list[Any] = [{"id": i, "amount": i} for i in range(6)]
-    records[1]["amount"] = -1  # a check constraint
-    records[3]["amount"] = "lots"  # a value an integer column cannot hold
-    records.insert(4, NOT_JSON)
+    records = _some_refused()
     source = write_lines(tmp_path / "in.jsonl", records)
     config = batch_config(
         tmp_path,
@@ -250,11 +256,8 @@ async def test_a_postgresql_dlq_holds_bad_refused_and_quarantined_records_once_p
     pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
     await _amounts_table(pg, unique_name)
-    records: list[Any] = [{"id": i, "amount": i} for i in range(6)]
-    records[1]["amount"] = -1  # a check constraint
-    records[3]["amount"] = "lots"  # a value an integer column cannot hold
-    records[5]["id"] = None  # quarantined by the rule
-    records.insert(4, NOT_JSON)
+    records = _some_refused()
+    records[6]["id"] = None  # quarantined by the rule
     source = write_lines(tmp_path / "in.jsonl", records)
     config = batch_config(
         tmp_path,

@@ -818,3 +818,15 @@ def test_pattern_and_allowed_values_rules_plan_as_written() -> None:
         "rule ids (pattern): user_id = 'u12x' does not match 'u[0-9]+'",
         "rule rule1 (allowed_values): status = '1' is not one of [\"new\", 1, true, null]",
     ]
+
+
+def test_a_dlq_table_without_dlq_type_postgresql_is_ignored_with_a_warning() -> None:
+    dlq = ("errorHandlingConfig", "dlqConfig")
+    report = validate_config(mutate({(*dlq, "table"): "dead"}), env={})
+    assert report.ok
+    assert (
+        "errorHandlingConfig.dlqConfig.table: ignored: only dlqType 'postgresql' writes a "
+        "dead-letter table (dlqType is 'kafka')"
+    ) in report.warnings
+    report = validate_config(mutate({dlq: {"dlqType": "postgresql", "table": "dead"}}), env={})
+    assert report.ok and report.warnings == []
