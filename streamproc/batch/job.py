@@ -6,10 +6,13 @@
       -> aggregation: the streaming engine, every window final at the end
          | no aggregation: the records themselves
       -> one PostgreSQL transaction: the table, the write mode, the rows, and the
-         dead letters sent before the commit
+         dead letters (dlqType kafka: sent before the commit; postgresql: rows of
+         the dead-letter table, in the transaction)
 
 Bad records never stop the job unless failFast is set; each is counted with its
 reason, logged or dead-lettered per dlqConfig, and listed in the summary.
+Records that quality rules quarantine (onFailure continue) are dead-lettered
+the same way, with the rule as the reason, and counted as filtered.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from streamproc.runtime.failures import first_line, is_outage
 from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
 from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
-from streamproc.sinks.base import OutgoingMessage
-from streamproc.sinks.layout import result_layout
+from streamproc.sinks.base import DeadLetterRow, OutgoingMessage
+from streamproc.sinks.layout import dead_letter_table_sql, result_layout
+from streamproc.sinks.postgres_dlq import insert_dead_letters
+from streamproc.sinks.postgres_registry import create_if_missing
 from streamproc.sources.base import RawRecord
 from streamproc.state.memory import memory_store_factory
 
@@ -71,6 +76,7 @@ class _Collector:
         self.records: list[RawRecord] = []  # no aggregation: the records to load
         self.fields: set[str] = set()
         self.letters: list[OutgoingMessage] = []
+        self.dead_rows: list[DeadLetterRow] = []
         # At most 20 lines per 10 s, then a tally: a million bad lines must not
         # become a million log lines.
         self.log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
@@ -101,8 +107,12 @@ class _Collector:
             self._take(good, raws)
 
     def _take(self, good: list[tuple[int, int, dict[str, Any]]], raws: Sequence[RawRecord]) -> None:
-        kept, filtered = self._gate.filter_records(good)
-        self.report.filtered += sum(filtered.values())
+        kept, quarantined = self._gate.filter_records(good)
+        self.report.filtered += len(quarantined)
+        if quarantined:
+            index = {(r.partition, r.offset): r for r in raws}
+            for q in quarantined:
+                self.dead_letter(index[(q.partition, q.offset)], q.reason)
         if self._engine is not None:
             result = self._engine.process(kept)
             self.report.used += result.aggregated
@@ -126,10 +136,19 @@ class _Collector:
             raise BatchFailedError(
                 f"bad record at {where}: {reason} (errorHandlingConfig.failFast: nothing loaded)"
             )
+        if plan.dlq_type == "logging":
+            self.log.warning("bad record: %s: %s", where, reason)
+        self.dead_letter(raw, reason)
+
+    def dead_letter(self, raw: RawRecord, reason: str) -> None:
+        """A dead letter for dlqType kafka or postgresql (nothing for logging and none)."""
+        plan = self._plan
         if plan.dlq_type == "kafka" and plan.dlq_topic:
             self.letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
-        elif plan.dlq_type == "logging":
-            self.log.warning("bad record: %s: %s", where, reason)
+        elif plan.dlq_type == "postgresql":
+            self.dead_rows.append(
+                DeadLetterRow(raw.partition, raw.offset, raw.key, raw.value, reason)
+            )
 
     def rows(self) -> tuple[list[Doc], list[str]]:
         """The documents to load, and where each one came from (for refusals)."""
@@ -195,17 +214,30 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
         frozenset(collector.fields),
     )
     producer = await _dlq_producer(plan)
+    job_id = f"{plan.pipeline_id}/job/{int(time.time() * 1000)}"
 
-    async def before_commit(result: LoadResult) -> None:
+    async def before_commit(conn: Any, result: LoadResult) -> None:
         letters = list(collector.letters)
-        if plan.spec is None and plan.dlq_topic and producer is not None:
+        rows = list(collector.dead_rows)
+        if plan.spec is None:
+            # Records loaded as they are: a refused row is a record, dead-lettered.
             for refusal in result.refused:
                 raw = collector.records[refusal.seq]
                 reason = f"refused by table {plan.table}: {refusal.reason}"
-                letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
+                if plan.dlq_topic and producer is not None:
+                    letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
+                elif plan.dlq_table:
+                    rows.append(
+                        DeadLetterRow(
+                            raw.partition, raw.offset, raw.key, raw.value, reason, refusal.reason
+                        )
+                    )
         if producer is not None:
             await producer.send_all(letters)
-        report.dead_letters = len(letters)
+            report.dead_letters = len(letters)
+        if plan.dlq_table:
+            await _write_dead_letters(conn, plan, job_id, rows)
+            report.dead_letters = len(rows)
 
     try:
         result = await call_with_retry(
@@ -247,8 +279,31 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
             collector.log.warning(
                 "row rejected by table %s: %s: %s", plan.table, places[refusal.seq], refusal.reason
             )
-    report.dead_letter_topic = plan.dlq_topic if producer is not None else None
+    if producer is not None:
+        report.dead_letter_topic = plan.dlq_topic
+    elif plan.dlq_table:
+        report.dead_letter_topic = f"table {plan.dlq_table}"
     return report
+
+
+async def _write_dead_letters(
+    conn: Any, plan: BatchPlan, job_id: str, rows: Sequence[DeadLetterRow]
+) -> None:
+    """dlqType postgresql: the job's dead letters, in its one transaction.
+
+    The query column holds the pipelineId and the batch id names the job;
+    a rerun over the same input leaves rows of positions already there as they are.
+    """
+    assert plan.dlq_table is not None
+    await create_if_missing(conn, plan.dlq_table, dead_letter_table_sql(plan.dlq_table))
+    await insert_dead_letters(
+        conn,
+        plan.dlq_table,
+        query=plan.pipeline_id,
+        topic=plan.source_name,
+        rows=rows,
+        batch_of=lambda _partition: job_id,
+    )
 
 
 async def _dlq_producer(plan: BatchPlan) -> Any:

@@ -6,8 +6,9 @@ table with one statement (`rows.insert_sql`). A chunk the table refuses (a value
 a column cannot hold, a constraint) is retried in halves under savepoints until
 each refused row stands alone: that row is reported, the others go in. With
 failFast the first refused row ends the load and the transaction rolls back.
-Dead letters are sent before the commit (`before_commit`), so a failed run has
-written nothing to the table, and a run that wrote its table sent its letters.
+Dead letters are sent before the commit, or written in the transaction
+(`before_commit` gets the connection), so a failed run has written nothing to
+the table, and a run that wrote its table sent (or wrote) its letters.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ async def load(
     *,
     batchsize: int,
     fail_fast: bool,
-    before_commit: Callable[[LoadResult], Awaitable[None]],
+    before_commit: Callable[[Any, LoadResult], Awaitable[None]],
 ) -> LoadResult:
     """Load every document in one transaction; see the module docstring.
 
@@ -113,7 +114,7 @@ async def load(
                 chunk = docs[start : start + batchsize]
                 written += await _insert(conn, statement, list(chunk), refused, fail_fast)
             result = LoadResult(written, tuple(refused), deleted)
-            await before_commit(result)
+            await before_commit(conn, result)
         return result
     finally:
         await conn.close(timeout=10)

@@ -15,7 +15,7 @@ from streamproc.config.sink import WriteMode
 from streamproc.config.transform import WINDOW_BOUNDS
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
-from streamproc.runtime.planning import quality_plan
+from streamproc.runtime.planning import dlq_table, quality_plan
 from streamproc.runtime.quality import QualityPlan
 from streamproc.runtime.security import kafka_client_params
 
@@ -52,6 +52,8 @@ class BatchPlan:
     dlq_type: Literal["kafka", "logging", "none", "postgresql"] = "logging"
     dlq_topic: str | None = None
     dlq_bootstrap: str | None = None
+    # dlqType postgresql: the dead-letter table, written in the load's transaction
+    dlq_table: str | None = None
     fail_fast: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -89,11 +91,6 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
             "offsets are taken when the job starts); use earliest, the batch default"
         )
     eh = cfg.error_handling
-    if eh.dlq.dlq_type == "postgresql":
-        raise ValueError(
-            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented yet; "
-            "use kafka, logging or none"
-        )
     agg = cfg.aggregation
     spec = None
     if agg is not None:
@@ -124,6 +121,7 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
         dlq_type=eh.dlq.dlq_type,
         dlq_topic=eh.dlq.topic,
         dlq_bootstrap=cfg.dlq_bootstrap_servers,
+        dlq_table=dlq_table(cfg),
         fail_fast=eh.fail_fast,
         retry=RetryPolicy(
             strategy=retry.strategy,

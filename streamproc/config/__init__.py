@@ -35,10 +35,11 @@ delays and state timeouts in event time, triggers and retries in wall time):
   ``max_attempts``, ``initial_delay_seconds``, ``max_delay_seconds``,
   ``backoff_multiplier``, ``jitter``), ``circuit_breaker`` (``enabled``,
   ``failure_threshold``, ``reset_timeout_seconds``, ``half_open_max_attempts``),
-  ``dlq`` (``dlq_type``, ``bootstrap_servers``, ``topic``, ``buffer_size``,
+  ``dlq`` (``dlq_type``, ``bootstrap_servers``, ``topic``, ``table``, ``buffer_size``,
   ``producer_config``), ``fail_fast``; ``cfg.dlq_bootstrap_servers``.
 - ``cfg.data_quality``: ``enabled``, ``rules`` (``rule_type`` 'not_null' | 'range' |
-  'unique', ``name``, ``columns``, ``severity``, ``parameters.min/max``),
+  'unique' | 'pattern' | 'allowed_values', ``name``, ``columns``, ``severity``,
+  ``parameters.min/max/regex/values``),
   ``on_failure``, ``validate_after_extract``, ``validate_after_transform``.
 - ``cfg.logging``: ``log_level`` ('DEBUG' | 'INFO' | 'WARN' | 'ERROR'), ``include_metrics``,
   ``metrics_address``, ``metrics_port``.

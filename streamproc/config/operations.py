@@ -8,12 +8,12 @@ from pydantic import Field
 
 from streamproc.config.base import SPARK_ONLY, ConfigModel
 from streamproc.config.fields import Flag, Number, StringMap, WholeNumber, choice
-from streamproc.config.names import BootstrapServers, ColumnNames, Topic
+from streamproc.config.names import BootstrapServers, ColumnNames, TableName, Topic
 
 RetryStrategy = Literal["exponential", "fixed", "none"]
 DlqType = Literal["kafka", "logging", "none", "postgresql"]
 OnFailure = Literal["abort", "continue", "warn"]
-RuleType = Literal["not_null", "range", "unique"]
+RuleType = Literal["not_null", "range", "unique", "pattern", "allowed_values"]
 Severity = Literal["error", "warning", "info"]
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
 _RetryStrategy = Annotated[
@@ -78,6 +78,8 @@ class DlqConfig(ConfigModel):
             the sink's database).
         bootstrap_servers: the DLQ's Kafka cluster (default: the source's).
         topic: the DLQ topic of 'kafka'.
+        table: NEW; the dead-letter table of 'postgresql', in the sink's database
+            (default: ``<load.table>_dlq``).
         buffer_size: records buffered before a flush (100); ignored by the run (with a
             warning): each batch sends its own dead letters.
         producer_config: extra Kafka producer settings, as written; ignored by the run
@@ -87,6 +89,7 @@ class DlqConfig(ConfigModel):
     dlq_type: _DlqType = "logging"
     bootstrap_servers: Annotated[str, BootstrapServers()] | None = None
     topic: Annotated[str, Topic()] | None = None
+    table: Annotated[str, TableName()] | None = None
     buffer_size: Annotated[int, WholeNumber()] = 100
     producer_config: Annotated[dict[str, str], StringMap()] = Field(default_factory=dict)
 
@@ -103,21 +106,31 @@ class ErrorHandlingConfig(ConfigModel):
 
 
 class RuleParameters(ConfigModel):
-    """``parameters`` of a quality rule: the bounds of a range rule (inclusive)."""
+    """``parameters`` of a quality rule.
+
+    Attributes:
+        min, max: the bounds of a range rule (inclusive).
+        regex: NEW; a pattern rule's regular expression (Python syntax), which
+            the whole value must match.
+        values: NEW; an allowed_values rule's list of allowed JSON values.
+    """
 
     min: Annotated[float, Number(positive=False)] | None = None
     max: Annotated[float, Number(positive=False)] | None = None
+    regex: str | None = None
+    values: tuple[Any, ...] | None = None
 
 
 class QualityRule(ConfigModel):
     """One data-quality rule.
 
     Attributes:
-        rule_type: 'not_null', 'range' or 'unique'.
+        rule_type: 'not_null', 'range', 'unique', NEW 'pattern' or 'allowed_values'.
         name: a label for reports.
         columns: the columns checked (at least one).
         severity: 'error' (default), 'warning' or 'info'.
-        parameters: ``min``/``max`` of a range rule.
+        parameters: ``min``/``max`` of a range rule, ``regex`` of a pattern rule,
+            ``values`` of an allowed_values rule.
     """
 
     rule_type: _RuleType

@@ -9,13 +9,14 @@ reading a stand-in default would only add a misleading second one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from streamproc.config.durations import format_duration_ms as fmt
 from streamproc.config.messages import Problem
-from streamproc.config.operations import DataQualityConfig, ErrorHandlingConfig
+from streamproc.config.operations import DataQualityConfig, ErrorHandlingConfig, RuleParameters
 from streamproc.config.sink import LoadConfig
 from streamproc.config.source import ExtractConfig
 from streamproc.config.streaming import StreamingConfig
@@ -340,7 +341,13 @@ def _check_error_handling(d: Draft, found: Findings) -> None:
         kept = "counted and logged" if dlq.dlq_type == "logging" else "counted"
         found.warnings.append(
             f"{base}.dlqType: with '{dlq.dlq_type}' a bad record, or one the sink refuses, "
-            f"is {kept} but kept nowhere except the source topic; use 'kafka' to keep a copy"
+            f"is {kept} but kept nowhere except the source topic; use 'kafka' or "
+            "'postgresql' to keep a copy"
+        )
+    if dlq.table is not None and dlq.dlq_type != "postgresql" and d.ok(f"{base}.table"):
+        found.warnings.append(
+            f"{base}.table: ignored: only dlqType 'postgresql' writes a dead-letter table "
+            f"(dlqType is '{dlq.dlq_type}')"
         )
     if dlq.dlq_type == "postgresql" and d.load is not None and d.load.sink_type != "postgresql":
         found.error(
@@ -365,6 +372,22 @@ def _columns_after_transform(d: Draft) -> set[str] | None:
     return set(agg.output_columns) | ({agg.window_column} if agg.window_column else set())
 
 
+def _check_rule_parameters(
+    rule_type: str, params: RuleParameters | None, base: str, found: Findings
+) -> None:
+    """A pattern rule needs a regex that compiles; an allowed_values rule a non-empty list."""
+    if rule_type == "pattern":
+        if params is None or params.regex is None:
+            found.error(f"{base}.parameters", "a pattern rule needs 'regex'")
+            return
+        try:
+            re.compile(params.regex)
+        except re.error as exc:
+            found.error(f"{base}.parameters.regex", f"not a regular expression: {exc}")
+    elif rule_type == "allowed_values" and (params is None or not params.values):
+        found.error(f"{base}.parameters", "an allowed_values rule needs a non-empty 'values' list")
+
+
 def _check_data_quality(d: Draft, found: Findings) -> None:
     if d.data_quality is None:
         return
@@ -372,6 +395,7 @@ def _check_data_quality(d: Draft, found: Findings) -> None:
     for index, rule in enumerate(d.data_quality.rules):
         base = f"{_DQ}.rules[{index}]"
         params = rule.parameters
+        _check_rule_parameters(rule.rule_type, params, base, found)
         if rule.rule_type == "range":
             if params is None or (params.min is None and params.max is None):
                 found.error(f"{base}.parameters", "a range rule needs 'min' and/or 'max'")

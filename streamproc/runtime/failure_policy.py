@@ -36,7 +36,7 @@ from streamproc.runtime.failures import (
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.resilience import CircuitBreaker, CircuitOpenError, outage_delay
-from streamproc.runtime.routers import BadRouter, Position, RefusedRecord
+from streamproc.runtime.routers import BadRouter, Position, RefusedRecord, Routed
 from streamproc.sinks.base import ClosingWindowsError, CommitBatch, PartitionCommit, batch_id
 from streamproc.sources.base import RawRecord, record_digest
 
@@ -227,7 +227,11 @@ class FailurePolicy:
     async def dead_letter(
         self, raw: RawRecord, exc: Exception, dead_letters_sent: set[Position]
     ) -> list[PartitionCommit]:
-        """Send one record the sink rejects to the DLQ and record it in the ledger."""
+        """Send one record the sink rejects to the DLQ and record it in the ledger.
+
+        A Kafka dead letter is acknowledged before the ledger row commits
+        (at-least-once); a dead-letter table row commits with it (exactly-once).
+        """
         p = raw.partition
         error = first_line(exc)
         signature = refusal_signature(exc)
@@ -259,14 +263,13 @@ class FailurePolicy:
         )
         plan = self._plan
         bid = batch_id(plan.query_name, plan.topic, p, commit.start_offset, commit.next_offset)
-        message = self._bad.refused(
-            RefusedRecord(raw, bid, commit.start_offset, commit.next_offset, error)
+        letter = Routed()
+        self._bad.refused(
+            RefusedRecord(raw, bid, commit.start_offset, commit.next_offset, error), letter
         )
-        if message is not None:
+        if letter.dead_letters:
             try:
-                await self._committer.send_dead_letters(
-                    [((p, raw.offset), message)], set(), is_outage
-                )
+                await self._committer.send_dead_letters(letter.dead_letters, set(), is_outage)
             except asyncio.CancelledError:
                 raise
             except Exception as dlq_exc:
@@ -284,11 +287,14 @@ class FailurePolicy:
                     first_line(dlq_exc),
                 )
                 commit = replace(commit, error=f"{error}; not dead-lettered: {first_line(dlq_exc)}")
+        # A dead-letter row (dlqType postgresql) commits with the ledger row
+        # that records the refusal: both or neither.
         batch = CommitBatch(
             partitions=(commit,),
             partials={},
             evicted={},
             local_rows=(),
+            dead_letter_rows=tuple(letter.dead_letter_rows),
             topic_partitions=tracker.partition_count,
             idle_timeout_ms=plan.spec.idle_timeout_ms,
         )

@@ -75,6 +75,8 @@ class QueryPlan:
     dlq_type: Literal["kafka", "logging", "none", "postgresql"] = "logging"
     dlq_topic: str | None = None
     dlq_bootstrap: str | None = None
+    # dlqType postgresql: the dead-letter table, in the sink's database
+    dlq_table: str | None = None
     # errors
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 
 from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
+from streamproc.config.names import IDENTIFIER_MAX
 from streamproc.config.transform import aggregation_transforms
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
-from streamproc.runtime.quality import QualityPlan, QualityRule
+from streamproc.runtime.quality import QualityPlan, QualityRule, json_keys
 from streamproc.runtime.security import kafka_client_params
 
 
@@ -60,13 +63,6 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         jump_warning_ms=wm.jump_warning_ms if wm else None,
     )
     eh = cfg.error_handling
-    if eh.dlq.dlq_type == "postgresql":
-        # Accepted by the format (NEW), not written by the streaming runtime yet:
-        # refusing it beats counting bad records that go nowhere.
-        raise ValueError(
-            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented by the "
-            "streaming runtime yet; use kafka, logging or none"
-        )
     retry = eh.retry
     breaker = eh.circuit_breaker
     late = streaming.late_data
@@ -103,6 +99,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         dlq_type=eh.dlq.dlq_type,
         dlq_topic=eh.dlq.topic,
         dlq_bootstrap=cfg.dlq_bootstrap_servers,
+        dlq_table=dlq_table(cfg),
         retry=RetryPolicy(
             strategy=retry.strategy,
             max_attempts=retry.max_attempts,
@@ -126,24 +123,53 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
     )
 
 
+def dlq_table(cfg: PipelineConfig) -> str | None:
+    """The dead-letter table of dlqType postgresql: dlqConfig.table, else `<load.table>_dlq`."""
+    dlq = cfg.error_handling.dlq
+    if dlq.dlq_type != "postgresql":
+        return None
+    if dlq.table:
+        return dlq.table
+    if not cfg.load.table:
+        raise ValueError(
+            "errorHandlingConfig.dlqConfig.table: dlqType 'postgresql' needs a table "
+            "(the default, <load.table>_dlq, needs load.table)"
+        )
+    table = f"{cfg.load.table}_dlq"
+    if len(table.rsplit(".", 1)[-1]) > IDENTIFIER_MAX:
+        # PostgreSQL would cut the name silently, and two queries could share a table by accident.
+        raise ValueError(
+            f"errorHandlingConfig.dlqConfig.table: the default dead-letter table {table} is "
+            f"longer than {IDENTIFIER_MAX} characters; name one with dlqConfig.table"
+        )
+    return table
+
+
 def quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan:
     """The dataQualityConfig rules of a pipeline, resolved (streaming and batch alike)."""
     dq = cfg.data_quality
     if not dq.enabled:
         return QualityPlan()
-    rules = tuple(
-        QualityRule(
-            name=rule.name or f"rule{i}",
-            rule_type=rule.rule_type,
-            columns=tuple(rule.columns),
-            severity=rule.severity,
-            min=rule.parameters.min if rule.parameters else None,
-            max=rule.parameters.max if rule.parameters else None,
+    rules = []
+    for i, rule in enumerate(dq.rules):
+        params = rule.parameters
+        values = params.values if params and params.values else ()
+        rules.append(
+            QualityRule(
+                name=rule.name or f"rule{i}",
+                rule_type=rule.rule_type,
+                columns=tuple(rule.columns),
+                severity=rule.severity,
+                min=params.min if params else None,
+                max=params.max if params else None,
+                # validation compiled it once already: this cannot fail
+                regex=re.compile(params.regex) if params and params.regex is not None else None,
+                allowed=json_keys(values),
+                shown_values=json.dumps(list(values))[:200],
+            )
         )
-        for i, rule in enumerate(dq.rules)
-    )
     return QualityPlan(
-        rules=rules,
+        rules=tuple(rules),
         on_failure=dq.on_failure,
         after_extract=dq.validate_after_extract,
         after_transform=dq.validate_after_transform,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from streamproc.engine import BatchResult, Emission, Engine, LateRecord, QuerySpec, ResultRow
 from streamproc.runtime.decode import UndecodableRecord, decode_records
 from streamproc.runtime.eventtime_guard import EventTimeGuard
-from streamproc.runtime.quality import QualityGate
+from streamproc.runtime.quality import QualityGate, Quarantined, per_partition
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Routed
 from streamproc.sinks.base import CommitBatch, PartitionCommit
 from streamproc.sources.base import RawRecord, record_digest
@@ -33,7 +33,14 @@ class ProcessedBatch:
     raws: Sequence[RawRecord]
     result: BatchResult
     undecodable: Sequence[UndecodableRecord]
-    filtered: Mapping[int, int]
+    #: Records the quality rules took out (onFailure continue): routed like
+    #: bad records, counted as filtered.
+    quarantined: Sequence[Quarantined] = ()
+
+    @property
+    def filtered(self) -> Mapping[int, int]:
+        """How many records the quality rules took out, per partition."""
+        return per_partition(self.quarantined)
 
     def bad_items(self) -> list[BadItem]:
         """Every bad record of the batch with its reason: undecodable first, then the engine's."""
@@ -81,12 +88,12 @@ def process_records(
     with times.phase("decode"):
         good, undecodable = decode_records(raws)
         good, too_far = guard.future(good, raws)
-        good, filtered = quality.filter_records(good)
+        good, quarantined = quality.filter_records(good)
         guard.check_seconds(good)
     with times.phase("engine"):
         result = engine.process(good)
     guard.check_jumps(result, good)
-    return ProcessedBatch(raws, result, undecodable + too_far, filtered)
+    return ProcessedBatch(raws, result, undecodable + too_far, quarantined)
 
 
 def partition_commits(
@@ -159,16 +166,18 @@ def local_rows(
 
 
 def route(batch: ProcessedBatch, late: LateRouter, bad: BadRouter) -> Routed:
-    """Late side-table rows and dead letters of a batch."""
+    """Late side-table rows and dead letters of a batch (quarantined records go as bad ones)."""
     routed = Routed()
     result = batch.result
-    if not result.late and not result.bad and not batch.undecodable:
+    if not result.late and not result.bad and not batch.undecodable and not batch.quarantined:
         return routed
     raw_at = batch.raw_at()
     for record in result.late:
         late.route(raw_at(record.partition, record.offset), record, routed)
     for raw, reason in batch.bad_items():
         bad.route(raw, reason, routed)
+    for q in batch.quarantined:
+        bad.route(raw_at(q.partition, q.offset), q.reason, routed)
     return routed
 
 
@@ -196,6 +205,7 @@ def prepare_commit(
         evicted=emission.evicted,
         local_rows=local_rows(emission, spec, owns_every_partition),
         late_rows=routed.late_rows,
+        dead_letter_rows=routed.dead_letter_rows,
         topic_partitions=topic_partitions,
         idle_timeout_ms=spec.idle_timeout_ms,
         closes_locally=local,

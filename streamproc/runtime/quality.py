@@ -2,8 +2,9 @@
 
 - After extract (`validateAfterExtract`): rules run on each decoded record.
   A record that breaks an `error` rule is, per `onFailure`: `continue` ->
-  filtered (counted in the ledger's `filtered`, logged); `warn` -> logged and
-  kept; `abort` -> the query stops before the batch is written.
+  quarantined (to the DLQ like a bad record, the rule as its reason; counted
+  in the ledger's `filtered`, logged); `warn` -> logged and kept; `abort` ->
+  the query stops before the batch is written.
 - After transform (`validateAfterTransform`): rules run on the result rows a
   batch emits (columns: group-by, window_start/window_end, aggregates; the
   window column stands for window_start). A row cannot be dropped without
@@ -15,19 +16,47 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamproc.runtime.late import RateLimitedLog
 
-RuleType = Literal["not_null", "range", "unique"]
+RuleType = Literal["not_null", "range", "unique", "pattern", "allowed_values"]
+#: A JSON value as rules compare it: its type apart ("1" is not 1, true is not 1).
+JsonKey = tuple[str, Any]
+
+
+def json_key(value: Any) -> JsonKey:
+    """A value's JSON identity: equal numbers are equal (1 == 1.0), types stay apart."""
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    # null, objects and arrays: by their canonical JSON text
+    return ("json", json.dumps(value, sort_keys=True))
+
+
+def json_keys(values: Iterable[Any]) -> frozenset[JsonKey]:
+    """The JSON identities of the values of an allowed_values rule."""
+    return frozenset(json_key(v) for v in values)
 
 
 @dataclass(frozen=True, slots=True)
 class QualityRule:
-    """One rule, resolved."""
+    """One rule, resolved.
+
+    Attributes:
+        min, max: range bounds (inclusive).
+        regex: pattern: the expression the whole value must match.
+        allowed: allowed_values: the JSON identities allowed (`json_keys`).
+        shown_values: allowed_values: the list as configured, for messages.
+    """
 
     name: str
     rule_type: RuleType
@@ -35,6 +64,30 @@ class QualityRule:
     severity: Literal["error", "warning", "info"] = "error"
     min: float | None = None
     max: float | None = None
+    regex: re.Pattern[str] | None = None
+    allowed: frozenset[JsonKey] = field(default_factory=frozenset)
+    shown_values: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A record an error rule took out of the stream (onFailure continue), and why.
+
+    It goes to the DLQ like a bad record, with `reason` (which starts with the
+    rule's name), and is counted in the ledger's `filtered`.
+    """
+
+    partition: int
+    offset: int
+    reason: str
+
+
+def per_partition(quarantined: Sequence[Quarantined]) -> dict[int, int]:
+    """How many records were quarantined in each partition."""
+    counts: dict[int, int] = {}
+    for q in quarantined:
+        counts[q.partition] = counts.get(q.partition, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +143,30 @@ def _violates(rule: QualityRule, column: str, value: Any) -> str | None:
         return f"{label}: {column} is null" if value is None else None
     if value is None:
         return None  # null is not_null's business
+    if rule.rule_type == "pattern":
+        return _mismatch(rule, label, column, value)
+    if rule.rule_type == "allowed_values":
+        if json_key(value) in rule.allowed:
+            return None
+        return f"{label}: {column} = {value!r} is not one of {rule.shown_values}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{label}: {column} = {value!r} is not a number"
     if rule.min is not None and value < rule.min:
         return f"{label}: {column} = {value!r} is below {rule.min:g}"
     if rule.max is not None and value > rule.max:
         return f"{label}: {column} = {value!r} is above {rule.max:g}"
+    return None
+
+
+def _mismatch(rule: QualityRule, label: str, column: str, value: Any) -> str | None:
+    # Strings match as they are, numbers and booleans as their JSON text (Spark's
+    # rlike casts to string the same way); objects and arrays never match.
+    assert rule.regex is not None  # planning compiles it for every pattern rule
+    if isinstance(value, dict | list):
+        return f"{label}: {column} is a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = value if isinstance(value, str) else json.dumps(value)
+    if rule.regex.fullmatch(text) is None:
+        return f"{label}: {column} = {value!r} does not match '{rule.regex.pattern}'"
     return None
 
 
@@ -149,33 +220,34 @@ class QualityGate:
 
     def filter_records(
         self, records: list[tuple[int, int, dict[str, Any]]]
-    ) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[int, int]]:
-        """After-extract rules: the records kept, and how many were filtered per partition.
+    ) -> tuple[list[tuple[int, int, dict[str, Any]]], list[Quarantined]]:
+        """After-extract rules: the records kept, and the ones quarantined (in input order).
+
+        A record breaking several error rules is quarantined once, for the first.
 
         Raises:
             QualityAbortError: an error rule failed and onFailure is abort.
         """
         plan = self._plan
         if not (plan.active and plan.after_extract) or not records:
-            return records, {}
+            return records, []
         violations = check([r[2] for r in records], plan.rules)
         if not violations:
-            return records, {}
-        drop: set[int] = set()
+            return records, []
+        drop: dict[int, Quarantined] = {}
         for v in violations:
             partition, offset, _ = records[v.index]
             where = f"partition {partition} offset {offset}"
             if v.blocking and plan.on_failure == "abort":
                 raise QualityAbortError(f"data quality: {where}: {v.reason} (onFailure: abort)")
             if v.blocking and plan.on_failure == "continue":
-                drop.add(v.index)
-                self._log.warning("record filtered: %s: %s", where, v.reason)
+                if v.index not in drop:
+                    drop[v.index] = Quarantined(partition, offset, v.reason)
+                    self._log.warning("record quarantined: %s: %s", where, v.reason)
             else:
                 self._log.warning("record kept: %s: %s", where, v.reason)
-        filtered: dict[int, int] = {}
-        for i in drop:
-            filtered[records[i][0]] = filtered.get(records[i][0], 0) + 1
-        return [r for i, r in enumerate(records) if i not in drop], filtered
+        kept = [r for i, r in enumerate(records) if i not in drop]
+        return kept, [drop[i] for i in sorted(drop)]
 
     def check_rows(self, rows: Sequence[Any]) -> None:
         """After-transform rules on result rows: log, or raise QualityAbortError on abort."""

@@ -5,7 +5,8 @@
 
 Removes the query's registration, positions, ledger rows, partial states and
 bounded runs (and rows of layout 1, if any); with `--drop-results`, its result
-table (only when it belongs to this query) and its rows in the late table.
+table (only when it belongs to this query) and its rows in the late and
+dead-letter tables.
 The next run reads the topic from `startingOffsets` again. Asks on a terminal
 first; elsewhere it needs `--yes`.
 """
@@ -31,6 +32,7 @@ class ResetTarget:
     dsn: str
     result_table: str | None
     late_table: str | None
+    dlq_table: str | None = None
 
 
 def resolve_target(target: str, dsn: str | None) -> ResetTarget:
@@ -47,7 +49,7 @@ def resolve_target(target: str, dsn: str | None) -> ResetTarget:
         assert plan.dsn is not None
         table = plan.table if plan.sink_type == "postgresql" else None
         late = plan.late_table if plan.late_strategy == "separatestream" else None
-        return ResetTarget(plan.query_name, dsn or plan.dsn, table, late)
+        return ResetTarget(plan.query_name, dsn or plan.dsn, table, late, plan.dlq_table)
     dsn = dsn or os.environ.get("STREAMPROC_PG_DSN")
     if not dsn:
         raise ValueError(
@@ -111,7 +113,7 @@ def reset_from_cli(
     print(
         f"query {resolved.query}: removed {report.positions} position(s), "
         f"{report.ledger_rows} ledger row(s), {report.state_rows} partial state(s), "
-        f"{report.late_rows} late row(s){dropped}",
+        f"{report.late_rows} late row(s), {report.dead_letters} dead letter(s){dropped}",
         file=stdout,
     )
     return 0
@@ -129,6 +131,7 @@ async def _reset(target: ResetTarget, drop_results: bool) -> ResetReport:
             target.query,
             result_table=target.result_table if drop_results else None,
             late_table=target.late_table if drop_results else None,
+            dlq_table=target.dlq_table if drop_results else None,
         )
     finally:
         await conn.close()

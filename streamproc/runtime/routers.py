@@ -13,8 +13,12 @@ durable (log lines, so that a retried batch says things once).
 
     dlqType           route (bad record)            refused (by the sink)
     kafka             message to the DLQ topic      message with the ledger batch
+    postgresql        row in the dead-letter table  row with the sink's error
     logging           - (a log line once committed) a log line
     none              -                             -
+
+Records that data-quality rules quarantine (onFailure continue) are routed
+like bad records, with the rule as the reason.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from streamproc.runtime.late import (
     late_dlq_message,
 )
 from streamproc.runtime.plan import QueryPlan
-from streamproc.sinks.base import LateRow, OutgoingMessage
+from streamproc.sinks.base import DeadLetterRow, LateRow, OutgoingMessage
 from streamproc.sources.base import RawRecord
 
 #: Where a record was read: (partition, offset).
@@ -46,7 +50,10 @@ class Routed:
     """What the late and bad records of a batch become, committed with it."""
 
     late_rows: list[LateRow] = field(default_factory=list)
+    #: Messages for a Kafka topic, flushed before the commit (at-least-once).
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Rows of the dead-letter table, written in the commit (exactly-once).
+    dead_letter_rows: list[DeadLetterRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +96,8 @@ class BadRouter(Protocol):
         """Add what the bad record becomes to out."""
         ...
 
-    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
-        """The dead letter of a record the sink refused, if this router writes one."""
+    def refused(self, record: RefusedRecord, out: Routed) -> None:
+        """Add the dead letter of a record the sink refused to out, if this router writes one."""
         ...
 
     def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
@@ -173,9 +180,8 @@ class CountBad:
     def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
         """Nothing to write."""
 
-    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+    def refused(self, record: RefusedRecord, out: Routed) -> None:
         """No dead letter."""
-        return None
 
     def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
         """Nothing to say."""
@@ -187,7 +193,7 @@ class LogBad(CountBad):
     def __init__(self) -> None:
         self._log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
 
-    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+    def refused(self, record: RefusedRecord, out: Routed) -> None:
         """A log line; no dead letter."""
         self._log.warning(
             "record rejected by the sink: partition %d offset %d: %s",
@@ -195,7 +201,6 @@ class LogBad(CountBad):
             record.raw.offset,
             record.error,
         )
-        return None
 
     def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
         """One log line per bad record, at most 20 per 10 s."""
@@ -219,9 +224,9 @@ class DeadLetterBad(CountBad):
         message = bad_dlq_message(self._topic, self._source_topic, raw, reason)
         out.dead_letters.append(((raw.partition, raw.offset), message))
 
-    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+    def refused(self, record: RefusedRecord, out: Routed) -> None:
         """A dead letter naming the ledger batch that records the refusal."""
-        return failed_record_dlq_message(
+        message = failed_record_dlq_message(
             self._topic,
             self._source_topic,
             record.raw,
@@ -229,6 +234,34 @@ class DeadLetterBad(CountBad):
             record.start_offset,
             record.next_offset,
             record.error,
+        )
+        out.dead_letters.append(((record.raw.partition, record.raw.offset), message))
+
+
+class TableBad(CountBad):
+    """dlqType postgresql: a row of the dead-letter table, written in the batch's commit.
+
+    The checkpoint adds the query, the source topic, the batch id and the time.
+    """
+
+    def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
+        """A dead-letter row with the original bytes and the reason."""
+        out.dead_letter_rows.append(
+            DeadLetterRow(raw.partition, raw.offset, raw.key, raw.value, reason)
+        )
+
+    def refused(self, record: RefusedRecord, out: Routed) -> None:
+        """A dead-letter row with the sink's error (the batch id is the one-record ledger row's)."""
+        raw = record.raw
+        out.dead_letter_rows.append(
+            DeadLetterRow(
+                raw.partition,
+                raw.offset,
+                raw.key,
+                raw.value,
+                f"rejected by the sink: {record.error}",
+                record.error,
+            )
         )
 
 
@@ -247,6 +280,8 @@ def bad_router(plan: QueryPlan) -> BadRouter:
     """The bad-record router of a plan's dlqConfig."""
     if plan.dlq_type == "kafka" and plan.dlq_topic:
         return DeadLetterBad(plan.dlq_topic, plan.topic)
+    if plan.dlq_type == "postgresql" and plan.dlq_table:
+        return TableBad()
     if plan.dlq_type == "logging":
         return LogBad()
     return CountBad()

@@ -77,6 +77,7 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
         spec=spec,
         sink=result_sink,
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
+        dlq_table=plan.dlq_table,
     )
     source = KafkaSource(
         KafkaSourceConfig(

@@ -3,7 +3,8 @@
 A micro-batch becomes durable in one `Checkpoint.commit`: the ledger check
 (is the batch still the next one of each partition?), the partial
 aggregates, the result rows (through the query's `ResultSink`), the late
-side-table rows and the ledger rows, all or nothing (DESIGN.md section 3).
+side-table rows, the dead-letter rows (dlqType postgresql) and the ledger
+rows, all or nothing (DESIGN.md section 3).
 
 Implementations: `PostgresCheckpoint` with `PostgresTableSink` or
 `KafkaResultSink`; `streamproc.testing.MemoryCheckpoint` and
@@ -55,6 +56,23 @@ class LateRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A record bound for the dead-letter table (dlqType postgresql), with why.
+
+    The checkpoint adds the query, the source topic, the batch id (of the
+    ledger row of `partition` in the same commit) and the time.
+    """
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    # The sink's error, for a record the sink refused (None otherwise).
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CommitBatch:
     """Everything one micro-batch makes durable in one transaction."""
 
@@ -65,6 +83,9 @@ class CommitBatch:
     # partition); None means "merge from the stored partials".
     local_rows: Sequence[ResultRow] | None
     late_rows: Sequence[LateRow] = ()
+    # Rows of the dead-letter table (dlqType postgresql): written in the same
+    # transaction, so they are exactly-once like the results.
+    dead_letter_rows: Sequence[DeadLetterRow] = ()
     topic_partitions: int = 1
     idle_timeout_ms: int | None = None
     # The worker owns every partition and closes windows itself: `local_rows`
@@ -193,6 +214,14 @@ def batch_id(query: str, topic: str, partition: int, start_offset: int, next_off
     return f"{query}/{topic}/{partition}/{start_offset}-{next_offset}"
 
 
+def batch_ids(query: str, topic: str, partitions: Iterable[PartitionCommit]) -> dict[int, str]:
+    """The batch id of each partition's share of a commit (its ledger row's)."""
+    return {
+        p.partition: batch_id(query, topic, p.partition, p.start_offset, p.next_offset)
+        for p in partitions
+    }
+
+
 class MessageWriter(Protocol):
     """Delivers messages (dead letters) and returns once each one is acknowledged."""
 
@@ -259,7 +288,7 @@ class ResultSink(Protocol):
 
 
 class Checkpoint(Protocol):
-    """The exactly-once checkpoint of one query: ledger, partials, results, late rows."""
+    """The exactly-once checkpoint of one query: ledger, partials, results, side tables."""
 
     async def open(self) -> None:
         """Connect, create missing tables, check the result sink's table.

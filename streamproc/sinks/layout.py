@@ -268,20 +268,45 @@ CREATE TABLE IF NOT EXISTS {quote_ident(RUNS_TABLE)} (
 )"""
 
 
-def create_late_table_sql(table: str) -> str:
-    """DDL for a separatestream late-data side table (queries may share one)."""
-    return f"""
-CREATE TABLE IF NOT EXISTS {quote_ident(table)} (
+#: The columns naming where a side table's record was read; unique together
+#: (`_SOURCE_KEY`), so that a replay never doubles a row.
+_SOURCE_COLUMNS = """
   query text NOT NULL,
   source_topic text NOT NULL,
   source_partition integer NOT NULL,
-  source_offset bigint NOT NULL,
+  source_offset bigint NOT NULL,"""
+_SOURCE_KEY = "UNIQUE (query, source_topic, source_partition, source_offset)"
+
+
+def create_late_table_sql(table: str) -> str:
+    """DDL for a separatestream late-data side table (queries may share one)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(table)} ({_SOURCE_COLUMNS}
   event_time timestamp with time zone,
   watermark timestamp with time zone,
   reason text NOT NULL,
   detected_at timestamp with time zone NOT NULL DEFAULT now(),
   record jsonb NOT NULL,
-  UNIQUE (query, source_topic, source_partition, source_offset)
+  {_SOURCE_KEY}
+)"""
+
+
+def dead_letter_table_sql(table: str) -> str:
+    """DDL for a dead-letter table of dlqType postgresql (queries and batch jobs may share one).
+
+    The record as it was read (key and value bytes, NULL when absent), why it
+    is dead, the sink's error for a record the sink refused, and the batch
+    (ledger row, or batch job) that dead-lettered it.
+    """
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(table)} ({_SOURCE_COLUMNS}
+  record_key bytea,
+  record_value bytea,
+  reason text NOT NULL,
+  error text,
+  batch_id text NOT NULL,
+  dead_lettered_at timestamp with time zone NOT NULL DEFAULT now(),
+  {_SOURCE_KEY}
 )"""
 
 

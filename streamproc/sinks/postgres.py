@@ -10,7 +10,7 @@ once (DESIGN.md section 3):
                      (else the transaction is rolled back, states included)
     3. results       rows through the ResultSink: merged locally when this worker
                      owns every partition, else merged from the stored states
-    4. late rows     the separatestream side table
+    4. side tables   late rows (separatestream), dead letters (dlqType postgresql)
     5. ledger        one history row per partition
     6. positions     each partition's next offset, watermark, last record digest
     7. W             min over the topic's partitions, never below the stored W
@@ -47,6 +47,7 @@ from streamproc.sinks.base import (
     ResultSink,
     Watermarks,
     batch_id,
+    batch_ids,
     behind_watermark,
     check_local_watermark,
 )
@@ -59,8 +60,10 @@ from streamproc.sinks.layout import (
     STATE_TABLE,
     create_late_table_sql,
     create_stage_tables_sql,
+    dead_letter_table_sql,
     quote_ident,
 )
+from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_registry import (
     ensure_tables,
     privilege_error,
@@ -101,6 +104,7 @@ class PostgresCheckpoint:
         spec: QuerySpec,
         sink: ResultSink,
         late_table: str | None = None,
+        dlq_table: str | None = None,
     ) -> None:
         """Args:
         dsn: the database of the checkpoint (and of a result table).
@@ -111,6 +115,7 @@ class PostgresCheckpoint:
             commits only after the rows were delivered, so result messages
             are at-least-once).
         late_table: the separatestream side table, if any.
+        dlq_table: the dead-letter table (dlqType postgresql), if any.
         """
         self._dsn = dsn
         self._identity = identity
@@ -119,6 +124,7 @@ class PostgresCheckpoint:
         self._spec = spec
         self._sink = sink
         self._late_table = late_table
+        self._dlq_table = dlq_table
         self._pool: Any = None
         self._lock_key = f"streamproc:{identity.query}"
         self._run = RunMembership(dsn, identity.query)
@@ -140,8 +146,10 @@ class PostgresCheckpoint:
         async with self._pool.acquire() as conn, conn.transaction():
             # Serialise DDL and registration between workers starting together.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "streamproc:ddl")
-            late = self._late_table
-            await ensure_tables(conn, (late, create_late_table_sql(late)) if late else None)
+            late, dlq = self._late_table, self._dlq_table
+            side = [(late, create_late_table_sql(late))] if late else []
+            side += [(dlq, dead_letter_table_sql(dlq))] if dlq else []
+            await ensure_tables(conn, side)
             await register_query(conn, self._identity)
             await self._sink.prepare(conn)
 
@@ -352,6 +360,7 @@ class PostgresCheckpoint:
                 written = await self._sink.write(conn, rows, insert_only=False, encoded=encoded)
         with times.phase("ledger"):
             await self._insert_late_rows(conn, batch.late_rows)
+            await self._insert_dead_letters(conn, batch)
             await self._insert_ledger_rows(conn, batch.partitions)
             await self._upsert_positions(conn, batch.partitions)
         with times.phase("closing"):
@@ -507,6 +516,18 @@ class PostgresCheckpoint:
                 )
                 for r in late_rows
             ],
+        )
+
+    async def _insert_dead_letters(self, conn: Any, batch: CommitBatch) -> None:
+        if not batch.dead_letter_rows or not self._dlq_table:
+            return
+        await insert_dead_letters(
+            conn,
+            self._dlq_table,
+            query=self._query,
+            topic=self._topic,
+            rows=batch.dead_letter_rows,
+            batch_of=batch_ids(self._query, self._topic, batch.partitions).__getitem__,
         )
 
     async def _insert_ledger_rows(self, conn: Any, partitions: Sequence[PartitionCommit]) -> None:

@@ -13,7 +13,7 @@ or whose checkpoint was written by an older layout), see `definition.py`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,13 +79,13 @@ async def create_if_missing(conn: Any, table: str, ddl: str) -> bool:
     return True
 
 
-async def ensure_tables(conn: Any, late_table: tuple[str, str] | None = None) -> None:
-    """Create the checkpoint's tables (and a late table) where they do not exist."""
+async def ensure_tables(conn: Any, side_tables: Sequence[tuple[str, str]] = ()) -> None:
+    """Create the checkpoint's tables (and side tables: (name, DDL)) where they do not exist."""
     tables = list(CHECKPOINT_TABLES)
     for table, ddl in tables:
         await create_if_missing(conn, table, ddl())
-    if late_table is not None:
-        await create_if_missing(conn, *late_table)
+    for side in side_tables:
+        await create_if_missing(conn, *side)
 
 
 def privilege_error(exc: asyncpg.InsufficientPrivilegeError, doing: str) -> PrivilegeError:
@@ -202,6 +202,7 @@ class ResetReport:
     positions: int
     late_rows: int
     dropped_table: str | None
+    dead_letters: int = 0
 
 
 async def reset_query(
@@ -210,6 +211,7 @@ async def reset_query(
     *,
     result_table: str | None = None,
     late_table: str | None = None,
+    dlq_table: str | None = None,
 ) -> ResetReport:
     """Drop a query's checkpoint (registration, positions, ledger, states, runs) in one go.
 
@@ -220,6 +222,7 @@ async def reset_query(
             when another query owns it.
         late_table: Delete the query's rows from this separatestream table
             (queries may share one, so it is not dropped).
+        dlq_table: Delete the query's rows from this dead-letter table (likewise).
 
     Raises:
         CheckpointConflictError: result_table belongs to another query.
@@ -238,8 +241,7 @@ async def reset_query(
                 )
         tables = [QUERIES_TABLE, POSITIONS_TABLE, LEDGER_TABLE, STATE_TABLE, RUNS_TABLE]
         tables.append(LEGACY_PARTIALS_TABLE)
-        if late_table is not None:
-            tables.append(late_table)
+        tables += [t for t in (late_table, dlq_table) if t is not None]
         for table in tables:
             counts[table] = 0
             if await table_exists(conn, table):
@@ -257,4 +259,5 @@ async def reset_query(
         counts[POSITIONS_TABLE],
         counts.get(late_table or "", 0),
         dropped,
+        counts.get(dlq_table or "", 0),
     )

@@ -4,7 +4,8 @@
 same one, as they would see one PostgreSQL database); `MemoryCheckpoint` is
 one query's view of it, with the same commit semantics as
 `PostgresCheckpoint` (the contract tests run both); `MemoryTableSink` holds a
-result table. The database can be told to fail like PostgreSQL does:
+result table; `db.dead_letter_tables` the dead-letter tables of dlqType
+postgresql. The database can be told to fail like PostgreSQL does:
 
     db.outage = True                      every call raises ConnectionRefusedError
                                           (an outage: the query waits and replays)
@@ -34,12 +35,14 @@ from streamproc.sinks.base import (
     ClosingWindowsError,
     CommitBatch,
     CommitOutcome,
+    DeadLetterRow,
     LateRow,
     PartitionCheckpoint,
     PartitionCommit,
     QueryIdentity,
     ResultSink,
     Watermarks,
+    batch_ids,
     behind_watermark,
     check_local_watermark,
 )
@@ -113,6 +116,19 @@ class Run:
     status: str = "running"
 
 
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A row of a dead-letter table: the record, its batch id and when (db clock)."""
+
+    row: DeadLetterRow
+    batch_id: str
+    at_ms: int
+
+
+#: (query, source topic, partition, offset): a dead-letter table's unique key.
+SourcePosition = tuple[str, str, int, int]
+
+
 @dataclass
 class MemoryDatabase:
     """What PostgreSQL would hold: registry, positions, ledger, states, tables, runs."""
@@ -125,6 +141,9 @@ class MemoryDatabase:
     partials: dict[tuple[str, TypedKey, int | None, int], PartialRow] = field(default_factory=dict)
     tables: dict[str, dict[RowId, ResultRow]] = field(default_factory=dict)
     late_tables: dict[str, dict[tuple[str, str, int, int], LateRow]] = field(default_factory=dict)
+    dead_letter_tables: dict[str, dict[SourcePosition, StoredDeadLetter]] = field(
+        default_factory=dict
+    )
     runs: dict[str, list[Run]] = field(default_factory=dict)
     #: query -> checkpoints that are members of its bounded run
     run_members: dict[str, set[int]] = field(default_factory=dict)
@@ -167,6 +186,8 @@ class MemoryDatabase:
         self.ledger = {k: v for k, v in self.ledger.items() if k[0] != query}
         for name, late in self.late_tables.items():
             self.late_tables[name] = {k: v for k, v in late.items() if k[0] != query}
+        for name, letters in self.dead_letter_tables.items():
+            self.dead_letter_tables[name] = {k: v for k, v in letters.items() if k[0] != query}
         if drop_table is not None:
             self.tables.pop(drop_table, None)
 
@@ -223,6 +244,7 @@ class MemoryCheckpoint:
         spec: QuerySpec,
         sink: ResultSink,
         late_table: str | None = None,
+        dlq_table: str | None = None,
     ) -> None:
         self._db = db
         self._identity = identity
@@ -231,6 +253,7 @@ class MemoryCheckpoint:
         self._spec = spec
         self._sink = sink
         self._late_table = late_table
+        self._dlq_table = dlq_table
 
     def stage(self, batch: CommitBatch) -> CommitBatch:
         """Nothing to encode: rows and states are kept as they are."""
@@ -242,6 +265,8 @@ class MemoryCheckpoint:
         db.check_reachable()
         if self._late_table:
             db.late_tables.setdefault(self._late_table, {})
+        if self._dlq_table:
+            db.dead_letter_tables.setdefault(self._dlq_table, {})
         self._register()
         await self._sink.prepare(None)
 
@@ -478,6 +503,12 @@ class MemoryCheckpoint:
             late = db.late_tables.setdefault(self._late_table, {})
             for r in batch.late_rows:
                 late.setdefault((query, self._topic, r.partition, r.offset), r)
+        if self._dlq_table and batch.dead_letter_rows:
+            letters = db.dead_letter_tables.setdefault(self._dlq_table, {})
+            ids = batch_ids(query, self._topic, batch.partitions)
+            for d in batch.dead_letter_rows:
+                stored = StoredDeadLetter(d, ids[d.partition], now)
+                letters.setdefault((query, self._topic, d.partition, d.offset), stored)
         db.partials = partials
         db.ledger = ledger
         db.positions = positions

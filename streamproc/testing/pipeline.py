@@ -35,7 +35,6 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from streamproc.runtime.routers import BadRouter, LateRouter, RefusedRecord, Routed
-from streamproc.sinks.base import OutgoingMessage
 from streamproc.sources.base import RawRecord
 from streamproc.state import memory_store_factory
 from streamproc.testing.checkpoint import MemoryDatabase, MemoryTableSink, typed_key
@@ -321,9 +320,9 @@ class _RecordingBad:
         """As the inner router does."""
         self._inner.route(raw, reason, out)
 
-    def refused(self, record: RefusedRecord) -> OutgoingMessage | None:
+    def refused(self, record: RefusedRecord, out: Routed) -> None:
         """As the inner router does."""
-        return self._inner.refused(record)
+        self._inner.refused(record, out)
 
     def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
         """Keep them, then let the inner router say what it says."""

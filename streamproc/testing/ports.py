@@ -27,5 +27,6 @@ def memory_ports(
         spec=plan.spec,
         sink=sink,
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
+        dlq_table=plan.dlq_table,
     )
     return QueryPorts(source, checkpoint, sink, late_router(plan), bad_router(plan), dead_letters)

@@ -19,10 +19,12 @@ from streamproc.sinks.base import (
     CheckpointConflictError,
     CommitBatch,
     CommitOutcome,
+    DeadLetterRow,
     LateRow,
     PartitionCommit,
     QueryIdentity,
     Watermarks,
+    batch_id,
 )
 from streamproc.sinks.definition import query_definition
 from streamproc.sinks.layout import quote_ident, result_layout
@@ -62,6 +64,8 @@ class Backend:
     make: Callable[..., Checkpoint]
     rows: Callable[[], Awaitable[dict[tuple[Any, ...], tuple[Any, ...]]]]
     late: Callable[[], Awaitable[set[tuple[int, int]]]]
+    #: The dead-letter table: {(partition, offset): (key, value, reason, error, batch id)}.
+    dead_letters: Callable[[], Awaitable[dict[tuple[int, int], tuple[Any, ...]]]]
     #: Tampering as a user with SQL could: drop a partition's last ledger row,
     #: put a row in the result table.
     drop_last_ledger_row: Callable[[int], Awaitable[None]]
@@ -70,7 +74,7 @@ class Backend:
 
 @pytest_asyncio.fixture(params=["memory", "postgres"])
 async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Backend]:
-    table, late_table = unique_name, f"{unique_name}_late"
+    table, late_table, dlq_table = unique_name, f"{unique_name}_late", f"{unique_name}_dlq"
     if request.param == "memory":
         db = MemoryDatabase()
 
@@ -80,7 +84,14 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             sink = MemoryTableSink(db, to or table)
             who = identity(query or table, s, to or table, topic)
             return staging(
-                MemoryCheckpoint(db, identity=who, spec=s, sink=sink, late_table=late_table)
+                MemoryCheckpoint(
+                    db,
+                    identity=who,
+                    spec=s,
+                    sink=sink,
+                    late_table=late_table,
+                    dlq_table=dlq_table,
+                )
             )
 
         async def memory_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
@@ -89,6 +100,12 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         async def memory_late() -> set[tuple[int, int]]:
             return {(p, o) for (_q, _t, p, o) in db.late_tables.get(late_table, {})}
 
+        async def memory_dead_letters() -> dict[tuple[int, int], tuple[Any, ...]]:
+            return {
+                (p, o): (d.row.key, d.row.value, d.row.reason, d.row.error, d.batch_id)
+                for (_q, _t, p, o), d in db.dead_letter_tables.get(dlq_table, {}).items()
+            }
+
         async def memory_drop_last(partition: int) -> None:
             db.ledger[(table, "t", partition)].pop()
 
@@ -96,7 +113,14 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             row = ResultRow((key,), ws, ws + W, (1, 1.0))
             db.tables[table][(typed_key(row.key), ws, ws + W)] = row
 
-        yield Backend(make_memory, memory_rows, memory_late, memory_drop_last, memory_put)
+        yield Backend(
+            make_memory,
+            memory_rows,
+            memory_late,
+            memory_dead_letters,
+            memory_drop_last,
+            memory_put,
+        )
         return
     import asyncpg
 
@@ -109,7 +133,9 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     ) -> Checkpoint:
         sink = PostgresTableSink(result_layout(s, to or table))
         who = identity(query or table, s, to or table, topic)
-        checkpoint = PostgresCheckpoint(dsn, identity=who, spec=s, sink=sink, late_table=late_table)
+        checkpoint = PostgresCheckpoint(
+            dsn, identity=who, spec=s, sink=sink, late_table=late_table, dlq_table=dlq_table
+        )
         opened.append(checkpoint)
         return staging(checkpoint)
 
@@ -122,6 +148,13 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             f"SELECT source_partition, source_offset FROM {quote_ident(late_table)}"
         )
         return {(r[0], r[1]) for r in rows}
+
+    async def pg_dead_letters() -> dict[tuple[int, int], tuple[Any, ...]]:
+        rows = await pg.fetch(
+            f"""SELECT source_partition, source_offset, record_key, record_value, reason, error,
+                       batch_id FROM {quote_ident(dlq_table)}"""
+        )
+        return {(r[0], r[1]): tuple(r)[2:] for r in rows}
 
     async def pg_drop_last(partition: int) -> None:
         await pg.execute(
@@ -141,7 +174,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             ms_to_datetime(ws + W),
         )
 
-    yield Backend(make_pg, pg_rows, pg_late, pg_drop_last, pg_put)
+    yield Backend(make_pg, pg_rows, pg_late, pg_dead_letters, pg_drop_last, pg_put)
     for checkpoint in opened:
         await checkpoint.close()
     await pg.close()
@@ -175,8 +208,11 @@ def batch(
     local: list[ResultRow] | None = None,
     evicted: dict[int, tuple[Any, ...]] | None = None,
     late: tuple[LateRow, ...] = (),
+    dead: tuple[DeadLetterRow, ...] = (),
 ) -> CommitBatch:
-    return CommitBatch(partitions, partials, evicted or {}, local, late, topic_partitions=2)
+    return CommitBatch(
+        partitions, partials, evicted or {}, local, late, dead_letter_rows=dead, topic_partitions=2
+    )
 
 
 async def test_a_new_partition_has_no_checkpoint(backend: Backend) -> None:
@@ -282,6 +318,35 @@ async def test_late_rows_are_kept_once_per_source_position(backend: Backend) -> 
     await checkpoint.commit(batch((commit(0, 0, 4, 9, 9),), {}, late=(late,)))
     await checkpoint.commit(batch((commit(0, 4, 5, 9, 9),), {}, late=(late,)))
     assert await backend.late() == {(0, 3)}
+
+
+async def test_dead_letters_commit_with_their_batch_once_per_source_position(
+    backend: Backend, unique_name: str
+) -> None:
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    bad = DeadLetterRow(0, 1, b"k", b"\xff not json", "not UTF-8")
+    refused = DeadLetterRow(1, 7, None, b'{"k": "a\\u0000"}', "rejected by the sink: NUL", "NUL")
+    first = batch((commit(0, 0, 4, 9, 9), commit(1, 7, 8, 9, 9)), {}, dead=(bad, refused))
+    await checkpoint.commit(first)
+    # A replay of the same span is stale: nothing of it is written, no dead letter doubled.
+    assert (await checkpoint.commit(first)).stale == (0, 1)
+    # A later batch naming a position already there leaves the first row as it was.
+    again = DeadLetterRow(0, 1, b"k", b"other", "another reason")
+    await checkpoint.commit(batch((commit(0, 4, 5, 9, 9),), {}, dead=(again,)))
+    # A dry run writes nothing.
+    late_one = DeadLetterRow(0, 5, None, b"x", "not JSON")
+    await checkpoint.commit(batch((commit(0, 5, 6, 9, 9),), {}, dead=(late_one,)), dry_run=True)
+    assert await backend.dead_letters() == {
+        (0, 1): (b"k", b"\xff not json", "not UTF-8", None, batch_id(unique_name, "t", 0, 0, 4)),
+        (1, 7): (
+            None,
+            b'{"k": "a\\u0000"}',
+            "rejected by the sink: NUL",
+            "NUL",
+            batch_id(unique_name, "t", 1, 7, 8),
+        ),
+    }
 
 
 async def test_a_changed_definition_is_refused_once_the_query_committed(backend: Backend) -> None:

@@ -117,22 +117,16 @@ PLAN_REFUSALS = [
         id="batch-upsert-keys-not-the-row-key",
     ),
     pytest.param(
-        {("mode",): "batch", ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
-        Outcome(
-            [BATCH_SECTION_IGNORED],
-            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented yet; use "
-            "kafka, logging or none",
-        ),
-        id="batch-postgresql-dlq",
-    ),
-    pytest.param(
-        {("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
+        {
+            ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"},
+            ("load", "table"): "t" * 60,
+        },
         Outcome(
             [],
-            "errorHandlingConfig.dlqConfig.dlqType: 'postgresql' is not implemented by the "
-            "streaming runtime yet; use kafka, logging or none",
+            f"errorHandlingConfig.dlqConfig.table: the default dead-letter table {'t' * 60}_dlq "
+            "is longer than 63 characters; name one with dlqConfig.table",
         ),
-        id="postgresql-dlq",
+        id="postgresql-dlq-default-table-too-long",
     ),
     pytest.param(
         {(S, "stateTimeout"): "30 minutes"},
@@ -230,6 +224,11 @@ BATCH_ACCEPTED = [
         {("mode",): "batch", ("transforms",): [], (S,): DELETE},
         [],
         id="batch-without-aggregation",
+    ),
+    pytest.param(
+        {("mode",): "batch", ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"}},
+        [BATCH_SECTION_IGNORED],
+        id="batch-postgresql-dlq",
     ),
 ]
 FAUST_BATCH = (

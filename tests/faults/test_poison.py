@@ -1,5 +1,8 @@
 """Poison input: 28 kinds of bad records, each in two partitions, among good records.
 
+With dlqType postgresql the same records land in a dead-letter table, once
+each, across a kill -9 and a replay of the whole topic.
+
 Every poison record goes to the DLQ topic with a reason header, the worker
 keeps running, and the accounting is exact: records read = aggregated + late
 + bad + filtered, per the ledger and per the DLQ contents. Three kinds pass
@@ -27,12 +30,13 @@ from tests.faults.harness import (
     fault_query,
     good_records,
     poison_records,
+    wait_for_progress,
     wait_for_records,
     with_poison,
 )
 from tests.kafka_io import Message, produce_raw, read_topic
 from tests.reference import assert_tables_equal, expected
-from tests.results import read_table
+from tests.results import ledger_records, read_table
 from tests.streams import make_stream
 
 BIN = Path(sys.executable).parent
@@ -165,3 +169,77 @@ async def test_fail_fast_stops_streamproc_run_with_exit_1_and_writes_nothing_of_
     }
     query = fault_query()
     assert_tables_equal(await read_table(pg, unique_name, query), expected(query, covered).table)
+
+
+@pytest.mark.slow
+async def test_poison_goes_to_the_dead_letter_table_once_across_a_kill_and_a_replay(
+    kafka_bootstrap: str, pg: Any, unique_name: str, tmp_path: Path, pipeline: PipelineFactory
+) -> None:
+    """dlqType postgresql: every poison record is one row of `<table>_dlq`, with its reason.
+
+    A worker is SIGKILLed half-way, an availablenow run finishes the query, and
+    then the query is reset (results kept) and run again from the start: every
+    dead letter is written a second time by the replay, and the table still
+    holds each one once, as the first commit wrote it.
+    """
+    poisons = poison_records()
+    stream = make_stream(3_000, partitions=2, seed=77)
+    messages, where = with_poison(stream, poisons)
+    await create_topic(kafka_bootstrap, unique_name, 2)
+    await produce_raw(kafka_bootstrap, unique_name, messages)
+    total = len(messages)
+    pipe = pipeline(max_records=300, dlq={"dlqType": "postgresql"})
+    worker = Worker(pipe.write(tmp_path), tmp_path / "worker.log", session_timeout_ms=SESSION_MS)
+    try:
+        await wait_for_progress(pg, unique_name, total // 2, [worker], timeout=120)
+        worker.kill9()
+    finally:
+        worker.stop()
+    rest = pipe.changed(trigger="availablenow").write(tmp_path, "-rest")
+    run = [str(BIN / "streamproc"), "run", str(rest)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    produced = {p: sum(1 for m in messages if m[0] == p) for p in stream}
+    ledger = await check_ledger(pg, unique_name, unique_name, produced)
+    rejected = {pos for pos, poison in where.items() if poison.rejected_by_sink}
+    assert ledger.bad == len(where) and ledger.dead_lettered == len(rejected) == 6
+
+    dlq_table = f"{unique_name}_dlq"
+    rows = await pg.fetch(f'SELECT * FROM "{dlq_table}" ORDER BY source_partition, source_offset')
+    by_source = {(r["source_partition"], r["source_offset"]): r for r in rows}
+    assert len(rows) == len(by_source) and set(by_source) == set(where), set(by_source) ^ set(where)
+    ledger_batches = {
+        r["batch_id"]
+        for r in await pg.fetch(
+            "SELECT batch_id FROM streamproc_ledger WHERE query = $1", unique_name
+        )
+    }
+    value_of = {(p, o): value for o, (p, _k, value) in _offsets(messages)}
+    for (p, offset), poison in where.items():
+        row = by_source[(p, offset)]
+        assert poison.reason in row["reason"], (poison.kind, row["reason"])
+        assert (row["query"], row["source_topic"]) == (unique_name, unique_name)
+        assert row["record_value"] == value_of[(p, offset)], poison.kind
+        assert row["record_key"] == f"poison-{p}-{offset}".encode()
+        assert row["batch_id"] in ledger_batches and row["dead_lettered_at"] is not None
+        if poison.rejected_by_sink:
+            assert row["batch_id"].endswith(f"/{p}/{offset}-{offset + 1}")
+            assert row["error"] and row["reason"] == f"rejected by the sink: {row['error']}"
+        else:
+            assert row["error"] is None
+
+    # The replay: the whole topic again under the same query, every poison
+    # dead-lettered a second time; the table keeps the first rows, unchanged.
+    reset = [str(BIN / "streamproc"), "reset", str(rest), "--yes"]
+    done = subprocess.run(reset, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(run, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert await ledger_records(pg, unique_name) == total
+    again = await pg.fetch(f'SELECT * FROM "{dlq_table}" ORDER BY source_partition, source_offset')
+    assert [dict(r) for r in again] == [dict(r) for r in rows]
+
+    query = fault_query()
+    model = expected(query, good_records(stream, where))
+    assert_tables_equal(await read_table(pg, unique_name, query), model.table)

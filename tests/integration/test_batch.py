@@ -179,6 +179,15 @@ async def _amounts_table(pg: Any, table: str) -> None:
     await pg.execute(f'INSERT INTO "{table}" (id, amount) VALUES (100, 1), (101, 2)')
 
 
+def _some_refused() -> list[Any]:
+    """Six records for `_amounts_table`, two the table refuses, and a line that is not JSON."""
+    records: list[Any] = [{"id": i, "amount": i} for i in range(6)]
+    records[1]["amount"] = -1  # a check constraint
+    records[3]["amount"] = "lots"  # a value an integer column cannot hold
+    records.insert(4, NOT_JSON)
+    return records
+
+
 async def _amounts(pg: Any, table: str) -> list[tuple[int, int]]:
     rows = await pg.fetch(f'SELECT id, amount FROM "{table}" ORDER BY id')
     return [(r["id"], r["amount"]) for r in rows]
@@ -213,10 +222,7 @@ async def test_rows_the_table_refuses_are_rejected_with_reasons_and_dead_lettere
     await _amounts_table(pg, unique_name)
     dlq = f"{unique_name}_dlq"
     await create_topic(kafka_bootstrap, dlq, 1)
-    records: list[Any] = [{"id": i, "amount": i} for i in range(6)]
-    records[1]["amount"] = -1  # a check constraint
-    records[3]["amount"] = "lots"  # a value an integer column cannot hold
-    records.insert(4, NOT_JSON)
+    records = _some_refused()
     source = write_lines(tmp_path / "in.jsonl", records)
     config = batch_config(
         tmp_path,
@@ -244,6 +250,63 @@ async def test_rows_the_table_refuses_are_rejected_with_reasons_and_dead_lettere
     assert 'invalid input syntax for type integer: "lots"' in got[("3", json.dumps(records[3]))]
     assert got[("4", NOT_JSON)].startswith("value: not JSON")
     assert all(x.headers["source_topic"] == str(source) for x in letters)
+
+
+async def test_a_postgresql_dlq_holds_bad_refused_and_quarantined_records_once_per_line(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    await _amounts_table(pg, unique_name)
+    records = _some_refused()
+    records[6]["id"] = None  # quarantined by the rule
+    source = write_lines(tmp_path / "in.jsonl", records)
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(source),
+        write_mode="overwrite",
+        batchsize=4,
+        error_handling={"dlqConfig": {"dlqType": "postgresql"}},
+    )
+    document = json.loads(config.read_text())
+    document["dataQualityConfig"] = {
+        "enabled": True,
+        "onFailure": "continue",
+        "validateAfterExtract": True,
+        "rules": [{"ruleType": "not_null", "name": "has_id", "columns": ["id"]}],
+    }
+    config.write_text(json.dumps(document))
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert await _amounts(pg, unique_name) == [(0, 0), (2, 2), (4, 4)]
+    assert "loaded as rows 5, bad 1, filtered 1" in done.stdout
+    assert f"dead letters sent to table {unique_name}_dlq: 4" in done.stdout
+
+    async def dead_letters() -> list[dict[str, Any]]:
+        rows = await pg.fetch(f'SELECT * FROM "{unique_name}_dlq" ORDER BY source_offset')
+        return [dict(r) for r in rows]
+
+    first = await dead_letters()
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    assert [(r["source_offset"], r["record_value"].decode()) for r in first] == [
+        (1, lines[1]),
+        (3, lines[3]),
+        (4, NOT_JSON),
+        (6, lines[6]),
+    ]
+    reasons = [r["reason"] for r in first]
+    assert "check constraint" in reasons[0] and first[0]["error"]
+    assert 'invalid input syntax for type integer: "lots"' in reasons[1]
+    assert reasons[2].startswith("value: not JSON") and first[2]["error"] is None
+    assert reasons[3] == "rule has_id (not_null): id is null"
+    assert {(r["query"], r["source_topic"], r["source_partition"]) for r in first} == {
+        (unique_name, str(source), 0)
+    }
+    # A rerun over the same input overwrites the table and dead-letters the
+    # same lines again: the dead-letter table keeps one row per line.
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert await _amounts(pg, unique_name) == [(0, 0), (2, 2), (4, 4)]
+    assert await dead_letters() == first
 
 
 async def test_a_bad_record_with_failfast_stops_before_anything_is_loaded(

@@ -317,7 +317,7 @@ CASES = [
         "bad-rule-type",
         {("dataQualityConfig", "rules", 0, "ruleType"): "regex"},
         "dataQualityConfig.rules[0].ruleType: 'regex' is not a valid rule type; "
-        "expected one of not_null, range, unique",
+        "expected one of not_null, range, unique, pattern, allowed_values",
     ),
     case(
         "bad-severity",
@@ -564,6 +564,29 @@ CASES = [
         "dataQualityConfig.rules[1].parameters: a range rule needs 'min' and/or 'max'",
     ),
     case(
+        "pattern-without-regex",
+        {("dataQualityConfig", "rules", 0, "ruleType"): "pattern"},
+        "dataQualityConfig.rules[0].parameters: a pattern rule needs 'regex'",
+    ),
+    case(
+        "pattern-regex-does-not-compile",
+        {
+            ("dataQualityConfig", "rules", 0, "ruleType"): "pattern",
+            ("dataQualityConfig", "rules", 0, "parameters"): {"regex": "u[0-9"},
+        },
+        "dataQualityConfig.rules[0].parameters.regex: not a regular expression: "
+        "unterminated character set at position 1",
+    ),
+    case(
+        "allowed-values-empty",
+        {
+            ("dataQualityConfig", "rules", 0, "ruleType"): "allowed_values",
+            ("dataQualityConfig", "rules", 0, "parameters"): {"values": []},
+        },
+        "dataQualityConfig.rules[0].parameters: an allowed_values rule needs a non-empty "
+        "'values' list",
+    ),
+    case(
         "rule-empty-columns",
         {("dataQualityConfig", "rules", 0, "columns"): []},
         "dataQualityConfig.rules[0].columns: empty list; expected at least one column name",
@@ -757,3 +780,53 @@ def test_console_script_validate_exit_codes(tmp_path: Any) -> None:
     assert failed.stderr.splitlines() == [
         f"{bad}: {S}.triggerMode: 'processingtime=5 secnds' is not a duration; {DURATION}",
     ]
+
+
+def test_pattern_and_allowed_values_rules_plan_as_written() -> None:
+    # After extract the rules see the source's columns, which the config does not list.
+    config = mutate(
+        {
+            ("dataQualityConfig", "validateAfterExtract"): True,
+            ("dataQualityConfig", "validateAfterTransform"): False,
+            ("dataQualityConfig", "rules"): [
+                {
+                    "ruleType": "Pattern",
+                    "name": "ids",
+                    "columns": ["user_id"],
+                    "parameters": {"regex": "u[0-9]+"},
+                },
+                {
+                    "ruleType": "allowed-values",
+                    "columns": ["status"],
+                    "parameters": {"values": ["new", 1, True, None]},
+                },
+            ],
+        }
+    )
+    from streamproc.runtime.planning import quality_plan
+    from streamproc.runtime.quality import check, json_keys
+
+    rules = quality_plan(load_config(config, env={}), None).rules
+    assert [(r.name, r.rule_type) for r in rules] == [
+        ("ids", "pattern"),
+        ("rule1", "allowed_values"),
+    ]
+    assert rules[0].regex is not None and rules[0].regex.pattern == "u[0-9]+"
+    assert rules[1].allowed == json_keys(["new", 1, True, None])
+    bad = [{"user_id": "u12x", "status": "new"}, {"user_id": "u1", "status": "1"}]
+    assert [v.reason for v in check(bad, rules)] == [
+        "rule ids (pattern): user_id = 'u12x' does not match 'u[0-9]+'",
+        "rule rule1 (allowed_values): status = '1' is not one of [\"new\", 1, true, null]",
+    ]
+
+
+def test_a_dlq_table_without_dlq_type_postgresql_is_ignored_with_a_warning() -> None:
+    dlq = ("errorHandlingConfig", "dlqConfig")
+    report = validate_config(mutate({(*dlq, "table"): "dead"}), env={})
+    assert report.ok
+    assert (
+        "errorHandlingConfig.dlqConfig.table: ignored: only dlqType 'postgresql' writes a "
+        "dead-letter table (dlqType is 'kafka')"
+    ) in report.warnings
+    report = validate_config(mutate({dlq: {"dlqType": "postgresql", "table": "dead"}}), env={})
+    assert report.ok and report.warnings == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -12,7 +13,10 @@ from streamproc.runtime.quality import (
     QualityGate,
     QualityPlan,
     QualityRule,
+    Quarantined,
     check,
+    json_keys,
+    per_partition,
     row_view,
 )
 
@@ -39,6 +43,65 @@ def test_not_null_range_and_unique_name_the_rule_column_and_value() -> None:
         (3, "rule Ids (unique): id=1 repeats", False),
         (4, "rule Amounts (range): amount = 101.5 is above 100", True),
     ]
+
+
+CODE = QualityRule("Codes", "pattern", ("code",), regex=re.compile(r"[A-Z]{2}-\d+"))
+STATUS = QualityRule(
+    "Statuses",
+    "allowed_values",
+    ("status",),
+    allowed=json_keys(["new", "paid", 1, True]),
+    shown_values='["new", "paid", 1, true]',
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("AB-12", None),
+        (None, None),  # null is not_null's business
+        ("AB-12x", "code = 'AB-12x' does not match '[A-Z]{2}-\\d+'"),  # the whole value
+        ("xAB-12", "code = 'xAB-12' does not match '[A-Z]{2}-\\d+'"),
+        (12, "code = 12 does not match '[A-Z]{2}-\\d+'"),  # a number as its JSON text
+        ({"a": 1}, "code is a JSON object"),
+        (["AB-1"], "code is a JSON array"),
+    ],
+)
+def test_pattern_must_match_the_whole_value(code: Any, reason: str | None) -> None:
+    got = [v.reason for v in check([{"code": code}], [CODE])]
+    assert got == ([] if reason is None else [f"rule Codes (pattern): {reason}"])
+
+
+def test_pattern_matches_numbers_and_booleans_by_their_json_text() -> None:
+    digits = QualityRule("Digits", "pattern", ("v",), regex=re.compile(r"\d+|true"))
+    assert check([{"v": 42}, {"v": True}, {"v": "7"}], [digits]) == []
+    (violation,) = check([{"v": 4.5}], [digits])
+    assert violation.reason == "rule Digits (pattern): v = 4.5 does not match '\\d+|true'"
+
+
+@pytest.mark.parametrize(
+    ("status", "allowed"),
+    [
+        ("new", True),
+        ("paid", True),
+        (1, True),
+        (1.0, True),  # equal numbers are one JSON value
+        (True, True),
+        (None, True),  # null is not_null's business
+        ("1", False),  # a string is not the number
+        ("true", False),
+        (2, False),
+        ("NEW", False),  # case matters
+        ({"s": "new"}, False),
+    ],
+)
+def test_allowed_values_compare_as_json(status: Any, allowed: bool) -> None:
+    got = [v.reason for v in check([{"status": status}], [STATUS])]
+    expected_reason = (
+        f"rule Statuses (allowed_values): status = {status!r} is not one of "
+        '["new", "paid", 1, true]'
+    )
+    assert got == ([] if allowed else [expected_reason])
 
 
 def test_booleans_are_not_numbers_for_range() -> None:
@@ -73,14 +136,25 @@ RECORDS = [
 ]
 
 
-def test_continue_filters_failing_records_and_counts_them_per_partition() -> None:
-    kept, filtered = gate("continue", after_extract=True).filter_records(list(RECORDS))
-    assert kept == RECORDS[:1] and filtered == {1: 2}
+def test_continue_quarantines_failing_records_with_the_first_rule_they_break() -> None:
+    kept, quarantined = gate("continue", after_extract=True).filter_records(list(RECORDS))
+    assert kept == RECORDS[:1]
+    assert quarantined == [
+        Quarantined(1, 11, "rule Amounts (range): amount = 500 is above 100"),
+        Quarantined(1, 12, "rule Keys (not_null): user_id is null"),
+    ]
+    assert per_partition(quarantined) == {1: 2}
+
+
+def test_a_record_breaking_two_rules_is_quarantined_once() -> None:
+    record = (0, 5, {"user_id": None, "event_time": 1, "amount": -3})
+    _kept, quarantined = gate("continue", after_extract=True).filter_records([record])
+    assert quarantined == [Quarantined(0, 5, "rule Keys (not_null): user_id is null")]
 
 
 def test_warn_keeps_everything() -> None:
-    kept, filtered = gate("warn", after_extract=True).filter_records(list(RECORDS))
-    assert kept == RECORDS and filtered == {}
+    kept, quarantined = gate("warn", after_extract=True).filter_records(list(RECORDS))
+    assert kept == RECORDS and quarantined == []
 
 
 def test_abort_stops_with_the_record_and_rule() -> None:

@@ -11,6 +11,7 @@ from streamproc.config import load_config
 from streamproc.engine import LateRecord
 from streamproc.runtime.late import LateSummary, RateLimitedLog
 from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.routers import bad_router
 from streamproc.sinks.base import batch_id
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.json"))
@@ -74,11 +75,16 @@ def test_batch_ids_are_deterministic() -> None:
     assert batch_id("q", "t", 3, 100, 250) == "q/t/3/100-250" == batch_id("q", "t", 3, 100, 250)
 
 
-def test_a_postgresql_dlq_is_refused_rather_than_silently_ignored() -> None:
+def test_a_postgresql_dlq_writes_to_its_table_or_the_result_table_dlq() -> None:
     path = CONFIGS[[p.name for p in CONFIGS].index("streaming-example.json")]
     config = load_config(path, env={})
-    dlq = config.error_handling.dlq.model_copy(update={"dlq_type": "postgresql"})
-    handling = config.error_handling.model_copy(update={"dlq": dlq})
-    broken = config.model_copy(update={"error_handling": handling})
-    with pytest.raises(ValueError, match=r"^errorHandlingConfig.dlqConfig.dlqType: 'postgresql'"):
-        plan_from_config(broken)
+
+    def planned(**dlq_changes: object) -> tuple[str | None, str]:
+        dlq = config.error_handling.dlq.model_copy(update=dlq_changes)
+        handling = config.error_handling.model_copy(update={"dlq": dlq})
+        plan = plan_from_config(config.model_copy(update={"error_handling": handling}))
+        return plan.dlq_table, type(bad_router(plan)).__name__
+
+    assert planned(dlq_type="postgresql") == (f"{config.load.table}_dlq", "TableBad")
+    assert planned(dlq_type="postgresql", table="ops.dead") == ("ops.dead", "TableBad")
+    assert planned(dlq_type="logging", table="ops.dead") == (None, "LogBad")
