@@ -176,7 +176,7 @@ def config_document(
         "load": {"sinkType": "postgresql", "table": name, "connectionParams": {"url": dsn}},
         "streamingConfigJson": streaming,
         "errorHandlingConfig": {"dlqConfig": {"dlqType": "logging"}},
-        "loggingConfig": {"logLevel": "INFO"},  # the default; quiet (no per-batch lines)
+        "loggingConfig": {"logLevel": "INFO"},  # the default: one progress line per batch
     }
 
 

@@ -24,10 +24,24 @@ from streamproc.sources.base import RawRecord, Source
 
 log = logging.getLogger("streamproc.query")
 
-# Without maxRecordsPerTrigger a micro-batch is still capped, so one
-# transaction stays small; the cap never changes results, only batch sizes.
-DEFAULT_BATCH_CAP = 70_000
+# Without maxRecordsPerTrigger a micro-batch is still capped, so that one
+# transaction and the worker's memory stay bounded; the cap never changes
+# results, only batch sizes. Up to three batches of records are alive at once
+# (one committing, one being prepared, one being fetched), each with the rows
+# it makes, so the cap is a budget of records plus rows: a batch whose records
+# each make a row (every record its own result row) holds about 70,000
+# records, one whose records fold into few rows up to 100,000, where larger
+# batches rewrite fewer rows.
+DEFAULT_BATCH_CAP = 100_000
+MIN_BATCH_CAP = 10_000
+BATCH_BUDGET = 140_000
 BOUNDED_TRIGGERS = ("once", "availablenow")
+
+
+def default_cap(rows_per_record: float) -> int:
+    """The batch cap without maxRecordsPerTrigger, for batches making this many rows a record."""
+    cap = int(BATCH_BUDGET / (1.0 + max(0.0, rows_per_record)))
+    return max(MIN_BATCH_CAP, min(DEFAULT_BATCH_CAP, cap))
 
 
 class BatchCollector:
@@ -40,6 +54,8 @@ class BatchCollector:
         self.bounded = plan.trigger in BOUNDED_TRIGGERS
         #: The bounded run this worker is in (None for continuous triggers).
         self.run: BoundedRun | None = None
+        #: Rows (result rows and partial states) per record of the last batch.
+        self._rows_per_record = 0.0
 
     def start_run(self, run: BoundedRun) -> None:
         """Stop at this run's end offsets from now on."""
@@ -61,10 +77,15 @@ class BatchCollector:
             self._source.pause(done)
 
     # --------------------------------------------------------------- fetching
+    def batch_made(self, records: int, rows: int) -> None:
+        """A batch of `records` records made `rows` rows: the next cap follows."""
+        if records > 0:
+            self._rows_per_record = rows / records
+
     def _batch_cap(self) -> int | None:
         if self._plan.trigger == "once":
             return None
-        return self._plan.max_records_per_trigger or DEFAULT_BATCH_CAP
+        return self._plan.max_records_per_trigger or default_cap(self._rows_per_record)
 
     async def collect(self, stop_requested: Callable[[], bool]) -> list[RawRecord]:
         """Fetch the records of one micro-batch, per the trigger, unless a stop is requested."""

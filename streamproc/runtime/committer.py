@@ -144,6 +144,9 @@ class BatchCommitter:
         prepared = await self._prepare(raws)
         if prepared is not None:
             self._tracker.prepared({p.partition: p.next_offset for p in prepared.commit.partitions})
+            commit = prepared.commit
+            rows = len(commit.local_rows or ()) + sum(map(len, commit.partials.values()))
+            self._collector.batch_made(len(raws), rows)
         return prepared
 
     async def deliver(
