@@ -31,9 +31,11 @@ log = logging.getLogger("streamproc.query")
 # it makes, so the cap is a budget of records plus rows: a batch whose records
 # each make a row (every record its own result row) holds about 70,000
 # records, one whose records fold into few rows up to 100,000, where larger
-# batches rewrite fewer rows.
+# batches rewrite fewer rows. Never below 70,000: batches that make several
+# rows a record (sliding windows) rewrite each window's row once per batch it
+# spans, and were twice as slow at 20,000.
 DEFAULT_BATCH_CAP = 100_000
-MIN_BATCH_CAP = 10_000
+MIN_BATCH_CAP = 70_000
 BATCH_BUDGET = 140_000
 BOUNDED_TRIGGERS = ("once", "availablenow")
 

@@ -14,7 +14,7 @@ from tests.streams import AGGS, MINUTE, make_stream
 
 @pytest.mark.parametrize(
     ("rows_per_record", "cap"),
-    [(0.0, 100_000), (0.2, 100_000), (0.5, 93_333), (1.0, 70_000), (1.1, 66_666), (20.0, 10_000)],
+    [(0.0, 100_000), (0.2, 100_000), (0.5, 93_333), (1.0, 70_000), (1.1, 70_000), (6.0, 70_000)],
 )
 def test_default_cap_is_a_budget_of_records_and_rows(rows_per_record: float, cap: int) -> None:
     assert default_cap(rows_per_record) == cap
@@ -26,7 +26,7 @@ async def test_batches_of_a_row_per_record_shrink_and_results_stay_exact(
     # The budget scaled down a hundredfold, so that a few thousand records show it.
     monkeypatch.setattr(collect, "DEFAULT_BATCH_CAP", 1_000)
     monkeypatch.setattr(collect, "BATCH_BUDGET", 1_400)
-    monkeypatch.setattr(collect, "MIN_BATCH_CAP", 100)
+    monkeypatch.setattr(collect, "MIN_BATCH_CAP", 700)
     # Thousands of users and one record each per window: every record its own row.
     query = Query(("user_id",), AGGS, delay_ms=MINUTE, size_ms=MINUTE, output_mode="update")
     stream = make_stream(4_000, users=3_000, seed=5)
