@@ -15,7 +15,7 @@ from streamproc.config.sink import WriteMode
 from streamproc.config.transform import WINDOW_BOUNDS
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
-from streamproc.runtime.planning import dlq_table, quality_plan
+from streamproc.runtime.planning import breaker_policy, dlq_table, quality_plan, retry_policy
 from streamproc.runtime.quality import QualityPlan
 from streamproc.runtime.security import kafka_client_params
 
@@ -104,7 +104,6 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
             else None,
         )
         _check_upsert_keys(spec, load.write_mode, load.upsert_keys or ())
-    retry, breaker = eh.retry, eh.circuit_breaker
     return BatchPlan(
         pipeline_id=cfg.pipeline_id,
         source_type=extract.source_type,
@@ -123,20 +122,8 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
         dlq_bootstrap=cfg.dlq_bootstrap_servers,
         dlq_table=dlq_table(cfg),
         fail_fast=eh.fail_fast,
-        retry=RetryPolicy(
-            strategy=retry.strategy,
-            max_attempts=retry.max_attempts,
-            initial_delay_s=retry.initial_delay_seconds,
-            max_delay_s=retry.max_delay_seconds,
-            multiplier=retry.backoff_multiplier,
-            jitter=retry.jitter,
-        ),
-        breaker=BreakerPolicy(
-            enabled=breaker.enabled,
-            failure_threshold=breaker.failure_threshold,
-            reset_timeout_s=breaker.reset_timeout_seconds,
-            half_open_max_attempts=breaker.half_open_max_attempts,
-        ),
+        retry=retry_policy(cfg),
+        breaker=breaker_policy(cfg),
         quality=quality_plan(cfg, agg.window_column if agg else None),
         log_level=cfg.logging.log_level,
     )

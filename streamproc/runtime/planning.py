@@ -63,8 +63,6 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         jump_warning_ms=wm.jump_warning_ms if wm else None,
     )
     eh = cfg.error_handling
-    retry = eh.retry
-    breaker = eh.circuit_breaker
     late = streaming.late_data
     source_params = kafka_client_params(cfg.extract.security_params)
     sink_type = cfg.load.sink_type
@@ -100,26 +98,38 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         dlq_topic=eh.dlq.topic,
         dlq_bootstrap=cfg.dlq_bootstrap_servers,
         dlq_table=dlq_table(cfg),
-        retry=RetryPolicy(
-            strategy=retry.strategy,
-            max_attempts=retry.max_attempts,
-            initial_delay_s=retry.initial_delay_seconds,
-            max_delay_s=retry.max_delay_seconds,
-            multiplier=retry.backoff_multiplier,
-            jitter=retry.jitter,
-        ),
-        breaker=BreakerPolicy(
-            enabled=breaker.enabled,
-            failure_threshold=breaker.failure_threshold,
-            reset_timeout_s=breaker.reset_timeout_seconds,
-            half_open_max_attempts=breaker.half_open_max_attempts,
-        ),
+        retry=retry_policy(cfg),
+        breaker=breaker_policy(cfg),
         fail_fast=eh.fail_fast,
         quality=quality_plan(cfg, agg.window_column),
         log_level=cfg.logging.log_level,
         include_metrics=cfg.logging.include_metrics,
         metrics_address=cfg.logging.metrics_address,
         metrics_port=cfg.logging.metrics_port,
+    )
+
+
+def retry_policy(cfg: PipelineConfig) -> RetryPolicy:
+    """errorHandlingConfig.retryConfig as the runtime's retry policy."""
+    retry = cfg.error_handling.retry
+    return RetryPolicy(
+        strategy=retry.strategy,
+        max_attempts=retry.max_attempts,
+        initial_delay_s=retry.initial_delay_seconds,
+        max_delay_s=retry.max_delay_seconds,
+        multiplier=retry.backoff_multiplier,
+        jitter=retry.jitter,
+    )
+
+
+def breaker_policy(cfg: PipelineConfig) -> BreakerPolicy:
+    """errorHandlingConfig.circuitBreakerConfig as the runtime's breaker policy."""
+    breaker = cfg.error_handling.circuit_breaker
+    return BreakerPolicy(
+        enabled=breaker.enabled,
+        failure_threshold=breaker.failure_threshold,
+        reset_timeout_s=breaker.reset_timeout_seconds,
+        half_open_max_attempts=breaker.half_open_max_attempts,
     )
 
 
