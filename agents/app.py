@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import faust
+from faust.app import BootStrategy
 
 from streamproc.batch.plan import BatchPlan
 from streamproc.runtime.loglevel import apply_log_level
@@ -68,6 +69,14 @@ app = faust.App(
     producer_acks=1,
     datadir=str(_datadir),
 )
+# No Faust consumer. The app has no agents, topics or tables, yet Faust's
+# consumer would join a group of its own (the app id, for its leader-assignor
+# topic), and the tables' recovery, which `@app.task`s wait for, completes only
+# after that join: about 30 s on the local broker, whose first join waits half
+# the session timeout (Faust's broker_session_timeout is 60 s). The query joins
+# its own group with its own consumer; without Faust's, the task starts at once
+# and the worker keeps its signals, web server and clean stop.
+app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False)
 
 
 @app.on_worker_init.connect
