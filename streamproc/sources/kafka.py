@@ -65,11 +65,17 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._listener = listener
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self._source.stopping:
+            return  # leaving: nothing more is processed or committed
         self._source.forget({tp.partition for tp in revoked})
         if revoked:
             await self._listener.on_revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._source.stopping:
+            # A join still in progress when the run ended completes while the
+            # consumer leaves: nothing is to be restored any more.
+            return
         partitions = {tp.partition for tp in assigned}
         # The group's first answer ends an early start: from here on the group decides.
         if await self._source.take_over_early_start(partitions, self._listener):
@@ -90,6 +96,8 @@ class KafkaSource:
         # An early start: a consumer outside the group reading every partition
         # until the group's first assignment arrives (see `start`).
         self._early: Any = None
+        #: True once stop() began: rebalance callbacks that still arrive are ignored.
+        self.stopping = False
         # Records fetched but not handed out yet, per partition, in offset
         # order (see `fetch`): the position of a partition is its first one.
         self._buffered: dict[int, list[Any]] = {}
@@ -213,6 +221,7 @@ class KafkaSource:
         connections are closed anyway: the broker drops the member when its
         session expires, as after a crash.
         """
+        self.stopping = True
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             _leave_group_even_in_generation_zero(consumer)
