@@ -70,6 +70,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._listener.on_revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._source.stopping:
+            # A join that was in progress when the member began to leave (aiokafka
+            # lets it finish): the member takes nothing more, and its early reader
+            # is closed by `stop`.
+            return
         partitions = {tp.partition for tp in assigned}
         # The group's first answer ends an early start: from here on the group decides.
         if await self._source.take_over_early_start(partitions, self._listener):
@@ -93,6 +98,11 @@ class KafkaSource:
         # Records fetched but not handed out yet, per partition, in offset
         # order (see `fetch`): the position of a partition is its first one.
         self._buffered: dict[int, list[Any]] = {}
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` began (or before `start`): assignments are ignored."""
+        return self._consumer is None
 
     @property
     def topic(self) -> str:
