@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from aiokafka.errors import KafkaConnectionError
+
 from streamproc.engine import Engine
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting, RunStats
@@ -236,6 +238,22 @@ class StreamingQuery:
                 f"query {self.plan.query_name}: cannot reach the sink: {first_line(exc)}"
             ) from exc
         try:
+            await self._start_kafka()
+            await self._wait_for_assignment()
+            await self._loop()
+        except STOP_ERRORS as exc:
+            raise QueryFailedError(str(exc)) from None
+        finally:
+            await self._shutdown()
+        return self.stats
+
+    async def _start_kafka(self) -> None:
+        """Start the Kafka clients (dead letters, a Kafka sink, the source) and a bounded run.
+
+        A broker that cannot be reached at start is one line, as an unreachable
+        PostgreSQL is, not a traceback; once running, broker outages are waited out.
+        """
+        try:
             for sink in (self._ports.dead_letter_writer, self._ports.result_sink):
                 if sink is not None:
                     await sink.start()
@@ -255,13 +273,12 @@ class StreamingQuery:
             # waiting seconds for the group's first assignment.
             early = self._collector.run is not None and not self._collector.run.joined
             await self._source.start(self, early=early)
-            await self._wait_for_assignment()
-            await self._loop()
-        except STOP_ERRORS as exc:
-            raise QueryFailedError(str(exc)) from None
-        finally:
-            await self._shutdown()
-        return self.stats
+        except KafkaConnectionError as exc:
+            raise QueryFailedError(
+                f"query {self.plan.query_name}: cannot reach Kafka: {first_line(exc)} "
+                "(check extract.bootstrapServers, dlqConfig.bootstrapServers and that the "
+                "broker is up)"
+            ) from None
 
     async def _loop(self) -> None:
         """Fetch, prepare and commit batches; one commit is in flight while the next is prepared.

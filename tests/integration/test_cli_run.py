@@ -113,3 +113,18 @@ async def test_sigterm_commits_the_batch_in_flight_and_exits_0(
     assert f"query {unique_name}: 1200 record(s) read" in out
     want = expected(CLI_QUERY, stream)
     assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
+
+
+def test_a_broker_that_cannot_be_reached_at_start_is_one_line_and_exit_1(
+    pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    # Nothing listens on port 1: the PostgreSQL side opens, the Kafka side cannot.
+    config = write_config(tmp_path, unique_name, "127.0.0.1:1", pg_dsn)
+    done = run_cli(config, "127.0.0.1:1", pg_dsn, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"streamproc: query {unique_name}: cannot reach Kafka: KafkaConnectionError: Unable to "
+        "bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)] (check "
+        "extract.bootstrapServers, dlqConfig.bootstrapServers and that the broker is up)"
+    )
