@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import faust
 from faust.app import BootStrategy
@@ -26,6 +27,7 @@ from streamproc.runtime.loglevel import apply_log_level
 from streamproc.runtime.main import store_factory_for, summary_lines
 from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
+from streamproc.state.base import LocalStateError
 
 log = logging.getLogger("agents.app")
 
@@ -79,11 +81,21 @@ app = faust.App(
 app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False)
 
 
+def _stop_with(message: str) -> NoReturn:
+    """One `streamproc:` line and exit 1, as `streamproc run` does (Faust would exit 0)."""
+    print(f"streamproc: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(1)
+
+
 @app.on_worker_init.connect
 def _create_datadir(sender: faust.App, **_: object) -> None:
     # Faust creates only the last level of its datadir; made here rather than
     # on import, which (validate's check, a `faust --help`) should write nothing.
-    _datadir.mkdir(parents=True, exist_ok=True)
+    try:
+        _datadir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _stop_with(f"local state at {_datadir} cannot be created: {exc}")
 
 
 @app.task
@@ -91,7 +103,11 @@ async def run_pipeline() -> None:
     """Run the pipeline's query until it ends or the worker stops."""
     # Faust set up logging from its -l option by now; logLevel governs streamproc's lines.
     apply_log_level(plan.log_level)
-    query = StreamingQuery(plan, store_factory_for(plan))
+    try:
+        factory = store_factory_for(plan)
+    except LocalStateError as exc:
+        _stop_with(str(exc))
+    query = StreamingQuery(plan, factory)
     loop = asyncio.get_running_loop()
     started = loop.time()
     run = asyncio.ensure_future(query.run())
@@ -106,9 +122,7 @@ async def run_pipeline() -> None:
     except QueryFailedError as exc:
         # The query already closed its consumer, producers and pool; Faust's
         # shutdown would exit 0, and a failed query must not look like success.
-        print(f"streamproc: {exc}", file=sys.stderr, flush=True)
-        logging.shutdown()
-        os._exit(1)
+        _stop_with(str(exc))
     for line in summary_lines(plan, stats, loop.time() - started):
         log.info("%s", line)
     # A bounded run (once, availablenow) is done: stop the worker cleanly.

@@ -128,3 +128,26 @@ def test_a_broker_that_cannot_be_reached_at_start_is_one_line_and_exit_1(
         "bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)] (check "
         "extract.bootstrapServers, dlqConfig.bootstrapServers and that the broker is up)"
     )
+
+
+def test_faust_worker_with_unusable_local_state_is_one_line_and_exit_1(
+    kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn)
+    # A path under a file: no directory can be made there.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    edit(config, lambda doc: doc["streamingConfigJson"].update(checkpointLocation=str(blocker)))
+    done = subprocess.run(
+        [str(BIN / "faust"), "-A", "agents.app", "worker", "-l", "info"],
+        env=env_for(kafka_bootstrap, pg_dsn, config),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"streamproc: local state at {blocker}/"), done.stderr[-2000:]
+    assert "Not a directory" in last
