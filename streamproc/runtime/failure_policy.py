@@ -122,12 +122,7 @@ class FailurePolicy:
         """
         if isinstance(exc, ClosingWindowsError):
             self._closing_failed(exc)
-        kind = classify_failure(exc)
-        if kind is FailureKind.UNAVAILABLE:
-            raise SinkOutage(exc)
-        self._accounting.failed()
-        if kind is FailureKind.FATAL:
-            raise self.fatal(exc)
+        self._only_rejections(exc)
         query = self._plan.query_name
         spans = ", ".join(f"{p.partition}:{p.start_offset}-{p.next_offset}" for p in partitions)
         if self._plan.fail_fast:
@@ -163,15 +158,19 @@ class FailurePolicy:
             return []
         return await self.isolate(raws, exc, dead_letters_sent)
 
+    def _only_rejections(self, exc: Exception) -> None:
+        """Raise for an outage (wait and replay) or a fatal error; return for a rejection."""
+        kind = classify_failure(exc)
+        if kind is FailureKind.UNAVAILABLE:
+            raise SinkOutage(exc)
+        self._accounting.failed()
+        if kind is FailureKind.FATAL:
+            raise self.fatal(exc)
+
     def _closing_failed(self, exc: ClosingWindowsError) -> None:
         """Rows of closing windows were not written: an outage, or a stop; never isolated."""
         cause = exc.cause
-        kind = classify_failure(cause)
-        if kind is FailureKind.UNAVAILABLE:
-            raise SinkOutage(cause)
-        self._accounting.failed()
-        if kind is FailureKind.FATAL:
-            raise self.fatal(cause)
+        self._only_rejections(cause)
         raise QueryFailedError(
             f"query {self._plan.query_name}: the sink refused the rows of {exc.windows} "
             f"window(s) that closed: {first_line(cause)}{_constraint(cause)}; such a row sums up "

@@ -176,13 +176,14 @@ class KafkaSource:
             await early.stop()
         return True
 
-    def _new_consumer(self, *, group: bool) -> Any:
+    def _new_consumer(self, *, group: bool, offset_reset: str | None = None) -> Any:
+        """A consumer of the topic: the group member, or one outside the group."""
         cfg = self._config
         return AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap,
             group_id=cfg.group_id if group else None,
             enable_auto_commit=False,
-            auto_offset_reset=cfg.starting_offsets,
+            auto_offset_reset=offset_reset or cfg.starting_offsets,
             fetch_max_bytes=cfg.fetch_max_bytes,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             isolation_level="read_uncommitted",
@@ -368,18 +369,8 @@ class KafkaSource:
 
     async def _probe_consumer(self) -> Any:
         if self._probe is None:
-            cfg = self._config
-            self._probe = AIOKafkaConsumer(
-                bootstrap_servers=cfg.bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                # Out of range must be an error here, never a silent reset.
-                auto_offset_reset="none",
-                isolation_level="read_uncommitted",
-                fetch_max_wait_ms=100,
-                max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-                **dict(cfg.client_params),
-            )
+            # Out of range must be an error here, never a silent reset.
+            self._probe = self._new_consumer(group=False, offset_reset="none")
             await self._probe.start()
         return self._probe
 
