@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,8 @@ class Accounting:
     ) -> None:
         """A batch is durable: count it, and let the routers log what they log."""
         stats = self.stats
-        query = self._query
+        labels = (self._pipeline, self._query)
+        letters = 0
         for p in partitions:
             stats.partitions.add(p.partition)
             stats.records += p.records
@@ -110,19 +112,34 @@ class Accounting:
                 ("filtered", p.filtered),
             ):
                 if n:
-                    metrics.RECORDS.labels(query, outcome_name).inc(n)
+                    metrics.RECORDS.labels(*labels, outcome_name).inc(n)
             if p.late:
-                metrics.LATE.labels(query, self._late.strategy).inc(p.late)
+                metrics.LATE.labels(*labels, self._late.strategy).inc(p.late)
             if p.watermark_ms is not None:
-                metrics.WATERMARK.labels(query, str(p.partition)).set(p.watermark_ms)
+                metrics.WATERMARK.labels(*labels, str(p.partition)).set(p.watermark_ms)
+            letters += p.dead_lettered
         for record in late:
             stats.late_summary.add(record)
         self._late.committed(late)
         self._bad.committed(bad)
         stats.batches += 1
         stats.result_rows += outcome.result_rows
-        metrics.BATCHES.labels(query, "committed").inc()
-        metrics.RESULT_ROWS.labels(query).inc(outcome.result_rows)
+        metrics.BATCHES.labels(*labels, "committed").inc()
+        metrics.RESULT_ROWS.labels(*labels).inc(outcome.result_rows)
+        self._count_dead_letters(late, bad, letters)
+
+    def _count_dead_letters(
+        self, late: Sequence[LateRecord], bad: Sequence[tuple[RawRecord, str]], refused: int
+    ) -> None:
+        # Only routers that write a letter (a topic or a table) count: logging
+        # and none keep nothing to replay.
+        labels = (self._pipeline, self._query)
+        if self._bad.writes_letters:
+            for kind, n in (("bad", len(bad)), ("refused", refused)):
+                if n:
+                    metrics.DEAD_LETTERS.labels(*labels, kind).inc(n)
+        if self._late.writes_letters and late:
+            metrics.DEAD_LETTERS.labels(*labels, "late").inc(len(late))
 
     def progressed(self, progress: QueryProgress, lag: Mapping[int, int]) -> None:
         """A committed batch's progress record: keep it, log it, export it.
@@ -142,6 +159,9 @@ class Accounting:
         metrics.LAST_COMMIT.labels(*labels).set(progress.timestamp_ms / 1000)
         if progress.watermark_ms is not None:
             metrics.GLOBAL_WATERMARK.labels(*labels).set(progress.watermark_ms / 1000)
+            watermark_s = progress.watermark_ms / 1000
+            # Computed at scrape time: the lag grows while no batch commits.
+            metrics.EVENT_TIME_LAG.labels(*labels).set_function(lambda: time.time() - watermark_s)
         for span in progress.partitions:
             partition = str(span.partition)
             if span.watermark_ms is not None:
@@ -172,19 +192,19 @@ class Accounting:
 
     def dead_lettered(self) -> None:
         """A record the sink refused was dead-lettered (counted by `committed` too)."""
-        metrics.BATCHES.labels(self._query, "dead_lettered").inc()
+        metrics.BATCHES.labels(self._pipeline, self._query, "dead_lettered").inc()
 
     def stale(self) -> None:
         """A batch was found stale and discarded."""
         self.stats.stale_batches += 1
-        metrics.BATCHES.labels(self._query, "stale").inc()
+        metrics.BATCHES.labels(self._pipeline, self._query, "stale").inc()
 
     def failed(self) -> None:
         """The sink refused a batch."""
         self.stats.failed_commits += 1
-        metrics.BATCHES.labels(self._query, "failed").inc()
+        metrics.BATCHES.labels(self._pipeline, self._query, "failed").inc()
 
     def outage(self) -> None:
         """The sink could not be reached; the batch will be replayed."""
         self.stats.sink_outages += 1
-        metrics.BATCHES.labels(self._query, "unavailable").inc()
+        metrics.BATCHES.labels(self._pipeline, self._query, "unavailable").inc()

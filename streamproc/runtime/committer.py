@@ -163,7 +163,7 @@ class BatchCommitter:
         started = time.perf_counter()
         await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
         dead_letters_s = time.perf_counter() - started
-        with metrics.COMMIT_SECONDS.labels(self._plan.query_name).time():
+        with metrics.COMMIT_SECONDS.labels(self._plan.pipeline_id, self._plan.query_name).time():
             outcome = await self.commit_with_retry(prepared.commit, retry_if)
         # The outcome carries every phase of its delivery, for the batch's progress record.
         outcome = replace(outcome, timings={**outcome.timings, "dead_letters": dead_letters_s})
@@ -313,7 +313,11 @@ class BatchCommitter:
             what="sink transaction",
             is_outage=is_outage,
             retry_if=retry_if or _worth_retrying,
+            on_retry=self._retried,
         )
+
+    def _retried(self) -> None:
+        metrics.RETRIES.labels(self._plan.pipeline_id, self._plan.query_name).inc()
 
     async def send_dead_letters(
         self,
@@ -333,6 +337,7 @@ class BatchCommitter:
             what="dead-letter write",
             is_outage=is_outage,
             retry_if=retry_if or (lambda exc: True),
+            on_retry=self._retried,
         )
         sent.update(pos for pos, _ in dead_letters)
 

@@ -3,10 +3,10 @@
 Every record read is counted in exactly one of aggregated, late, bad or
 filtered. The metrics added with the progress record follow Prometheus
 naming (base units: seconds; `_timestamp_seconds` for points in time) and
-carry only the labels pipeline, query, partition and phase, all bounded. The
-older series keep their names and labels (STREAMING.md "Progress and
-metrics" lists them all); `streamproc_watermark_ms` stays for the dashboards
-that read it, next to `streamproc_watermark_timestamp_seconds`.
+carry only the labels pipeline, query, partition, phase, outcome, strategy,
+result and kind, all bounded (STREAMING.md "Progress and metrics" lists
+them all); `streamproc_watermark_ms` stays for the dashboards that read it,
+next to `streamproc_watermark_timestamp_seconds`.
 
 `start_metrics_server` serves /metrics on the address and port of the config
 (`loggingConfig.metricsAddress`, `metricsPort`) or of the environment
@@ -28,25 +28,46 @@ log = logging.getLogger("streamproc.metrics")
 RECORDS = Counter(
     "streamproc_records_total",
     "Records read, by outcome (aggregated, late, bad, filtered)",
-    ["query", "outcome"],
+    ["pipeline", "query", "outcome"],
 )
-LATE = Counter("streamproc_late_records_total", "Late records, by strategy", ["query", "strategy"])
+LATE = Counter(
+    "streamproc_late_records_total",
+    "Late records, by strategy",
+    ["pipeline", "query", "strategy"],
+)
 BATCHES = Counter(
     "streamproc_batches_total",
     "Micro-batches, by result (committed, stale, failed, dead_lettered, unavailable)",
-    ["query", "result"],
+    ["pipeline", "query", "result"],
 )
-RESULT_ROWS = Counter("streamproc_result_rows_total", "Result rows written", ["query"])
+RESULT_ROWS = Counter("streamproc_result_rows_total", "Result rows written", ["pipeline", "query"])
 COMMIT_SECONDS = Histogram(
-    "streamproc_commit_seconds", "Wall time of a batch's sink transaction", ["query"]
+    "streamproc_commit_seconds", "Wall time of a batch's sink transaction", ["pipeline", "query"]
 )
 WATERMARK = Gauge(
-    "streamproc_watermark_ms", "Partition watermark (event time, epoch ms)", ["query", "partition"]
+    "streamproc_watermark_ms",
+    "Partition watermark (event time, epoch ms)",
+    ["pipeline", "query", "partition"],
 )
 BREAKER_OPEN = Gauge(
     "streamproc_circuit_breaker_open",
     "1 while the sink circuit breaker is open or half-open (probing), 0 while closed",
-    ["query"],
+    ["pipeline", "query"],
+)
+RETRIES = Counter(
+    "streamproc_retries_total",
+    "Retried calls to a sink (the sink transaction, a dead-letter write), after a failure",
+    ["pipeline", "query"],
+)
+DEAD_LETTERS = Counter(
+    "streamproc_dead_letters_total",
+    "Records written to a dead-letter topic or table, by kind (bad, refused by the sink, late)",
+    ["pipeline", "query", "kind"],
+)
+EVENT_TIME_LAG = Gauge(
+    "streamproc_event_time_lag_seconds",
+    "Wall time now minus the global watermark W of this worker's last commit",
+    ["pipeline", "query"],
 )
 
 # Batches take from about a millisecond (continuous, few records) to many

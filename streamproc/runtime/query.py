@@ -102,7 +102,7 @@ class StreamingQuery:
         self._ports = ports
         self._source = ports.source
         self._checkpoint = ports.checkpoint
-        breaker_gauge = metrics.BREAKER_OPEN.labels(plan.query_name)
+        breaker_gauge = metrics.BREAKER_OPEN.labels(plan.pipeline_id, plan.query_name)
         breaker_gauge.set(0)
         self._breaker = CircuitBreaker(
             plan.breaker,

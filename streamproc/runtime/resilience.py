@@ -169,6 +169,7 @@ async def call_with_retry(
     is_outage: Callable[[Exception], bool] = _always,
     retry_if: Callable[[Exception], bool] = _always,
     rng: random.Random | None = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> T:
     """Run operation, retrying per policy; every attempt goes through the breaker.
 
@@ -183,6 +184,7 @@ async def call_with_retry(
             the sink is there).
         retry_if: Whether a failure is worth another attempt.
         rng: Random source of the jitter.
+        on_retry: Told before each retry (the retries metric).
 
     Raises:
         The last exception when every attempt failed or it is not retried, or
@@ -212,6 +214,8 @@ async def call_with_retry(
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                 delays[attempt],
             )
+            if on_retry is not None:
+                on_retry()
             await sleep(delays[attempt])
             attempt += 1
             continue

@@ -75,6 +75,11 @@ class LateRouter(Protocol):
         """The strategy's name, for metrics."""
         ...
 
+    @property
+    def writes_letters(self) -> bool:
+        """True when late records become dead letters on a topic."""
+        ...
+
     def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
         """Add what the late record becomes to out."""
         ...
@@ -90,6 +95,11 @@ class BadRouter(Protocol):
     @property
     def uses_producer(self) -> bool:
         """True when the router writes dead letters to Kafka."""
+        ...
+
+    @property
+    def writes_letters(self) -> bool:
+        """True when the router writes dead letters (a topic or a table)."""
         ...
 
     def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
@@ -109,6 +119,7 @@ class DropLate:
     """Late records are counted, nothing more."""
 
     strategy = "drop"
+    writes_letters = False
 
     def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
         """Nothing to write."""
@@ -142,6 +153,7 @@ class DeadLetterLate(DropLate):
     """Late records' original bytes go to a topic, with where and why in headers."""
 
     strategy = "sendtodlq"
+    writes_letters = True
 
     def __init__(self, topic: str, source_topic: str) -> None:
         self._topic = topic
@@ -176,6 +188,7 @@ class CountBad:
     """dlqType none: bad records are counted, nothing more."""
 
     uses_producer = False
+    writes_letters = False
 
     def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
         """Nothing to write."""
@@ -214,6 +227,7 @@ class DeadLetterBad(CountBad):
     """dlqType kafka: the original bytes to the DLQ topic, the reason in headers."""
 
     uses_producer = True
+    writes_letters = True
 
     def __init__(self, topic: str, source_topic: str) -> None:
         self._topic = topic
@@ -243,6 +257,8 @@ class TableBad(CountBad):
 
     The checkpoint adds the query, the source topic, the batch id and the time.
     """
+
+    writes_letters = True
 
     def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
         """A dead-letter row with the original bytes and the reason."""

@@ -291,6 +291,11 @@ class _RecordingLate:
         """The inner router's strategy."""
         return self._inner.strategy
 
+    @property
+    def writes_letters(self) -> bool:
+        """As the inner router."""
+        return self._inner.writes_letters
+
     def route(self, raw: RawRecord, record: LateRecord, out: Routed) -> None:
         """As the inner router does."""
         self._inner.route(raw, record, out)
@@ -315,6 +320,11 @@ class _RecordingBad:
     def uses_producer(self) -> bool:
         """As the inner router."""
         return self._inner.uses_producer
+
+    @property
+    def writes_letters(self) -> bool:
+        """As the inner router."""
+        return self._inner.writes_letters
 
     def route(self, raw: RawRecord, reason: str, out: Routed) -> None:
         """As the inner router does."""

@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,35 @@ async def test_metrics_and_progress_lines_agree_with_the_ledger(
                 values(samples, "streamproc_consumer_lag_records", **ours, partition=str(p))
                 for p in range(4)
             ]
-            return samples if lags == [[0.0]] * 4 else None
+            # The ledger row is visible a moment before the worker counts its batch,
+            # and the lag of the batch before may read 0 already (the client's end
+            # offsets come with fetch responses): both must be there.
+            counted = sum(values(samples, "streamproc_records_total", query=unique_name))
+            return samples if lags == [[0.0]] * 4 and counted == 1_200 else None
 
-        samples = await wait_until(caught_up, "consumer lag 0 on every partition", timeout=30)
-        assert sum(values(samples, "streamproc_records_total", query=unique_name)) == 1_200
+        samples = await wait_until(
+            caught_up, "consumer lag 0 on every partition, 1200 records counted", timeout=30
+        )
+        counts = await pg.fetchrow(
+            "SELECT sum(aggregated) aggregated, sum(late) late, sum(bad) bad, "
+            "sum(filtered) filtered FROM streamproc_ledger WHERE query = $1",
+            unique_name,
+        )
+        for outcome, n in counts.items():
+            assert sum(values(samples, "streamproc_records_total", **ours, outcome=outcome)) == n
+        # pipelineId labels every series of streamproc's own.
+        unlabelled = {
+            name
+            for name, labels in samples
+            if name.startswith("streamproc_") and "pipeline" not in dict(labels)
+        }
+        assert unlabelled == set()
+        # Event-time lag: the wall clock at the scrape minus the committed W, in seconds.
+        w_ms = await pg.fetchval(
+            "SELECT global_watermark_ms FROM streamproc_queries WHERE query = $1", unique_name
+        )
+        (event_lag,) = values(samples, "streamproc_event_time_lag_seconds", **ours)
+        assert abs(event_lag - (time.time() - w_ms / 1000)) < 60
         assert values(samples, "streamproc_assigned_partitions", **ours) == [4.0]
         positions = await pg.fetch(
             "SELECT partition, watermark_ms FROM streamproc_positions WHERE query = $1",
