@@ -9,12 +9,15 @@ with nothing of the refused batch written).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from streamproc.runtime.failures import QueryFailedError
+from streamproc.runtime.plan import QueryPlan
 from streamproc.testing import MemoryDatabase, MemoryMessages, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, run_to_end, table_of
 from tests.reference import Query, assert_tables_equal, expected
@@ -29,6 +32,15 @@ QUERY = Query(
     output_mode="update",
 )
 APPEND = replace(QUERY, output_mode="append")
+
+
+def _metric(name: str, plan: QueryPlan, **labels: str) -> float:
+    """A sample of this process's registry for the plan's query (0 when never set)."""
+    value = REGISTRY.get_sample_value(
+        name,
+        {"pipeline": plan.pipeline_id, "query": plan.query_name, **labels},
+    )
+    return value or 0.0
 
 
 class Crash(BaseException):
@@ -64,12 +76,15 @@ async def test_crash_before_a_commit_then_resume_equals_a_clean_run(
     assert sum(r.records for r in ledger) == 1_000
 
 
-async def test_an_outage_waits_then_replays_from_the_ledger_exactly() -> None:
+async def test_an_outage_waits_then_replays_from_the_ledger_exactly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     stream = make_stream(800, seed=11)
     topic = fill_topic(stream)
     db = MemoryDatabase()
     plan = make_plan(QUERY)
     plan = replace(plan, max_records_per_trigger=100)
+    retries_before = _metric("streamproc_retries_total", plan)
     query = new_query(plan, MemorySource(topic), db)
 
     def outage() -> None:
@@ -84,6 +99,14 @@ async def test_an_outage_waits_then_replays_from_the_ledger_exactly() -> None:
     assert db.commits > 3
     assert stats.records == 800  # nothing counted twice, nothing lost
     assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
+    # Each retry is logged once and counted once.
+    retried = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "failed (attempt" in r.getMessage()
+    ]
+    assert retried
+    assert _metric("streamproc_retries_total", plan) - retries_before == len(retried)
 
 
 def _refuse_u3(key: tuple[object, ...]) -> str | None:
@@ -100,6 +123,7 @@ async def test_a_refused_record_is_isolated_by_halving_and_dead_lettered_alone()
     db = MemoryDatabase(refuse_key=_refuse_u3)
     messages = MemoryMessages()
     plan = make_plan(QUERY, dlq_type="kafka", dlq_topic="dlq")
+    letters_before = _metric("streamproc_dead_letters_total", plan, kind="refused")
     stats = await new_query(plan, MemorySource(topic), db, messages=messages).run()
     # u3 records that were late for the engine never reach the sink.
     model = expected(QUERY, stream)
@@ -114,6 +138,8 @@ async def test_a_refused_record_is_isolated_by_halving_and_dead_lettered_alone()
     assert {(int(h["source_partition"]), int(h["source_offset"])) for h in headers} == want_dead
     assert all(h["reason"].startswith(b"rejected by the sink: value u3") for h in headers)
     assert stats.dead_lettered == len(want_dead) and stats.records == 600
+    counted = _metric("streamproc_dead_letters_total", plan, kind="refused") - letters_before
+    assert counted == len(want_dead)
     # Every other record is in the table exactly as the model says, u3 nowhere.
     without = {
         p: [(o, r) for o, r in enumerate(recs) if (p, o) not in want_dead]
