@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from streamproc.sinks.postgres_registry import reset_query
+from tests.component.test_passthrough import stream as stream_of
 from tests.faults.harness import Worker
 from tests.kafka_io import produce, read_topic
 from tests.streams import BASE_MS, MINUTE
@@ -56,22 +56,6 @@ def pipeline(name: str, bootstrap: str, dsn: str, tmp: Path, **streaming: Any) -
     }
 
 
-def records(n: int, partitions: int, seed: int) -> dict[int, list[dict[str, Any]]]:
-    """Records of every JSON kind, event times back and forth (many behind the watermark)."""
-    rng = random.Random(seed)
-    out: dict[int, list[dict[str, Any]]] = {p: [] for p in range(partitions)}
-    for seq in range(n):
-        out[rng.randrange(partitions)].append(
-            {
-                "seq": seq,
-                "user_id": f"u{rng.randrange(7)}",
-                "event_time": BASE_MS + rng.randrange(-30, 30) * MINUTE,
-                "value": rng.choice([1, -2.5, None, "text", True, {"a": [seq, None]}]),
-            }
-        )
-    return out
-
-
 def plan_of(config: dict[str, Any]) -> QueryPlan:
     return plan_from_config(load_config(config, {}), env={})
 
@@ -95,7 +79,7 @@ def positions(stream: dict[int, list[dict[str, Any]]]) -> dict[tuple[int, int], 
 async def test_kill9_then_finish_then_replay_writes_each_record_once(
     kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
-    stream = records(3_000, 3, seed=7)
+    stream = stream_of(3_000, 3, seed=7)
     await create_topic(kafka_bootstrap, unique_name, 3)
     await produce(kafka_bootstrap, unique_name, stream)
     slow = pipeline(
@@ -183,7 +167,7 @@ async def test_an_existing_table_takes_fields_by_column_and_refuses_a_value_for_
 async def test_a_kafka_sink_gets_each_record_with_its_position(
     kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
 ) -> None:
-    stream = records(400, 2, seed=3)
+    stream = stream_of(400, 2, seed=3)
     out = f"{unique_name}_out"
     await create_topic(kafka_bootstrap, unique_name, 2)
     await create_topic(kafka_bootstrap, out, 1)
