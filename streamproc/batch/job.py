@@ -17,7 +17,6 @@ the same way, with the rule as the reason, and counted as filtered.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -62,9 +61,7 @@ class _Collector:
         spec = plan.spec
         quality = plan.quality
         if spec is None:
-            # The records are the rows: rules meant for either stage see them.
-            after = quality.after_extract or quality.after_transform
-            quality = dataclasses.replace(quality, after_extract=after, after_transform=False)
+            quality = quality.on_records_only()
         outputs = [a.output for a in spec.aggregations] if spec else []
         self._gate = QualityGate(quality, spec.group_by if spec else (), outputs)
         self._engine = Engine(spec, memory_store_factory, lambda: 0) if spec else None

@@ -29,7 +29,12 @@ from streamproc.batch.rows import (
 )
 from streamproc.runtime.failures import FailureKind, classify_failure, first_line
 from streamproc.sinks.layout import ResultTableLayout, quote_ident
-from streamproc.sinks.postgres_registry import create_if_missing, privilege_error
+from streamproc.sinks.postgres_registry import (
+    create_if_missing,
+    has_unique_index,
+    privilege_error,
+    writable_columns,
+)
 from streamproc.sinks.postgres_table import PostgresTableSink
 
 #: A document to load: (its position in the load, JSON text).
@@ -162,21 +167,13 @@ async def _prepare(conn: Any, target: LoadTarget) -> tuple[list[str], list[str],
         return [c.name for c in layout.columns], conflict, None
     keys = target.upsert_keys if target.mode == "upsert" else ()
     await create_if_missing(conn, target.table, passthrough_table_sql(target.table, keys))
-    table_columns = await conn.fetch(
-        """SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
-           FROM pg_attribute a
-           WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-             AND a.attgenerated = '' AND a.attidentity <> 'a'
-           ORDER BY a.attnum""",
-        quote_ident(target.table),
-    )
-    have = [(r["name"], r["type"]) for r in table_columns]
+    have = await writable_columns(conn, target.table)
     missing = [k for k in keys if k not in dict(have)]
     if missing:
         raise LoadError(
             f"table {target.table} has no column {', '.join(missing)} named by load.upsertKeys"
         )
-    if keys and not await _has_unique_index(conn, target.table, keys):
+    if keys and not await has_unique_index(conn, target.table, keys):
         raise LoadError(
             f"table {target.table} has no unique index on ({', '.join(keys)}): an upsert "
             "matches rows on one; create it, or use writeMode append or overwrite"
@@ -188,15 +185,3 @@ async def _prepare(conn: Any, target: LoadTarget) -> tuple[list[str], list[str],
             "jsonb column 'record' for the whole record; nothing could be loaded"
         )
     return columns, list(keys), record_column
-
-
-async def _has_unique_index(conn: Any, table: str, keys: Sequence[str]) -> bool:
-    rows = await conn.fetch(
-        """SELECT array_agg(a.attname::text) AS cols
-           FROM pg_index i JOIN pg_attribute a
-             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-           WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
-           GROUP BY i.indexrelid""",
-        quote_ident(table),
-    )
-    return any(sorted(r["cols"]) == sorted(keys) for r in rows)

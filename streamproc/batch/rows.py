@@ -82,6 +82,9 @@ def insert_sql(
     mode: WriteMode,
     conflict: Sequence[str] = (),
     record_column: str | None = None,
+    *,
+    stage: str = STAGE,
+    stage_columns: Sequence[str] = (),
 ) -> str:
     """The statement that moves the staged documents into the table.
 
@@ -89,19 +92,30 @@ def insert_sql(
         table: the target table.
         columns: the columns written, each from the document's field of its name.
         mode: the write mode (overwrite deletes first, then inserts like append).
-        conflict: upsert: the columns of the unique key rows are matched on.
+        conflict: upsert: the columns of the unique key rows are matched on;
+            append: a row whose key is already there is left as it is.
         record_column: a column (among `columns`) that takes the whole document.
+        stage: the staging table: (seq, doc, then `stage_columns`).
+        stage_columns: columns (among `columns`) taken from the staging table's
+            column of the same name rather than from the document.
     """
     t = quote_ident(table)
 
     def source(c: str) -> str:
-        return "s.doc" if c == record_column else f"r.{quote_ident(c)}"
+        if c == record_column:
+            return "s.doc"
+        return f"s.{quote_ident(c)}" if c in stage_columns else f"r.{quote_ident(c)}"
 
     names = ", ".join(quote_ident(c) for c in columns)
     values = ", ".join(source(c) for c in columns)
-    rows = f"FROM {STAGE} s CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, s.doc) r"
+    rows = f"FROM {stage} s CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, s.doc) r"
     if mode != "upsert":
-        return f"INSERT INTO {t} ({names}) SELECT {values} {rows} ORDER BY s.seq"
+        keep = (
+            f" ON CONFLICT ({', '.join(quote_ident(c) for c in conflict)}) DO NOTHING"
+            if conflict
+            else ""
+        )
+        return f"INSERT INTO {t} ({names}) SELECT {values} {rows} ORDER BY s.seq{keep}"
     keys = ", ".join(source(c) for c in conflict)
     # One statement may not touch a row twice: of the documents sharing a key,
     # the last one staged (the last read) goes in.

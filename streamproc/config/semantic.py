@@ -178,7 +178,7 @@ def _check_streaming(d: Draft, found: Findings) -> None:
     s = d.streaming
     if s is None or d.mode != "streaming":
         return
-    if d.transforms is not None:
+    if d.transforms is not None or d.ok("transforms"):
         _check_output_mode(d, s, found)
     late, base = s.late_data, f"{_S}.lateDataConfig"
     if late.strategy == "sendtodlq":
@@ -211,6 +211,13 @@ def _check_output_mode(d: Draft, s: StreamingConfig, found: Findings) -> None:
         if s.output_mode == "complete" and d.ok(mode_path):
             found.error(
                 mode_path, "'complete' needs an aggregation transform (it rewrites its table)"
+            )
+        if s.output_mode == "update" and d.ok(mode_path):
+            # Without aggregation each record is a row of its own, written once.
+            found.error(
+                mode_path,
+                "'update' needs an aggregation transform; without one each record is "
+                "written once as its own row: use 'append'",
             )
         return
     base, agg = found_agg

@@ -10,6 +10,12 @@ from streamproc.engine.eventtime import (
     format_event_time,
     parse_event_time,
 )
+from streamproc.engine.passthrough import (
+    PassThroughEngine,
+    StreamEngine,
+    engine_for,
+    record_row,
+)
 from streamproc.engine.results import (
     LATE_WATERMARK,
     LATE_WINDOW_CLOSED,
@@ -51,18 +57,22 @@ __all__ = [
     "OutputMode",
     "PartialRow",
     "PartitionProgress",
+    "PassThroughEngine",
     "QuerySpec",
     "Record",
     "ResultRow",
+    "StreamEngine",
     "WatermarkJump",
     "WindowKey",
     "WindowSpec",
+    "engine_for",
     "event_time_parser",
     "finalize",
     "format_event_time",
     "merge_states",
     "open_window_starts",
     "parse_event_time",
+    "record_row",
     "window_start",
     "window_starts",
 ]

@@ -92,6 +92,8 @@ class QuerySpec:
             against the watermark when there is one, wall clock otherwise).
         jump_warning_ms: Report a record that moves its partition's max event time ahead
             by more than this (`BatchResult.jumps`); None: never.
+        passthrough: No aggregation: each accepted record is one result row (append
+            mode, no group-by, window or aggregates; see `engine.passthrough`).
     """
 
     group_by: tuple[str, ...]
@@ -104,6 +106,7 @@ class QuerySpec:
     idle_timeout_ms: int | None = None
     state_timeout_ms: int | None = None
     jump_warning_ms: int | None = None
+    passthrough: bool = False
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -112,6 +115,8 @@ class QuerySpec:
 
 
 def _problems(spec: QuerySpec) -> list[str]:
+    if spec.passthrough:
+        return _passthrough_problems(spec)
     out: list[str] = []
     if not spec.aggregations:
         out.append("at least one aggregation is needed")
@@ -144,4 +149,17 @@ def _problems(spec: QuerySpec) -> list[str]:
             out.append("state timeout applies to non-windowed aggregation only")
         if spec.state_timeout_ms <= 0:
             out.append(f"state timeout must be positive, got {spec.state_timeout_ms} ms")
+    return out
+
+
+def _passthrough_problems(spec: QuerySpec) -> list[str]:
+    out: list[str] = []
+    if spec.aggregations or spec.group_by or spec.window is not None:
+        out.append("a pass-through query has no aggregations, group-by or window")
+    if spec.output_mode != "append":
+        out.append("a pass-through query runs in append mode")
+    if spec.state_timeout_ms is not None:
+        out.append("a pass-through query keeps no state to time out")
+    if spec.delay_ms is not None and spec.event_time_column is None:
+        out.append("a watermark needs an event time column")
     return out

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from streamproc.engine import Engine, LateRecord
+from streamproc.engine import LateRecord, StreamEngine
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.collect import BatchCollector
@@ -258,7 +258,7 @@ class BatchCommitter:
     def _emit(
         self,
         processed: ProcessedBatch,
-        engine: Engine,
+        engine: StreamEngine,
         next_offsets: dict[int, int],
         owns_every_partition: bool,
         topic_partitions: int,

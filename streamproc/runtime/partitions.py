@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from streamproc.engine import Engine
+from streamproc.engine import StreamEngine
 from streamproc.runtime.failures import STOP_ERRORS
 from streamproc.runtime.logcontext import log_context
 from streamproc.sinks.base import (
@@ -40,7 +40,7 @@ class PartitionTracker:
         query: str,
         source: Source,
         checkpoint: Checkpoint,
-        new_engine: Callable[[], Engine],
+        new_engine: Callable[[], StreamEngine],
     ) -> None:
         self._query = query
         self._source = source

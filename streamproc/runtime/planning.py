@@ -28,7 +28,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
 
     Raises:
         ValueError: the pipeline is valid but cannot run as a streaming query here
-            (batch mode, a file source, no aggregation, ...): one line naming the
+            (batch mode, a file source, ...): one line naming the
             field, its value and what is accepted.
     """
     streaming = cfg.streaming
@@ -44,24 +44,25 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
             "or mode: batch"
         )
     agg = cfg.aggregation
-    if agg is None:
-        raise ValueError("transforms: a streaming query needs an aggregation transform")
-    _refuse_windowed_state_timeout(cfg, agg)
     wm = streaming.watermark
-    spec = QuerySpec(
-        group_by=tuple(agg.group_by),
-        aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
-        output_mode=streaming.output_mode,
-        event_time_column=wm.event_time_column if wm else agg.window_column,
-        event_time_format=wm.event_time_format if wm else "auto",
-        delay_ms=wm.delay_ms if wm else None,
-        window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
-        if agg.windowed and agg.window_size_ms
-        else None,
-        idle_timeout_ms=wm.idle_timeout_ms if wm else None,
-        state_timeout_ms=cfg.state_timeout_ms,
-        jump_warning_ms=wm.jump_warning_ms if wm else None,
-    )
+    if agg is None:
+        spec = _passthrough_spec(cfg)
+    else:
+        _refuse_windowed_state_timeout(cfg, agg)
+        spec = QuerySpec(
+            group_by=tuple(agg.group_by),
+            aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
+            output_mode=streaming.output_mode,
+            event_time_column=wm.event_time_column if wm else agg.window_column,
+            event_time_format=wm.event_time_format if wm else "auto",
+            delay_ms=wm.delay_ms if wm else None,
+            window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
+            if agg.windowed and agg.window_size_ms
+            else None,
+            idle_timeout_ms=wm.idle_timeout_ms if wm else None,
+            state_timeout_ms=cfg.state_timeout_ms,
+            jump_warning_ms=wm.jump_warning_ms if wm else None,
+        )
     eh = cfg.error_handling
     late = streaming.late_data
     source_params = kafka_client_params(cfg.extract.security_params)
@@ -101,7 +102,9 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         retry=retry_policy(cfg),
         breaker=breaker_policy(cfg),
         fail_fast=eh.fail_fast,
-        quality=quality_plan(cfg, agg.window_column),
+        quality=quality_plan(cfg, None).on_records_only()
+        if agg is None
+        else quality_plan(cfg, agg.window_column),
         log_level=cfg.logging.log_level,
         include_metrics=cfg.logging.include_metrics,
         metrics_address=cfg.logging.metrics_address,
@@ -184,6 +187,39 @@ def quality_plan(cfg: PipelineConfig, window_column: str | None) -> QualityPlan:
         after_extract=dq.validate_after_extract,
         after_transform=dq.validate_after_transform,
         window_column=window_column,
+    )
+
+
+def _passthrough_spec(cfg: PipelineConfig) -> QuerySpec:
+    """The spec of a streaming pipeline without aggregation: each record is a row.
+
+    The watermark, if any, only tracks event time for progress and status: no
+    record is late without a stateful operator to be late for (Spark drops late
+    rows only there).
+    """
+    streaming = cfg.streaming
+    assert streaming is not None
+    if streaming.output_mode != "append":
+        # validate refuses it first, naming outputMode; a pipeline built in code may not.
+        raise ValueError(
+            f"streamingConfigJson.outputMode: '{streaming.output_mode}' needs an aggregation "
+            "transform; without one each record is written once as its own row: use 'append'"
+        )
+    if cfg.state_timeout_ms is not None:
+        raise ValueError(
+            f"streamingConfigJson.stateTimeout: {format_duration_ms(cfg.state_timeout_ms)} "
+            "means nothing without an aggregation (no state is kept); remove it"
+        )
+    wm = streaming.watermark
+    return QuerySpec(
+        group_by=(),
+        aggregations=(),
+        output_mode="append",
+        event_time_column=wm.event_time_column if wm else None,
+        event_time_format=wm.event_time_format if wm else "auto",
+        delay_ms=wm.delay_ms if wm else None,
+        idle_timeout_ms=wm.idle_timeout_ms if wm else None,
+        passthrough=True,
     )
 
 

@@ -13,7 +13,14 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from streamproc.engine import BatchResult, Emission, Engine, LateRecord, QuerySpec, ResultRow
+from streamproc.engine import (
+    BatchResult,
+    Emission,
+    LateRecord,
+    QuerySpec,
+    ResultRow,
+    StreamEngine,
+)
 from streamproc.runtime.decode import UndecodableRecord, decode_records
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.quality import QualityGate, Quarantined, per_partition
@@ -79,7 +86,7 @@ class PreparedBatch:
 
 def process_records(
     raws: Sequence[RawRecord],
-    engine: Engine,
+    engine: StreamEngine,
     quality: QualityGate,
     guard: EventTimeGuard,
     times: PhaseTimes,
@@ -97,7 +104,7 @@ def process_records(
 
 
 def partition_commits(
-    batch: ProcessedBatch, engine: Engine, next_offsets: Mapping[int, int]
+    batch: ProcessedBatch, engine: StreamEngine, next_offsets: Mapping[int, int]
 ) -> tuple[PartitionCommit, ...]:
     """One ledger entry per partition of the batch, starting at its expected offset."""
     last: dict[int, RawRecord] = {}
@@ -151,10 +158,13 @@ def local_rows(
 ) -> Sequence[ResultRow] | None:
     """Rows merged locally, valid only when this worker owns every partition.
 
+    A pass-through query's rows are its records: always written as they are.
     None means the checkpoint merges them from every partition's partials
     (append mode: when the windows close).
     """
     output_mode = spec.output_mode
+    if spec.passthrough:
+        return emission.rows  # one row per record: nothing to merge across partitions
     if not owns_every_partition:
         return None
     if output_mode == "append":
@@ -184,7 +194,7 @@ def route(batch: ProcessedBatch, late: LateRouter, bad: BadRouter) -> Routed:
 def prepare_commit(
     batch: ProcessedBatch,
     emission: Emission,
-    engine: Engine,
+    engine: StreamEngine,
     *,
     next_offsets: Mapping[int, int],
     owns_every_partition: bool,

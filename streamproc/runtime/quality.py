@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from streamproc.runtime.late import RateLimitedLog
@@ -104,6 +104,12 @@ class QualityPlan:
     def active(self) -> bool:
         """True when some rule runs at some point."""
         return bool(self.rules) and (self.after_extract or self.after_transform)
+
+    def on_records_only(self) -> QualityPlan:
+        """The plan of a pipeline without aggregation: the records are the rows, so
+        rules meant for either stage run on the records."""
+        after = self.after_extract or self.after_transform
+        return replace(self, after_extract=after, after_transform=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from aiokafka.errors import KafkaConnectionError
 
-from streamproc.engine import Engine
+from streamproc.engine import engine_for
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting, RunStats
 from streamproc.runtime.clock import wall_clock_ms
@@ -124,7 +124,7 @@ class StreamingQuery:
             plan.query_name,
             ports.source,
             ports.checkpoint,
-            lambda: Engine(plan.spec, store_factory, clock_ms),
+            lambda: engine_for(plan.spec, store_factory, clock_ms),
         )
         self._collector = BatchCollector(plan, ports.source, self._tracker)
         self._committer = BatchCommitter(

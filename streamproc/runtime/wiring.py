@@ -17,6 +17,7 @@ from streamproc.sinks.definition import query_definition
 from streamproc.sinks.kafka import KafkaProducerSink, KafkaResultSink
 from streamproc.sinks.layout import result_layout
 from streamproc.sinks.postgres import PostgresCheckpoint
+from streamproc.sinks.postgres_records import PostgresRecordSink
 from streamproc.sinks.postgres_table import PostgresTableSink
 from streamproc.sources.base import Source
 from streamproc.sources.kafka import LAGGING_WAIT_MS, KafkaSource, KafkaSourceConfig
@@ -67,7 +68,11 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
             spec.group_by,
             [a.output for a in spec.aggregations],
             plan.kafka_params,
+            passthrough_from=plan.topic if spec.passthrough else None,
         )
+    elif spec.passthrough:
+        assert plan.table is not None
+        result_sink = PostgresRecordSink(plan.table)
     else:
         assert plan.table is not None
         result_sink = PostgresTableSink(result_layout(spec, plan.table))

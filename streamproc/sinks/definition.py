@@ -37,7 +37,7 @@ def query_definition(
         sink: Where results go: ``{"table": name}`` or ``{"topic": name}``.
     """
     window = spec.window
-    return {
+    definition: dict[str, Any] = {
         "layout": LAYOUT_VERSION,
         "source topic": topic,
         "group-by": list(spec.group_by),
@@ -51,6 +51,10 @@ def query_definition(
         else {"column": spec.event_time_column, "format": spec.event_time_format},
         "sink": dict(sink),
     }
+    if spec.passthrough:
+        # Only then: a key absent from stored definitions would read as a change.
+        definition["rows"] = "one per record (no aggregation)"
+    return definition
 
 
 def _show(value: Any) -> str:

@@ -80,6 +80,25 @@ def result_message(
     )
 
 
+def record_message(topic: str, source_topic: str, row: ResultRow) -> OutgoingMessage:
+    """A pass-through query's row: its record as JSON, with where it came from in headers.
+
+    The headers are those of a dead letter (source topic, partition, offset),
+    so a reader can drop the copies a replay may add (at-least-once).
+    """
+    partition, offset = row.key
+    return OutgoingMessage(
+        topic,
+        None,
+        json.dumps(row.values[0], separators=(",", ":"), allow_nan=False).encode(),
+        (
+            ("source_topic", source_topic.encode()),
+            ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode()),
+        ),
+    )
+
+
 class KafkaResultSink:
     """Result rows as keyed JSON messages on a topic (a `ResultSink`).
 
@@ -96,11 +115,18 @@ class KafkaResultSink:
         group_by: Sequence[str],
         outputs: Sequence[str],
         client_params: Mapping[str, Any] | None = None,
+        *,
+        passthrough_from: str | None = None,
     ) -> None:
+        """Args:
+        passthrough_from: the source topic of a pass-through query, whose rows
+            are records (`record_message`); None for an aggregation.
+        """
         self._producer = KafkaProducerSink(bootstrap, client_params)
         self._topic = topic
         self._group_by = tuple(group_by)
         self._outputs = tuple(outputs)
+        self._passthrough_from = passthrough_from
 
     async def start(self) -> None:
         """Connect the producer."""
@@ -126,7 +152,13 @@ class KafkaResultSink:
         self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool, encoded: Any = None
     ) -> int:
         """Deliver the rows (acknowledged by the broker) before the transaction commits."""
+        source = self._passthrough_from
         await self._producer.send_all(
-            [result_message(self._topic, self._group_by, self._outputs, row) for row in rows]
+            [
+                result_message(self._topic, self._group_by, self._outputs, row)
+                if source is None
+                else record_message(self._topic, source, row)
+                for row in rows
+            ]
         )
         return len(rows)

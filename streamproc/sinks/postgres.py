@@ -10,6 +10,7 @@ once (DESIGN.md section 3):
                      (else the transaction is rolled back, states included)
     3. results       rows through the ResultSink: merged locally when this worker
                      owns every partition, else merged from the stored states
+                     (a pass-through query: its records, inserted once by position)
     4. side tables   late rows (separatestream), dead letters (dlqType postgresql)
     5. ledger        one history row per partition
     6. positions     each partition's next offset, watermark, last record digest
@@ -349,7 +350,17 @@ class PostgresCheckpoint:
         staged: _Staged | None = batch.staged
         written = 0
         mode = self._spec.output_mode
-        if mode != "append":
+        if self._spec.passthrough:
+            with times.phase("sink"):
+                # One row per record, keyed by its source position: a position
+                # already in the table (a rerun after `reset`) is left as it is.
+                written = await self._sink.write(
+                    conn,
+                    batch.local_rows or (),
+                    insert_only=True,
+                    encoded=staged.rows if staged else None,
+                )
+        elif mode != "append":
             with times.phase("sink"):
                 encoded = None
                 if batch.local_rows is not None:

@@ -60,6 +60,35 @@ async def table_exists(conn: Any, table: str) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_ident(table)))
 
 
+async def writable_columns(conn: Any, table: str) -> list[tuple[str, str]]:
+    """(name, SQL type) of the columns an INSERT may write, in table order.
+
+    Generated columns and identity columns GENERATED ALWAYS are left out.
+    """
+    rows = await conn.fetch(
+        """SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
+           FROM pg_attribute a
+           WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+             AND a.attgenerated = '' AND a.attidentity <> 'a'
+           ORDER BY a.attnum""",
+        quote_ident(table),
+    )
+    return [(r["name"], r["type"]) for r in rows]
+
+
+async def has_unique_index(conn: Any, table: str, keys: Sequence[str]) -> bool:
+    """True when the table has a unique index (without a predicate) on exactly these columns."""
+    rows = await conn.fetch(
+        """SELECT array_agg(a.attname::text) AS cols
+           FROM pg_index i JOIN pg_attribute a
+             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+           WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+           GROUP BY i.indexrelid""",
+        quote_ident(table),
+    )
+    return any(sorted(r["cols"]) == sorted(keys) for r in rows)
+
+
 async def create_if_missing(conn: Any, table: str, ddl: str) -> bool:
     """Create a table that does not exist yet; returns True when it was created.
 

@@ -436,7 +436,10 @@ class MemoryCheckpoint:
                 partials[(query, typed_key(row.key), row.window_start_ms, partition)] = row
         mode = self._spec.output_mode
         to_write: list[tuple[Sequence[ResultRow], bool]] = []
-        if mode != "append":
+        passthrough = self._spec.passthrough
+        if passthrough:
+            to_write.append((batch.local_rows or (), True))
+        elif mode != "append":
             rows_now = (
                 batch.local_rows
                 if batch.local_rows is not None
@@ -481,7 +484,7 @@ class MemoryCheckpoint:
                 if insert_only:
                     raise ClosingWindowsError(exc, len(result_rows)) from exc
                 raise
-            if insert_only:
+            if insert_only and not passthrough:
                 table = db.tables.get(getattr(self._sink, "table", ""), {})
                 taken = [
                     r

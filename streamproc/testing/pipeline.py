@@ -239,8 +239,13 @@ def testing_plan(
 
 
 def named_rows(plan: QueryPlan, rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
-    """Result rows as dicts named after the table's columns, in a stable order."""
+    """Result rows as dicts named after the table's columns, in a stable order.
+
+    A pass-through query's rows are its records, in (partition, offset) order.
+    """
     spec = plan.spec
+    if spec.passthrough:
+        return [dict(row.values[0]) for row in sorted(rows, key=lambda r: tuple(r.key))]
     outputs = [a.output for a in spec.aggregations]
     out = []
     for row in sorted(rows, key=_row_order):

@@ -149,12 +149,13 @@ PLAN_REFUSALS = [
         id="transform-state-timeout-windowed",
     ),
     pytest.param(
-        {("transforms",): []},
+        {("transforms",): [], (S, "stateTimeout"): "1 hour"},
         Outcome(
             [],
-            "transforms: a streaming query needs an aggregation transform",
+            f"{S}.stateTimeout: 1 hour means nothing without an aggregation (no state is "
+            "kept); remove it",
         ),
-        id="no-aggregation",
+        id="no-aggregation-state-timeout",
     ),
     pytest.param(
         {("extract", "connectionParams", "kafka.ssl.truststore.location"): "/etc/kafka.jks"},
