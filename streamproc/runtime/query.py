@@ -47,7 +47,7 @@ from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import PreparedBatch
-from streamproc.runtime.progress import QueryProgress, build_progress, phase_delta
+from streamproc.runtime.progress import QueryProgress, build_progress, fold_phases, phase_delta
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import Position
@@ -120,6 +120,8 @@ class StreamingQuery:
         self._clock_ms = clock_ms
         #: perf_counter when the fetch of the last batch with a progress record began.
         self._last_fetch_started: float | None = None
+        #: perf_counter when the fetch of the last batch sent to the checkpoint began.
+        self._last_launch_fetch: float | None = None
         self._tracker = PartitionTracker(
             plan.query_name,
             ports.source,
@@ -370,9 +372,17 @@ class StreamingQuery:
         """Start delivering a prepared batch (dead letters, transaction) in the background."""
         sent: set[Position] = set()
         number = self._batch_number
+        last, self._last_launch_fetch = self._last_launch_fetch, fetch_started
+        rows = sum(p.records for p in prepared.commit.partitions)
+        since = None if last is None else fetch_started - last
+        note = self._committer.note(
+            batch_number=number,
+            input_rows_per_second=rows / since if since else None,
+            duration_ms=fold_phases(prepare_seconds),
+        )
         # The task starts with a copy of this context: its lines carry the batch's number.
         with log_context(batch_id=number):
-            task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
+            task = asyncio.ensure_future(self._committer.deliver(prepared, sent, note=note))
         inflight = _InFlight(
             prepared, task, sent, generation, number, fetch_started, prepare_seconds
         )
@@ -448,6 +458,9 @@ class StreamingQuery:
             ),
             state_rows_updated=sum(len(rows) for rows in commit.partials.values()),
             sink_rows=outcome.result_rows,
+            state_rows_total=outcome.state_rows_total,
+            breaker_state=outcome.progress.breaker_state if outcome.progress else "closed",
+            retries=outcome.progress.retries if outcome.progress else 0,
         )
         ends = self._source.seen_ends()
         committed = self._tracker.committed
