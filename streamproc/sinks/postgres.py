@@ -73,7 +73,7 @@ from streamproc.sinks.postgres_registry import (
     register_query,
 )
 from streamproc.sinks.postgres_runs import RunMembership
-from streamproc.sinks.progress_rows import progress_row
+from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
 from streamproc.sinks.rows import (
     decode_key,
     decode_state,
@@ -109,6 +109,7 @@ class PostgresCheckpoint:
         sink: ResultSink,
         late_table: str | None = None,
         dlq_table: str | None = None,
+        progress_keep: int = PROGRESS_KEEP,
     ) -> None:
         """Args:
         dsn: the database of the checkpoint (and of a result table).
@@ -120,6 +121,7 @@ class PostgresCheckpoint:
             are at-least-once).
         late_table: the separatestream side table, if any.
         dlq_table: the dead-letter table (dlqType postgresql), if any.
+        progress_keep: rows of the progress table kept for the query.
         """
         self._dsn = dsn
         self._identity = identity
@@ -129,6 +131,7 @@ class PostgresCheckpoint:
         self._sink = sink
         self._late_table = late_table
         self._dlq_table = dlq_table
+        self._progress_keep = progress_keep
         self._pool: Any = None
         self._lock_key = f"streamproc:{identity.query}"
         self._run = RunMembership(dsn, identity.query)
@@ -410,7 +413,12 @@ class PostgresCheckpoint:
                 timings_s=times.seconds,
             )
             total = await insert_progress(
-                conn, self._query, row, last_seq=tally.last_seq, state_total=tally.carried()
+                conn,
+                self._query,
+                row,
+                last_seq=tally.last_seq,
+                state_total=tally.carried(),
+                keep=self._progress_keep,
             )
         return CommitOutcome((), written, closed, watermark, state_rows_total=total)
 

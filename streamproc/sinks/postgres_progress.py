@@ -38,7 +38,7 @@ WITH added AS (
           $16, $17, $18, $19, $20, $21::jsonb, $22::jsonb, $23, $24, $25)
   RETURNING state_rows_total
 ), pruned AS (
-  DELETE FROM {_PROGRESS} WHERE query = $1 AND seq <= $2 - {PROGRESS_KEEP}
+  DELETE FROM {_PROGRESS} WHERE query = $1 AND seq <= $2 - $26::bigint
 )
 SELECT state_rows_total FROM added"""
 
@@ -50,6 +50,7 @@ async def insert_progress(
     *,
     last_seq: int | None,
     state_total: int | None,
+    keep: int = PROGRESS_KEEP,
 ) -> int:
     """Write a commit's progress row and prune the oldest; returns the state rows total.
 
@@ -60,6 +61,7 @@ async def insert_progress(
         last_seq: The query's newest row's seq (None: no row yet).
         state_total: The state rows total after this commit, carried from the
             newest row; None to count the query's states instead.
+        keep: Rows to keep per query (this one included).
     """
     total: int = await conn.fetchval(
         _INSERT_SQL,
@@ -88,5 +90,6 @@ async def insert_progress(
         row.breaker_state,
         row.breaker_opened,
         row.retries,
+        keep,
     )
     return total

@@ -250,8 +250,10 @@ class MemoryCheckpoint:
         sink: ResultSink,
         late_table: str | None = None,
         dlq_table: str | None = None,
+        progress_keep: int = PROGRESS_KEEP,
     ) -> None:
         self._db = db
+        self._progress_keep = progress_keep
         self._identity = identity
         self._query = identity.query
         self._topic = identity.topic
@@ -534,7 +536,7 @@ class MemoryCheckpoint:
                 total,
             )
         )
-        del kept[:-PROGRESS_KEEP]
+        del kept[: -self._progress_keep]
         return CommitOutcome((), written, closed, watermark, state_rows_total=total)
 
     def _closes(self, k: tuple[str, TypedKey, int | None, int], row: PartialRow, w: int) -> bool:
