@@ -215,7 +215,7 @@ def test_min_event_time_is_the_batch_own_over_aggregated_and_late_records() -> N
     #           batch 2, p0: 41  39                   p1: -  (no records: no progress)
     engine = Engine(spec(), memory_store_factory, clock=Clock())
     first = recs(0, 30, 40) + recs(1, 25) + recs(0, 12, first_offset=2)
-    first += [(0, 3, {"ts": "never", "k": "a"})] + recs(1, 8, first_offset=1)
+    first += [(0, 3, {"ts": "never", "k": "a"}), *recs(1, 8, first_offset=1)]
     result = engine.process(first)
     assert result.per_partition[0].late == 1
     assert result.per_partition[0].min_event_ts_ms == 12  # the late record counts

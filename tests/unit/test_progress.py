@@ -160,7 +160,8 @@ def test_the_record_has_min_event_time_state_total_and_the_breaker() -> None:
     )
     assert progress.min_event_ts_ms == 1_700_000_001_000
     line = progress.log_line()
-    assert "min_event_time=2023-11-14T22:13:21.000Z max_event_time=2023-11-14T22:14:20.000Z " in line
+    times = "min_event_time=2023-11-14T22:13:21.000Z max_event_time=2023-11-14T22:14:20.000Z "
+    assert times in line
     assert "state_total=250 " in line
     assert line.endswith("breaker=half_open retries=2")
     document = json.loads(progress.json())
