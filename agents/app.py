@@ -23,6 +23,8 @@ import faust
 from faust.app import BootStrategy
 
 from streamproc.batch.plan import BatchPlan
+from streamproc.runtime.logcontext import log_context
+from streamproc.runtime.logformat import restyle_host_handlers
 from streamproc.runtime.loglevel import apply_log_level
 from streamproc.runtime.main import store_factory_for, summary_lines
 from streamproc.runtime.preflight import preflight
@@ -101,7 +103,13 @@ def _create_datadir(sender: faust.App, **_: object) -> None:
 @app.task
 async def run_pipeline() -> None:
     """Run the pipeline's query until it ends or the worker stops."""
-    # Faust set up logging from its -l option by now; logLevel governs streamproc's lines.
+    # Faust set up logging from its -l option by now (colours, its own layout):
+    # its handlers keep their levels and write our lines from here on, with the
+    # pipeline, query and batch; logLevel governs streamproc's lines.
+    try:
+        restyle_host_handlers()
+    except ValueError as exc:
+        _stop_with(str(exc))
     apply_log_level(plan.log_level)
     try:
         factory = store_factory_for(plan)
@@ -123,7 +131,8 @@ async def run_pipeline() -> None:
         # The query already closed its consumer, producers and pool; Faust's
         # shutdown would exit 0, and a failed query must not look like success.
         _stop_with(str(exc))
-    for line in summary_lines(plan, stats, loop.time() - started):
-        log.info("%s", line)
+    with log_context(pipeline_id=plan.pipeline_id, query=plan.query_name):
+        for line in summary_lines(plan, stats, loop.time() - started):
+            log.info("%s", line)
     # A bounded run (once, availablenow) is done: stop the worker cleanly.
     os.kill(os.getpid(), signal.SIGTERM)

@@ -23,6 +23,35 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+#: The phases of a progress record, in batch order (runtime/progress.py).
+PHASES = ("fetch", "decode", "engine", "checkpoint", "sink", "commit")
+
+#: Runtime phase -> progress phase. `lock` is left out: it is the time the
+#: query's lock was held, which overlaps the phases of the commit.
+_PHASE_OF = {
+    "fetch": "fetch",
+    "decode": "decode",
+    "engine": "engine",
+    "watermarks": "checkpoint",
+    "lock_wait": "checkpoint",
+    "states": "checkpoint",
+    "ledger": "checkpoint",
+    "closing": "checkpoint",
+    "sink": "sink",
+    "dead_letters": "sink",
+    "commit": "commit",
+}
+
+
+def fold_phases(seconds: Mapping[str, float]) -> dict[str, float]:
+    """Runtime phase seconds -> milliseconds per progress phase (every one of `PHASES`)."""
+    out = dict.fromkeys(PHASES, 0.0)
+    for name, value in seconds.items():
+        phase = _PHASE_OF.get(name)
+        if phase is not None:
+            out[phase] += value * 1000
+    return out
+
 
 class PhaseTimes:
     """Seconds spent per phase, summed over a run."""

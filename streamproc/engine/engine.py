@@ -34,7 +34,7 @@ from streamproc.engine.emission import (
     to_rows,
 )
 from streamproc.engine.groupkeys import checked_internal_key, external_key_fn
-from streamproc.engine.kernel import NO_TS, build_kernel
+from streamproc.engine.kernel import NO_MIN_TS, NO_TS, build_kernel
 from streamproc.engine.partition import PartitionState
 from streamproc.engine.results import (
     BadRecord,
@@ -108,6 +108,8 @@ class Engine:
             ps = self._parts.get(partition)
             if ps is None:
                 ps = self._open(partition, now)
+            if partition not in counts:
+                ps.batch_min_ts = NO_MIN_TS  # the first segment of this call
             n_late, n_bad = len(late), len(bad)
             run(ps, seg, closed_w, now, late, bad, jumps)
             ps.last_active_ms = now
@@ -132,6 +134,7 @@ class Engine:
                 next_offset=ps.next_offset,
                 max_event_ts_ms=ps.max_event_ts_ms,
                 watermark_ms=partition_watermark(ps.max_event_ts_ms, self.spec.delay_ms),
+                min_event_ts_ms=ps.batch_min_event_ts_ms,
             )
         total = sum(p.records for p in per_partition.values())
         return BatchResult(

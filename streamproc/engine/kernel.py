@@ -40,6 +40,8 @@ from streamproc.engine.spec import QuerySpec
 
 #: Stands for "no event time yet": below every valid time minus any delay.
 NO_TS = -(2**62)
+#: Stands for "no event time in this batch yet": above every valid time.
+NO_MIN_TS = 2**62
 
 SegmentFn = Callable[..., None]
 
@@ -197,7 +199,7 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     src.add(1, "p = ps.partition", "dirty = ps.dirty", "load = ps.load")
     src.add(1, "late_append = late.append", "bad_append = bad.append")
     if has_ts:
-        src.add(1, "max_ts = ps.max_ts")
+        src.add(1, "max_ts = ps.max_ts", "min_ts = ps.batch_min_ts")
     if has_wm:
         src.add(1, f"wm = max_ts - {spec.delay_ms}")
     if window is None:
@@ -212,6 +214,9 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
         _emit_event_time(src, spec)
     _emit_key(src, spec)
     column_var = _emit_values(src, plan, namespace)
+    if has_ts:
+        # The batch's min event time (progress record), over aggregated and late records.
+        src.add(2, "if ts < min_ts:", "    min_ts = ts")
     if has_wm:
         src.add(2, "if ts < wm:")
         src.add(3, f"late_append(LateRecord(p, off, ts, wm, {LATE_WATERMARK!r}, rec))", "continue")
@@ -250,7 +255,7 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
         _emit_state_update(src, 3, False, body)
         src.add(3, f"ws -= {window.slide_ms}")
     if has_ts:
-        src.add(1, "ps.max_ts = max_ts")
+        src.add(1, "ps.max_ts = max_ts", "ps.batch_min_ts = min_ts")
     source = "\n".join(src.lines) + "\n"
     exec(compile(source, f"<streamproc-kernel {spec.group_by}>", "exec"), namespace)
     return Kernel(run_segment=namespace["run_segment"], source=source)

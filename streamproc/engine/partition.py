@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from streamproc.engine.kernel import NO_TS
+from streamproc.engine.kernel import NO_MIN_TS, NO_TS
 from streamproc.state.base import Entry, Key, WindowStart, WindowStore
 
 StateList = list[Any]
@@ -34,6 +34,7 @@ class PartitionState:
 
     __slots__ = (
         "_init",
+        "batch_min_ts",
         "cache",
         "complete",
         "dirty",
@@ -54,6 +55,8 @@ class PartitionState:
         meta = store.read_meta()
         max_ts = meta.get("max_event_ts_ms")
         self.max_ts: int = NO_TS if max_ts is None else int(max_ts)
+        #: Min event time of the current `Engine.process` call's records (NO_MIN_TS: none).
+        self.batch_min_ts: int = NO_MIN_TS
         self.next_offset: int | None = meta.get("next_offset")
         self.stored_watermark_ms: int | None = meta.get("watermark_ms")
         self.written_meta: dict[str, Any] = meta
@@ -67,6 +70,11 @@ class PartitionState:
     def max_event_ts_ms(self) -> int | None:
         """Max event time of the partition's aggregated records, None before any."""
         return None if self.max_ts == NO_TS else self.max_ts
+
+    @property
+    def batch_min_event_ts_ms(self) -> int | None:
+        """Min event time of the last process call's aggregated and late records, None if none."""
+        return None if self.batch_min_ts == NO_MIN_TS else self.batch_min_ts
 
     def load(self, ws: WindowStart, key: Key) -> StateList:
         """The state of an entry about to change (called by the batch loop on a miss)."""

@@ -70,6 +70,8 @@ class PartitionProgress:
         next_offset: Offset after the partition's last record in the batch.
         max_event_ts_ms: Max event time of the partition's aggregated records so far.
         watermark_ms: The partition watermark after the batch (event time).
+        min_event_ts_ms: Min event time of the batch's aggregated and late records
+            (event time; None when none had one).
     """
 
     records: int
@@ -80,6 +82,7 @@ class PartitionProgress:
     next_offset: int | None
     max_event_ts_ms: int | None
     watermark_ms: int | None
+    min_event_ts_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

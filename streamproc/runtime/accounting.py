@@ -157,6 +157,9 @@ class Accounting:
             metrics.PHASE_SECONDS.labels(*labels, phase).observe(ms / 1000)
         metrics.BATCH_SECONDS.labels(*labels).observe(progress.batch_duration_ms / 1000)
         metrics.LAST_COMMIT.labels(*labels).set(progress.timestamp_ms / 1000)
+        metrics.STATE_ROWS_UPDATED.labels(*labels).inc(progress.state_rows_updated)
+        if progress.state_rows_total is not None:
+            metrics.STATE_ROWS.labels(*labels).set(progress.state_rows_total)
         if progress.watermark_ms is not None:
             metrics.GLOBAL_WATERMARK.labels(*labels).set(progress.watermark_ms / 1000)
             watermark_s = progress.watermark_ms / 1000

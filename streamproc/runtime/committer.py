@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -46,6 +48,7 @@ from streamproc.sinks.base import (
     CommitOutcome,
     MessageWriter,
     PartitionCommit,
+    ProgressNote,
 )
 from streamproc.sources.base import RawRecord
 
@@ -53,6 +56,9 @@ T = TypeVar("T")
 
 #: Batches smaller than this are prepared on the event loop, not the worker thread.
 INLINE_BELOW = 2_000
+
+#: Who commits, in progress rows: several workers of a query may share a host.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 log = logging.getLogger("streamproc.query")
 
@@ -154,17 +160,27 @@ class BatchCommitter:
         prepared: PreparedBatch,
         dead_letters_sent: set[Position],
         retry_if: Callable[[Exception], bool] | None = None,
+        note: ProgressNote | None = None,
     ) -> CommitOutcome:
         """The I/O of a prepared batch: its dead letters, then its checkpoint transaction.
 
         Touches no engine or tracker state, so it may run while the loop
         prepares the next batch.
+
+        Args:
+            note: For the batch's progress-table row (None: a part of a batch
+                being isolated, with no number of its own).
         """
         started = time.perf_counter()
         await self.send_dead_letters(prepared.dead_letters, dead_letters_sent, retry_if)
         dead_letters_s = time.perf_counter() - started
+        note = note or self.note()
+        if dead_letters_s:
+            durations = dict(note.duration_ms)
+            durations["sink"] = durations.get("sink", 0.0) + dead_letters_s * 1000
+            note = replace(note, duration_ms=durations)
         with metrics.COMMIT_SECONDS.labels(self._plan.pipeline_id, self._plan.query_name).time():
-            outcome = await self.commit_with_retry(prepared.commit, retry_if)
+            outcome = await self.commit_with_retry(prepared.commit, retry_if, note)
         # The outcome carries every phase of its delivery, for the batch's progress record.
         outcome = replace(outcome, timings={**outcome.timings, "dead_letters": dead_letters_s})
         self._accounting.stats.times.add(outcome.timings)
@@ -302,19 +318,46 @@ class BatchCommitter:
             return exc
         return None
 
+    def note(self, **fields: Any) -> ProgressNote:
+        """A progress note of this worker (`fields` fill in what the loop knows of the batch)."""
+        return ProgressNote(pipeline_id=self._plan.pipeline_id, worker=WORKER, **fields)
+
     async def commit_with_retry(
-        self, batch: CommitBatch, retry_if: Callable[[Exception], bool] | None
+        self,
+        batch: CommitBatch,
+        retry_if: Callable[[Exception], bool] | None,
+        note: ProgressNote | None = None,
     ) -> CommitOutcome:
-        """One checkpoint transaction, retried per the retry policy through the breaker."""
-        return await call_with_retry(
-            lambda: self._checkpoint.commit(batch),
+        """One checkpoint transaction, retried per the retry policy through the breaker.
+
+        Each attempt's progress row says the breaker's state as it let the
+        attempt through and how many attempts came before; the outcome carries
+        the committed attempt's note.
+        """
+        base = note or self.note()
+        breaker = self._breaker
+        attempts: list[ProgressNote] = []
+
+        async def attempt() -> CommitOutcome:
+            sent = replace(
+                base,
+                breaker_state=breaker.state.value,
+                breaker_opened=breaker.opened,
+                retries=len(attempts),
+            )
+            attempts.append(sent)
+            return await self._checkpoint.commit(replace(batch, progress=sent))
+
+        outcome = await call_with_retry(
+            attempt,
             self._plan.retry,
-            self._breaker,
+            breaker,
             what="sink transaction",
             is_outage=is_outage,
             retry_if=retry_if or _worth_retrying,
             on_retry=self._retried,
         )
+        return replace(outcome, progress=attempts[-1])
 
     def _retried(self) -> None:
         metrics.RETRIES.labels(self._plan.pipeline_id, self._plan.query_name).inc()

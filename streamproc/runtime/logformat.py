@@ -120,3 +120,35 @@ def configure_logging(
     )
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def restyle_host_handlers(root: logging.Logger | None = None) -> int:
+    """Give a host's log handlers (the Faust worker's) our lines; returns how many.
+
+    The host keeps its handlers, their levels and where they write; each
+    stream handler gets our formatter (as STREAMPROC_LOG_FORMAT and its
+    stream say: kv on a terminal, JSON lines otherwise) and the log context,
+    so every line of the process, the host's own included, looks the same.
+
+    Raises:
+        ValueError: STREAMPROC_LOG_FORMAT has an unknown value.
+    """
+    restyled = 0
+    for handler in (root or logging.getLogger()).handlers:
+        if not isinstance(handler, logging.StreamHandler):
+            continue  # Faust's terminal spinner, say: it draws, it does not write lines
+        stream = handler.stream
+        fmt = choose_format(os.environ.get(LOG_FORMAT_ENV), is_terminal=_is_terminal(stream))
+        handler.setFormatter(KeyValueFormatter() if fmt == "kv" else JsonFormatter())
+        if not any(isinstance(f, ContextFilter) for f in handler.filters):
+            handler.addFilter(ContextFilter())
+        restyled += 1
+    return restyled
+
+
+def _is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except ValueError:  # a closed stream
+        return False

@@ -8,6 +8,7 @@ end offsets taken at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -15,13 +16,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from streamproc.batch.plan import BatchPlan
 from streamproc.runtime import logformat
 from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.progressbar import ClearBarFilter, ProgressBar
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.state.base import LocalStateError, WindowStore
 from streamproc.state.memory import memory_store_factory
@@ -143,7 +145,51 @@ async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> Run
         factory = store_factory_for(plan)
     except LocalStateError as exc:
         raise QueryFailedError(str(exc)) from None
-    query = StreamingQuery(plan, factory)
+    bar = ProgressBar(sys.stderr) if plan.trigger in BOUNDED_TRIGGERS else None
+    if bar is not None and not bar.enabled:
+        bar = None
+    best = 0
+
+    def show(_progress: object) -> None:
+        nonlocal best
+        offsets = query.run_offsets()
+        if bar is not None and offsets is not None:
+            # A rebalance may take partitions away: the bar never goes back.
+            best = max(best, offsets[0])
+            bar.update(best, offsets[1])
+
+    query = StreamingQuery(plan, factory, on_progress=show if bar else None)
+    with _bar_on_stderr(bar):
+        stats = await _run_until_stopped(query, max_seconds)
+        offsets = query.run_offsets()
+        if bar is not None and offsets is not None:
+            bar.finish(max(best, offsets[0]), offsets[1])
+    return stats
+
+
+#: Triggers whose runs end at the end offsets taken when they began.
+BOUNDED_TRIGGERS = ("once", "availablenow")
+
+
+@contextlib.contextmanager
+def _bar_on_stderr(bar: ProgressBar | None) -> Iterator[None]:
+    """While the bar is drawn, each log line first erases it."""
+    if bar is None:
+        yield
+        return
+    handlers = logging.getLogger().handlers
+    erase = ClearBarFilter(bar)
+    for handler in handlers:
+        handler.addFilter(erase)
+    try:
+        yield
+    finally:
+        bar.clear()  # a failure's line must not land on the bar's
+        for handler in handlers:
+            handler.removeFilter(erase)
+
+
+async def _run_until_stopped(query: StreamingQuery, max_seconds: float | None) -> RunStats:
     loop = asyncio.get_running_loop()
 
     def stop(signum: int) -> None:

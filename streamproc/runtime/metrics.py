@@ -117,6 +117,17 @@ REBALANCES = Counter(
     "Assignments this worker received from its consumer group (the first one included)",
     ["pipeline", "query"],
 )
+STATE_ROWS = Gauge(
+    "streamproc_state_rows",
+    "Partial states (key, window, partition) of the query in the checkpoint after this "
+    "worker's last commit, every partition's",
+    ["pipeline", "query"],
+)
+STATE_ROWS_UPDATED = Counter(
+    "streamproc_state_rows_updated_total",
+    "Partial states this worker's commits wrote (inserted or updated)",
+    ["pipeline", "query"],
+)
 LAST_COMMIT = Gauge(
     "streamproc_last_commit_timestamp_seconds",
     "Wall time of this worker's last committed batch (Unix seconds)",

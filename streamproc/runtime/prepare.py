@@ -131,6 +131,7 @@ def partition_commits(
                 max_event_ts_ms=engine.partition_max_event_ts_ms(p),
                 watermark_ms=engine.partition_watermark_ms(p),
                 last_record=record_digest(last[p]),
+                min_event_ts_ms=prog.min_event_ts_ms if prog else None,
             )
         )
     return tuple(commits)

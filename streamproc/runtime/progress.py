@@ -32,25 +32,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamproc.sinks.base import PartitionCommit, batch_id
+from streamproc.timing import PHASES, fold_phases
 
-#: The phases of a progress record, in batch order.
-PHASES = ("fetch", "decode", "engine", "checkpoint", "sink", "commit")
-
-#: Runtime phase (timing.py) -> progress phase. `lock` is left out: it is the
-#: time the query's lock was held, which overlaps the phases of the commit.
-_PHASE_OF = {
-    "fetch": "fetch",
-    "decode": "decode",
-    "engine": "engine",
-    "watermarks": "checkpoint",
-    "lock_wait": "checkpoint",
-    "states": "checkpoint",
-    "ledger": "checkpoint",
-    "closing": "checkpoint",
-    "sink": "sink",
-    "dead_letters": "sink",
-    "commit": "commit",
-}
+__all__ = [
+    "PHASES",
+    "PartitionSpan",
+    "QueryProgress",
+    "build_progress",
+    "fold_phases",
+    "phase_delta",
+]
 
 #: Runtime phases measured while a batch is prepared (the others while it commits).
 PREPARE_PHASES = ("fetch", "decode", "engine", "watermarks")
@@ -107,6 +98,12 @@ class QueryProgress:
         aggregated_rows, late_rows, bad_rows, filtered_rows: The outcome of
             every record read; bad includes the dead-lettered.
         sink_rows: Result rows written.
+        min_event_ts_ms: Min event time of the batch's aggregated and late records.
+        state_rows_total: Partial states of the query in the checkpoint after
+            the batch, every partition's (None: the checkpoint did not count).
+        breaker_state: The sink circuit breaker's state when the committed
+            attempt was let through (closed; half_open: the probe after an outage).
+        retries: Attempts at the batch's transaction before the one that committed.
     """
 
     pipeline_id: str
@@ -127,6 +124,10 @@ class QueryProgress:
     bad_rows: int
     filtered_rows: int
     sink_rows: int
+    min_event_ts_ms: int | None = None
+    state_rows_total: int | None = None
+    breaker_state: str = "closed"
+    retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values, with Spark's camelCase names where Spark has one."""
@@ -141,10 +142,14 @@ class QueryProgress:
             "durationMs": dict(self.duration_ms),
             "batchDurationMs": self.batch_duration_ms,
             "eventTime": {
+                "min": _iso(self.min_event_ts_ms),
                 "max": _iso(self.max_event_ts_ms),
                 "watermark": _iso(self.watermark_ms),
             },
-            "stateOperators": {"numRowsUpdated": self.state_rows_updated},
+            "stateOperators": {
+                "numRowsTotal": self.state_rows_total,
+                "numRowsUpdated": self.state_rows_updated,
+            },
             "rows": {
                 "aggregated": self.aggregated_rows,
                 "late": self.late_rows,
@@ -152,6 +157,7 @@ class QueryProgress:
                 "filtered": self.filtered_rows,
             },
             "sink": {"numOutputRows": self.sink_rows},
+            "circuitBreaker": {"state": self.breaker_state, "retries": self.retries},
             "sources": [
                 {
                     "partition": p.partition,
@@ -182,11 +188,14 @@ class QueryProgress:
             f"input_rps={_rate(self.input_rows_per_second)} "
             f"processed_rps={_rate(self.processed_rows_per_second)} "
             f"ms={self.batch_duration_ms:.1f} phases_ms={phases} "
+            f"min_event_time={_iso(self.min_event_ts_ms) or '-'} "
             f"max_event_time={_iso(self.max_event_ts_ms) or '-'} "
             f"watermark={_iso(self.watermark_ms) or '-'} "
-            f"state_updated={self.state_rows_updated} aggregated={self.aggregated_rows} "
+            f"state_updated={self.state_rows_updated} "
+            f"state_total={'-' if self.state_rows_total is None else self.state_rows_total} "
+            f"aggregated={self.aggregated_rows} "
             f"late={self.late_rows} bad={self.bad_rows} filtered={self.filtered_rows} "
-            f"sink_rows={self.sink_rows}"
+            f"sink_rows={self.sink_rows} breaker={self.breaker_state} retries={self.retries}"
         )
 
 
@@ -197,16 +206,6 @@ def phase_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict
         for name in PREPARE_PHASES
         if after.get(name, 0.0) > before.get(name, 0.0)
     }
-
-
-def fold_phases(seconds: Mapping[str, float]) -> dict[str, float]:
-    """Runtime phase seconds -> milliseconds per progress phase (every one of `PHASES`)."""
-    out = dict.fromkeys(PHASES, 0.0)
-    for name, value in seconds.items():
-        phase = _PHASE_OF.get(name)
-        if phase is not None:
-            out[phase] += value * 1000
-    return out
 
 
 def build_progress(
@@ -223,6 +222,9 @@ def build_progress(
     watermark_ms: int | None,
     state_rows_updated: int,
     sink_rows: int,
+    state_rows_total: int | None = None,
+    breaker_state: str = "closed",
+    retries: int = 0,
 ) -> QueryProgress:
     """The progress record of a committed batch.
 
@@ -240,6 +242,9 @@ def build_progress(
         watermark_ms: The global watermark W after the batch (event time).
         state_rows_updated: Partial states the batch wrote.
         sink_rows: Result rows written.
+        state_rows_total: Partial states of the query after the batch (None: not counted).
+        breaker_state: The breaker's state when the committed attempt went through.
+        retries: Attempts at the transaction before the one that committed.
     """
     spans = tuple(
         PartitionSpan(
@@ -257,6 +262,7 @@ def build_progress(
     duration_ms = fold_phases(phase_seconds)
     work_s = sum(v for name, v in duration_ms.items() if name != "fetch") / 1000
     event_times = [p.max_event_ts_ms for p in partitions if p.max_event_ts_ms is not None]
+    min_times = [p.min_event_ts_ms for p in partitions if p.min_event_ts_ms is not None]
     return QueryProgress(
         pipeline_id=pipeline_id,
         query=query,
@@ -276,6 +282,10 @@ def build_progress(
         bad_rows=sum(p.bad for p in partitions),
         filtered_rows=sum(p.filtered for p in partitions),
         sink_rows=sink_rows,
+        min_event_ts_ms=min(min_times) if min_times else None,
+        state_rows_total=state_rows_total,
+        breaker_state=breaker_state,
+        retries=retries,
     )
 
 

@@ -47,7 +47,7 @@ from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import PreparedBatch
-from streamproc.runtime.progress import QueryProgress, build_progress, phase_delta
+from streamproc.runtime.progress import QueryProgress, build_progress, fold_phases, phase_delta
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import Position
@@ -90,12 +90,14 @@ class StreamingQuery:
         *,
         ports: QueryPorts | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        on_progress: Callable[[QueryProgress], None] | None = None,
     ) -> None:
         """Args:
         plan: The query, resolved from its config.
         store_factory: Opens the working-state store of a partition.
         ports: The adapters to run on (default: Kafka and PostgreSQL from the plan).
         clock_ms: Wall clock in epoch milliseconds, for the engine's idleness.
+        on_progress: Called with each committed batch's progress record.
         """
         self.plan = plan
         ports = ports or kafka_postgres_ports(plan)
@@ -118,8 +120,13 @@ class StreamingQuery:
             include_metrics=plan.include_metrics,
         )
         self._clock_ms = clock_ms
+        self._on_progress = on_progress
+        #: Bounded runs: each partition's committed offset when this worker began or joined.
+        self._run_starts: dict[int, int] = {}
         #: perf_counter when the fetch of the last batch with a progress record began.
         self._last_fetch_started: float | None = None
+        #: perf_counter when the fetch of the last batch sent to the checkpoint began.
+        self._last_launch_fetch: float | None = None
         self._tracker = PartitionTracker(
             plan.query_name,
             ports.source,
@@ -179,6 +186,23 @@ class StreamingQuery:
     async def wait_until_assigned(self) -> None:
         """Return once this worker has joined the consumer group (with or without partitions)."""
         await self._joined.wait()
+
+    def run_offsets(self) -> tuple[int, int] | None:
+        """A bounded run's (offsets done, offsets in all) since this worker began or joined it.
+
+        Done counts this worker's commits (all of them once the run is
+        complete); None for a continuous query, or before the run began.
+        """
+        run = self._collector.run
+        if run is None:
+            return None
+        committed = self._tracker.committed
+        total = done = 0
+        for p, end in run.ends.items():
+            start = min(self._run_starts.get(p, end), end)
+            total += end - start
+            done += min(max(committed.get(p, start) - start, 0), end - start)
+        return (total if self.stats.run_complete else done), total
 
     @property
     def bounded(self) -> bool:
@@ -260,6 +284,7 @@ class StreamingQuery:
             if self.bounded:
                 run = await self._checkpoint.begin_run(self.plan.trigger, self._take_ends)
                 self._collector.start_run(run)
+                self._run_starts = await self._start_offsets(run.ends)
                 self.stats.run_id = run.run_id
                 self.stats.run_partitions = len(run.ends)
                 log.info(
@@ -370,9 +395,17 @@ class StreamingQuery:
         """Start delivering a prepared batch (dead letters, transaction) in the background."""
         sent: set[Position] = set()
         number = self._batch_number
+        last, self._last_launch_fetch = self._last_launch_fetch, fetch_started
+        rows = sum(p.records for p in prepared.commit.partitions)
+        since = None if last is None else fetch_started - last
+        note = self._committer.note(
+            batch_number=number,
+            input_rows_per_second=rows / since if since else None,
+            duration_ms=fold_phases(prepare_seconds),
+        )
         # The task starts with a copy of this context: its lines carry the batch's number.
         with log_context(batch_id=number):
-            task = asyncio.ensure_future(self._committer.deliver(prepared, sent))
+            task = asyncio.ensure_future(self._committer.deliver(prepared, sent, note=note))
         inflight = _InFlight(
             prepared, task, sent, generation, number, fetch_started, prepare_seconds
         )
@@ -448,11 +481,26 @@ class StreamingQuery:
             ),
             state_rows_updated=sum(len(rows) for rows in commit.partials.values()),
             sink_rows=outcome.result_rows,
+            state_rows_total=outcome.state_rows_total,
+            breaker_state=outcome.progress.breaker_state if outcome.progress else "closed",
+            retries=outcome.progress.retries if outcome.progress else 0,
         )
         ends = self._source.seen_ends()
         committed = self._tracker.committed
         lag = {p: max(0, end - committed[p]) for p, end in ends.items() if p in committed}
         self._accounting.progressed(progress, lag)
+        if self._on_progress is not None:
+            self._on_progress(progress)
+
+    async def _start_offsets(self, ends: Mapping[int, int]) -> dict[int, int]:
+        """Where each partition of a bounded run starts for this worker (for `run_offsets`)."""
+        starts = await self._checkpoint.committed_offsets()
+        missing = [p for p, end in ends.items() if p not in starts and end > 0]
+        if missing:
+            # Read from the log start (earliest; under latest such an end is 0).
+            found = await self._source.describe(dict.fromkeys(missing))
+            starts.update({p: found[p].log_start for p in missing})
+        return starts
 
     async def _take_ends(self) -> dict[int, int]:
         """The end offsets of a new bounded run: every partition's end right now.

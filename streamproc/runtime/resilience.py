@@ -53,6 +53,8 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._half_open_attempts = 0
+        #: Times the breaker opened since it was made (the progress record's).
+        self.opened = 0
 
     @property
     def state(self) -> BreakerState:
@@ -113,6 +115,8 @@ class CircuitBreaker:
             return
         log.warning("circuit breaker '%s': %s -> %s", self._name, self._state.value, state.value)
         self._state = state
+        if state is BreakerState.OPEN:
+            self.opened += 1
         if self._on_change is not None:
             self._on_change(state)
 

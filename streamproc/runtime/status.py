@@ -28,8 +28,8 @@ EXIT_ERROR = 1
 #: Exit status of `status --stale-after`: no commit for that long while records wait.
 EXIT_STALE = 2
 
-#: What `status` says about the circuit breaker. Its state lives in the worker's
-#: memory only: no table holds it, so `status` cannot read it and does not guess.
+#: What `status` says about the circuit breaker when no progress row records it
+#: (a checkpoint from before the progress table): it lives in the worker's memory.
 BREAKER_NOTE = (
     "not recorded in PostgreSQL; each worker exports streamproc_circuit_breaker_open "
     "on /metrics (1 while open or half-open)"
@@ -49,10 +49,12 @@ class PositionRow:
 
 @dataclass(frozen=True, slots=True)
 class LedgerBatch:
-    """One committed batch, summed over its ledger rows (one per partition).
+    """One committed batch: its progress-table row, or the sum of its ledger rows.
 
-    A batch's rows share `committed_at` (their transaction's start time, the
-    server's `now()`), which is how they are told apart from other batches.
+    A batch's ledger rows share `committed_at` (their transaction's start
+    time, the server's `now()`), which is how they are told apart from other
+    batches. Its progress row (same transaction, same counts) adds what the
+    worker knew: the fields after `dead_lettered`, None or 0 without one.
     """
 
     committed_at_ms: int
@@ -63,6 +65,16 @@ class LedgerBatch:
     bad: int
     filtered: int
     dead_lettered: int
+    processed_rows_per_second: float | None = None
+    state_rows_total: int | None = None
+    #: The sink circuit breaker when the committing attempt went through.
+    breaker: str | None = None
+    #: Times the committing worker's breaker had opened since it started.
+    breaker_opened: int = 0
+    #: Attempts at the transaction before the one that committed.
+    retries: int = 0
+    #: host:pid of the worker that committed it.
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +340,10 @@ def to_dict(status: QueryStatus, stale_after_ms: int | None = None) -> dict[str,
                 "partitions": b.partitions,
                 "numInputRows": b.records,
                 "inputRowsPerSecond": rate,
+                "processedRowsPerSecond": b.processed_rows_per_second,
+                "stateRowsTotal": b.state_rows_total,
+                "worker": b.worker,
+                "retries": b.retries,
                 "rows": {
                     "aggregated": b.aggregated,
                     "late": b.late,
@@ -340,7 +356,7 @@ def to_dict(status: QueryStatus, stale_after_ms: int | None = None) -> dict[str,
         ],
         "inputRowsPerSecond": recent_rate(status.batches),
         "boundedRun": None if status.run is None else _run_dict(status.run),
-        "circuitBreaker": {"state": None, "recorded": False, "note": BREAKER_NOTE},
+        "circuitBreaker": _breaker_dict(status.batches),
     }
     if stale_after_ms is not None:
         verdict = staleness(status, stale_after_ms)
@@ -398,7 +414,7 @@ def text_lines(status: QueryStatus, stale_after_ms: int | None = None) -> list[s
             f"bounded run {run.run_id} ({run.trigger}): {run.status}, started "
             f"{_iso(run.started_at_ms)}{finished}"
         )
-    lines.append(f"circuit breaker: {BREAKER_NOTE}")
+    lines.append(f"circuit breaker: {breaker_text(status.batches)}")
     if stale_after_ms is not None:
         lines.append(staleness(status, stale_after_ms).reason)
     return lines
@@ -410,21 +426,57 @@ def _batch_lines(status: QueryStatus) -> list[str]:
     overall = recent_rate(status.batches)
     rate_text = f": {overall:,.0f} records/s" if overall is not None else ""
     lines = [f"last {len(status.batches)} batch(es), newest first{rate_text}"]
-    table = [("committed", "partitions", "records", "rec/s", "aggregated", "late", "bad", "filt")]
+    headings = "committed partitions records rec/s proc_rec/s aggregated late bad filt states"
+    table = [tuple(headings.split())]
     for b, rate in zip(status.batches, batch_rates(status.batches), strict=True):
+        proc = b.processed_rows_per_second
         table.append(
             (
                 _iso(b.committed_at_ms) or "-",
                 str(b.partitions),
                 str(b.records),
                 "-" if rate is None else f"{rate:,.0f}",
+                "-" if proc is None else f"{proc:,.0f}",
                 str(b.aggregated),
                 str(b.late),
                 str(b.bad),
                 str(b.filtered),
+                _num(b.state_rows_total),
             )
         )
     return lines + _columns(table, left=frozenset({0}))
+
+
+def breaker_text(batches: Sequence[LedgerBatch]) -> str:
+    """The breaker as the newest progress row saw it, and the retries of the batches shown.
+
+    A worker records its breaker only in the rows it commits: while the
+    breaker is open nothing commits, so the newest row is as old as the last
+    commit (which `--stale-after` watches).
+    """
+    if not batches or batches[0].breaker is None:
+        return BREAKER_NOTE
+    newest = batches[0]
+    retries = sum(b.retries for b in batches)
+    return (
+        f"{newest.breaker} at the last commit ({newest.worker or 'a worker'}; it opened "
+        f"{newest.breaker_opened} time(s) since that worker started); {retries} "
+        f"retried transaction attempt(s) in the last {len(batches)} batch(es)"
+    )
+
+
+def _breaker_dict(batches: Sequence[LedgerBatch]) -> dict[str, Any]:
+    if not batches or batches[0].breaker is None:
+        return {"state": None, "recorded": False, "note": BREAKER_NOTE}
+    newest = batches[0]
+    return {
+        "state": newest.breaker,
+        "recorded": True,
+        "at": _iso(newest.committed_at_ms),
+        "worker": newest.worker,
+        "openedSinceWorkerStart": newest.breaker_opened,
+        "retriesInRecentBatches": sum(b.retries for b in batches),
+    }
 
 
 def _columns(rows: Sequence[Sequence[str]], left: frozenset[int] = frozenset()) -> list[str]:

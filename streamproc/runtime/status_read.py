@@ -31,7 +31,13 @@ from streamproc.runtime.status import (
     text_lines,
     to_json,
 )
-from streamproc.sinks.layout import LEDGER_TABLE, POSITIONS_TABLE, QUERIES_TABLE, RUNS_TABLE
+from streamproc.sinks.layout import (
+    LEDGER_TABLE,
+    POSITIONS_TABLE,
+    PROGRESS_TABLE,
+    QUERIES_TABLE,
+    RUNS_TABLE,
+)
 from streamproc.sinks.layout import quote_ident as q
 
 #: How many of the newest batches `status` shows by default.
@@ -179,7 +185,27 @@ async def read_checkpoint(conn: Any, query: str, topic: str, batches: int) -> Ch
 
 
 async def _newest_batches(conn: Any, query: str, topic: str, count: int) -> tuple[LedgerBatch, ...]:
+    """The newest `count` batches: the progress table's rows, else from the ledger."""
+    if count <= 0:
+        return ()
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", q(PROGRESS_TABLE)):
+        rows = await conn.fetch(
+            f"""SELECT committed_at, partitions, input_rows, aggregated, late, bad, filtered,
+                       dead_lettered, processed_rows_per_second, state_rows_total, breaker,
+                       breaker_opened, retries, worker
+                FROM {q(PROGRESS_TABLE)} WHERE query = $1 ORDER BY seq DESC LIMIT $2""",
+            query,
+            count,
+        )
+        if rows:
+            return tuple(_progress_batch(r) for r in rows)
+    return await _ledger_batches(conn, query, topic, count)
+
+
+async def _ledger_batches(conn: Any, query: str, topic: str, count: int) -> tuple[LedgerBatch, ...]:
     """The newest `count` batches, from each partition's newest `count` ledger rows.
+
+    For a checkpoint from before the progress table (or one whose rows were deleted).
 
     Each of the newest batches has a row in some partition, and that row is
     among the partition's newest `count`; so reading those through the
@@ -202,6 +228,25 @@ async def _newest_batches(conn: Any, query: str, topic: str, count: int) -> tupl
     return group_batches(rows, count)
 
 
+def _progress_batch(r: Any) -> LedgerBatch:
+    return LedgerBatch(
+        _ms(r["committed_at"]),
+        r["partitions"],
+        r["input_rows"],
+        r["aggregated"],
+        r["late"],
+        r["bad"],
+        r["filtered"],
+        r["dead_lettered"],
+        processed_rows_per_second=r["processed_rows_per_second"],
+        state_rows_total=r["state_rows_total"],
+        breaker=r["breaker"],
+        breaker_opened=r["breaker_opened"],
+        retries=r["retries"],
+        worker=r["worker"],
+    )
+
+
 def group_batches(rows: Sequence[Any], count: int) -> tuple[LedgerBatch, ...]:
     """Ledger rows summed per batch (rows of one transaction share committed_at), newest first."""
     sums: dict[datetime, list[int]] = defaultdict(lambda: [0] * 7)
@@ -212,7 +257,11 @@ def group_batches(rows: Sequence[Any], count: int) -> tuple[LedgerBatch, ...]:
         for i, name in enumerate(fields, start=1):
             total[i] += row[name]
     newest = sorted(sums, reverse=True)[:count]
-    return tuple(LedgerBatch(_ms(at), *sums[at]) for at in newest)
+    return tuple(LedgerBatch(_ms(at), *_seven(sums[at])) for at in newest)
+
+
+def _seven(n: list[int]) -> tuple[int, int, int, int, int, int, int]:
+    return n[0], n[1], n[2], n[3], n[4], n[5], n[6]
 
 
 async def _read_ends(plan: QueryPlan) -> dict[int, TopicEnd]:

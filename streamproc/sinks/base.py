@@ -41,6 +41,9 @@ class PartitionCommit:
     # Digest of the last record of the span (`record_digest`): a restore
     # checks it against the topic, to tell a re-created topic apart.
     last_record: bytes | None = None
+    # Min event time of the span's aggregated and late records (the progress
+    # record's; the ledger does not keep it).
+    min_event_ts_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,35 @@ class DeadLetterRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressNote:
+    """What the runtime knows of a batch before its transaction, for its progress-table row.
+
+    Attributes:
+        pipeline_id: The config's pipelineId.
+        batch_number: The worker's number of the batch (its log lines' batchId);
+            None for a part of a batch split up to isolate a refused record.
+        worker: Who committed it (host:pid).
+        input_rows_per_second: Records over the wall time since the previous
+            batch's fetch began (None for a worker's first batch).
+        duration_ms: Wall milliseconds of the phases before the transaction
+            (progress phases: fetch, decode, engine, checkpoint).
+        breaker_state: The sink circuit breaker's state when this attempt was let
+            through: closed, or half_open for the probe after an outage.
+        breaker_opened: Times this worker's breaker opened since it started.
+        retries: Attempts at this batch's transaction before this one.
+    """
+
+    pipeline_id: str = ""
+    batch_number: int | None = None
+    worker: str = ""
+    input_rows_per_second: float | None = None
+    duration_ms: Mapping[str, float] = field(default_factory=dict)
+    breaker_state: str = "closed"
+    breaker_opened: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class CommitBatch:
     """Everything one micro-batch makes durable in one transaction."""
 
@@ -97,6 +129,9 @@ class CommitBatch:
     # The checkpoint's own encoding of what it writes, made by `Checkpoint.stage`
     # before the transaction (None: the commit encodes).
     staged: Any = None
+    # For the batch's row in the progress table (None: a row with what the
+    # checkpoint knows itself).
+    progress: ProgressNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +147,11 @@ class CommitOutcome:
     closed_windows: int = 0
     global_watermark_ms: int | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    #: State rows of the query in the checkpoint after the commit, every
+    #: partition's (None: not counted, e.g. a stale outcome).
+    state_rows_total: int | None = None
+    #: The progress note the committed attempt carried (set by the runtime's retry loop).
+    progress: ProgressNote | None = None
 
 
 @dataclass(frozen=True, slots=True)

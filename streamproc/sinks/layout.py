@@ -32,6 +32,7 @@ LEDGER_TABLE = "streamproc_ledger"
 POSITIONS_TABLE = "streamproc_positions"
 QUERIES_TABLE = "streamproc_queries"
 RUNS_TABLE = "streamproc_runs"
+PROGRESS_TABLE = "streamproc_progress"
 #: Temporary tables (one set per connection) that batches are copied into.
 STAGE_STATES = "streamproc_stage_states"
 STAGE_KEYS = "streamproc_stage_keys"
@@ -265,6 +266,48 @@ CREATE TABLE IF NOT EXISTS {quote_ident(RUNS_TABLE)} (
   started_at timestamp with time zone NOT NULL DEFAULT now(),
   finished_at timestamp with time zone,
   PRIMARY KEY (query, run_id)
+)"""
+
+
+def create_progress_table_sql() -> str:
+    """DDL for the progress table: one row per commit, a query's newest ones (progress_rows.py).
+
+    `seq` numbers a query's commits (1, 2, ...: commits of a query are
+    serialised by its lock), so the newest rows are one range of the primary
+    key and pruning the oldest is one index range too. `batch_id` is the
+    worker's batch number; `sources` holds each partition's span with its
+    ledger batch id. Event times and the watermark are event time;
+    `committed_at` is the transaction's start (as in the ledger), wall time.
+    """
+    return f"""
+CREATE TABLE IF NOT EXISTS {quote_ident(PROGRESS_TABLE)} (
+  query text NOT NULL,
+  seq bigint NOT NULL,
+  committed_at timestamp with time zone NOT NULL DEFAULT now(),
+  pipeline text NOT NULL,
+  batch_id integer,
+  worker text NOT NULL,
+  partitions integer NOT NULL,
+  input_rows integer NOT NULL,
+  aggregated integer NOT NULL,
+  late integer NOT NULL,
+  bad integer NOT NULL,
+  filtered integer NOT NULL,
+  dead_lettered integer NOT NULL,
+  sink_rows integer NOT NULL,
+  state_rows_updated integer NOT NULL,
+  state_rows_total bigint NOT NULL,
+  min_event_time timestamp with time zone,
+  max_event_time timestamp with time zone,
+  watermark timestamp with time zone,
+  input_rows_per_second double precision,
+  processed_rows_per_second double precision,
+  duration_ms jsonb NOT NULL,
+  sources jsonb NOT NULL,
+  breaker text NOT NULL,
+  breaker_opened integer NOT NULL,
+  retries integer NOT NULL,
+  PRIMARY KEY (query, seq)
 )"""
 
 

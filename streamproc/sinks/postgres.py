@@ -17,6 +17,8 @@ once (DESIGN.md section 3):
     7. W             min over the topic's partitions, never below the stored W
     8. closing       append: windows with end <= W written once, states dropped;
                      update: states of closed windows dropped; evicted keys dropped
+    9. progress      the batch's progress row (with the query's state rows total),
+                     the oldest rows past PROGRESS_KEEP pruned: one statement
 
 A batch that does not start at the position is stale (a replay, or a zombie
 after a rebalance) and nothing of it is written. On restore, a partition's
@@ -65,12 +67,14 @@ from streamproc.sinks.layout import (
     quote_ident,
 )
 from streamproc.sinks.postgres_dlq import insert_dead_letters
+from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_registry import (
     ensure_tables,
     privilege_error,
     register_query,
 )
 from streamproc.sinks.postgres_runs import RunMembership
+from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
 from streamproc.sinks.rows import (
     decode_key,
     decode_state,
@@ -106,6 +110,7 @@ class PostgresCheckpoint:
         sink: ResultSink,
         late_table: str | None = None,
         dlq_table: str | None = None,
+        progress_keep: int = PROGRESS_KEEP,
     ) -> None:
         """Args:
         dsn: the database of the checkpoint (and of a result table).
@@ -117,6 +122,7 @@ class PostgresCheckpoint:
             are at-least-once).
         late_table: the separatestream side table, if any.
         dlq_table: the dead-letter table (dlqType postgresql), if any.
+        progress_keep: rows of the progress table kept for the query.
         """
         self._dsn = dsn
         self._identity = identity
@@ -126,6 +132,7 @@ class PostgresCheckpoint:
         self._sink = sink
         self._late_table = late_table
         self._dlq_table = dlq_table
+        self._progress_keep = progress_keep
         self._pool: Any = None
         self._lock_key = f"streamproc:{identity.query}"
         self._run = RunMembership(dsn, identity.query)
@@ -288,13 +295,14 @@ class PostgresCheckpoint:
                 # nobody sees them before the commit. A zombie's states meet the
                 # new owner's at worst (a deadlock PostgreSQL breaks, retried as
                 # an outage) and are rolled back when the check finds it stale.
-                await self._write_states(conn, batch, times)
+                tally = _StateTally()
+                await self._write_states(conn, batch, times, tally)
                 with times.phase("lock_wait"):
                     # One query's commits never interleave, so merges from two
                     # workers cannot race and the position check is decisive.
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_key)
                 locked = time.perf_counter()
-                outcome = await self._commit_in(conn, batch, times)
+                outcome = await self._commit_in(conn, batch, times, tally)
             except BaseException:
                 await transaction.rollback()
                 raise
@@ -306,17 +314,26 @@ class PostgresCheckpoint:
             times.seconds["lock"] += time.perf_counter() - locked
         return replace(outcome, timings=dict(times.seconds))
 
-    async def _commit_in(self, conn: Any, batch: CommitBatch, times: PhaseTimes) -> CommitOutcome:
+    async def _commit_in(
+        self, conn: Any, batch: CommitBatch, times: PhaseTimes, tally: _StateTally
+    ) -> CommitOutcome:
         stale = await self._stale_partitions(conn, batch.partitions)
-        stored_w = await conn.fetchval(
-            f"SELECT global_watermark_ms FROM {_QUERIES} WHERE query = $1", self._query
+        # W and the newest progress row in one round trip (the progress row's
+        # seq and state total carry on from it).
+        stored = await conn.fetchrow(
+            f"""SELECT q.global_watermark_ms, last_progress.seq, last_progress.state_rows_total
+                FROM {_QUERIES} q {LAST_PROGRESS_SQL} WHERE q.query = $1""",
+            self._query,
         )
+        if stored is not None:  # None only if the query was reset under the worker
+            tally.last_seq, tally.last_total = stored["seq"], stored["state_rows_total"]
+        stored_w = None if stored is None else stored["global_watermark_ms"]
         if not stale:
             stale = behind_watermark(batch, stored_w)
         if stale:
             return CommitOutcome(stale=stale)  # nothing written: the caller reloads
         try:
-            return await self._write(conn, batch, times, stored_w)
+            return await self._write(conn, batch, times, stored_w, tally)
         except asyncpg.InsufficientPrivilegeError as exc:
             raise privilege_error(exc, f"query {self._query}: writing its batch") from None
 
@@ -335,17 +352,24 @@ class PostgresCheckpoint:
             return batch
         return replace(batch, staged=_Staged(states, encoded))
 
-    async def _write_states(self, conn: Any, batch: CommitBatch, times: PhaseTimes) -> None:
+    async def _write_states(
+        self, conn: Any, batch: CommitBatch, times: PhaseTimes, tally: _StateTally
+    ) -> None:
         staged: _Staged | None = batch.staged
         try:
             with times.phase("states"):
                 states = staged.states if staged else self._state_records(batch.partials)
-                await self._upsert_states(conn, states)
+                tally.inserted += await self._upsert_states(conn, states)
         except asyncpg.InsufficientPrivilegeError as exc:
             raise privilege_error(exc, f"query {self._query}: writing its batch") from None
 
     async def _write(
-        self, conn: Any, batch: CommitBatch, times: PhaseTimes, stored_w: int | None
+        self,
+        conn: Any,
+        batch: CommitBatch,
+        times: PhaseTimes,
+        stored_w: int | None,
+        tally: _StateTally,
     ) -> CommitOutcome:
         staged: _Staged | None = batch.staged
         written = 0
@@ -380,16 +404,34 @@ class PostgresCheckpoint:
             closed = 0
             if self._spec.window is not None and watermark is not None:
                 if mode == "append":
-                    closed = await self._close_windows(conn, watermark, batch)
+                    closed = await self._close_windows(conn, watermark, batch, tally)
                     written += closed
                 elif mode == "update":
                     closed = await self._evict_closed(conn, watermark, batch)
+                    tally.deleted += closed
             if mode != "append":
                 # stateTimeout evictions (and update-mode local evictions) drop
                 # states that no longer count; closed append windows were
                 # already removed by _close_windows.
-                await self._delete_states(conn, batch.evicted)
-        return CommitOutcome((), written, closed, watermark)
+                tally.deleted += await self._delete_states(conn, batch.evicted)
+        with times.phase("ledger"):
+            row = progress_row(
+                self._query,
+                self._topic,
+                batch,
+                sink_rows=written,
+                watermark_ms=watermark,
+                timings_s=times.seconds,
+            )
+            total = await insert_progress(
+                conn,
+                self._query,
+                row,
+                last_seq=tally.last_seq,
+                state_total=tally.carried(),
+                keep=self._progress_keep,
+            )
+        return CommitOutcome((), written, closed, watermark, state_rows_total=total)
 
     async def _stale_partitions(
         self, conn: Any, partitions: Sequence[PartitionCommit]
@@ -424,39 +466,48 @@ class PostgresCheckpoint:
             for row in rows
         ]
 
-    async def _upsert_states(self, conn: Any, records: Sequence[tuple[Any, ...]]) -> None:
+    async def _upsert_states(self, conn: Any, records: Sequence[tuple[Any, ...]]) -> int:
+        """Upsert partial states; returns how many were new rows (not updates)."""
         if not records:
-            return
+            return 0
         # Rows go in by binary COPY (encoded in C: a fraction of the client's
-        # time of bind arrays) to a temporary table, then one upsert.
+        # time of bind arrays) to a temporary table, then one upsert. A row
+        # the upsert inserted has no xmax yet; one it updated has this
+        # transaction's: so the same statement counts the new states.
         await conn.copy_records_to_table(STAGE_STATES, records=records)
-        await conn.execute(
-            f"""INSERT INTO {_STATE}
-                  (query, partition, key, window_start_ms, window_end_ms, state)
-                SELECT $1, partition, key, window_start_ms, window_end_ms, state
-                FROM {STAGE_STATES}
-                ON CONFLICT (query, partition, window_start_ms, key)
-                DO UPDATE SET state = EXCLUDED.state""",
+        inserted: int = await conn.fetchval(
+            f"""WITH upserted AS (
+                  INSERT INTO {_STATE}
+                    (query, partition, key, window_start_ms, window_end_ms, state)
+                  SELECT $1, partition, key, window_start_ms, window_end_ms, state
+                  FROM {STAGE_STATES}
+                  ON CONFLICT (query, partition, window_start_ms, key)
+                  DO UPDATE SET state = EXCLUDED.state
+                  RETURNING xmax = 0 AS inserted)
+                SELECT count(*) FILTER (WHERE inserted) FROM upserted""",
             self._query,
         )
         await conn.execute(f"TRUNCATE {STAGE_STATES}")
+        return inserted
 
-    async def _delete_states(self, conn: Any, evicted: Mapping[int, Sequence[WindowKey]]) -> None:
+    async def _delete_states(self, conn: Any, evicted: Mapping[int, Sequence[WindowKey]]) -> int:
+        """Delete evicted states; returns how many rows went."""
         records = [
             (partition, encode_key(key), NO_WINDOW_MS if start is None else start)
             for partition, window_keys in evicted.items()
             for key, start, _end in window_keys
         ]
         if not records:
-            return
+            return 0
         await conn.copy_records_to_table(STAGE_KEYS, records=records)
-        await conn.execute(
+        status: str = await conn.execute(
             f"""DELETE FROM {_STATE} s USING {STAGE_KEYS} d
                 WHERE s.query = $1 AND s.partition = d.partition AND s.key = d.key
                   AND s.window_start_ms = d.window_start_ms""",
             self._query,
         )
         await conn.execute(f"TRUNCATE {STAGE_KEYS}")
+        return int(status.split()[-1])
 
     async def _merge_touched(
         self, conn: Any, partials: Mapping[int, Sequence[PartialRow]], partitions: list[int]
@@ -634,7 +685,9 @@ class PostgresCheckpoint:
         )
         return current
 
-    async def _close_windows(self, conn: Any, watermark_ms: int, batch: CommitBatch) -> int:
+    async def _close_windows(
+        self, conn: Any, watermark_ms: int, batch: CommitBatch, tally: _StateTally
+    ) -> int:
         """Append mode: write every window with end <= W once, then drop its states.
 
         The rows are the worker's own merge when it closes windows locally,
@@ -645,7 +698,7 @@ class PostgresCheckpoint:
         """
         encoded = None
         if batch.closes_locally:
-            await self._evict_closed(conn, watermark_ms, batch)
+            tally.deleted += await self._evict_closed(conn, watermark_ms, batch)
             merged = list(batch.local_rows or ())
             staged: _Staged | None = batch.staged
             encoded = staged.rows if staged else None
@@ -658,6 +711,7 @@ class PostgresCheckpoint:
                 watermark_ms - self._window_size_ms(),
                 _partitions(batch),
             )
+            tally.deleted += len(rows)
             merged = self._merge_rows(sorted(rows, key=lambda r: r["partition"]))
         try:
             written = await self._sink.write(conn, merged, insert_only=True, encoded=encoded)
@@ -689,6 +743,22 @@ class PostgresCheckpoint:
         window = self._spec.window
         assert window is not None  # only windowed queries close windows
         return window.size_ms
+
+
+@dataclass(slots=True)
+class _StateTally:
+    """States a transaction inserted and deleted, and the newest progress row before it."""
+
+    inserted: int = 0
+    deleted: int = 0
+    last_seq: int | None = None
+    last_total: int | None = None
+
+    def carried(self) -> int | None:
+        """The state rows total after the transaction; None when there is no total to carry."""
+        if self.last_total is None:
+            return None
+        return self.last_total + self.inserted - self.deleted
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,11 +30,13 @@ from streamproc.sinks.layout import (
     LEDGER_TABLE,
     LEGACY_PARTIALS_TABLE,
     POSITIONS_TABLE,
+    PROGRESS_TABLE,
     QUERIES_TABLE,
     RUNS_TABLE,
     STATE_TABLE,
     create_ledger_table_sql,
     create_positions_table_sql,
+    create_progress_table_sql,
     create_queries_table_sql,
     create_runs_table_sql,
     create_state_table_sql,
@@ -48,6 +50,7 @@ CHECKPOINT_TABLES: tuple[tuple[str, Callable[[], str]], ...] = (
     (LEDGER_TABLE, create_ledger_table_sql),
     (STATE_TABLE, create_state_table_sql),
     (RUNS_TABLE, create_runs_table_sql),
+    (PROGRESS_TABLE, create_progress_table_sql),
 )
 
 
@@ -242,7 +245,7 @@ async def reset_query(
     late_table: str | None = None,
     dlq_table: str | None = None,
 ) -> ResetReport:
-    """Drop a query's checkpoint (registration, positions, ledger, states, runs) in one go.
+    """Drop a query's checkpoint (registration, positions, ledger, states, runs, progress).
 
     Args:
         conn: A connection (a transaction is opened here).
@@ -269,6 +272,7 @@ async def reset_query(
                     f"table {result_table} belongs to query {owner}, not {query}: not dropped"
                 )
         tables = [QUERIES_TABLE, POSITIONS_TABLE, LEDGER_TABLE, STATE_TABLE, RUNS_TABLE]
+        tables.append(PROGRESS_TABLE)
         tables.append(LEGACY_PARTIALS_TABLE)
         tables += [t for t in (late_table, dlq_table) if t is not None]
         for table in tables:

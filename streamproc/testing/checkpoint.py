@@ -47,6 +47,7 @@ from streamproc.sinks.base import (
     check_local_watermark,
 )
 from streamproc.sinks.definition import definition_changes
+from streamproc.sinks.progress_rows import PROGRESS_KEEP, ProgressRow, progress_row
 
 #: A group key with each value's JSON type, so that 1, 1.0, True and "1" stay apart
 #: where JSON says they differ (see `typed_key`).
@@ -145,6 +146,9 @@ class MemoryDatabase:
         default_factory=dict
     )
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    #: query -> its newest progress rows (`streamproc_progress`), oldest first,
+    #: with each one's state rows total
+    progress: dict[str, list[tuple[ProgressRow, int]]] = field(default_factory=dict)
     #: query -> checkpoints that are members of its bounded run
     run_members: dict[str, set[int]] = field(default_factory=dict)
     outage: bool = False
@@ -181,6 +185,7 @@ class MemoryDatabase:
         """`streamproc reset`: forget a query's checkpoint (and drop its table)."""
         self.queries.pop(query, None)
         self.runs.pop(query, None)
+        self.progress.pop(query, None)
         self.positions = {k: v for k, v in self.positions.items() if k[0] != query}
         self.partials = {k: v for k, v in self.partials.items() if k[0] != query}
         self.ledger = {k: v for k, v in self.ledger.items() if k[0] != query}
@@ -245,8 +250,10 @@ class MemoryCheckpoint:
         sink: ResultSink,
         late_table: str | None = None,
         dlq_table: str | None = None,
+        progress_keep: int = PROGRESS_KEEP,
     ) -> None:
         self._db = db
+        self._progress_keep = progress_keep
         self._identity = identity
         self._query = identity.query
         self._topic = identity.topic
@@ -517,7 +524,23 @@ class MemoryCheckpoint:
         db.positions = positions
         registered.global_watermark_ms = watermark
         db.commits += 1
-        return CommitOutcome((), written, closed, watermark)
+        total = sum(1 for k in partials if k[0] == query)
+        kept = db.progress.setdefault(query, [])
+        kept.append(
+            (
+                progress_row(
+                    query,
+                    self._topic,
+                    batch,
+                    sink_rows=written,
+                    watermark_ms=watermark,
+                    timings_s={},
+                ),
+                total,
+            )
+        )
+        del kept[: -self._progress_keep]
+        return CommitOutcome((), written, closed, watermark, state_rows_total=total)
 
     def _closes(self, k: tuple[str, TypedKey, int | None, int], row: PartialRow, w: int) -> bool:
         return k[0] == self._query and row.window_end_ms is not None and row.window_end_ms <= w

@@ -6,8 +6,9 @@ the fake the component tests rely on cannot drift from the real one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from streamproc.sinks.base import (
     DeadLetterRow,
     LateRow,
     PartitionCommit,
+    ProgressNote,
     QueryIdentity,
     Watermarks,
     batch_id,
@@ -30,6 +32,7 @@ from streamproc.sinks.definition import query_definition
 from streamproc.sinks.layout import quote_ident, result_layout
 from streamproc.sinks.postgres import PostgresCheckpoint
 from streamproc.sinks.postgres_table import PostgresTableSink
+from streamproc.sinks.progress_rows import PROGRESS_KEEP, ProgressRow
 from streamproc.sinks.rows import datetime_to_ms, decode_key, decode_state, ms_to_datetime
 from streamproc.testing import MemoryCheckpoint, MemoryDatabase, MemoryTableSink, typed_key
 
@@ -70,6 +73,45 @@ class Backend:
     #: put a row in the result table.
     drop_last_ledger_row: Callable[[int], Awaitable[None]]
     put_row: Callable[[str, int], Awaitable[None]]
+    #: The query's progress rows, oldest first, as `progress_view` has them.
+    progress: Callable[[], Awaitable[list[tuple[Any, ...]]]]
+    #: Delete the query's progress rows (a checkpoint older than the table).
+    forget_progress: Callable[[], Awaitable[None]]
+
+
+def progress_view(row: ProgressRow | Any, total: int) -> tuple[Any, ...]:
+    """(input rows, aggregated, states updated, states total, (min, max, W), spans, batch,
+    breaker, retries) of a progress row: a `ProgressRow` or a table row."""
+    if isinstance(row, ProgressRow):
+        times = (row.min_event_ts_ms, row.max_event_ts_ms, row.watermark_ms)
+        spans = [(s["partition"], s["startOffset"], s["endOffset"]) for s in row.sources]
+        return (
+            row.input_rows,
+            row.aggregated,
+            row.state_rows_updated,
+            total,
+            times,
+            spans,
+            row.batch_number,
+            row.breaker_state,
+            row.retries,
+        )
+    times = tuple(
+        None if row[c] is None else datetime_to_ms(row[c])
+        for c in ("min_event_time", "max_event_time", "watermark")
+    )
+    spans = [(s["partition"], s["startOffset"], s["endOffset"]) for s in json.loads(row["sources"])]
+    return (
+        row["input_rows"],
+        row["aggregated"],
+        row["state_rows_updated"],
+        total,
+        times,
+        spans,
+        row["batch_id"],
+        row["breaker"],
+        row["retries"],
+    )
 
 
 @pytest_asyncio.fixture(params=["memory", "postgres"])
@@ -79,7 +121,11 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         db = MemoryDatabase()
 
         def make_memory(
-            s: QuerySpec, query: str | None = None, to: str | None = None, topic: str = "t"
+            s: QuerySpec,
+            query: str | None = None,
+            to: str | None = None,
+            topic: str = "t",
+            progress_keep: int = PROGRESS_KEEP,
         ) -> Checkpoint:
             sink = MemoryTableSink(db, to or table)
             who = identity(query or table, s, to or table, topic)
@@ -91,6 +137,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
                     sink=sink,
                     late_table=late_table,
                     dlq_table=dlq_table,
+                    progress_keep=progress_keep,
                 )
             )
 
@@ -113,6 +160,12 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             row = ResultRow((key,), ws, ws + W, (1, 1.0))
             db.tables[table][(typed_key(row.key), ws, ws + W)] = row
 
+        async def memory_progress() -> list[tuple[Any, ...]]:
+            return [progress_view(row, total) for row, total in db.progress.get(table, [])]
+
+        async def memory_forget() -> None:
+            db.progress.pop(table, None)
+
         yield Backend(
             make_memory,
             memory_rows,
@@ -120,6 +173,8 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             memory_dead_letters,
             memory_drop_last,
             memory_put,
+            memory_progress,
+            memory_forget,
         )
         return
     import asyncpg
@@ -129,12 +184,22 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     opened: list[Checkpoint] = []
 
     def make_pg(
-        s: QuerySpec, query: str | None = None, to: str | None = None, topic: str = "t"
+        s: QuerySpec,
+        query: str | None = None,
+        to: str | None = None,
+        topic: str = "t",
+        progress_keep: int = PROGRESS_KEEP,
     ) -> Checkpoint:
         sink = PostgresTableSink(result_layout(s, to or table))
         who = identity(query or table, s, to or table, topic)
         checkpoint = PostgresCheckpoint(
-            dsn, identity=who, spec=s, sink=sink, late_table=late_table, dlq_table=dlq_table
+            dsn,
+            identity=who,
+            spec=s,
+            sink=sink,
+            late_table=late_table,
+            dlq_table=dlq_table,
+            progress_keep=progress_keep,
         )
         opened.append(checkpoint)
         return staging(checkpoint)
@@ -174,7 +239,18 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             ms_to_datetime(ws + W),
         )
 
-    yield Backend(make_pg, pg_rows, pg_late, pg_dead_letters, pg_drop_last, pg_put)
+    async def pg_progress() -> list[tuple[Any, ...]]:
+        rows = await pg.fetch(
+            "SELECT * FROM streamproc_progress WHERE query = $1 ORDER BY seq", table
+        )
+        return [progress_view(r, r["state_rows_total"]) for r in rows]
+
+    async def pg_forget() -> None:
+        await pg.execute("DELETE FROM streamproc_progress WHERE query = $1", table)
+
+    yield Backend(
+        make_pg, pg_rows, pg_late, pg_dead_letters, pg_drop_last, pg_put, pg_progress, pg_forget
+    )
     for checkpoint in opened:
         await checkpoint.close()
     await pg.close()
@@ -451,3 +527,74 @@ def test_staging_encodes_states_and_rows_and_leaves_unstorable_keys_to_the_commi
     # failure policy isolates), so staging leaves the batch as it was.
     bad = batch((commit(0, 0, 1, 1, 1),), {0: (partial("a\x00b", 0, 1, 1.0),)})
     assert checkpoint.stage(bad).staged is None
+
+
+async def test_each_commit_writes_a_progress_row_with_the_state_rows_total(
+    backend: Backend,
+) -> None:
+    # update mode, windows of 10 s, two partitions:
+    #   c1  p0 0-2   new a@0, b@10s                        total 2
+    #   c2  p1 0-1   new c@20s                             total 3
+    #   c2' p0 2-5   stale (starts at 2? no: at 4): nothing, no row
+    #   c3  p0 2-3   a@0 updated; W=21s drops a@0, b@10s   total 1
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    note = ProgressNote("pipe", 7, "host:1", 12.5, {"fetch": 3.0}, "half_open", 2, 1)
+    first = batch(
+        (PartitionCommit(0, 0, 2, 2, 2, 0, 0, 0, 9_000, 9_000, min_event_ts_ms=1_000),),
+        {0: (partial("a", 0, 1, 1.0), partial("b", 10_000, 1, 1.0))},
+    )
+    outcomes = [await checkpoint.commit(replace(first, progress=note))]
+    outcomes.append(
+        await checkpoint.commit(
+            batch((commit(1, 0, 1, 25_000, 25_000),), {1: (partial("c", 20_000, 1, 1.0),)})
+        )
+    )
+    stale = await checkpoint.commit(batch((commit(0, 4, 5, 1, 1),), {}))
+    assert stale.stale == (0,) and stale.state_rows_total is None
+    outcomes.append(
+        await checkpoint.commit(
+            batch((commit(0, 2, 3, 21_000, 21_000),), {0: (partial("a", 0, 2, 3.0),)})
+        )
+    )
+    assert [o.state_rows_total for o in outcomes] == [2, 3, 1]
+    stored = [await checkpoint.load_partition(p) for p in (0, 1)]
+    assert sum(len(p.partials) for p in stored) == 1
+    assert await backend.progress() == [
+        (2, 2, 2, 2, (1_000, 9_000, None), [(0, 0, 2)], 7, "half_open", 1),
+        (1, 1, 1, 3, (None, 25_000, 9_000), [(1, 0, 1)], None, "closed", 0),
+        (1, 1, 1, 1, (None, 21_000, 21_000), [(0, 2, 3)], None, "closed", 0),
+    ]
+
+
+async def test_evicted_states_leave_the_total_and_a_query_without_rows_counts_once(
+    backend: Backend,
+) -> None:
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    await checkpoint.commit(
+        batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 1, 1.0), partial("b", 0, 1, 1.0))})
+    )
+    # A checkpoint from before the progress table: no row to carry the total on.
+    await backend.forget_progress()
+    outcome = await checkpoint.commit(
+        batch((commit(0, 2, 3, 1, 1),), {0: (partial("c", 0, 1, 1.0),)})
+    )
+    assert outcome.state_rows_total == 3
+    outcome = await checkpoint.commit(
+        batch((commit(0, 3, 4, 1, 1),), {}, evicted={0: ((("a",), 0, W), (("zz",), 0, W))})
+    )
+    assert outcome.state_rows_total == 2  # "zz" was never stored
+    assert [row[3] for row in await backend.progress()] == [3, 2]
+
+
+async def test_the_progress_table_keeps_the_newest_rows_of_a_query(backend: Backend) -> None:
+    checkpoint = backend.make(spec("update"), progress_keep=3)
+    await checkpoint.open()
+    for start in range(5):
+        await checkpoint.commit(batch((commit(0, start, start + 1, 1, 1),), {}))
+    assert [row[5] for row in await backend.progress()] == [
+        [(0, 2, 3)],
+        [(0, 3, 4)],
+        [(0, 4, 5)],
+    ]

@@ -79,6 +79,10 @@ async def test_faust_worker_runs_the_same_query(
     output = done.stdout + done.stderr
     assert "Worker" in output  # Faust's own INFO lines stay (-l info)
     assert "progress pipeline=" not in output, output[-2000:]
+    # Once the query's task starts, Faust's handlers write our lines (JSON off a
+    # terminal): Faust's own lines from then on (its stop) included.
+    ours = [json.loads(line) for line in done.stderr.splitlines() if line.startswith('{"time"')]
+    assert any(d["logger"].startswith(("faust", "mode")) for d in ours), done.stderr[-3000:]
     assert {p.name for p in REPO.iterdir() if not p.name.startswith(".")} == before
 
 

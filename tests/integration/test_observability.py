@@ -3,6 +3,7 @@ with the ledger; a metrics port that is taken."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -170,3 +171,129 @@ async def test_metrics_and_progress_lines_agree_with_the_ledger(
     offsets = [re.search(r" offsets=(\S+) ", line) for line in lines]
     spans = [span for found in offsets if found for span in found.group(1).split(",")]
     assert len([span for span in spans if span != "-"]) == ledger_batches
+
+    # The progress table: a row per commit, written with the ledger rows, so the
+    # same counts, spans and batches as the ledger and the progress lines.
+    progress = await pg.fetch(
+        "SELECT * FROM streamproc_progress WHERE query = $1 ORDER BY seq", unique_name
+    )
+    assert [r["seq"] for r in progress] == list(range(1, len(progress) + 1))
+    assert sum(r["input_rows"] for r in progress) == 1_200
+    assert len(progress) == len(lines)
+    ledger = await pg.fetch(
+        """SELECT batch_id, records, aggregated, late, bad, filtered FROM streamproc_ledger
+           WHERE query = $1""",
+        unique_name,
+    )
+    by_span = {r["batch_id"]: r for r in ledger}
+    assert sorted(s["batchId"] for r in progress for s in json.loads(r["sources"])) == sorted(
+        by_span
+    )
+    for row in progress:
+        mine = [by_span[s["batchId"]] for s in json.loads(row["sources"])]
+        for column in ("aggregated", "late", "bad", "filtered"):
+            assert row[column] == sum(r[column] for r in mine)
+        assert row["input_rows"] == sum(r["records"] for r in mine)
+        assert (row["breaker"], row["retries"]) == ("closed", 0)
+    states = await pg.fetchval(
+        "SELECT count(*) FROM streamproc_state WHERE query = $1", unique_name
+    )
+    assert progress[-1]["state_rows_total"] == states
+    totals = [re.search(r" state_total=(\d+) ", line) for line in lines]
+    assert [int(found.group(1)) for found in totals if found] == [
+        r["state_rows_total"] for r in progress
+    ]
+    assert values(samples, "streamproc_state_rows", **ours)[0] in {
+        float(r["state_rows_total"]) for r in progress
+    }
+
+
+async def test_two_workers_on_one_host_both_serve_metrics(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = make_stream(1_200, seed=32)
+    await create_topic(kafka_bootstrap, unique_name, 4)
+    config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn, "processingtime=1 second")
+    env = {**env_for(kafka_bootstrap, pg_dsn), "STREAMPROC_LOG_FORMAT": "kv"}
+    env["STREAMPROC_METRICS_PORT"] = "0"  # one config, a free port each
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = []
+    for log_path in logs:
+        with log_path.open("w") as log_file:
+            workers.append(
+                subprocess.Popen(
+                    [str(BIN / "streamproc"), "run", str(config)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                    text=True,
+                )
+            )
+    try:
+
+        def ports_logged() -> list[int] | None:
+            found = []
+            for worker, log_path in zip(workers, logs, strict=True):
+                assert worker.poll() is None, log_path.read_text()[-2000:]
+                port = _PORT_LINE.search(log_path.read_text())
+                if port is None:
+                    return None
+                found.append(int(port.group(1)))
+            return found
+
+        ports = await wait_until(ports_logged, "both workers log a metrics port", timeout=60)
+        assert ports[0] != ports[1]
+        ours = {"pipeline": unique_name, "query": unique_name}
+
+        def split() -> bool:
+            owned = [
+                values(scrape(port), "streamproc_assigned_partitions", **ours) for port in ports
+            ]
+            return owned == [[2.0], [2.0]]
+
+        # Records come once the group has split the partitions, so both commit some.
+        await wait_until(split, "each worker owns two partitions", timeout=90)
+        await produce(kafka_bootstrap, unique_name, stream)
+
+        async def all_committed() -> bool:
+            for worker, log_path in zip(workers, logs, strict=True):
+                assert worker.poll() is None, log_path.read_text()[-2000:]
+            return await ledger_records(pg, unique_name) == 1_200
+
+        await wait_until(all_committed, "the ledger counts all 1200 records", timeout=120)
+
+        def shared() -> list[Samples] | None:
+            scraped = [scrape(port) for port in ports]
+            owned = [values(s, "streamproc_assigned_partitions", **ours) for s in scraped]
+            counted = sum(
+                sum(values(s, "streamproc_records_total", query=unique_name)) for s in scraped
+            )
+            # Settled: the group split the partitions and every record is counted once.
+            return scraped if sorted(owned) == [[2.0], [2.0]] and counted == 1_200 else None
+
+        scraped = await wait_until(shared, "both workers own two partitions", timeout=60)
+        lagging = [
+            {
+                p
+                for p in range(4)
+                if values(s, "streamproc_consumer_lag_records", **ours, partition=str(p))
+            }
+            for s in scraped
+        ]
+        # Between them, their per-partition series cover every partition, each once.
+        assert lagging[0] | lagging[1] == {0, 1, 2, 3} and not lagging[0] & lagging[1]
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert [w.returncode for w in workers] == [0, 0]
+    progress = await pg.fetch(
+        "SELECT worker, input_rows FROM streamproc_progress WHERE query = $1", unique_name
+    )
+    assert sum(r["input_rows"] for r in progress) == 1_200
+    assert len({r["worker"] for r in progress}) == 2  # both committed, each named

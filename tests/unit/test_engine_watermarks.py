@@ -208,3 +208,25 @@ def test_partition_progress_reports_offsets_and_watermarks() -> None:
     p1 = result.per_partition[1]
     assert (p1.records, p1.first_offset, p1.next_offset, p1.watermark_ms) == (1, 3, 4, 2)
     assert engine.partition_next_offset(0) == 43
+
+
+def test_min_event_time_is_the_batch_own_over_aggregated_and_late_records() -> None:
+    # delay 5.  batch 1, p0: 30  40  12(late)  bad   p1: 25  8   (segments interleave)
+    #           batch 2, p0: 41  39                   p1: -  (no records: no progress)
+    engine = Engine(spec(), memory_store_factory, clock=Clock())
+    first = recs(0, 30, 40) + recs(1, 25) + recs(0, 12, first_offset=2)
+    first += [(0, 3, {"ts": "never", "k": "a"}), *recs(1, 8, first_offset=1)]
+    result = engine.process(first)
+    assert result.per_partition[0].late == 1
+    assert result.per_partition[0].min_event_ts_ms == 12  # the late record counts
+    assert result.per_partition[1].min_event_ts_ms == 8
+    second = engine.process(recs(0, 41, 39, first_offset=4))
+    assert second.per_partition[0].min_event_ts_ms == 39  # not the earlier batch's 12
+    assert set(second.per_partition) == {0}
+
+
+def test_without_an_event_time_column_there_is_no_min() -> None:
+    no_time = QuerySpec(("k",), (AggSpec("count", None, "count"),), "complete")
+    engine = Engine(no_time, memory_store_factory, clock=Clock())
+    result = engine.process([(0, 0, {"k": "a"})])
+    assert result.per_partition[0].min_event_ts_ms is None

@@ -16,6 +16,7 @@ from streamproc.runtime.logformat import (
     KeyValueFormatter,
     choose_format,
     log_handler,
+    restyle_host_handlers,
 )
 from streamproc.runtime.offload import Offload
 
@@ -180,3 +181,40 @@ def test_the_filter_keeps_a_context_already_attached() -> None:
     with log_context(pipeline_id="other"):
         assert ContextFilter().filter(made)
     assert made.streamproc_context == {"pipelineId": "given"}
+
+
+def test_a_host_handlers_write_our_lines_with_their_levels_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As the Faust worker leaves the root logger: its own formatter on a stream
+    # handler at -l's level, and a handler that writes no lines (its spinner).
+    monkeypatch.delenv("STREAMPROC_LOG_FORMAT", raising=False)
+    root = logging.Logger("host-root")
+    out = io.StringIO()
+    host = logging.StreamHandler(out)
+    host.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(message)s"))
+    host.setLevel(logging.WARNING)
+    spinner = logging.NullHandler()
+    root.addHandler(host)
+    root.addHandler(spinner)
+    assert restyle_host_handlers(root) == 1
+    assert restyle_host_handlers(root) == 1  # again: still one context filter
+    assert sum(isinstance(f, ContextFilter) for f in host.filters) == 1
+    assert host.level == logging.WARNING and spinner.formatter is None
+    with log_context(pipeline_id="p", query="q", batch_id=3):
+        root.info("hidden: below the host's level")
+        root.warning("shown")
+    (line,) = out.getvalue().splitlines()  # a StringIO is no terminal: JSON
+    document = json.loads(line)
+    assert (document["pipelineId"], document["query"], document["batchId"]) == ("p", "q", 3)
+    assert (document["level"], document["msg"]) == ("WARNING", "shown")
+    monkeypatch.setenv("STREAMPROC_LOG_FORMAT", "kv")
+    restyle_host_handlers(root)
+    with log_context(pipeline_id="p", query="q"):
+        root.warning("again")
+    assert (
+        out.getvalue().splitlines()[-1].endswith(" WARNING host-root pipelineId=p query=q: again")
+    )
+    monkeypatch.setenv("STREAMPROC_LOG_FORMAT", "yaml")
+    with pytest.raises(ValueError, match="STREAMPROC_LOG_FORMAT: 'yaml' is not a log format"):
+        restyle_host_handlers(root)

@@ -22,6 +22,7 @@ def commit(partition: int, start: int, end: int, **counts: int) -> PartitionComm
         filtered=filtered,
         max_event_ts_ms=counts.get("max_ts"),
         watermark_ms=counts.get("wm"),
+        min_event_ts_ms=counts.get("min_ts"),
     )
 
 
@@ -134,7 +135,8 @@ def test_the_log_line_and_the_json_say_the_same() -> None:
     assert line.startswith("pipeline=pipe query=q batch=7 rows=100 offsets=0:100-160,1:0-40 ")
     assert "input_rps=50 processed_rps=1000 " in line
     assert "watermark=2023-11-14T22:13:40.000Z " in line
-    assert line.endswith("late=2 bad=1 filtered=3 sink_rows=5")
+    assert "state_updated=17 state_total=- " in line
+    assert line.endswith("late=2 bad=1 filtered=3 sink_rows=5 breaker=closed retries=0")
     document = json.loads(progress.json())
     assert document["numInputRows"] == 100
     assert document["batchId"] == 7
@@ -143,3 +145,32 @@ def test_the_log_line_and_the_json_say_the_same() -> None:
         (0, 100, 160),
         (1, 0, 40),
     ]
+
+
+def test_the_record_has_min_event_time_state_total_and_the_breaker() -> None:
+    # p1's records span event times 1_700_000_001_000..030_000, p0's 002_500..060_000.
+    progress = scripted(
+        partitions=[
+            commit(1, 0, 40, min_ts=1_700_000_001_000, max_ts=1_700_000_030_000),
+            commit(0, 100, 160, min_ts=1_700_000_002_500, max_ts=1_700_000_060_000),
+        ],
+        state_rows_total=250,
+        breaker_state="half_open",
+        retries=2,
+    )
+    assert progress.min_event_ts_ms == 1_700_000_001_000
+    line = progress.log_line()
+    times = "min_event_time=2023-11-14T22:13:21.000Z max_event_time=2023-11-14T22:14:20.000Z "
+    assert times in line
+    assert "state_total=250 " in line
+    assert line.endswith("breaker=half_open retries=2")
+    document = json.loads(progress.json())
+    assert document["eventTime"]["min"] == "2023-11-14T22:13:21.000Z"
+    assert document["stateOperators"] == {"numRowsTotal": 250, "numRowsUpdated": 17}
+    assert document["circuitBreaker"] == {"state": "half_open", "retries": 2}
+
+
+def test_a_batch_without_event_times_has_no_min() -> None:
+    progress = scripted(partitions=[commit(0, 0, 10)])
+    assert progress.min_event_ts_ms is None
+    assert json.loads(progress.json())["eventTime"]["min"] is None

@@ -208,3 +208,41 @@ def test_a_query_without_batches_says_so() -> None:
     lines = text_lines(status_of((), {0: TopicEnd(0, 0)}))
     assert "no committed batch yet" in lines
     assert any("last commit never" in line for line in lines)
+
+
+def test_the_breaker_and_processed_rates_come_from_the_newest_progress_rows() -> None:
+    newest = replace(
+        batch(T0 + MIN, 40),
+        processed_rows_per_second=2_000.0,
+        state_rows_total=321,
+        breaker="half_open",
+        breaker_opened=2,
+        retries=3,
+        worker="h:7",
+    )
+    older = replace(batch(T0, 10), breaker="closed", breaker_opened=1, retries=1, worker="h:7")
+    status = status_of((), {0: TopicEnd(0, 0)}, batches=(newest, older))
+    document = to_dict(status)
+    assert document["circuitBreaker"] == {
+        "state": "half_open",
+        "recorded": True,
+        "at": "2025-11-24T16:01:00.000Z",
+        "worker": "h:7",
+        "openedSinceWorkerStart": 2,
+        "retriesInRecentBatches": 4,
+    }
+    assert [
+        (b["processedRowsPerSecond"], b["stateRowsTotal"]) for b in document["recentBatches"]
+    ] == [
+        (2_000.0, 321),
+        (None, None),
+    ]
+    lines = text_lines(status)
+    assert lines[-1] == (
+        "circuit breaker: half_open at the last commit (h:7; it opened 2 time(s) since that "
+        "worker started); 4 retried transaction attempt(s) in the last 2 batch(es)"
+    )
+    heading = next(i for i, line in enumerate(lines) if line.startswith("last 2 batch(es)"))
+    assert lines[heading + 1].split()[-2:] == ["filt", "states"]
+    assert lines[heading + 2].split()[4] == "2,000"
+    assert lines[heading + 2].split()[-1] == "321"
