@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration faults bench up down clean
+.PHONY: demo test lint typecheck unit integration faults bench up down docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ up: $(STAMP)
 
 down: $(STAMP)
 	$(BIN)/streamproc local down
+
+# CONFIG.md and the editors' JSON Schema are generated from the config models;
+# tests/unit/test_config_doc.py and test_config_schema.py fail while either is stale.
+docs: $(STAMP)
+	$(BIN)/python -m streamproc.config.reference_doc > CONFIG.md
+	$(BIN)/streamproc schema > schema/pipeline.schema.json
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,7 +4,7 @@ The workers of one measurement are separate processes started together on one
 config (so one queryName and one consumer group); the measurement is timed from
 the start of the first to the exit of the last. availablenow ends a worker when
 every partition of the topic reached the end offsets of the run, whichever worker
-read it (DESIGN.md section 2), so all of them exit. Checked like every streamproc
+read it (STREAMING.md, "Triggers"), so all of them exit. Checked like every streamproc
 run: all exit codes 0, and the ledger counts every produced record once. Where the
 workers print `lock share: <fraction>`, each worker's share is reported with the
 bound it sets on scale-out (1 / share). On this 2-core machine 4 workers share 2

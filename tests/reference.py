@@ -1,6 +1,6 @@
 """The one independent model of what a query must produce, for every test layer.
 
-Written from the semantics alone (STREAMING.md, DESIGN.md section 1), with no engine
+Written from the semantics alone (STREAMING.md), with no engine
 code: it sees every partition's whole stream at once, walks it record by record, and
 computes the final table from scratch per (group, window) from the list of records in
 it. No state, no merging, no batches: if the product and this disagree, the product is

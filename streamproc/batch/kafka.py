@@ -1,8 +1,8 @@
 """The Kafka input of a batch job: every partition from its start to its end at start.
 
 The end offsets are taken once, when the job starts, from the fetch high
-watermark (exact; ListOffsets undercounts on the local broker, DESIGN.md
-section 5), through `KafkaSource.describe`. Partitions are assigned by hand: no
+watermark (exact; ListOffsets undercounts on the local broker: STREAMING.md,
+"The local stack"), through `KafkaSource.describe`. Partitions are assigned by hand: no
 consumer group, no committed offsets; records produced after the start wait for
 the next job.
 """

@@ -7,7 +7,7 @@ Entry points::
     report = validate_config(path)                          # never raises for bad configs
 
 Every problem is one line, ``<path>: <what is wrong>; <what is accepted>``, and all
-of them are reported at once (see CONFIG-FORMAT.md for the format).
+of them are reported at once (CONFIG.md is the reference of the format).
 
 Typed accessors the runtime uses (times are integer milliseconds; windows,
 delays and state timeouts in event time, triggers and retries in wall time):

@@ -39,7 +39,10 @@ def check_column(name: str) -> str:
 
 @dataclass(frozen=True)
 class ColumnName(HouseType):
-    """A column name safe to splice into SQL: ``[A-Za-z_][A-Za-z0-9_]*``, at most 63 chars."""
+    """A column name: ``[A-Za-z_][A-Za-z0-9_]*``, at most 63 characters.
+
+    Safe to splice into SQL as it is.
+    """
 
     @override
     def parse(self, value: Any) -> str:
@@ -52,7 +55,10 @@ class ColumnName(HouseType):
 
 @dataclass(frozen=True)
 class TableName(HouseType):
-    """A table name safe to splice into SQL: ``name`` or ``schema.name``, each an identifier."""
+    """A table name: ``name`` or ``schema.name``, each ``[A-Za-z_][A-Za-z0-9_]*`` (at most 63).
+
+    Safe to splice into SQL as it is.
+    """
 
     @override
     def parse(self, value: Any) -> str:
@@ -84,7 +90,10 @@ def _unique_columns(names: list[str], shown: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ColumnList(HouseType):
-    """Comma-separated column names (``"store_id,category"``), parsed to a tuple."""
+    """Comma-separated column names (``"store_id,category"``).
+
+    Parsed to a tuple.
+    """
 
     @override
     def parse(self, value: Any) -> tuple[str, ...]:
@@ -105,7 +114,10 @@ class ColumnList(HouseType):
 
 @dataclass(frozen=True)
 class ColumnNames(HouseType):
-    """A non-empty JSON list of column names, parsed to a tuple."""
+    """A non-empty JSON list of column names.
+
+    Parsed to a tuple.
+    """
 
     @override
     def parse(self, value: Any) -> tuple[str, ...]:
@@ -146,7 +158,10 @@ class Topic(HouseType):
 
 @dataclass(frozen=True)
 class Name(HouseType):
-    """A pipeline or query name: it appears in file paths, metric labels and table rows."""
+    """A name: 1-128 of ``[A-Za-z0-9._-]``, starting with a letter or digit.
+
+    It appears in file paths, metric labels and table rows.
+    """
 
     what: str
 
@@ -215,7 +230,10 @@ def _dsn_problem(url: str) -> str | None:
 
 @dataclass(frozen=True)
 class PostgresUrl(HouseType):
-    """A ``postgresql://`` (or ``postgres://``) DSN, kept as a secret (it may hold a password)."""
+    """A ``postgresql://`` (or ``postgres://``) URL.
+
+    Kept as a secret: it may hold a password.
+    """
 
     @override
     def parse(self, value: Any) -> SecretStr:

@@ -36,14 +36,17 @@ _LogLevel = Annotated[LogLevel, choice(LogLevel, "log level", aliases={"WARNING"
 
 
 class RetryConfig(ConfigModel):
-    """``retryConfig``: retries of a failed micro-batch (wall-clock delays).
+    """``retryConfig``: retries of a failed sink transaction or dead-letter write (wall time).
 
     Attributes:
-        strategy: 'exponential' (default), 'fixed' or 'none'.
-        max_attempts: attempts in all, the first included (default 3).
-        initial_delay_seconds, max_delay_seconds: first and largest delay (5, 60).
-        backoff_multiplier: growth of the delay per attempt (2.0).
-        jitter: randomize each delay (true).
+        strategy: 'exponential' (initial delay times multiplier^n), 'fixed'
+            (the initial delay each time) or 'none' (one attempt).
+        max_attempts: attempts in all, the first included.
+        initial_delay_seconds: the first delay.
+        max_delay_seconds: no delay is longer.
+        backoff_multiplier: growth of the delay per attempt ('exponential').
+        jitter: draw each delay uniformly from [0, delay], so that workers that
+            failed together do not retry together.
     """
 
     strategy: _RetryStrategy = "exponential"
@@ -55,13 +58,14 @@ class RetryConfig(ConfigModel):
 
 
 class CircuitBreakerConfig(ConfigModel):
-    """``circuitBreakerConfig``: stop calling a failing sink for a while (wall time).
+    """``circuitBreakerConfig``: stop calling an unavailable sink for a while (wall time).
 
     Attributes:
-        enabled: default true.
-        failure_threshold: consecutive failures that open the breaker (5).
-        reset_timeout_seconds: how long it stays open (60).
-        half_open_max_attempts: trial calls while half-open (1).
+        enabled: false: no breaker (retries only).
+        failure_threshold: sink outages in a row (after their retries) that open
+            the breaker; refused batches do not count.
+        reset_timeout_seconds: how long it stays open before trial calls.
+        half_open_max_attempts: trial calls let through while half-open.
     """
 
     enabled: Annotated[bool, Flag()] = True
@@ -71,19 +75,20 @@ class CircuitBreakerConfig(ConfigModel):
 
 
 class DlqConfig(ConfigModel):
-    """``dlqConfig``: where bad records (and failed batches) go.
+    """``dlqConfig``: where bad records, quarantined records and records the sink refuses go.
 
     Attributes:
-        dlq_type: 'kafka', 'logging' (default), 'none' or 'postgresql' (a table in
-            the sink's database).
+        dlq_type: 'kafka' (the original bytes to ``topic``, with the reason and
+            the source position in headers; at-least-once), 'logging' (a rate
+            limited log line), 'none' (counted only) or NEW 'postgresql' (a row of
+            a dead-letter table in the sink's database, exactly-once); 's3' is
+            refused.
         bootstrap_servers: the DLQ's Kafka cluster (default: the source's).
-        topic: the DLQ topic of 'kafka'.
-        table: NEW; the dead-letter table of 'postgresql', in the sink's database
-            (default: ``<load.table>_dlq``).
-        buffer_size: records buffered before a flush (100); ignored by the run (with a
-            warning): each batch sends its own dead letters.
-        producer_config: extra Kafka producer settings, as written; ignored by the run
-            (with a warning).
+        topic: the DLQ topic of 'kafka' (required by it).
+        table: NEW; the dead-letter table of 'postgresql' (default
+            ``<load.table>_dlq``); ignored, with a warning, by the other types.
+        buffer_size: accepted and ignored (see the table at the end).
+        producer_config: accepted and ignored (see the table at the end).
     """
 
     dlq_type: _DlqType = "logging"
@@ -95,7 +100,17 @@ class DlqConfig(ConfigModel):
 
 
 class ErrorHandlingConfig(ConfigModel):
-    """``errorHandlingConfig``: retry, circuit breaker, dead-letter queue, fail-fast."""
+    """``errorHandlingConfig``: retry, circuit breaker, dead-letter queue, fail-fast.
+
+    Attributes:
+        retry: ``retryConfig``: how a failed sink transaction is retried.
+        circuit_breaker: ``circuitBreakerConfig``: when to stop calling the sink.
+        dlq: ``dlqConfig``: where bad records go.
+        fail_fast: true: a batch the sink refuses (a value it cannot store) stops
+            the query, exit 1, nothing of it written; false: the refused records
+            are isolated and dead-lettered and the query goes on. Outages are
+            retried either way.
+    """
 
     retry: RetryConfig = Field(default_factory=RetryConfig, alias="retryConfig")
     circuit_breaker: CircuitBreakerConfig = Field(
@@ -109,7 +124,8 @@ class RuleParameters(ConfigModel):
     """``parameters`` of a quality rule.
 
     Attributes:
-        min, max: the bounds of a range rule (inclusive).
+        min: a range rule's lower bound (inclusive).
+        max: a range rule's upper bound (inclusive).
         regex: NEW; a pattern rule's regular expression (Python syntax), which
             the whole value must match.
         values: NEW; an allowed_values rule's list of allowed JSON values.
@@ -125,10 +141,14 @@ class QualityRule(ConfigModel):
     """One data-quality rule.
 
     Attributes:
-        rule_type: 'not_null', 'range', 'unique', NEW 'pattern' or 'allowed_values'.
-        name: a label for reports.
-        columns: the columns checked (at least one).
-        severity: 'error' (default), 'warning' or 'info'.
+        rule_type: 'not_null' (null or missing breaks it), 'range' (not a number,
+            or out of ``min``/``max``), 'unique' (repeats within the batch), NEW
+            'pattern' (does not fully match ``regex``) or NEW 'allowed_values'
+            (not one of ``values``). Rules other than 'not_null' pass nulls.
+        name: a label for reports and dead-letter reasons.
+        columns: the columns checked (at least one): record fields after
+            extract, result columns after transform.
+        severity: 'error' (acts per ``onFailure``), 'warning' or 'info' (logged only).
         parameters: ``min``/``max`` of a range rule, ``regex`` of a pattern rule,
             ``values`` of an allowed_values rule.
     """
@@ -144,11 +164,14 @@ class DataQualityConfig(ConfigModel):
     """``dataQualityConfig``: rules checked on each micro-batch.
 
     Attributes:
-        enabled: default false.
+        enabled: false: no rule runs.
         rules: the rules, in order.
-        on_failure: 'abort' (default), 'continue' or 'warn'.
-        validate_after_extract: check the source records (default false).
-        validate_after_transform: check the aggregated rows (default true).
+        on_failure: what a broken 'error' rule does: 'abort' (the query stops
+            before the batch is written), 'continue' (after extract: the record is
+            quarantined to the DLQ and counted as filtered; after transform: the
+            violation is logged and the row written) or 'warn' (logged, kept).
+        validate_after_extract: check each decoded source record.
+        validate_after_transform: check the result rows each batch emits.
     """
 
     enabled: Annotated[bool, Flag()] = False
@@ -162,9 +185,9 @@ class LoggingConfig(ConfigModel):
     """``loggingConfig``: log level, per-batch progress in the log, where metrics are served.
 
     Attributes:
-        log_level: 'DEBUG', 'INFO' (default), 'WARN' or 'ERROR'.
-        include_metrics: log each batch's progress record at INFO (default
-            true, as in the original format); false logs it at DEBUG.
+        log_level: streamproc's own log level: 'DEBUG', 'INFO', 'WARN' or 'ERROR'.
+        include_metrics: log each batch's progress line at INFO (as in the
+            original format); false logs it at DEBUG.
         metrics_address: NEW; the address /metrics listens on (default
             127.0.0.1; STREAMPROC_METRICS_ADDRESS wins).
         metrics_port: NEW; serve /metrics on this port, 0 for any free one
@@ -178,7 +201,13 @@ class LoggingConfig(ConfigModel):
 
 
 class PerformanceConfig(ConfigModel):
-    """``performanceConfig``: Spark tuning knobs; all accepted and ignored with one warning."""
+    """``performanceConfig``: Spark tuning knobs; all accepted and ignored with one warning.
+
+    Attributes:
+        shuffle_partitions: Spark-only: there is no shuffle; the group key may
+            differ from the Kafka key, and partial aggregates are merged in PostgreSQL.
+        broadcast_threshold: Spark-only: there are no joins to broadcast.
+    """
 
     shuffle_partitions: Any = Field(default=None, alias="shufflePartitions", deprecated=SPARK_ONLY)
     broadcast_threshold: Any = Field(

@@ -30,14 +30,22 @@ class PipelineConfig(ConfigModel):
     checks but reports through pydantic.
 
     Attributes:
-        schema_ref: ``$schema``, the editor's schema reference; ignored.
+        schema_ref: ``$schema``: the JSON Schema an editor completes keys from
+            (``streamproc schema``); ignored by the run.
         pipeline_id: identifies the pipeline in tables, metrics and logs.
         name: a human name.
-        mode: 'batch' (default) or 'streaming'.
-        extract, transforms, load: source, transforms in order, sink.
-        streaming: ``streamingConfigJson``; present whenever mode is 'streaming'.
-        error_handling, data_quality, performance, logging: the other sections,
-            with their defaults when absent.
+        mode: 'streaming' (a query that runs until stopped, or to the end offsets
+            of a bounded trigger) or 'batch' (one job over a bounded input,
+            loaded in one transaction).
+        extract: the source.
+        transforms: the transforms, in order (at most one aggregation).
+        load: the sink.
+        streaming: ``streamingConfigJson``: the streaming query; required in
+            streaming mode, ignored (with a warning) in batch mode.
+        error_handling: retries, circuit breaker, dead letters, fail-fast.
+        data_quality: data-quality rules.
+        performance: Spark tuning; ignored.
+        logging: log level, progress lines, metrics.
     """
 
     schema_ref: str | None = Field(default=None, alias="$schema")

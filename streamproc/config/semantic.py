@@ -202,9 +202,9 @@ def _check_streaming(d: Draft, found: Findings) -> None:
 
 
 def _check_output_mode(d: Draft, s: StreamingConfig, found: Findings) -> None:
-    # Spark's output-mode matrix, which DESIGN.md keeps: append writes a row once,
-    # so it needs a window that the watermark can close; complete rewrites the
-    # aggregated table, so it needs an aggregation.
+    # Spark's output-mode matrix, which streamproc keeps (STREAMING.md, "Output
+    # modes"): append writes a row once, so it needs a window that the watermark
+    # can close; complete rewrites the aggregated table, so it needs an aggregation.
     found_agg = d.aggregation()
     mode_path = f"{_S}.outputMode"
     if found_agg is None:

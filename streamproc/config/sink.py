@@ -31,7 +31,7 @@ DEFAULT_PORT = 5432
 
 @dataclass(frozen=True)
 class _UpsertKeys(ColumnNames):
-    """Upsert keys: a JSON list of columns, or (like groupByColumns) a comma-separated string."""
+    """A JSON list of column names, or a comma-separated string of them (like groupByColumns)."""
 
     @override
     def parse(self, value: Any) -> tuple[str, ...]:
@@ -48,13 +48,19 @@ class SinkConnectionParams(ConfigModel):
     """``load.connectionParams``: the PostgreSQL connection, as parts or as one ``url``.
 
     Attributes:
-        url: a ``postgresql://`` DSN (NEW), instead of host/port/database/user/password.
-        host, port, database, user, password: the parts of the DSN.
+        url: NEW; a ``postgresql://`` DSN, instead of host, port, database, user
+            and password. Without either, ``STREAMPROC_PG_DSN`` is used.
+        host: the server (default localhost).
+        port: the port (default 5432).
+        database, user, password: the parts of the DSN.
         table: the original's copy of ``load.table`` (either may be given).
-        batchsize: rows per COPY chunk of a batch job's load (the load is one
-            transaction, whatever its size).
+        batchsize: rows per COPY chunk of a batch job's load (default 1000; the
+            load is one transaction, whatever its size).
         bootstrap_servers: ``kafka.bootstrap.servers`` of a Kafka sink, when it is
             not the source's cluster.
+        driver, num_partitions, isolation_level, truncate: Spark-only: JDBC writer
+            options; no driver class is needed, and every batch is one PostgreSQL
+            transaction (batch mode's ``writeMode: overwrite`` deletes, in it).
     """
 
     url: Annotated[SecretStr, PostgresUrl()] | None = None
@@ -85,13 +91,19 @@ class LoadConfig(ConfigModel):
     (``"analytics.user_event_aggregations"``).
 
     Attributes:
-        sink_type: 'postgresql' or 'kafka'.
-        table_name: ``load.table`` as written; use :attr:`table`.
+        sink_type: 'postgresql' (result rows in a table) or 'kafka' (result rows as
+            JSON messages; the checkpoint stays in PostgreSQL).
+        table_name: the result table, ``name`` or ``schema.name``, created when
+            missing (else ``connectionParams.table``).
         topic: the topic of a Kafka sink.
-        write_mode: 'append' (default), 'overwrite' or 'upsert' (batch mode).
+        write_mode: batch mode's load: 'append', 'overwrite' (delete, then insert)
+            or 'upsert' (on ``upsertKeys``). A streaming query writes per its
+            ``outputMode`` instead.
         upsert_keys: key columns of an upsert (a list, or a comma-separated string).
-        schema_name: the record schema's name, as written.
-        connection_params: see :class:`SinkConnectionParams`.
+        schema_name: the original's name of the record schema (not a PostgreSQL
+            schema: qualify the table for that); kept as written.
+        connection_params: the PostgreSQL connection (for a Kafka sink: where the
+            checkpoint is kept).
     """
 
     sink_type: _SinkType

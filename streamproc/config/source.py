@@ -24,8 +24,10 @@ _SECURITY_KEY = re.compile(r"kafka\.(?:security\.protocol|sasl\.[^\s]+|ssl\.[^\s
 
 @dataclass(frozen=True)
 class _SecurityKey(HouseType):
-    """A pass-through Kafka client setting: ``kafka.security.protocol``, ``kafka.sasl.*``,
-    ``kafka.ssl.*``. Any other extra key is reported as unknown (with a did-you-mean)."""
+    """A Kafka client setting: ``kafka.security.protocol``, ``kafka.sasl.*``, ``kafka.ssl.*``.
+
+    Any other extra key is reported as unknown (with a did-you-mean).
+    """
 
     @override
     def parse(self, value: Any) -> str:
@@ -50,14 +52,29 @@ class SourceConnectionParams(ConfigModel):
     """``extract.connectionParams``: Spark's Kafka source option names.
 
     Attributes:
-        bootstrap_servers: ``kafka.bootstrap.servers``.
-        subscribe: the topic (Spark's ``subscribe``); one topic.
-        starting_offsets: where a new consumer group starts: 'earliest' or 'latest'
-            (Spark's default).
-        max_offsets_per_trigger: at most this many records per micro-batch.
-        metadata_max_age_ms: ``kafka.metadata.max.age.ms``, how often topic metadata
-            is refreshed: partitions added to the topic are read within about this
-            long (default 5000; Kafka's own default is 5 minutes).
+        bootstrap_servers: the Kafka cluster, ``host:port[,host:port...]``; required
+            for a Kafka source.
+        subscribe: the topic to read (one topic); wins over ``extract.topic``.
+        starting_offsets: where a partition with no checkpoint starts: 'latest'
+            (Spark's default: only records produced after the query first started)
+            or 'earliest'. A checkpointed partition always resumes at its committed
+            position. Batch mode reads from 'earliest' unless set, and refuses 'latest'.
+        max_offsets_per_trigger: at most this many records per micro-batch, when
+            ``streamingConfigJson.maxRecordsPerTrigger`` is not set (else a default
+            cap of 70,000 to 100,000 records).
+        metadata_max_age_ms: NEW; how often topic metadata is refreshed, in
+            milliseconds: partitions added to the topic are read within about this
+            long (Kafka's own default is 5 minutes).
+        fail_on_data_loss: Spark-only: records deleted before they were read, or
+            a re-created topic, always stop the query with one line (FAULTS.md).
+        min_partitions: Spark-only: a query reads the topic's partitions, spread
+            over its workers by the consumer group.
+        include_headers: Spark-only: record headers are not read.
+        group_id, group_id_prefix: Spark-only: the consumer group is
+            ``streamproc-<queryName>``; positions live in the PostgreSQL checkpoint.
+        poll_timeout_ms, fetch_offset_num_retries, fetch_offset_retry_interval_ms:
+            Spark-only: fetching and its retries are the Kafka client's, and
+            outages follow ``errorHandlingConfig``.
     """
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_security_schema)
@@ -100,11 +117,15 @@ class ExtractConfig(ConfigModel):
     """``extract``: the source of the pipeline.
 
     Attributes:
-        source_type: 'kafka' or 'file' (normalized to lower case).
-        topic_name: ``extract.topic`` as written; use :attr:`topic`.
-        path: the directory of JSON-lines files (file source).
-        query, schema_name, credential_id: keys of the original format, kept as written.
-        connection_params: see :class:`SourceConnectionParams`.
+        source_type: 'kafka' (streaming and batch) or NEW 'file' (JSON-lines files,
+            batch mode only); the original's postgresql, mysql and s3 are refused.
+        topic_name: the Kafka topic to read, when ``connectionParams.subscribe``
+            does not name it.
+        path: NEW; the file source's input: a directory, a file or a glob of
+            JSON-lines files (``.gz`` for gzip). Required for sourceType 'file'.
+        query, schema_name, credential_id: keys of the original format, accepted
+            and kept as written; nothing reads them.
+        connection_params: the Kafka client settings, under Spark's option names.
     """
 
     source_type: _SourceType

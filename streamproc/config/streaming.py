@@ -116,17 +116,19 @@ class WatermarkConfig(ConfigModel):
     """``watermark``: how far event time may run behind before a window closes.
 
     Attributes:
-        event_time_column: the column holding each record's event time.
-        delay_ms: ``delayThreshold``: watermark = max event time seen - this (event time).
-        event_time_format: 'auto' (ISO-8601 string or integer epoch ms), 'iso8601',
-            'epoch_millis' or 'epoch_seconds'.
-        idle_timeout_ms: a partition idle this long (wall time) stops holding the
-            global watermark back; None: never.
-        max_future_skew_ms: NEW ``maxFutureSkew``: a record whose event time is this far
-            ahead of the time it was written to the topic (its Kafka timestamp) is a bad
-            record; None: no limit.
-        jump_warning_ms: NEW ``jumpWarning``: warn (rate limited) when a batch moves a
-            partition's watermark ahead by more than this (default 1 day).
+        event_time_column: the field holding each record's event time; must equal
+            the aggregation's ``windowColumn``. A record without a valid one is bad.
+        delay_ms: ``delayThreshold``: each partition's watermark is the largest
+            event time it has seen minus this; older records are late.
+        event_time_format: NEW; 'auto' (an ISO-8601 string, naive meaning UTC, or
+            integer epoch milliseconds), 'iso8601', 'epoch_millis' or 'epoch_seconds'.
+        idle_timeout_ms: NEW; a partition without records this long (wall time)
+            stops holding the global watermark back; none: it always does.
+        max_future_skew_ms: NEW; a record whose event time is this far ahead of
+            the time it was written to the topic (its Kafka timestamp) is a bad
+            record, so that one wrong clock cannot close every window; none: no limit.
+        jump_warning_ms: NEW; warn (rate limited) when a batch moves a partition's
+            watermark ahead by more than this.
     """
 
     event_time_column: Annotated[str, ColumnName()]
@@ -145,10 +147,12 @@ class LateDataConfig(ConfigModel):
     """``lateDataConfig``: what happens to a record older than the watermark.
 
     Attributes:
-        strategy: 'drop' (count only), 'loganddrop', 'sendtodlq' (to ``dlq_topic``)
-            or 'separatestream' (a row in ``late_data_table``).
-        dlq_topic: the Kafka topic of 'sendtodlq'.
-        late_data_table: the table of 'separatestream', in the sink's database.
+        strategy: 'drop' (counted only), 'loganddrop' (counted and logged, rate
+            limited), 'sendtodlq' (the original bytes to ``dlqTopic``) or
+            'separatestream' (a row in ``lateDataTable``).
+        dlq_topic: the Kafka topic of 'sendtodlq' (required by it).
+        late_data_table: the table of 'separatestream' (required by it), in the
+            sink's database; created when missing.
     """
 
     strategy: _LateDataStrategy = "drop"
@@ -160,17 +164,28 @@ class StreamingConfig(ConfigModel):
     """``streamingConfigJson``: the streaming query.
 
     Attributes:
-        checkpoint_location: local directory for the query's working state.
-        query_name: identifies the query in the ledger and in metrics.
-        output_mode: 'append' (default), 'update' or 'complete'.
-        trigger: ``triggerMode``, parsed (default continuous).
-        watermark: see :class:`WatermarkConfig`; None without one.
-        enable_idempotence: default true; ignored by the run (with a warning).
-        max_records_per_trigger: batch size limit, or None.
-        max_files_per_trigger: file-source batch limit, or None; ignored by the run
-            (with a warning) until a file source streams.
-        state_timeout_ms: evict an idle key of a non-windowed aggregation (wall time).
-        late_data: see :class:`LateDataConfig`.
+        checkpoint_location: a local directory for each worker's working state
+            (RocksDB). Unlike Spark, not the checkpoint: that is in PostgreSQL,
+            keyed by ``queryName``, and the directory can be deleted when no
+            worker runs.
+        query_name: identifies the query in the checkpoint tables, the consumer
+            group, metrics and logs; a new name starts the query over.
+        output_mode: 'append' (a window's row is written once, when it closes),
+            'update' (changed rows are upserted after each trigger) or 'complete'
+            (every row ever, upserted; nothing evicted).
+        trigger: ``triggerMode``: 'continuous' (a micro-batch as soon as records
+            are ready), 'processingtime=<duration>' (one every duration), 'once'
+            or 'availablenow' (what is in the topic at start, then the run ends).
+        watermark: event time and lateness; required by 'append' with an
+            aggregation.
+        enable_idempotence: accepted and ignored (see the table at the end).
+        max_records_per_trigger: at most this many records per micro-batch (else
+            ``maxOffsetsPerTrigger``, else 70,000 to 100,000).
+        max_files_per_trigger: accepted and ignored until a file source streams.
+        state_timeout_ms: a non-windowed aggregation evicts a key with no record
+            for this long (wall time); refused with a windowed one, whose windows
+            the watermark evicts.
+        late_data: what happens to late records.
     """
 
     checkpoint_location: Annotated[str, Field(min_length=1)]

@@ -121,12 +121,21 @@ class AggregationParams(ConfigModel):
     """``transforms[i].parameters`` of an aggregation.
 
     Attributes:
-        group_by: the group-by columns (``groupByColumns``).
-        aggregations: the aggregates, in the order written.
-        window_column: the event-time column the windows are over, or None.
-        window_size_ms: window length in event time (``windowDuration``), or None.
-        slide_duration_ms: ``slideDuration`` as written; use :attr:`slide_ms`.
-        state_timeout_ms: non-windowed aggregation: evict a key idle this long.
+        group_by: ``groupByColumns``: the group-by columns, comma-separated; a
+            missing field groups as null, and values keep their JSON type.
+        aggregations: the aggregates, comma-separated, in result-column order:
+            ``col:func`` makes the column ``<col>_<func>``; NEW ``name=col:func``
+            names it and ``*:count`` counts records (column ``count``). ``count``
+            counts non-null values; ``sum``, ``avg``, ``min``, ``max`` skip nulls;
+            ``first``/``last`` take the value of the earliest/latest event time.
+        window_column: the event-time field the windows are over (with
+            ``windowDuration``; both or neither).
+        window_size_ms: ``windowDuration``: the window length in event time;
+            windows are aligned to the Unix epoch.
+        slide_duration_ms: ``slideDuration``: a sliding window's step, at most
+            ``windowDuration``; absent: tumbling windows.
+        state_timeout_ms: a non-windowed aggregation evicts a key with no record
+            for this long (wall time); as ``streamingConfigJson.stateTimeout``.
     """
 
     group_by: Annotated[tuple[str, ...], ColumnList()] = Field(alias="groupByColumns")
@@ -160,8 +169,13 @@ class AggregationParams(ConfigModel):
 
 
 class TransformConfig(ConfigModel):
-    """``transforms[i]``: only ``aggregation`` is implemented (the original also had
-    ``join`` and ``windowing``, which are rejected)."""
+    """``transforms[i]``: one transform; only ``aggregation`` is implemented.
+
+    Attributes:
+        transform_type: 'aggregation'; the original's 'join' and 'windowing' are
+            refused (a window is a parameter of the aggregation).
+        parameters: the aggregation's group-by, aggregates and window.
+    """
 
     transform_type: _TransformType
     parameters: AggregationParams

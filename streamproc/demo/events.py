@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from streamproc.config import PipelineConfig
+
 
 @dataclass(frozen=True, slots=True)
 class EventStreamSpec:
@@ -49,3 +51,102 @@ def iso_ms(ts_ms: int) -> str:
     """Epoch milliseconds as an ISO-8601 UTC string with millisecond precision."""
     dt = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStreamSpec:
+    """Records shaped for one pipeline config: its group-by, aggregated and time fields.
+
+    Attributes:
+        time_column: the event-time field (None: the config has no watermark or window).
+        time_format: the config's eventTimeFormat ('auto', 'iso8601', 'epoch_millis',
+            'epoch_seconds').
+        group_by: the group-by fields; each takes one of `keys` values.
+        numbers: fields averaged or compared (avg, min, max, first, last): a price.
+        integers: fields only summed: a quantity, 1 to 20.
+        counted: fields only counted (count): always 1.
+        span_ms: the event time the stream covers, start to end: long enough that
+            append-mode windows close while it runs.
+        late_by_ms: how far behind the stream a late record lies (beyond the delay).
+    """
+
+    time_column: str | None
+    time_format: str
+    group_by: tuple[str, ...]
+    numbers: tuple[str, ...]
+    integers: tuple[str, ...]
+    counted: tuple[str, ...]
+    span_ms: int
+    late_by_ms: int
+    keys: int = 8
+    late_fraction: float = 0.01
+    seed: int = 7
+
+
+def config_records(spec: ConfigStreamSpec, start_ms: int, count: int) -> Iterator[dict[str, Any]]:
+    """`count` records for the spec, event time from `start_ms` over `spec.span_ms`.
+
+    On-time records run in event-time order with a little disorder (well within any
+    delay); about `late_fraction` of them lie `late_by_ms` behind the stream, so the
+    config's late-data strategy sees some. Seeded: the same call gives the same records.
+    """
+    rng = random.Random(spec.seed)
+    step = spec.span_ms / max(count, 1)
+    for i in range(count):
+        base = start_ms + int(i * step)
+        late = i > 0 and rng.random() < spec.late_fraction
+        ts = base - spec.late_by_ms - rng.randrange(1000) if late else base - rng.randrange(500)
+        record: dict[str, Any] = {
+            column: f"{column.removesuffix('_id')}-{rng.randrange(spec.keys)}"
+            for column in spec.group_by
+        }
+        if spec.time_column is not None:
+            record[spec.time_column] = _encode_time(ts, spec.time_format)
+        for column in spec.numbers:
+            record[column] = round(rng.uniform(1, 500), 2)
+        for column in spec.integers:
+            record[column] = rng.randint(1, 20)
+        for column in spec.counted:
+            record[column] = 1
+        yield record
+
+
+def _encode_time(ts_ms: int, time_format: str) -> Any:
+    if time_format == "epoch_millis":
+        return ts_ms
+    if time_format == "epoch_seconds":
+        return ts_ms / 1000
+    return iso_ms(ts_ms)
+
+
+def stream_spec_for(cfg: PipelineConfig, seconds: float) -> ConfigStreamSpec:
+    """Records for `cfg`, produced over `seconds` of wall time.
+
+    Event time runs faster than wall time so that, within the run, it covers three
+    times (window + watermark delay): append-mode windows close and update-mode ones
+    are rewritten while one watches. Late records lie a window plus the delay behind.
+    """
+    agg = cfg.aggregation
+    watermark = cfg.streaming.watermark if cfg.streaming else None
+    delay_ms = watermark.delay_ms if watermark else 0
+    size_ms = (agg.window_size_ms if agg else None) or 60_000
+    time_column = (agg.window_column if agg else None) or (
+        watermark.event_time_column if watermark else None
+    )
+    aggregations = agg.aggregations if agg else ()
+    group_by = agg.group_by if agg else ()
+    counted = {a.column for a in aggregations if a.column and a.func == "count"}
+    summed = {a.column for a in aggregations if a.column and a.func == "sum"}
+    numbers = {a.column for a in aggregations if a.column and a.func not in ("count", "sum")}
+    skip = {*group_by, time_column}
+    span_ms = max(int(3 * (size_ms + delay_ms)), int(seconds * 1000))
+    return ConfigStreamSpec(
+        time_column=time_column,
+        time_format=watermark.event_time_format if watermark else "auto",
+        group_by=group_by,
+        numbers=tuple(sorted(numbers - skip)),
+        integers=tuple(sorted(summed - numbers - skip)),
+        counted=tuple(sorted(counted - summed - numbers - skip)),
+        span_ms=span_ms,
+        late_by_ms=delay_ms + size_ms,
+    )

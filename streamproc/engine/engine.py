@@ -4,7 +4,7 @@ The runtime calls `process` for each batch it reads and `emit` once per trigger;
 engine does no I/O of its own beyond its WindowStores and reads wall time only through
 the injected clock (for idle and wall-clock state timeouts).
 
-Exactly-once contract with the runtime (DESIGN.md section 3):
+Exactly-once contract with the runtime (STREAMING.md, "Exactly once"):
     * `Emission.partials` carry absolute per-partition states; upsert them, write the
       rows, delete `Emission.evicted`, and commit the ledger in one transaction;
     * a partition's store is written only at `emit`, together with its `next_offset`

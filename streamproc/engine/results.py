@@ -156,7 +156,7 @@ class PartialRow:
 
 @dataclass(frozen=True, slots=True)
 class Emission:
-    """What one trigger produced; see DESIGN.md section 3 for how the runtime uses it.
+    """What one trigger produced; STREAMING.md, "Exactly once", says how the runtime uses it.
 
     Attributes:
         rows: Rows the sink must write for the output mode, merged over local partitions:

@@ -79,7 +79,7 @@ class QuerySpec:
     Attributes:
         group_by: Group-by columns; a missing column groups as None.
         aggregations: Result aggregates, in result-column order.
-        output_mode: What the sink holds after each trigger (see DESIGN.md section 1).
+        output_mode: What the sink holds after each trigger (STREAMING.md, "Output modes").
         event_time_column: Field holding the event time; None means no event time, so no
             watermark and no window.
         event_time_format: How the event time is written.

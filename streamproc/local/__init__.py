@@ -2,7 +2,7 @@
 
 Used by ``streamproc local up|down|status``, the demo and the tests. Both
 servers are reached through their network protocols only, exactly like
-Apache Kafka and PostgreSQL in production (see DESIGN.md section 5).
+Apache Kafka and PostgreSQL in production (STREAMING.md, "The local stack").
 
 Typical use::
 

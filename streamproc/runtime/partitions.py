@@ -10,7 +10,7 @@ Restoring follows one rule: W only ever rises, so the engine must never
 compute it from part of the topic. Every partition being restored is first
 reset to empty (an empty partition holds W back), then the other partitions
 get their committed watermarks, and only then does each restored partition
-get its state (DESIGN.md section 3).
+get its state (STREAMING.md, "Exactly once").
 """
 
 from __future__ import annotations

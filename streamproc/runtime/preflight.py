@@ -13,14 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from streamproc.batch.plan import BatchPlan, batch_plan_from_config
-from streamproc.config import PipelineConfig, validate_config
+from streamproc.config import PipelineConfig, ignored, validate_config
 from streamproc.config.loader import ConfigSource
 from streamproc.config.transform import aggregation_transforms
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 
 _S = "streamingConfigJson"
-_DLQ = "errorHandlingConfig.dlqConfig"
 
 
 @dataclass(frozen=True)
@@ -82,35 +81,21 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
     """One warning per option given in the config that the run accepts and ignores.
 
     These are keys of the original format that no part of the run plan carries;
-    each warning says what the run does instead.
+    each warning says what the run does instead (the texts are
+    ``config/ignored.py``'s, which CONFIG.md lists too).
     """
     out: list[str] = [] if cfg.is_streaming else _ignored_in_batch(cfg)
     streaming = cfg.streaming if cfg.is_streaming else None
     given = streaming.model_fields_set if streaming is not None else set()
     if "enable_idempotence" in given:
-        out.append(
-            f"{_S}.enableIdempotence: ignored; results are exactly-once through the "
-            "PostgreSQL checkpoint whatever its value, and Kafka writes (dead letters, a "
-            "kafka sink) are at-least-once, with the source position in headers"
-        )
+        out.append(ignored.ENABLE_IDEMPOTENCE.warning())
     if "max_files_per_trigger" in given:
-        out.append(
-            f"{_S}.maxFilesPerTrigger: ignored; it limits a file source, which does not "
-            "stream yet; a micro-batch of a Kafka source is capped by maxRecordsPerTrigger "
-            "(else extract.connectionParams.maxOffsetsPerTrigger, else a default cap)"
-        )
+        out.append(ignored.MAX_FILES_PER_TRIGGER.warning())
     dlq = cfg.error_handling.dlq.model_fields_set
     if "buffer_size" in dlq:
-        out.append(
-            f"{_DLQ}.bufferSize: ignored; dead letters are not buffered across batches: "
-            "each micro-batch sends its own and waits for the broker's acknowledgement "
-            "before its checkpoint commits"
-        )
+        out.append(ignored.DLQ_BUFFER_SIZE.warning())
     if "producer_config" in dlq:
-        out.append(
-            f"{_DLQ}.producerConfig: ignored; the dead-letter producer uses acks=all and "
-            "the source's kafka.security.protocol, kafka.sasl.* and kafka.ssl.* settings"
-        )
+        out.append(ignored.DLQ_PRODUCER_CONFIG.warning())
     return out
 
 
@@ -118,16 +103,10 @@ def _ignored_in_batch(cfg: PipelineConfig) -> list[str]:
     out: list[str] = []
     found = aggregation_transforms(cfg.transforms)
     if found and found[0][1].state_timeout_ms is not None:
-        out.append(
-            f"transforms[{found[0][0]}].parameters.stateTimeout: ignored in batch mode; "
-            "a batch job aggregates its whole input at once and evicts nothing"
-        )
-    given = cfg.logging.model_fields_set & {"metrics_port", "metrics_address"}
-    if given:
-        out.append(
-            "loggingConfig.metricsPort: ignored in batch mode; a batch job serves no "
-            "/metrics, it prints its report (rows read, written, rejected) when it ends"
-        )
+        path = f"transforms[{found[0][0]}].parameters.stateTimeout"
+        out.append(ignored.BATCH_STATE_TIMEOUT.warning(path))
+    if cfg.logging.model_fields_set & {"metrics_port", "metrics_address"}:
+        out.append(ignored.BATCH_METRICS.warning())
     return out
 
 

@@ -4,7 +4,7 @@ A micro-batch becomes durable in one `Checkpoint.commit`: the ledger check
 (is the batch still the next one of each partition?), the partial
 aggregates, the result rows (through the query's `ResultSink`), the late
 side-table rows, the dead-letter rows (dlqType postgresql) and the ledger
-rows, all or nothing (DESIGN.md section 3).
+rows, all or nothing (STREAMING.md, "Exactly once").
 
 Implementations: `PostgresCheckpoint` with `PostgresTableSink` or
 `KafkaResultSink`; `streamproc.testing.MemoryCheckpoint` and

@@ -90,7 +90,7 @@ class ResultTableLayout:
 
 
 def result_layout(spec: QuerySpec, table: str) -> ResultTableLayout:
-    """The result table layout of DESIGN.md for a query.
+    """The result table layout for a query (STREAMING.md, "Tables").
 
     Group-by values are stored as text, so a SQL user reads strings as
     strings: a string as it is, a number as its JSON text (`1`, `1.5`), a

@@ -1,7 +1,7 @@
 """PostgreSQL as the checkpoint: positions, partial states, ledger, late rows, results.
 
 One `commit()` is one transaction that makes a micro-batch durable, exactly
-once (DESIGN.md section 3):
+once (STREAMING.md, "Exactly once"):
 
     1. states        the partitions' absolute partial states, upserted (before
                      the lock: rows of the worker's own partitions only)

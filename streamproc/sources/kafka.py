@@ -253,7 +253,7 @@ class KafkaSource:
         """End offsets of owned partitions as the last fetch responses gave them (no request).
 
         The high watermark of a fetch response, so right on brokers whose
-        ListOffsets undercounts (DESIGN.md section 5); absent for a
+        ListOffsets undercounts (STREAMING.md, "The local stack"); absent for a
         partition not fetched yet.
         """
         reader = self._reader
@@ -313,7 +313,7 @@ class KafkaSource:
         """Log start, exact end, and the record at an offset, per partition (any partition).
 
         The end is the fetch response's high watermark (ListOffsets can
-        undercount on the local broker, DESIGN.md section 5): each partition is
+        undercount on the local broker: STREAMING.md, "The local stack"): each partition is
         fetched once, at the asked offset or just below the listed end.
         """
         probe = await self._probe_consumer()

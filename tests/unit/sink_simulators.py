@@ -42,7 +42,7 @@ class SinkTable:
 
 
 class PartialsRuntime:
-    """The exactly-once runtime of DESIGN.md section 3, with dicts for Postgres tables.
+    """The exactly-once runtime of STREAMING.md ("Exactly once"), with dicts for Postgres tables.
 
     Per emit: upsert every partial (key, window, partition), recompute the sink rows the
     partials touch (append: the closed windows) by merging all partitions' partials with
