@@ -291,7 +291,11 @@ class KafkaSource:
         if self._config.starting_offsets == "earliest":
             await self._reader.seek_to_beginning(tp)
         else:
-            await self._reader.seek_to_end(tp)
+            # The exact end (a fetch's high watermark), not ListOffsets: that can
+            # answer the last record batch's base offset + 1 (STREAMING.md, "The
+            # local stack"), and `latest` would then read records written before it.
+            info = await self.describe({partition: None})
+            self._reader.seek(tp, info[partition].end)
 
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
