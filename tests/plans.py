@@ -24,4 +24,5 @@ def spec_of(query: Query) -> QuerySpec:
         event_time_format=query.time_format,  # type: ignore[arg-type]
         delay_ms=query.delay_ms,
         window=window,
+        state_timeout_ms=query.state_timeout_ms,
     )

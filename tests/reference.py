@@ -16,8 +16,9 @@ closed.
 Group values compare as JSON does in the product: ``true``, ``1`` and ``"1"`` are three
 groups, ``1`` and ``1.0`` one (`typed`).
 
-Scope: no idle timeout and no state timeout (both depend on wall time or on when
-triggers fire); every partition is known from the start.
+Scope: no idle timeout (it depends on wall time); every partition is known from the
+start. A state timeout depends on when triggers fire: `expected_in_phases` models it
+for a windowed query, given the trigger boundaries (one phase = one trigger).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MIN_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp()) * 1000
 MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 1000 + 999
 LIMIT = 1e290
 LATE_REASON = "event time older than watermark"
+EXPIRED_REASON = "state expired"
 
 #: A type-exact group key: ((JSON type name, value), ...).
 TypedKey = tuple[tuple[str, Any], ...]
@@ -54,6 +56,7 @@ class Query:
         slide_ms: Window slide; None: tumbling (the size).
         output_mode: append, update or complete.
         time_format: auto, iso8601, epoch_millis or epoch_seconds.
+        state_timeout_ms: A windowed query's state timeout (see `expected_in_phases`).
     """
 
     group_by: tuple[str, ...]
@@ -64,6 +67,7 @@ class Query:
     slide_ms: int | None = None
     output_mode: str = "update"
     time_format: str = "auto"
+    state_timeout_ms: int | None = None
 
     @classmethod
     def of(cls, spec: Any) -> Query:
@@ -85,6 +89,7 @@ class Query:
             slide_ms=window.slide_ms if window else None,
             output_mode=spec.output_mode,
             time_format=spec.event_time_format,
+            state_timeout_ms=spec.state_timeout_ms,
         )
 
 
@@ -334,6 +339,76 @@ def expected(query: Query, streams: Mapping[int, Sequence[Any]]) -> Outcome:
             if we is None or out.watermark_ms is None or we > out.watermark_ms:
                 continue
         out.typed_table[tkey] = aggregate(query, members)
+    return out
+
+
+def expected_in_phases(query: Query, phases: Sequence[Mapping[int, Sequence[Any]]]) -> Outcome:
+    """Like `expected`, for a windowed query with a state timeout, given its triggers.
+
+    Each phase is what one trigger takes: partition -> its next records (offsets go on
+    from the previous phase). After each phase W = the lowest partition's highest event
+    time minus the delay (a partition with no record yet holds it back; W never goes
+    back), and every group (key, window) with records whose window is still open (end
+    > W) and whose latest event time + timeout <= W expires: its row is final (append
+    mode writes it), and it takes no more records. A later record is then aggregated
+    into the windows of its group that did not expire, and is late, "state expired",
+    when every one of them did (it then moves no watermark).
+
+    Trigger boundaries matter: a record that comes before the trigger at which its
+    group expires is aggregated. Tests either drive triggers themselves (the engine) or
+    use streams where any finer split of a phase gives the same outcome.
+    """
+    assert query.state_timeout_ms is not None and query.size_ms and query.delay_ms is not None
+    timeout = query.state_timeout_ms
+    out = Outcome()
+    groups: dict[TableKey, list[Accepted]] = {}
+    expired: set[TableKey] = set()
+    highest: dict[int, int | None] = {p: None for phase in phases for p in phase}
+    next_offset: dict[int, int] = dict.fromkeys(highest, 0)
+    w: int | None = None
+    for phase in phases:
+        for partition, items in phase.items():
+            for record in items:
+                offset = next_offset[partition]
+                next_offset[partition] += 1
+                if record_is_bad(query, record):
+                    out.bad.add((partition, offset))
+                    continue
+                ts = event_ms(record.get(query.time_column), query.time_format)
+                assert ts is not None
+                top = highest[partition]
+                if top is not None and ts < top - query.delay_ms:
+                    late = Late(ts, top - query.delay_ms, LATE_REASON, record)
+                    out.late[(partition, offset)] = late
+                    continue
+                key = typed(tuple(record.get(c) for c in query.group_by))
+                open_ones = [(ws, we) for ws, we in windows_of(query, ts) if w is None or we > w]
+                live = [(key, ws, we) for ws, we in open_ones if (key, ws, we) not in expired]
+                if not live:
+                    assert w is not None
+                    out.late[(partition, offset)] = Late(ts, w, EXPIRED_REASON, record)
+                    continue
+                highest[partition] = ts if top is None else max(top, ts)
+                for group in live:
+                    groups.setdefault(group, []).append(Accepted(partition, offset, ts, record))
+        marks = list(highest.values())
+        if all(m is not None for m in marks):
+            now = min(m for m in marks if m is not None) - query.delay_ms
+            w = now if w is None else max(w, now)
+        if w is not None:
+            for group, members in groups.items():
+                we = group[2]
+                assert we is not None
+                if group not in expired and we > w and max(m.ts for m in members) + timeout <= w:
+                    expired.add(group)
+    out.watermark_ms = w
+    for group, members in groups.items():
+        we = group[2]
+        assert we is not None
+        closed = w is not None and we <= w
+        if query.output_mode == "append" and not closed and group not in expired:
+            continue
+        out.typed_table[group] = aggregate(query, members)
     return out
 
 

@@ -17,6 +17,8 @@ from streamproc.engine.passthrough import (
     record_row,
 )
 from streamproc.engine.results import (
+    EXPIRED_STATE,
+    LATE_STATE_EXPIRED,
     LATE_WATERMARK,
     LATE_WINDOW_CLOSED,
     BadRecord,
@@ -40,6 +42,8 @@ from streamproc.engine.spec import (
 from streamproc.engine.windows import open_window_starts, window_start, window_starts
 
 __all__ = [
+    "EXPIRED_STATE",
+    "LATE_STATE_EXPIRED",
     "LATE_WATERMARK",
     "LATE_WINDOW_CLOSED",
     "MAX_ABS_NUMBER",

@@ -13,7 +13,8 @@ non-null count), so each record does each piece of arithmetic once:
     first:c   [ts, partition, offset, value]   record with the least (ts, p, offset)
     last:c    [ts, partition, offset, value]   record with the greatest (ts, p, offset)
     touch     t                          last event time (or wall time) of the key, only
-                                         for non-windowed queries with a state timeout
+                                         with a state timeout; windowed: the max event
+                                         time of the (key, window)'s records
 
     avg(c) = sum:c / n:c, None when n:c == 0
 
@@ -143,7 +144,7 @@ def _layout(spec: QuerySpec) -> dict[tuple[str, str | None], int]:
             wanted.append(("rows", None))
         else:
             wanted += [(kind, agg.column) for kind in _AGG_SLOTS[agg.func]]
-    if spec.state_timeout_ms is not None and spec.window is None:
+    if spec.state_timeout_ms is not None:
         wanted.append(("touch", None))
     for slot in wanted:
         if slot not in index:

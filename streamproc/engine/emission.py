@@ -13,6 +13,11 @@ partition order, so a float sum in a row does not depend on which partitions cha
 Non-windowed queries never close; with a state timeout a key whose last activity is
 `timeout` or more behind (event time against W with a watermark, wall clock otherwise)
 is evicted. In complete mode it leaves the table with the next rows.
+
+A windowed state timeout (update and append modes) expires an open (key, window) whose
+activity, the max event time of its records merged over every local partition, is
+`timeout` or more behind W (`collect_expired`); only a runtime that owns every partition
+asks for it, since only then is the local merge the (key, window)'s whole activity.
 """
 
 from __future__ import annotations
@@ -120,6 +125,44 @@ def timed_out(inp: EmitInput, ps: PartitionState) -> list[Key]:
     ]
 
 
+def collect_expired(inp: EmitInput) -> Merged:
+    """Merged states of every open (key, window) idle for the windowed state timeout.
+
+    Open: end > W (a closing window is closed, not expired). Idle: activity + timeout <=
+    W. Only windows that can hold such an entry are read: start <= W - timeout, since
+    the activity lies in the window. Nothing expires while W stands still (the runtime
+    then has nothing new to check: every record since the last emit is at or after it).
+    """
+    timeout = inp.spec.state_timeout_ms
+    window = inp.spec.window
+    w = inp.watermark_ms
+    slot = inp.plan.touch_slot
+    if timeout is None or window is None or w is None or slot is None:
+        return {}
+    last = inp.last_emit_watermark_ms
+    if last is not None and w <= last:
+        return {}
+    limit = w - timeout
+    low = w - window.size_ms
+    starts: set[WindowStart] = set()
+    for ps in inp.parts:
+        starts |= {ws for ws in ps.window_starts() if ws is not None and low < ws <= limit}
+    merge2 = inp.plan.merge2
+    expired: Merged = {}
+    for ws in sorted(starts, key=window_order):
+        merged: Merged = {}
+        for ps in inp.parts:
+            _fold(merged, ws, ps.window_view(ws), merge2)
+        idle = {
+            key: state
+            for key, state in merged.get(ws, {}).items()
+            if state[slot] is not None and state[slot] <= limit
+        }
+        if idle:
+            expired[ws] = idle
+    return expired
+
+
 def _fold(merged: Merged, ws: WindowStart, states: dict[Key, Any], merge2: Any) -> None:
     """Merge one partition's states of a window into `merged` (partition order)."""
     into = merged.get(ws)
@@ -203,13 +246,18 @@ def collect_all(inp: EmitInput, dropped: dict[int, Evictions]) -> Merged:
 
 
 def partials_of(
-    inp: EmitInput, ps: PartitionState, evictions: Evictions, closed_partials: bool = True
+    inp: EmitInput,
+    ps: PartitionState,
+    evictions: Evictions,
+    closed_partials: bool = True,
+    expired: Merged | None = None,
 ) -> tuple[tuple[PartialRow, ...], list[Entry]]:
     """Partial rows of the partition's changed entries, and the store puts among them.
 
     Every changed entry gets a partial row (entries of closed windows too, unless
-    closed_partials is False: the runtime may merge them before deleting); the puts
-    leave out what this emit evicts.
+    closed_partials is False: the runtime may merge them before deleting), except the
+    expired ones (the runtime replaces them by a tombstone); the puts leave out what
+    this emit evicts.
     """
     external = inp.external
     size = inp.size_ms
@@ -220,6 +268,9 @@ def partials_of(
     for ws in sorted(ps.dirty, key=window_order):
         we = _end(ws, size)
         frozen = [(key, tuple(state)) for key, state in ps.dirty[ws].items()]
+        gone = expired.get(ws) if expired else None
+        if gone:
+            frozen = [(key, state) for key, state in frozen if key not in gone]
         if ws in dropped_windows:
             if closed_partials:
                 rows += [new_partial_row(external(key), ws, we, state) for key, state in frozen]

@@ -30,6 +30,7 @@ from streamproc.engine.emission import (
     collect_all,
     collect_changed,
     collect_closed,
+    collect_expired,
     partials_of,
     to_rows,
 )
@@ -37,6 +38,7 @@ from streamproc.engine.groupkeys import checked_internal_key, external_key_fn
 from streamproc.engine.kernel import NO_MIN_TS, NO_TS, build_kernel
 from streamproc.engine.partition import PartitionState
 from streamproc.engine.results import (
+    EXPIRED_STATE,
     BadRecord,
     BatchResult,
     Emission,
@@ -84,6 +86,9 @@ class Engine:
         self._parts: dict[int, PartitionState] = {}
         self._watermark = GlobalWatermark(spec.delay_ms, spec.idle_timeout_ms)
         self._last_emit_watermark_ms: int | None = None
+        #: Tombstones of expired (key, window)s (windowed stateTimeout), by window
+        #: start, shared by every local partition (internal keys).
+        self._expired: dict[int | None, set[Any]] = {}
 
     # Records ------------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class Engine:
             jumps=tuple(WatermarkJump(*j) for j in jumps),
         )
 
-    def emit(self, *, closed_partials: bool = True) -> Emission:
+    def emit(self, *, closed_partials: bool = True, expire_idle: bool = False) -> Emission:
         """Produce the trigger's rows, partials, evictions and closed windows.
 
         Also writes every local partition's changed state and metadata to its store.
@@ -155,6 +160,10 @@ class Engine:
             closed_partials: Include the partials of windows this emit closes. A
                 runtime that writes rows merged here (it owns every partition)
                 and drops the stored partials of closed windows by W needs none.
+            expire_idle: Expire idle (key, window)s of a windowed state timeout here
+                (`Emission.expired`). Only right when the local partitions are every
+                partition of the topic; otherwise the checkpoint decides on the
+                merged activity of all partitions.
         """
         now = self._clock()
         w = self._update_watermark(now)
@@ -165,9 +174,11 @@ class Engine:
         )
         mode = spec.output_mode
         closed_states, closed, evictions = collect_closed(inp, evicting=mode != "complete")
+        expired = collect_expired(inp) if expire_idle else {}
         rows: list[ResultRow]
         if mode == "append":
-            rows = to_rows(inp, closed_states)
+            # An expired (key, window) is final: its row is written now, once.
+            rows = to_rows(inp, closed_states) + to_rows(inp, expired)
         elif mode == "update":
             rows = to_rows(inp, collect_changed(inp))
         else:
@@ -175,18 +186,37 @@ class Engine:
         partials: dict[int, tuple[PartialRow, ...]] = {}
         for ps in parts:
             ev = evictions[ps.partition]
-            partials[ps.partition], puts = partials_of(inp, ps, ev, closed_partials)
-            ps.commit(puts, ev.windows, ev.keys, self._meta(ps, w))
+            partials[ps.partition], puts = partials_of(inp, ps, ev, closed_partials, expired)
+            drop_keys = ev.keys + [(ws, key) for ws, keys in expired.items() for key in keys]
+            ps.commit(puts, ev.windows, drop_keys, self._meta(ps, w))
         self._trim_caches()
+        self._remember_expired(expired, w)
         if w is not None:
             self._last_emit_watermark_ms = w
+        size = inp.size_ms
         return Emission(
             rows=tuple(rows),
             partials=partials,
             evicted={p: tuple(ev.window_keys) for p, ev in evictions.items()},
             closed=tuple(closed),
             global_watermark_ms=w,
+            expired=tuple(
+                (self._external(key), ws, None if ws is None else ws + size)
+                for ws, keys in expired.items()
+                for key in keys
+            ),
         )
+
+    def _remember_expired(
+        self, expired: Mapping[int | None, Mapping[Any, Any]], w: int | None
+    ) -> None:
+        """Keep the new tombstones; forget those of windows W closed (closing drops them)."""
+        for ws, keys in expired.items():
+            self._expired.setdefault(ws, set()).update(keys)
+        window = self.spec.window
+        if self._expired and window is not None and w is not None:
+            for ws in [ws for ws in self._expired if ws is not None and ws + window.size_ms <= w]:
+                del self._expired[ws]
 
     # Partitions ---------------------------------------------------------------------
 
@@ -225,7 +255,14 @@ class Engine:
             ValueError: a partial does not fit the query (key width, window, slots).
         """
         now = self._clock()
-        entries = [self._restored_entry(row) for row in partials]
+        entries = []
+        for row in partials:
+            if row.state == EXPIRED_STATE:
+                # A tombstone: the (key, window) expired, in every partition.
+                ws, key, _ = self._restored_entry(row, tombstone=True)
+                self._expired.setdefault(ws, set()).add(key)
+            else:
+                entries.append(self._restored_entry(row))
         ps = self._parts.get(partition)
         if ps is None:
             ps = self._open(partition, now)
@@ -289,6 +326,11 @@ class Engine:
         return self._watermark.current_ms
 
     @property
+    def tombstones(self) -> int:
+        """Expired (key, window)s held until W passes their window's end (stateTimeout)."""
+        return sum(map(len, self._expired.values()))
+
+    @property
     def kernel_source(self) -> str:
         """Source of the generated per-record loop, for debugging."""
         return self._kernel.source
@@ -302,7 +344,9 @@ class Engine:
     # Internals ----------------------------------------------------------------------
 
     def _open(self, partition: int, now: int) -> PartitionState:
-        ps = PartitionState(partition, self._factory(partition), self._plan.init, now)
+        ps = PartitionState(
+            partition, self._factory(partition), self._plan.init, now, self._expired
+        )
         self._parts[partition] = ps
         self._watermark.drop_remote(partition)
         stored_w = ps.stored_watermark_ms
@@ -329,8 +373,12 @@ class Engine:
             for ps in parts:
                 ps.drop_cache()
 
-    def _restored_entry(self, row: PartialRow) -> tuple[int | None, Any, list[Any]]:
+    def _restored_entry(
+        self, row: PartialRow, *, tombstone: bool = False
+    ) -> tuple[int | None, Any, list[Any]]:
         spec = self.spec
+        if tombstone and (spec.window is None or spec.state_timeout_ms is None):
+            raise ValueError(f"partial {row!r} is a tombstone; the query expires no window")
         ws = row.window_start_ms
         if spec.window is None:
             if ws is not None or row.window_end_ms is not None:
@@ -340,6 +388,8 @@ class Engine:
         elif row.window_end_ms not in (None, ws + spec.window.size_ms):
             raise ValueError(f"partial {row!r} does not end {spec.window.size_ms} ms later")
         key = checked_internal_key(row.key, spec.group_by)
+        if tombstone:
+            return ws, key, []
         return ws, key, checked_state(spec, row.state)
 
 

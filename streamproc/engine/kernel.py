@@ -13,8 +13,10 @@ Per record, in order (the first failing step decides what the record is):
     2. event time < the partition watermark (from earlier records) -> late;
     3. every window of the record closed (end <= global watermark W) -> late, "window
        closed" (only possible with an idle timeout or after W was raised from outside);
-    4. otherwise: advance the partition's max event time, fold the record into the state
-       of each of its open windows.
+    4. with a windowed state timeout: every open window of the record expired (a
+       tombstone for its key) -> late, "state expired";
+    5. otherwise: advance the partition's max event time, fold the record into the state
+       of each of its open (and, with a state timeout, unexpired) windows.
 
 `run_segment(ps, seg, closed_w, now_ms, late, bad, jumps)` processes consecutive records of one
 partition `ps` (a `PartitionState`); `closed_w` is W at the start of the batch, or a value
@@ -35,8 +37,14 @@ from streamproc.engine.eventtime import (
     show,
 )
 from streamproc.engine.groupkeys import internal_key
-from streamproc.engine.results import LATE_WATERMARK, LATE_WINDOW_CLOSED, BadRecord, LateRecord
-from streamproc.engine.spec import QuerySpec
+from streamproc.engine.results import (
+    LATE_STATE_EXPIRED,
+    LATE_WATERMARK,
+    LATE_WINDOW_CLOSED,
+    BadRecord,
+    LateRecord,
+)
+from streamproc.engine.spec import QuerySpec, WindowSpec
 
 #: Stands for "no event time yet": below every valid time minus any delay.
 NO_TS = -(2**62)
@@ -177,6 +185,47 @@ def _emit_state_update(src: _Source, depth: int, tumbling: bool, body: list[str]
     src.add(depth, *body)
 
 
+def _advance_lines(spec: QuerySpec) -> list[str]:
+    """Statements that move the partition's max event time (and watermark) to ts."""
+    lines = ["if ts > max_ts:"]
+    if spec.jump_warning_ms is not None:
+        # One record moving the partition's max event time (so its
+        # watermark) this far ahead: reported, so the runtime can warn.
+        lines.append(f"    if ts - max_ts > {spec.jump_warning_ms} and max_ts != {NO_TS}:")
+        lines.append("        jumps.append((p, off, max_ts, ts))")
+    lines.append("    max_ts = ts")
+    if spec.delay_ms is not None:
+        lines.append(f"    wm = ts - {spec.delay_ms}")
+    return lines
+
+
+def _emit_expiring_windows(
+    src: _Source, window: WindowSpec, advance: list[str], body: list[str]
+) -> None:
+    """Windows with a state timeout: an expired (key, window) takes no record.
+
+    `load` answers None for a tombstone. The states of the record's open windows are
+    looked up before the record counts (max event time): when every one expired, the
+    record is late, "state expired", like one whose windows all closed; otherwise it is
+    folded into the live ones only (expired windows are skipped, as closed ones are).
+    """
+    size, slide = window.size_ms, window.slide_ms
+    src.add(2, "live = []", f"low = (ts if ts > closed_w else closed_w) - {size}")
+    src.add(2, "while ws > low:")
+    src.add(3, "wd = dirty.get(ws)", "st = None if wd is None else wd.get(key)")
+    src.add(3, "if st is None:", "    st = load(ws, key)")
+    src.add(3, "if st is not None:", "    live.append((ws, st))")
+    src.add(3, f"ws -= {slide}")
+    src.add(2, "if not live:")
+    src.add(3, f"late_append(LateRecord(p, off, ts, closed_w, {LATE_STATE_EXPIRED!r}, rec))")
+    src.add(3, "continue")
+    src.add(2, *advance)
+    src.add(2, "for ws, st in live:")
+    src.add(3, "wd = dirty.get(ws)", "if wd is None:", "    wd = dirty[ws] = {}")
+    src.add(3, "wd[key] = st")
+    src.add(3, *body)
+
+
 def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     """Generate and compile the batch loop for a query."""
     has_ts = spec.event_time_column is not None
@@ -229,26 +278,22 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
                 3, f"late_append(LateRecord(p, off, ts, closed_w, {LATE_WINDOW_CLOSED!r}, rec))"
             )
             src.add(3, "continue")
-    if has_ts:
-        src.add(2, "if ts > max_ts:")
-        if spec.jump_warning_ms is not None:
-            # One record moving the partition's max event time (so its
-            # watermark) this far ahead: reported, so the runtime can warn.
-            src.add(3, f"if ts - max_ts > {spec.jump_warning_ms} and max_ts != {NO_TS}:")
-            src.add(4, "jumps.append((p, off, max_ts, ts))")
-        src.add(3, "max_ts = ts")
-        if has_wm:
-            src.add(3, f"wm = ts - {spec.delay_ms}")
+    advance = _advance_lines(spec) if has_ts else []
     touch = None
     if plan.touch_slot is not None:
         touch = "ts" if has_wm else "now_ms"
     body = update_lines(plan, column_var, "ts" if has_ts else "0", touch)
     if window is None:
+        src.add(2, *advance)
         src.add(2, "st = wd.get(key)", "if st is None:", "    st = wd[key] = load(None, key)")
         src.add(2, *body)
+    elif plan.touch_slot is not None:
+        _emit_expiring_windows(src, window, advance, body)
     elif window.tumbling:
+        src.add(2, *advance)
         _emit_state_update(src, 2, True, body)
     else:
+        src.add(2, *advance)
         # Open windows containing ts have start > max(ts, W) - size; latest first.
         src.add(2, f"low = (ts if ts > closed_w else closed_w) - {window.size_ms}")
         src.add(2, "while ws > low:")

@@ -8,10 +8,11 @@
 An entry lives in at most one of dirty and cache; the store may hold an older version of
 a dirty entry. The batch loop touches only `dirty`; the first touch of an entry in an emit
 cycle goes through `load`, which moves it from the cache, reads it from the store (once),
-or starts it empty. `complete` is True while cache + dirty hold every stored entry (a new
-or restored store), so a miss needs no store read at all. `emit` writes dirty entries
-back in one atomic store write and moves them to the cache; the cache is dropped when the
-engine's cache budget is exceeded.
+or starts it empty (unless the (key, window) expired: the engine's tombstones, shared by
+its partitions and kept in memory, make `load` answer None). `complete` is True while
+cache + dirty hold every stored entry (a new or restored store), so a miss needs no store
+read at all. `emit` writes dirty entries back in one atomic store write and moves them to
+the cache; the cache is dropped when the engine's cache budget is exceeded.
 
 The store is written only by emit (and by restore), so after a crash or `close()` it is
 exactly the state as of its `next_offset` meta: the runtime replays from there.
@@ -38,6 +39,7 @@ class PartitionState:
         "cache",
         "complete",
         "dirty",
+        "expired",
         "last_active_ms",
         "max_ts",
         "next_offset",
@@ -48,8 +50,18 @@ class PartitionState:
         "written_meta",
     )
 
-    def __init__(self, partition: int, store: WindowStore, init: tuple[Any, ...], now_ms: int):
+    def __init__(
+        self,
+        partition: int,
+        store: WindowStore,
+        init: tuple[Any, ...],
+        now_ms: int,
+        expired: dict[WindowStart, set[Key]] | None = None,
+    ):
         self.partition = partition
+        #: The query's tombstones (windowed stateTimeout), shared by every local
+        #: partition: an expired (key, window) takes no record in any partition.
+        self.expired: dict[WindowStart, set[Key]] = {} if expired is None else expired
         self.store = store
         self._init = list(init)
         meta = store.read_meta()
@@ -76,8 +88,11 @@ class PartitionState:
         """Min event time of the last process call's aggregated and late records, None if none."""
         return None if self.batch_min_ts == NO_MIN_TS else self.batch_min_ts
 
-    def load(self, ws: WindowStart, key: Key) -> StateList:
-        """The state of an entry about to change (called by the batch loop on a miss)."""
+    def load(self, ws: WindowStart, key: Key) -> StateList | None:
+        """The state of an entry about to change (called by the batch loop on a miss).
+
+        None when the (key, window) expired (a tombstone): it must not start afresh.
+        """
         window = self.cache.get(ws)
         if window is not None:
             state = window.pop(key, None)
@@ -87,6 +102,10 @@ class PartitionState:
             stored = self.store.get(ws, key)
             if stored is not None:
                 return list(stored)
+        if self.expired:
+            gone = self.expired.get(ws)
+            if gone is not None and key in gone:
+                return None
         return self._init.copy()
 
     # Reading without changing -------------------------------------------------------

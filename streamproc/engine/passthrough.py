@@ -52,8 +52,8 @@ class StreamEngine(Protocol):
         """Fold a batch of (partition, offset, decoded record)."""
         ...
 
-    def emit(self, *, closed_partials: bool = True) -> Emission:
-        """The trigger's rows, partials and evictions."""
+    def emit(self, *, closed_partials: bool = True, expire_idle: bool = False) -> Emission:
+        """The trigger's rows, partials and evictions (expire_idle: see `Engine.emit`)."""
         ...
 
     def assign(self, partitions: Iterable[int]) -> None:
@@ -180,7 +180,7 @@ class PassThroughEngine:
             per_partition=per_partition,
         )
 
-    def emit(self, *, closed_partials: bool = True) -> Emission:
+    def emit(self, *, closed_partials: bool = True, expire_idle: bool = False) -> Emission:
         """The rows of every record taken since the last emit, in the order taken."""
         rows, self._pending = tuple(self._pending), []
         return Emission(

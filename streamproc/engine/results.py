@@ -15,6 +15,10 @@ WindowKey = tuple[tuple[Any, ...], int | None, int | None]
 
 LATE_WATERMARK = "event time older than watermark"
 LATE_WINDOW_CLOSED = "window closed"
+LATE_STATE_EXPIRED = "state expired"
+#: The state of an expired (key, window) (windowed stateTimeout): a tombstone, kept
+#: until W passes the window's end, so that no later record starts its state afresh.
+EXPIRED_STATE: tuple[()] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +30,9 @@ class LateRecord:
         offset: Source offset.
         event_ts_ms: The record's event time.
         watermark_ms: The watermark it was compared with: the partition watermark for
-            `LATE_WATERMARK`, the global watermark for `LATE_WINDOW_CLOSED`.
-        reason: `LATE_WATERMARK` or `LATE_WINDOW_CLOSED`.
+            `LATE_WATERMARK`, the global watermark for `LATE_WINDOW_CLOSED` and
+            `LATE_STATE_EXPIRED`.
+        reason: `LATE_WATERMARK`, `LATE_WINDOW_CLOSED` or `LATE_STATE_EXPIRED`.
         value: The decoded record.
     """
 
@@ -172,6 +177,10 @@ class Emission:
             end <= W at once.
         closed: Every (key, window) of local state that closed since the last emit.
         global_watermark_ms: The global watermark W (event time) after this emit.
+        expired: The (key, window)s this emit found idle for the state timeout (windowed
+            stateTimeout, only when asked to expire locally): the runtime replaces
+            their stored partials, every partition's, by a tombstone. In append mode
+            their rows are in `rows`; their partials are not in `partials`.
     """
 
     rows: tuple[ResultRow, ...]
@@ -179,6 +188,7 @@ class Emission:
     evicted: Mapping[int, tuple[WindowKey, ...]]
     closed: tuple[WindowKey, ...]
     global_watermark_ms: int | None
+    expired: tuple[WindowKey, ...] = ()
 
 
 def _fast_constructor(cls: type[Any]) -> Any:

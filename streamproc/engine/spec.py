@@ -88,8 +88,11 @@ class QuerySpec:
         window: The event-time window, or None for a non-windowed aggregation.
         idle_timeout_ms: Wall-clock time after which a partition without records is left
             out of the global watermark.
-        state_timeout_ms: Non-windowed only: a key idle that long is evicted (event time
-            against the watermark when there is one, wall clock otherwise).
+        state_timeout_ms: A key idle that long is evicted. Non-windowed: event time
+            against the watermark when there is one, wall clock otherwise. Windowed
+            (update or append mode, with a watermark): a (key, window) whose latest event
+            time is that far behind W is evicted before its window closes, and later
+            records for it are late (STREAMING.md, "stateTimeout on windows").
         jump_warning_ms: Report a record that moves its partition's max event time ahead
             by more than this (`BatchResult.jumps`); None: never.
         passthrough: No aggregation: each accepted record is one result row (append
@@ -145,8 +148,10 @@ def _problems(spec: QuerySpec) -> list[str]:
     if spec.idle_timeout_ms is not None and spec.idle_timeout_ms <= 0:
         out.append(f"idle timeout must be positive, got {spec.idle_timeout_ms} ms")
     if spec.state_timeout_ms is not None:
-        if spec.window is not None:
-            out.append("state timeout applies to non-windowed aggregation only")
+        if spec.window is not None and spec.delay_ms is None:
+            out.append("a state timeout on a windowed aggregation needs a watermark")
+        if spec.window is not None and spec.output_mode == "complete":
+            out.append("a state timeout on a windowed aggregation needs update or append mode")
         if spec.state_timeout_ms <= 0:
             out.append(f"state timeout must be positive, got {spec.state_timeout_ms} ms")
     return out

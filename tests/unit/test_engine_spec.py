@@ -46,7 +46,17 @@ def test_a_full_windowed_spec_is_valid() -> None:
         ({"idle_timeout_ms": 0}, "idle timeout must be positive"),
         (
             {"event_time_column": "ts", "window": WindowSpec(10, 10), "state_timeout_ms": 5},
-            "non-windowed aggregation only",
+            "a state timeout on a windowed aggregation needs a watermark",
+        ),
+        (
+            {
+                "output_mode": "complete",
+                "event_time_column": "ts",
+                "delay_ms": 0,
+                "window": WindowSpec(10, 10),
+                "state_timeout_ms": 5,
+            },
+            "a state timeout on a windowed aggregation needs update or append mode",
         ),
         ({"state_timeout_ms": 0}, "state timeout must be positive"),
         ({"output_mode": "sometimes"}, "unknown output mode"),
