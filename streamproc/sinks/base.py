@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streamproc.engine import PartialRow, ResultRow, WindowKey
+from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +132,11 @@ class CommitBatch:
     # For the batch's row in the progress table (None: a row with what the
     # checkpoint knows itself).
     progress: ProgressNote | None = None
+    # Windowed stateTimeout, when the worker closes windows itself: the (key,
+    # window)s its engine expired (their rows, in append mode, are among
+    # `local_rows`); the checkpoint replaces every partition's partial of each
+    # by a tombstone. Otherwise the checkpoint finds idle ones itself.
+    expired: Sequence[WindowKey] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +409,26 @@ def behind_watermark(batch: CommitBatch, stored_w: int | None) -> tuple[int, ...
             if row.window_end_ms is not None and row.window_end_ms <= stored_w:
                 return tuple(p.partition for p in batch.partitions) or tuple(batch.partials)
     return ()
+
+
+def expiry_bounds(
+    spec: QuerySpec, watermark: int | None, stored_w: int | None
+) -> tuple[int, int] | None:
+    """Window starts (low, high] that may hold a (key, window) expiring at this commit.
+
+    A windowed stateTimeout expires an open (key, window) whose activity (the max event
+    time of its records over every partition) is the timeout or more behind W: its
+    window starts after W - size (open) and at or before W - timeout (the activity lies
+    in the window). None when nothing can expire: no timeout, no W, or W did not move
+    (every record committed since the last check is at or after it).
+    """
+    timeout, window = spec.state_timeout_ms, spec.window
+    if timeout is None or window is None or watermark is None:
+        return None
+    if stored_w is not None and watermark <= stored_w:
+        return None
+    low, high = watermark - window.size_ms, watermark - timeout
+    return (low, high) if high > low else None
 
 
 def check_local_watermark(query: str, batch: CommitBatch, watermark: int | None) -> None:

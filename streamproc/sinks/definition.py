@@ -51,6 +51,12 @@ def query_definition(
         else {"column": spec.event_time_column, "format": spec.event_time_format},
         "sink": dict(sink),
     }
+    if window is not None:
+        # A windowed stateTimeout changes what a partial state holds (its
+        # activity) and leaves tombstones; its duration may change between runs.
+        definition["state timeout"] = (
+            None if spec.state_timeout_ms is None else "expires idle (key, window)s"
+        )
     if spec.passthrough:
         # Only then: a key absent from stored definitions would read as a change.
         definition["rows"] = "one per record (no aggregation)"

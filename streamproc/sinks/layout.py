@@ -170,6 +170,9 @@ def create_state_table_sql() -> str:
     `key` and `state` are the group key and the partial aggregate state in
     marshal format 2 (see `streamproc.sinks.rows.encode_key`): exact, typed,
     and compact; `window_start_ms`/`window_end_ms` are 0 for a non-windowed query.
+    `touched_ms` is the max event time of the partial's records, kept only for a
+    windowed stateTimeout (so that idle (key, window)s can be found in SQL); a row
+    in partition -1 is the tombstone of an expired (key, window).
 
     One index serves every access: a partition's states (restore), the states
     of closed windows (by window start, per partition), a key's states in
@@ -185,9 +188,18 @@ CREATE TABLE IF NOT EXISTS {t} (
   window_end_ms bigint NOT NULL,
   key bytea NOT NULL,
   state bytea NOT NULL,
+  touched_ms bigint,
   PRIMARY KEY (query, partition, window_start_ms, key)
 ) WITH (fillfactor = 70);
 """
+
+
+#: Added to `streamproc_state` by streamproc 0.x for windowed stateTimeout; a table
+#: made before it gets it when a checkpoint opens (`ALTER TABLE ... ADD COLUMN`).
+STATE_TOUCHED_COLUMN = "touched_ms"
+#: The partition under which the tombstone of an expired (key, window) is kept (one
+#: per (key, window), whichever partitions held its partials).
+TOMBSTONE_PARTITION = -1
 
 
 def create_ledger_table_sql() -> str:
@@ -361,7 +373,8 @@ def create_stage_tables_sql() -> str:
     """
     return f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_STATES} (
-  partition integer, key bytea, window_start_ms bigint, window_end_ms bigint, state bytea
+  partition integer, key bytea, window_start_ms bigint, window_end_ms bigint, state bytea,
+  touched_ms bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_KEYS} (
   partition integer, key bytea, window_start_ms bigint

@@ -6,8 +6,10 @@ once (STREAMING.md, "Exactly once"):
     1. states        the partitions' absolute partial states, upserted (before
                      the lock: rows of the worker's own partitions only)
     --               the query's advisory lock, held from here to the commit
-    2. stale check   every partition's batch starts at its position's next offset
-                     (else the transaction is rolled back, states included)
+    2. stale check   every partition's batch starts at its position's next offset,
+                     and (windowed stateTimeout) no partial is of an expired
+                     (key, window) (else the transaction is rolled back, states
+                     included)
     3. results       rows through the ResultSink: merged locally when this worker
                      owns every partition, else merged from the stored states
                      (a pass-through query: its records, inserted once by position)
@@ -16,7 +18,10 @@ once (STREAMING.md, "Exactly once"):
     6. positions     each partition's next offset, watermark, last record digest
     7. W             min over the topic's partitions, never below the stored W
     8. closing       append: windows with end <= W written once, states dropped;
-                     update: states of closed windows dropped; evicted keys dropped
+                     update: states of closed windows dropped; evicted keys dropped;
+                     windowed stateTimeout: idle (key, window)s replaced by
+                     tombstones (append: their rows written once), tombstones of
+                     closed windows dropped (postgres_expiry.py)
     9. progress      the batch's progress row (with the query's state rows total),
                      the oldest rows past PROGRESS_KEEP pruned: one statement
 
@@ -36,6 +41,7 @@ from typing import Any
 import asyncpg
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey, finalize, merge_states
+from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import (
     RESET_HINT,
     BoundedRun,
@@ -53,6 +59,7 @@ from streamproc.sinks.base import (
     batch_ids,
     behind_watermark,
     check_local_watermark,
+    expiry_bounds,
 )
 from streamproc.sinks.layout import (
     LEDGER_TABLE,
@@ -61,12 +68,20 @@ from streamproc.sinks.layout import (
     STAGE_KEYS,
     STAGE_STATES,
     STATE_TABLE,
+    TOMBSTONE_PARTITION,
     create_late_table_sql,
     create_stage_tables_sql,
     dead_letter_table_sql,
     quote_ident,
 )
 from streamproc.sinks.postgres_dlq import insert_dead_letters
+from streamproc.sinks.postgres_expiry import (
+    drop_closed_tombstones,
+    ensure_touched_column,
+    expire_idle,
+    hits_tombstone,
+    tombstone,
+)
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_registry import (
     ensure_tables,
@@ -134,6 +149,10 @@ class PostgresCheckpoint:
         self._dlq_table = dlq_table
         self._progress_keep = progress_keep
         self._pool: Any = None
+        #: Windowed stateTimeout: partials carry their activity (`touched_ms`),
+        #: idle (key, window)s are replaced by tombstones.
+        self._expires_windows = spec.window is not None and spec.state_timeout_ms is not None
+        self._touch_slot = plan_for(spec).touch_slot if self._expires_windows else None
         self._lock_key = f"streamproc:{identity.query}"
         self._run = RunMembership(dsn, identity.query)
 
@@ -158,6 +177,7 @@ class PostgresCheckpoint:
             side = [(late, create_late_table_sql(late))] if late else []
             side += [(dlq, dead_letter_table_sql(dlq))] if dlq else []
             await ensure_tables(conn, side)
+            await ensure_touched_column(conn)
             await register_query(conn, self._identity)
             await self._sink.prepare(conn)
 
@@ -201,9 +221,11 @@ class PostgresCheckpoint:
                 self._topic,
                 partition,
             )
+            # With the partition's partials, the query's tombstones (windowed
+            # stateTimeout): an expired (key, window) takes no record of any partition.
             states = await conn.fetch(
                 f"""SELECT key, window_start_ms, window_end_ms, state FROM {_STATE}
-                    WHERE query = $1 AND partition = $2""",
+                    WHERE query = $1 AND partition IN ($2, {TOMBSTONE_PARTITION})""",
                 self._query,
                 partition,
             )
@@ -330,6 +352,10 @@ class PostgresCheckpoint:
         stored_w = None if stored is None else stored["global_watermark_ms"]
         if not stale:
             stale = behind_watermark(batch, stored_w)
+        if self._expires_windows:
+            if not stale and await hits_tombstone(conn, self._query):
+                stale = tuple(p.partition for p in batch.partitions) or tuple(batch.partials)
+            await conn.execute(f"TRUNCATE {STAGE_STATES}")
         if stale:
             return CommitOutcome(stale=stale)  # nothing written: the caller reloads
         try:
@@ -409,6 +435,10 @@ class PostgresCheckpoint:
                 elif mode == "update":
                     closed = await self._evict_closed(conn, watermark, batch)
                     tally.deleted += closed
+                if self._expires_windows:
+                    expired_rows = await self._expire(conn, watermark, stored_w, batch, tally)
+                    written += expired_rows
+                    closed += expired_rows
             if mode != "append":
                 # stateTimeout evictions (and update-mode local evictions) drop
                 # states that no longer count; closed append windows were
@@ -454,6 +484,7 @@ class PostgresCheckpoint:
     def _state_records(self, partials: Mapping[int, Sequence[PartialRow]]) -> list[tuple[Any, ...]]:
         """The staging records of partial states; refuses keys the sink cannot hold."""
         self._sink.check_keys(row.key for rows in partials.values() for row in rows)
+        touch = self._touch_slot
         return [
             (
                 partition,
@@ -461,6 +492,7 @@ class PostgresCheckpoint:
                 NO_WINDOW_MS if row.window_start_ms is None else row.window_start_ms,
                 NO_WINDOW_MS if row.window_end_ms is None else row.window_end_ms,
                 encode_state(row.state),
+                None if touch is None else row.state[touch],
             )
             for partition, rows in partials.items()
             for row in rows
@@ -478,16 +510,18 @@ class PostgresCheckpoint:
         inserted: int = await conn.fetchval(
             f"""WITH upserted AS (
                   INSERT INTO {_STATE}
-                    (query, partition, key, window_start_ms, window_end_ms, state)
-                  SELECT $1, partition, key, window_start_ms, window_end_ms, state
+                    (query, partition, key, window_start_ms, window_end_ms, state, touched_ms)
+                  SELECT $1, partition, key, window_start_ms, window_end_ms, state, touched_ms
                   FROM {STAGE_STATES}
                   ON CONFLICT (query, partition, window_start_ms, key)
-                  DO UPDATE SET state = EXCLUDED.state
+                  DO UPDATE SET state = EXCLUDED.state, touched_ms = EXCLUDED.touched_ms
                   RETURNING xmax = 0 AS inserted)
                 SELECT count(*) FILTER (WHERE inserted) FROM upserted""",
             self._query,
         )
-        await conn.execute(f"TRUNCATE {STAGE_STATES}")
+        if not self._expires_windows:
+            # (With a windowed stateTimeout they stay until the tombstone check.)
+            await conn.execute(f"TRUNCATE {STAGE_STATES}")
         return inserted
 
     async def _delete_states(self, conn: Any, evicted: Mapping[int, Sequence[WindowKey]]) -> int:
@@ -713,6 +747,10 @@ class PostgresCheckpoint:
             )
             tally.deleted += len(rows)
             merged = self._merge_rows(sorted(rows, key=lambda r: r["partition"]))
+        return await self._write_final(conn, merged, encoded)
+
+    async def _write_final(self, conn: Any, merged: list[ResultRow], encoded: Any = None) -> int:
+        """Insert the rows of windows that are final (closed, or expired): each once."""
         try:
             written = await self._sink.write(conn, merged, insert_only=True, encoded=encoded)
         except Exception as exc:
@@ -724,6 +762,39 @@ class PostgresCheckpoint:
                 "the batch was written"
             )
         return len(merged)
+
+    async def _expire(
+        self,
+        conn: Any,
+        watermark: int,
+        stored_w: int | None,
+        batch: CommitBatch,
+        tally: _StateTally,
+    ) -> int:
+        """Windowed stateTimeout: tombstones for expired (key, window)s; rows written.
+
+        Tombstones of closed windows go first. A worker that closes windows itself
+        names what its engine expired (append rows among its local rows); else the
+        (key, window)s idle over all partitions are found here and, in append mode,
+        their rows merged from every partition's partials and written once.
+        """
+        size = self._window_size_ms()
+        parts = _partitions(batch)
+        tally.deleted += await drop_closed_tombstones(conn, self._query, watermark, size)
+        if batch.closes_locally:
+            gone, marked = await tombstone(conn, self._query, parts, batch.expired, size)
+            tally.deleted += gone
+            tally.inserted += marked
+            return 0
+        bounds = expiry_bounds(self._spec, watermark, stored_w)
+        if bounds is None:
+            return 0
+        rows, marked = await expire_idle(conn, self._query, parts, *bounds)
+        tally.deleted += len(rows)
+        tally.inserted += marked
+        if self._spec.output_mode != "append" or not rows:
+            return 0
+        return await self._write_final(conn, self._merge_rows(rows))
 
     async def _evict_closed(self, conn: Any, watermark_ms: int, batch: CommitBatch) -> int:
         """States of windows with end <= W can never change again: drop them.

@@ -27,7 +27,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamproc.engine import PartialRow, QuerySpec, ResultRow, finalize, merge_states
+from streamproc.engine import (
+    EXPIRED_STATE,
+    PartialRow,
+    QuerySpec,
+    ResultRow,
+    finalize,
+    merge_states,
+)
+from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import (
     RESET_HINT,
     BoundedRun,
@@ -45,8 +53,10 @@ from streamproc.sinks.base import (
     batch_ids,
     behind_watermark,
     check_local_watermark,
+    expiry_bounds,
 )
 from streamproc.sinks.definition import definition_changes
+from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.progress_rows import PROGRESS_KEEP, ProgressRow, progress_row
 
 #: A group key with each value's JSON type, so that 1, 1.0, True and "1" stay apart
@@ -329,10 +339,12 @@ class MemoryCheckpoint:
         self._check_chain(partition, position, chain)
         if position is None:
             return PartitionCheckpoint(partition, None, None, ())
+        # Tombstones are the query's, not the partition's: a record of any
+        # partition for an expired (key, window) is late.
         partials = tuple(
             row
             for (q, _k, _ws, p), row in db.partials.items()
-            if q == self._query and p == partition
+            if q == self._query and p in (partition, TOMBSTONE_PARTITION)
         )
         return PartitionCheckpoint(
             partition,
@@ -430,6 +442,8 @@ class MemoryCheckpoint:
         registered = db.queries[query]
         if not stale:
             stale = behind_watermark(batch, registered.global_watermark_ms)
+        if not stale and self._spec.state_timeout_ms is not None and self._spec.window:
+            stale = self._hits_tombstone(batch)
         if stale:
             return CommitOutcome(stale=stale)
         for rows in batch.partials.values():
@@ -466,6 +480,10 @@ class MemoryCheckpoint:
         closed = 0
         if self._spec.window is not None and watermark is not None:
             ending = [k for k, row in partials.items() if self._closes(k, row, watermark)]
+            # Tombstones of closing windows go: their rows were written when they expired.
+            for k in [k for k in ending if k[3] == TOMBSTONE_PARTITION]:
+                partials.pop(k)
+            ending = [k for k in ending if k[3] != TOMBSTONE_PARTITION]
             if mode == "append":
                 closing = {k: partials.pop(k) for k in sorted(ending, key=lambda k: k[3])}
                 merged = (
@@ -479,6 +497,10 @@ class MemoryCheckpoint:
                 for k in ending:
                     partials.pop(k)
                 closed = len(ending)
+            final = self._expire(partials, batch, watermark, registered.global_watermark_ms)
+            if final:
+                to_write.append((final, True))
+                closed += len(final)
         if mode != "append":
             for partition, keys in batch.evicted.items():
                 for key, start, _end in keys:
@@ -541,6 +563,73 @@ class MemoryCheckpoint:
         )
         del kept[: -self._progress_keep]
         return CommitOutcome((), written, closed, watermark, state_rows_total=total)
+
+    def _hits_tombstone(self, batch: CommitBatch) -> tuple[int, ...]:
+        """The batch's partitions when one of its partials is of an expired (key, window).
+
+        Its worker had not seen the tombstone (another worker's commit made it): the
+        batch is stale, and its replay, with the tombstones restored, finds those
+        records late ("state expired") instead of starting the state afresh.
+        """
+        partials = self._db.partials
+        for rows in batch.partials.values():
+            for row in rows:
+                k = (self._query, typed_key(row.key), row.window_start_ms, TOMBSTONE_PARTITION)
+                if k in partials:
+                    return tuple(p.partition for p in batch.partitions) or tuple(batch.partials)
+        return ()
+
+    def _expire(
+        self,
+        partials: dict[tuple[str, TypedKey, int | None, int], PartialRow],
+        batch: CommitBatch,
+        watermark: int,
+        stored_w: int | None,
+    ) -> list[ResultRow]:
+        """Replace the partials of expired (key, window)s by tombstones (windowed stateTimeout).
+
+        The worker's own list when it closes windows itself (their append rows are
+        among its local rows), else every open (key, window) whose activity merged
+        over all partitions is the timeout or more behind W. Returns the rows to
+        write now: append mode, found here.
+        """
+        query, spec = self._query, self._spec
+        if batch.closes_locally:
+            found = {(typed_key(key), ws): (key, ws, we) for key, ws, we in batch.expired}
+            rows: list[ResultRow] = []
+        else:
+            bounds = expiry_bounds(spec, watermark, stored_w)
+            if bounds is None:
+                return []
+            low, high = bounds
+            slot = plan_for(spec).touch_slot
+            assert slot is not None
+            groups: dict[tuple[TypedKey, int | None], list[PartialRow]] = {}
+            for (q, k, ws, p), row in sorted(partials.items(), key=_by_partition):
+                if q == query and p != TOMBSTONE_PARTITION and ws is not None and low < ws <= high:
+                    groups.setdefault((k, ws), []).append(row)
+            idle = {
+                g: members
+                for g, members in groups.items()
+                if max(r.state[slot] for r in members) <= high
+            }
+            found = {
+                g: (members[0].key, g[1], members[0].window_end_ms) for g, members in idle.items()
+            }
+            rows = (
+                []
+                if spec.output_mode != "append"
+                else self._merge(r for members in idle.values() for r in members)
+            )
+        if not found:
+            return rows
+        held = [x for x in partials if x[0] == query and (x[1], x[2]) in found]
+        for x in held:
+            partials.pop(x)
+        for (k, ws), (key, _ws, we) in found.items():
+            tomb = (query, k, ws, TOMBSTONE_PARTITION)
+            partials[tomb] = PartialRow(key, ws, we, EXPIRED_STATE)
+        return rows
 
     def _closes(self, k: tuple[str, TypedKey, int | None, int], row: PartialRow, w: int) -> bool:
         return k[0] == self._query and row.window_end_ms is not None and row.window_end_ms <= w

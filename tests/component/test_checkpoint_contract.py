@@ -520,9 +520,10 @@ def test_staging_encodes_states_and_rows_and_leaves_unstorable_keys_to_the_commi
     ).staged
     assert staged is not None
     assert staged.rows == sink.encode(rows)
-    assert [(p, decode_key(k), ws, we, decode_state(st)) for p, k, ws, we, st in staged.states] == [
-        (0, ("a",), 0, W, (5, 1.0))
-    ]
+    assert [
+        (p, decode_key(k), ws, we, decode_state(st), touched)
+        for p, k, ws, we, st, touched in staged.states
+    ] == [(0, ("a",), 0, W, (5, 1.0), None)]
     # A key PostgreSQL text cannot hold: the commit refuses it (a refusal the
     # failure policy isolates), so staging leaves the batch as it was.
     bad = batch((commit(0, 0, 1, 1, 1),), {0: (partial("a\x00b", 0, 1, 1.0),)})
