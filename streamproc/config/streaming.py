@@ -183,8 +183,9 @@ class StreamingConfig(ConfigModel):
             ``maxOffsetsPerTrigger``, else 70,000 to 100,000).
         max_files_per_trigger: accepted and ignored until a file source streams.
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
-            for this long (wall time); refused with a windowed one, whose windows
-            the watermark evicts.
+            for this long (wall time); a windowed one (update or append mode, with a
+            watermark) evicts a (key, window) whose latest event time is this far
+            behind the watermark, before the window closes.
         late_data: what happens to late records.
     """
 

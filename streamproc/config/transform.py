@@ -135,7 +135,8 @@ class AggregationParams(ConfigModel):
         slide_duration_ms: ``slideDuration``: a sliding window's step, at most
             ``windowDuration``; absent: tumbling windows.
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
-            for this long (wall time); as ``streamingConfigJson.stateTimeout``.
+            for this long (wall time), a windowed one a (key, window) idle this long
+            in event time; as ``streamingConfigJson.stateTimeout``.
     """
 
     group_by: Annotated[tuple[str, ...], ColumnList()] = Field(alias="groupByColumns")

@@ -280,7 +280,9 @@ class BatchCommitter:
         topic_partitions: int,
     ) -> PreparedBatch | None:
         local = closes_locally(engine.spec, owns_every_partition)
-        emission = engine.emit(closed_partials=not local)
+        # Idle (key, window)s are expired where the whole activity is known: here
+        # when this worker closes windows itself, else in the checkpoint.
+        emission = engine.emit(closed_partials=not local, expire_idle=local)
         self._quality.check_rows(emission.rows)
         prepared = prepare_commit(
             processed,

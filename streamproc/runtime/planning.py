@@ -224,8 +224,9 @@ def _passthrough_spec(cfg: PipelineConfig) -> QuerySpec:
 
 
 def _refuse_windowed_state_timeout(cfg: PipelineConfig, agg: AggregationParams) -> None:
-    # The engine evicts idle keys of a non-windowed aggregation only; a windowed
-    # query's state is bounded by the watermark instead.
+    # A windowed stateTimeout measures idleness in event time against W
+    # (STREAMING.md, "stateTimeout on windows"): without a watermark there is
+    # nothing to measure it against, and complete mode keeps every window.
     if not agg.windowed or cfg.state_timeout_ms is None:
         return
     index = aggregation_transforms(cfg.transforms)[0][0]
@@ -234,11 +235,21 @@ def _refuse_windowed_state_timeout(cfg: PipelineConfig, agg: AggregationParams) 
         if agg.state_timeout_ms is not None
         else "streamingConfigJson.stateTimeout"
     )
-    raise ValueError(
-        f"{path}: {format_duration_ms(cfg.state_timeout_ms)} is not supported with a windowed "
-        "aggregation yet (stateTimeout evicts idle keys of a non-windowed aggregation; the "
-        "watermark closes and evicts windows); remove stateTimeout, or windowDuration"
-    )
+    timeout = format_duration_ms(cfg.state_timeout_ms)
+    streaming = cfg.streaming
+    assert streaming is not None
+    if streaming.watermark is None:
+        raise ValueError(
+            f"{path}: {timeout} on a windowed aggregation needs streamingConfigJson.watermark "
+            "(a (key, window) is idle in event time, against the watermark); add a watermark, "
+            "or remove stateTimeout"
+        )
+    if streaming.output_mode == "complete":
+        raise ValueError(
+            f"{path}: {timeout} on a windowed aggregation is not supported in outputMode "
+            "'complete' (its table keeps every window, so no window's state may go); use "
+            "'update' or 'append', or remove stateTimeout"
+        )
 
 
 def _checkpoint_dsn(cfg: PipelineConfig, env: Mapping[str, str]) -> str:

@@ -207,7 +207,12 @@ def prepare_commit(
     spec = engine.spec
     local = closes_locally(spec, owns_every_partition)
     partitions = partition_commits(batch, engine, next_offsets)
-    if not partitions and not any(emission.partials.values()) and not (local and emission.rows):
+    if (
+        not partitions
+        and not any(emission.partials.values())
+        and not (local and emission.rows)
+        and not emission.expired
+    ):
         return None
     routed = route(batch, late, bad)
     commit = CommitBatch(
@@ -221,6 +226,7 @@ def prepare_commit(
         idle_timeout_ms=spec.idle_timeout_ms,
         closes_locally=local,
         watermark_ms=emission.global_watermark_ms,
+        expired=emission.expired,
     )
     return PreparedBatch(
         commit, routed.dead_letters, batch.result.late, batch.bad_items(), batch.raws

@@ -129,24 +129,34 @@ PLAN_REFUSALS = [
         id="postgresql-dlq-default-table-too-long",
     ),
     pytest.param(
-        {(S, "stateTimeout"): "30 minutes"},
+        {(S, "stateTimeout"): "30 minutes", (S, "outputMode"): "complete"},
         Outcome(
             [],
-            f"{S}.stateTimeout: 30 minutes is not supported with a windowed aggregation yet "
-            "(stateTimeout evicts idle keys of a non-windowed aggregation; the watermark "
-            "closes and evicts windows); remove stateTimeout, or windowDuration",
+            f"{S}.stateTimeout: 30 minutes on a windowed aggregation is not supported in "
+            "outputMode 'complete' (its table keeps every window, so no window's state may "
+            "go); use 'update' or 'append', or remove stateTimeout",
         ),
-        id="state-timeout-windowed",
+        id="state-timeout-windowed-complete",
     ),
     pytest.param(
-        {("transforms", 0, "parameters", "stateTimeout"): "1 hour"},
+        {
+            ("transforms", 0, "parameters", "stateTimeout"): "1 hour",
+            (S, "watermark"): DELETE,
+            (S, "outputMode"): "update",
+        },
         Outcome(
-            [],
-            f"{P}.stateTimeout: 1 hour is not supported with a windowed aggregation yet "
-            "(stateTimeout evicts idle keys of a non-windowed aggregation; the watermark "
-            "closes and evicts windows); remove stateTimeout, or windowDuration",
+            [
+                f"{S}.watermark: not set, so the windows of this windowed 'update' query never "
+                "close: a record of any age still changes its window, and every (key, window) "
+                "stays in state (state grows without bound); set watermark {eventTimeColumn, "
+                "delayThreshold} to close a window once event time passes its end by "
+                "delayThreshold"
+            ],
+            f"{P}.stateTimeout: 1 hour on a windowed aggregation needs {S}.watermark (a (key, "
+            "window) is idle in event time, against the watermark); add a watermark, or "
+            "remove stateTimeout",
         ),
-        id="transform-state-timeout-windowed",
+        id="transform-state-timeout-windowed-without-watermark",
     ),
     pytest.param(
         {("transforms",): [], (S, "stateTimeout"): "1 hour"},
