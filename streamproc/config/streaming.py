@@ -167,8 +167,8 @@ class StreamingConfig(ConfigModel):
         watermark: see :class:`WatermarkConfig`; None without one.
         enable_idempotence: default true; ignored by the run (with a warning).
         max_records_per_trigger: batch size limit, or None.
-        max_files_per_trigger: file-source batch limit, or None; ignored by the run
-            (with a warning) until a file source streams.
+        max_files_per_trigger: at most this many new files per micro-batch of a file
+            source, or None; ignored (with a warning) with a Kafka source.
         state_timeout_ms: evict an idle key of a non-windowed aggregation (wall time).
         late_data: see :class:`LateDataConfig`.
     """

@@ -93,11 +93,11 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
             "PostgreSQL checkpoint whatever its value, and Kafka writes (dead letters, a "
             "kafka sink) are at-least-once, with the source position in headers"
         )
-    if "max_files_per_trigger" in given:
+    if "max_files_per_trigger" in given and cfg.extract.source_type == "kafka":
         out.append(
-            f"{_S}.maxFilesPerTrigger: ignored; it limits a file source, which does not "
-            "stream yet; a micro-batch of a Kafka source is capped by maxRecordsPerTrigger "
-            "(else extract.connectionParams.maxOffsetsPerTrigger, else a default cap)"
+            f"{_S}.maxFilesPerTrigger: ignored; it limits a file source, and this one reads "
+            "Kafka: a micro-batch is capped by maxRecordsPerTrigger (else "
+            "extract.connectionParams.maxOffsetsPerTrigger, else a default cap)"
         )
     dlq = cfg.error_handling.dlq.model_fields_set
     if "buffer_size" in dlq:
