@@ -200,11 +200,17 @@ async def test_latest_skips_the_files_present_at_start(tmp_path: Path) -> None:
     registry, db = MemoryFileRegistry("q"), MemoryDatabase()
     query = _query(plan, registry, db)
     running = asyncio.ensure_future(query.run())
-    try:
-        feed.new_file("new.jsonl", [{"user_id": "u2", "event_time": 0}] * 2)
-        while _records_in_ledger(db, plan) < 2:
+
+    async def committed(count: int) -> None:
+        while _records_in_ledger(db, plan) < count:
             assert not running.done(), running.result()
             await asyncio.sleep(0.02)
+
+    try:
+        # The file is new only once the query has started (and listed the directory).
+        await asyncio.wait_for(query.wait_until_assigned(), 30)
+        feed.new_file("new.jsonl", [{"user_id": "u2", "event_time": 0}] * 2)
+        await asyncio.wait_for(committed(2), 30)
     finally:
         query.request_stop()
         stats = await asyncio.wait_for(running, 30)

@@ -118,9 +118,13 @@ async def test_a_directory_streamed_across_restarts_equals_the_model(
         assert "another worker is reading its file source" in str(refused.value)
         assert "\n" not in str(refused.value)
         feed.new_file("e.jsonl", records[1_000:])
-        while (await _ledger(pg, name))[1] < len(feed.records):
-            assert not running.done(), running.result()
-            await asyncio.sleep(0.2)
+
+        async def all_committed() -> None:
+            while (await _ledger(pg, name))[1] < len(feed.records):
+                assert not running.done(), running.result()
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(all_committed(), 120)
     finally:
         worker.request_stop()
         third = await asyncio.wait_for(running, 60)
