@@ -25,19 +25,24 @@ class FileSourceError(RuntimeError):
     """The path names no readable file (one line, for the job's failure message)."""
 
 
-def list_files(path: str) -> list[str]:
+def list_files(path: str, *, allow_empty: bool = False) -> list[str]:
     """The files a path names, in path order.
 
     A directory names its regular files (not those of subdirectories, and not
     hidden ones: names starting with '.' or '_', as Spark skips them); a glob
     (recursive with '**') names the regular files it matches; else the file itself.
 
+    Args:
+        path: a directory, a file or a glob.
+        allow_empty: a glob that matches nothing names no file (a streaming
+            source waits for files to appear) rather than an error.
+
     Raises:
         FileSourceError: the path does not exist, or the glob matches no file.
     """
     if any(c in _GLOB_CHARS for c in path):
         found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-        if not found:
+        if not found and not allow_empty:
             raise FileSourceError(f"extract.path: '{path}' matches no file")
         return found
     if os.path.isdir(path):
@@ -66,6 +71,21 @@ class FileLines:
     partial_tail: int
 
 
+def read_bytes(path: str) -> bytes:
+    """A file's whole content, decompressed when its name ends in `.gz`.
+
+    Raises:
+        OSError: it cannot be read (gzip.BadGzipFile is one).
+        EOFError: a gzip file ends before its end (still being written, or cut).
+        zlib.error: a gzip file is corrupt.
+    """
+    if path.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def read_file(index: int, path: str) -> FileLines:
     """Read one JSON-lines file (gzip when its name ends in `.gz`).
 
@@ -73,12 +93,7 @@ def read_file(index: int, path: str) -> FileLines:
         FileSourceError: the file cannot be read or decompressed.
     """
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
+        data = read_bytes(path)
     except (OSError, EOFError, zlib.error) as exc:
         raise FileSourceError(f"cannot read {path}: {exc}") from None
     lines = data.split(b"\n")

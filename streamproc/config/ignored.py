@@ -46,9 +46,9 @@ ENABLE_IDEMPOTENCE = IgnoredOption(
 MAX_FILES_PER_TRIGGER = IgnoredOption(
     f"{_S}.maxFilesPerTrigger",
     "streaming",
-    "it limits a file source, which does not stream yet; a micro-batch of a Kafka source is "
-    "capped by maxRecordsPerTrigger (else extract.connectionParams.maxOffsetsPerTrigger, "
-    "else a default cap)",
+    "it limits a file source, and this one reads Kafka: a micro-batch is capped by "
+    "maxRecordsPerTrigger (else extract.connectionParams.maxOffsetsPerTrigger, else a "
+    "default cap)",
 )
 DLQ_BUFFER_SIZE = IgnoredOption(
     f"{_DLQ}.bufferSize",

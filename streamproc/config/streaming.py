@@ -181,7 +181,8 @@ class StreamingConfig(ConfigModel):
         enable_idempotence: accepted and ignored (see the table at the end).
         max_records_per_trigger: at most this many records per micro-batch (else
             ``maxOffsetsPerTrigger``, else 70,000 to 100,000).
-        max_files_per_trigger: accepted and ignored until a file source streams.
+        max_files_per_trigger: at most this many new files per micro-batch of a file
+            source; ignored (with a warning) with a Kafka source.
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
             for this long (wall time); a windowed one (update or append mode, with a
             watermark) evicts a (key, window) whose latest event time is this far

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.sinks.base import BoundedRun, PartitionCommit
-from streamproc.sources.base import RawRecord, Source
+from streamproc.sources.base import RawRecord, Source, TriggerAware
 
 log = logging.getLogger("streamproc.query")
 
@@ -58,6 +58,8 @@ class BatchCollector:
         self.run: BoundedRun | None = None
         #: Rows (result rows and partial states) per record of the last batch.
         self._rows_per_record = 0.0
+        #: A source with per-trigger limits (maxFilesPerTrigger) is told when a batch begins.
+        self._trigger_aware = source if isinstance(source, TriggerAware) else None
 
     def start_run(self, run: BoundedRun) -> None:
         """Stop at this run's end offsets from now on."""
@@ -93,6 +95,8 @@ class BatchCollector:
         """Fetch the records of one micro-batch, per the trigger, unless a stop is requested."""
         plan = self._plan
         cap = self._batch_cap()
+        if self._trigger_aware is not None:
+            self._trigger_aware.trigger_started()
         out: list[RawRecord] = []
         reached = dict(self._tracker.next) if self.run is not None else {}
         first_timeout = 200 if plan.trigger != "processingtime" else 50

@@ -25,7 +25,7 @@ from asyncpg.exceptions import InterfaceError
 
 from streamproc.runtime.resilience import CircuitOpenError
 from streamproc.sinks.base import CheckpointError, ClosingWindowsError
-from streamproc.sources.base import SourceTopicMissingError
+from streamproc.sources.base import SourceConflictError, SourceTopicMissingError
 from streamproc.state.base import LocalStateError
 
 #: Failures whose message says it all: the query stops with that one line, no
@@ -35,6 +35,7 @@ STOP_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError,
     LocalStateError,
     SourceTopicMissingError,
+    SourceConflictError,
 )
 
 

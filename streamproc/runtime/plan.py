@@ -45,7 +45,7 @@ class QueryPlan:
     pipeline_id: str
     query_name: str
     spec: QuerySpec
-    # source
+    # source: a Kafka topic, or (source_type file) the directory, file or glob in `topic`
     bootstrap: str
     topic: str
     starting_offsets: Literal["earliest", "latest"]
@@ -60,6 +60,9 @@ class QueryPlan:
     trigger: TriggerKind = "continuous"
     trigger_interval_ms: int | None = None
     max_records_per_trigger: int | None = None
+    source_type: Literal["kafka", "file"] = "kafka"
+    # a file source starts at most this many files per micro-batch
+    max_files_per_trigger: int | None = None
     # sink
     sink_type: Literal["postgresql", "kafka"] = "postgresql"
     table: str | None = None

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from typing import Literal
 
 from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
 from streamproc.config.names import IDENTIFIER_MAX
@@ -28,7 +29,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
 
     Raises:
         ValueError: the pipeline is valid but cannot run as a streaming query here
-            (batch mode, a file source, ...): one line naming the
+            (batch mode, ...): one line naming the
             field, its value and what is accepted.
     """
     streaming = cfg.streaming
@@ -38,12 +39,8 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
             "mode: 'batch' pipelines run as batch jobs (streamproc run), not as streaming "
             "queries; a batch job keeps no checkpoint"
         )
-    if cfg.extract.source_type != "kafka":
-        raise ValueError(
-            f"extract.sourceType: '{cfg.extract.source_type}' cannot stream yet; use kafka, "
-            "or mode: batch"
-        )
     agg = cfg.aggregation
+    is_file = cfg.extract.source_type == "file"
     wm = streaming.watermark
     if agg is None:
         spec = _passthrough_spec(cfg)
@@ -77,8 +74,8 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         query_name=streaming.query_name,
         spec=spec,
         bootstrap=cfg.extract.bootstrap_servers or "localhost:9092",
-        topic=cfg.extract.topic or "",
-        starting_offsets=cfg.extract.starting_offsets,
+        topic=(cfg.extract.path or "") if is_file else (cfg.extract.topic or ""),
+        starting_offsets=_starting_offsets(cfg),
         kafka_params=source_params,
         metadata_max_age_ms=cfg.extract.connection_params.metadata_max_age_ms,
         max_future_skew_ms=wm.max_future_skew_ms if wm else None,
@@ -86,6 +83,8 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         trigger_interval_ms=streaming.trigger.interval_ms,
         max_records_per_trigger=streaming.max_records_per_trigger
         or cfg.extract.max_offsets_per_trigger,
+        source_type="file" if is_file else "kafka",
+        max_files_per_trigger=streaming.max_files_per_trigger if is_file else None,
         sink_type="kafka" if sink_type == "kafka" else "postgresql",
         table=cfg.load.table,
         dsn=dsn,
@@ -110,6 +109,18 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         metrics_address=cfg.logging.metrics_address,
         metrics_port=cfg.logging.metrics_port,
     )
+
+
+def _starting_offsets(cfg: PipelineConfig) -> Literal["earliest", "latest"]:
+    """startingOffsets; a file source reads the files already there unless told latest.
+
+    Kafka's default is latest (Spark's too); Spark's file source reads the files
+    present when it starts, so a file source defaults to earliest.
+    """
+    params = cfg.extract.connection_params
+    if cfg.extract.source_type == "file" and "starting_offsets" not in params.model_fields_set:
+        return "earliest"
+    return cfg.extract.starting_offsets
 
 
 def retry_policy(cfg: PipelineConfig) -> RetryPolicy:

@@ -89,7 +89,7 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
     given = streaming.model_fields_set if streaming is not None else set()
     if "enable_idempotence" in given:
         out.append(ignored.ENABLE_IDEMPOTENCE.warning())
-    if "max_files_per_trigger" in given:
+    if "max_files_per_trigger" in given and cfg.extract.source_type == "kafka":
         out.append(ignored.MAX_FILES_PER_TRIGGER.warning())
     dlq = cfg.error_handling.dlq.model_fields_set
     if "buffer_size" in dlq:

@@ -271,6 +271,9 @@ async def _read_ends(plan: QueryPlan) -> dict[int, TopicEnd]:
     end is what a fetch response says, as `KafkaSource.describe` reads it.
     A partition the checkpoint knows but the topic no longer has gets no end.
     """
+    if plan.source_type == "file":
+        # Byte offsets across files make no record count: no ends, lag unknown.
+        return {}
     from streamproc.runtime.failures import first_line
     from streamproc.sources.base import SourceTopicMissingError
     from streamproc.sources.kafka import KafkaSource, KafkaSourceConfig

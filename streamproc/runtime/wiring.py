@@ -20,6 +20,8 @@ from streamproc.sinks.postgres import PostgresCheckpoint
 from streamproc.sinks.postgres_records import PostgresRecordSink
 from streamproc.sinks.postgres_table import PostgresTableSink
 from streamproc.sources.base import Source
+from streamproc.sources.file_registry import PostgresFileRegistry
+from streamproc.sources.files import FileSource, FileSourceConfig
 from streamproc.sources.kafka import LAGGING_WAIT_MS, KafkaSource, KafkaSourceConfig
 
 # A dead-letter producer must carry any record the source can deliver, plus
@@ -84,7 +86,30 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
         dlq_table=plan.dlq_table,
     )
-    source = KafkaSource(
+    source = _source(plan, plan.dsn)
+    late, bad = late_router(plan), bad_router(plan)
+    writer: MessageWriter | None = None
+    if late.strategy == "sendtodlq" or bad.uses_producer:
+        writer = KafkaProducerSink(
+            plan.dlq_bootstrap or plan.bootstrap,
+            {"max_request_size": _DLQ_MAX_REQUEST_BYTES, **plan.kafka_params},
+        )
+    return QueryPorts(source, checkpoint, result_sink, late, bad, writer)
+
+
+def _source(plan: QueryPlan, dsn: str) -> Source:
+    """The plan's source: a Kafka consumer group member, or a file source (one worker)."""
+    if plan.source_type == "file":
+        return FileSource(
+            FileSourceConfig(
+                query=plan.query_name,
+                path=plan.topic,
+                starting_offsets=plan.starting_offsets,
+                max_files_per_trigger=plan.max_files_per_trigger,
+            ),
+            PostgresFileRegistry(dsn, plan.query_name),
+        )
+    return KafkaSource(
         KafkaSourceConfig(
             bootstrap=plan.bootstrap,
             topic=plan.topic,
@@ -99,11 +124,3 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
             fetch_max_wait_ms=10 if plan.trigger == "continuous" else 100,
         )
     )
-    late, bad = late_router(plan), bad_router(plan)
-    writer: MessageWriter | None = None
-    if late.strategy == "sendtodlq" or bad.uses_producer:
-        writer = KafkaProducerSink(
-            plan.dlq_bootstrap or plan.bootstrap,
-            {"max_request_size": _DLQ_MAX_REQUEST_BYTES, **plan.kafka_params},
-        )
-    return QueryPorts(source, checkpoint, result_sink, late, bad, writer)

@@ -33,6 +33,8 @@ POSITIONS_TABLE = "streamproc_positions"
 QUERIES_TABLE = "streamproc_queries"
 RUNS_TABLE = "streamproc_runs"
 PROGRESS_TABLE = "streamproc_progress"
+#: The file source's files and their ordinals (streamproc.sources.file_registry).
+FILES_TABLE = "streamproc_files"
 #: Temporary tables (one set per connection) that batches are copied into.
 STAGE_STATES = "streamproc_stage_states"
 STAGE_KEYS = "streamproc_stage_keys"

@@ -27,6 +27,7 @@ from streamproc.sinks.base import (
 )
 from streamproc.sinks.definition import LAYOUT_VERSION, definition_changes
 from streamproc.sinks.layout import (
+    FILES_TABLE,
     LEDGER_TABLE,
     LEGACY_PARTIALS_TABLE,
     POSITIONS_TABLE,
@@ -245,7 +246,7 @@ async def reset_query(
     late_table: str | None = None,
     dlq_table: str | None = None,
 ) -> ResetReport:
-    """Drop a query's checkpoint (registration, positions, ledger, states, runs, progress).
+    """Drop a query's checkpoint (registration, positions, ledger, states, runs, progress, files).
 
     Args:
         conn: A connection (a transaction is opened here).
@@ -273,7 +274,7 @@ async def reset_query(
                 )
         tables = [QUERIES_TABLE, POSITIONS_TABLE, LEDGER_TABLE, STATE_TABLE, RUNS_TABLE]
         tables.append(PROGRESS_TABLE)
-        tables.append(LEGACY_PARTIALS_TABLE)
+        tables += [LEGACY_PARTIALS_TABLE, FILES_TABLE]
         tables += [t for t in (late_table, dlq_table) if t is not None]
         for table in tables:
             counts[table] = 0

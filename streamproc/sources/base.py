@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,14 @@ class RawRecord:
 
 class SourceTopicMissingError(RuntimeError):
     """The source topic does not exist (streamproc never creates a source topic)."""
+
+
+class SourceConflictError(RuntimeError):
+    """The source cannot be read as the checkpoint expects (one line saying what to do).
+
+    A file that shrank or was replaced under a query's feet, or a second
+    worker on a file source.
+    """
 
 
 def record_digest(record: RawRecord) -> bytes:
@@ -149,4 +157,13 @@ class Source(Protocol):
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Record group offsets (informational: the checkpoint decides)."""
+        ...
+
+
+@runtime_checkable
+class TriggerAware(Protocol):
+    """A source whose fetches are limited per micro-batch (the file source's maxFilesPerTrigger)."""
+
+    def trigger_started(self) -> None:
+        """A new micro-batch begins collecting: per-trigger limits start over."""
         ...

@@ -5,14 +5,14 @@ from __future__ import annotations
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.routers import bad_router, late_router
 from streamproc.runtime.wiring import QueryPorts, plan_identity
+from streamproc.sources.base import Source
 from streamproc.testing.checkpoint import MemoryCheckpoint, MemoryDatabase, MemoryTableSink
 from streamproc.testing.messages import MemoryMessages
-from streamproc.testing.source import MemorySource
 
 
 def memory_ports(
     plan: QueryPlan,
-    source: MemorySource,
+    source: Source,
     db: MemoryDatabase,
     dead_letters: MemoryMessages | None = None,
 ) -> QueryPorts:

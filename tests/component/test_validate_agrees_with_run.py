@@ -79,14 +79,6 @@ P = "transforms[0].parameters"
 # what is accepted.
 PLAN_REFUSALS = [
     pytest.param(
-        {
-            ("extract",): {"sourceType": "file", "path": "/data/orders/*.jsonl"},
-            ("errorHandlingConfig", "dlqConfig", "bootstrapServers"): "localhost:9092",
-        },
-        Outcome([], "extract.sourceType: 'file' cannot stream yet; use kafka, or mode: batch"),
-        id="file-source-streaming",
-    ),
-    pytest.param(
         {("mode",): "batch", ("extract", "connectionParams", "startingOffsets"): "latest"},
         Outcome(
             [BATCH_SECTION_IGNORED],

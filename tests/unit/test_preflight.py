@@ -14,6 +14,7 @@ import pytest
 
 from streamproc import cli
 from streamproc.config import validate_config
+from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.preflight import preflight
 from tests.unit.test_config_broken import BASE, mutate
 
@@ -50,8 +51,8 @@ def test_a_config_without_ignored_options_plans_without_warnings() -> None:
         ),
         (
             {(S, "maxFilesPerTrigger"): 10},
-            f"{S}.maxFilesPerTrigger: ignored; it limits a file source, which does not stream "
-            "yet; a micro-batch of a Kafka source is capped by maxRecordsPerTrigger (else "
+            f"{S}.maxFilesPerTrigger: ignored; it limits a file source, and this one reads "
+            "Kafka: a micro-batch is capped by maxRecordsPerTrigger (else "
             "extract.connectionParams.maxOffsetsPerTrigger, else a default cap)",
         ),
         (
@@ -147,3 +148,30 @@ def test_validate_imports_no_kafka_postgres_or_faust_client(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("offsets", "want"), [(None, "earliest"), ("latest", "latest"), ("earliest", "earliest")]
+)
+def test_a_file_source_streams_with_its_files_limit_and_no_warning(
+    offsets: str | None, want: str
+) -> None:
+    changes: dict[tuple[Any, ...], Any] = {
+        ("extract",): {"sourceType": "file", "path": "/data/in/*.jsonl"},
+        (S, "maxFilesPerTrigger"): 3,
+        ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"},
+    }
+    if offsets is not None:
+        changes[("extract",)]["connectionParams"] = {"startingOffsets": offsets}
+    checked = preflight(quiet(changes), env={})
+    assert checked.ok, checked.errors
+    assert checked.warnings == []
+    plan = checked.plan
+    assert isinstance(plan, QueryPlan)
+    assert (plan.source_type, plan.topic, plan.max_files_per_trigger) == (
+        "file",
+        "/data/in/*.jsonl",
+        3,
+    )
+    # Spark's file source reads the files already there; Kafka's default is latest.
+    assert plan.starting_offsets == want

@@ -1,0 +1,146 @@
+"""The streaming file source against the real PostgreSQL, across restarts.
+
+A directory is streamed from a pipeline config (the path `streamproc run`
+takes): a first bounded run, then files added and a half-written line
+finished, a second run (a restart), then a continuous worker picking up a
+file that appears while it runs. The result table must equal the model's row
+by row, the ledger must count every line once, and a second worker of the
+same query is refused with one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproc.config import load_config
+from streamproc.runtime.main import store_factory_for
+from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.query import QueryFailedError, StreamingQuery
+from tests.component.filefeed import FileFeed
+from tests.reference import Query, assert_tables_equal, expected
+from tests.results import read_table
+from tests.streams import MINUTE, make_stream
+
+QUERY = Query(
+    ("user_id",),
+    (("n", None, "count"), ("value_sum", "value", "sum")),
+    delay_ms=5 * MINUTE,
+    size_ms=10 * MINUTE,
+    output_mode="append",
+)
+
+
+def _config(name: str, directory: Path, dsn: str, tmp: Path, trigger: str) -> dict[str, Any]:
+    return {
+        "pipelineId": name,
+        "mode": "streaming",
+        "extract": {"sourceType": "file", "path": str(directory)},
+        "transforms": [
+            {
+                "transformType": "aggregation",
+                "parameters": {
+                    "groupByColumns": "user_id",
+                    "windowColumn": "event_time",
+                    "windowDuration": "10 minutes",
+                    "aggregations": "n=*:count,value_sum=value:sum",
+                },
+            }
+        ],
+        "load": {"sinkType": "postgresql", "table": name, "connectionParams": {"url": dsn}},
+        "streamingConfigJson": {
+            "checkpointLocation": str(tmp / "checkpoints"),
+            "queryName": name,
+            "outputMode": "append",
+            "triggerMode": trigger,
+            "maxRecordsPerTrigger": 150,
+            "watermark": {"eventTimeColumn": "event_time", "delayThreshold": "5 minutes"},
+        },
+    }
+
+
+def _query(name: str, directory: Path, dsn: str, tmp: Path, trigger: str) -> StreamingQuery:
+    plan = plan_from_config(load_config(_config(name, directory, dsn, tmp, trigger)))
+    assert plan.source_type == "file" and plan.starting_offsets == "earliest"
+    return StreamingQuery(plan, store_factory_for(plan, "rocksdb"))
+
+
+async def _ledger(pg: Any, name: str) -> tuple[int, int, int]:
+    row = await pg.fetchrow(
+        "SELECT count(*) AS batches, coalesce(sum(records), 0) AS records, "
+        "coalesce(sum(bad), 0) AS bad FROM streamproc_ledger WHERE query = $1",
+        name,
+    )
+    return int(row["batches"]), int(row["records"]), int(row["bad"])
+
+
+async def test_a_directory_streamed_across_restarts_equals_the_model(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    name = unique_name
+    records = sorted(
+        (r for rs in make_stream(1_200, seed=zlib.crc32(b"files") % 97).values() for r in rs),
+        key=lambda r: r["seq"],
+    )
+    feed = FileFeed(tmp_path / "in")
+    feed.new_file("a.jsonl", records[:300])
+    growing = feed.new_file("b.jsonl", [*records[300:450], "not json"])
+    feed.append(growing, [], partial=b'{"user_id": "u3", "event_time": ')
+
+    first = await asyncio.wait_for(
+        _query(name, feed.directory, pg_dsn, tmp_path, "availablenow").run(), 120
+    )
+    assert (first.records, first.bad) == (451, 1)
+
+    # A restart after the half-written line was finished, the file grew and files appeared.
+    feed.finish_line(growing, b'"2025-11-26T10:05:00Z", "value": 7}\n', records[450:600])
+    feed.new_file("c.jsonl.gz", records[600:900], gz=True)
+    feed.new_file("d.jsonl", records[900:1_000])
+    second = await asyncio.wait_for(
+        _query(name, feed.directory, pg_dsn, tmp_path, "once").run(), 120
+    )
+    assert first.records + second.records == 1_002 == len(feed.records)
+
+    # A continuous worker: a file that appears while it runs is read, once.
+    worker = _query(name, feed.directory, pg_dsn, tmp_path, "continuous")
+    running = asyncio.ensure_future(worker.run())
+    try:
+        await asyncio.wait_for(worker.wait_until_assigned(), 60)
+        # A second worker of the same query is refused: one file source, one reader.
+        with pytest.raises(QueryFailedError) as refused:
+            await asyncio.wait_for(
+                _query(name, feed.directory, pg_dsn, tmp_path, "continuous").run(), 60
+            )
+        assert "another worker is reading its file source" in str(refused.value)
+        assert "\n" not in str(refused.value)
+        feed.new_file("e.jsonl", records[1_000:])
+
+        async def all_committed() -> None:
+            while (await _ledger(pg, name))[1] < len(feed.records):
+                assert not running.done(), running.result()
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(all_committed(), 120)
+    finally:
+        worker.request_stop()
+        third = await asyncio.wait_for(running, 60)
+
+    total = len(feed.records)
+    assert total == 1_202
+    assert first.records + second.records + third.records == total
+    batches, counted, bad = await _ledger(pg, name)
+    assert (counted, bad) == (total, 1)
+    assert batches == first.batches + second.batches + third.batches
+    files = await pg.fetch(
+        "SELECT ordinal, path FROM streamproc_files WHERE query = $1 ORDER BY ordinal", name
+    )
+    assert [(r["ordinal"], Path(r["path"]).name) for r in files] == list(
+        enumerate(["a.jsonl", "b.jsonl", "c.jsonl.gz", "d.jsonl", "e.jsonl"])
+    )
+    model = expected(QUERY, feed.stream())
+    assert first.late + second.late + third.late == len(model.late)
+    assert_tables_equal(await read_table(pg, name, QUERY), model.table)
