@@ -16,7 +16,7 @@ one for component tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from streamproc.sinks.layout import FILES_TABLE
@@ -33,12 +33,15 @@ class FileEntry:
         size: its size in bytes when found.
         head: its first bytes when found (up to HEAD_BYTES): a file replaced under
             the same name differs there.
+        finished_size: its size when the source moved on to a newer file (None
+            before): growth past it is lines that will never be read, and is said.
     """
 
     ordinal: int
     path: str
     size: int
     head: bytes
+    finished_size: int | None = None
 
 
 class FileRegistry(Protocol):
@@ -54,6 +57,10 @@ class FileRegistry(Protocol):
 
     async def register(self, entries: list[FileEntry]) -> None:
         """Record new files (durably, before any of their lines is read)."""
+        ...
+
+    async def finished(self, ordinal: int, size: int) -> None:
+        """The source moved on from this file when it was `size` bytes."""
         ...
 
     async def close(self) -> None:
@@ -88,6 +95,12 @@ class MemoryFileRegistry:
         """Append the new files."""
         self.entries.extend(entries)
 
+    async def finished(self, ordinal: int, size: int) -> None:
+        """Keep the size the source moved on at."""
+        self.entries = [
+            replace(e, finished_size=size) if e.ordinal == ordinal else e for e in self.entries
+        ]
+
     async def close(self) -> None:
         """Release the lock."""
         self.locked = False
@@ -100,6 +113,7 @@ CREATE TABLE IF NOT EXISTS {FILES_TABLE} (
     path text NOT NULL,
     size bigint NOT NULL,
     head bytea NOT NULL,
+    finished_size bigint,
     registered_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (query, ordinal),
     UNIQUE (query, path)
@@ -130,7 +144,7 @@ class PostgresFileRegistry:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('streamproc-files'))")
                 await conn.execute(_CREATE)
             rows = await conn.fetch(
-                f"SELECT ordinal, path, size, head FROM {FILES_TABLE} "
+                f"SELECT ordinal, path, size, head, finished_size FROM {FILES_TABLE} "
                 "WHERE query = $1 ORDER BY ordinal",
                 self._query,
             )
@@ -138,7 +152,10 @@ class PostgresFileRegistry:
             await conn.close()
             raise
         self._conn = conn
-        return [FileEntry(r["ordinal"], r["path"], r["size"], bytes(r["head"])) for r in rows]
+        return [
+            FileEntry(r["ordinal"], r["path"], r["size"], bytes(r["head"]), r["finished_size"])
+            for r in rows
+        ]
 
     async def register(self, entries: list[FileEntry]) -> None:
         """Insert the new files in one transaction."""
@@ -150,6 +167,15 @@ class PostgresFileRegistry:
                 "VALUES ($1, $2, $3, $4, $5)",
                 [(self._query, e.ordinal, e.path, e.size, e.head) for e in entries],
             )
+
+    async def finished(self, ordinal: int, size: int) -> None:
+        """Record the size the source moved on at."""
+        await self._conn.execute(
+            f"UPDATE {FILES_TABLE} SET finished_size = $3 WHERE query = $1 AND ordinal = $2",
+            self._query,
+            ordinal,
+            size,
+        )
 
     async def close(self) -> None:
         """Close the connection (the session lock goes with it)."""

@@ -91,6 +91,9 @@ class FileSource:
         self._listed_at = float("-inf")
         self._gzip: tuple[int, bytes] | None = None
         self._warned: set[int] = set()
+        #: Size of each plain file behind the current one when last looked at: a file
+        #: that grows after the source moved on has lines that will never be read.
+        self._behind_sizes: dict[int, int] = {}
 
     # ------------------------------------------------------------- Source
     @property
@@ -121,6 +124,8 @@ class FileSource:
         """Continue at the byte and file the offset names."""
         self._pos = decode_offset(offset)
         self._paused = False
+        # A restart: say now what grew behind the position while no worker ran.
+        self._check_files_behind()
 
     async def seek_to_start(self, partition: int) -> None:
         """earliest: the first file; latest: the first file found after the first start."""
@@ -217,6 +222,9 @@ class FileSource:
                     entries[ordinal].path,
                     tail,
                 )
+            if not entries[ordinal].path.endswith(".gz"):
+                self._behind_sizes[ordinal] = chunk.end + tail
+                await self._registry.finished(ordinal, chunk.end + tail)
             self._pos = (ordinal + 1, 0)
         return out
 
@@ -279,6 +287,9 @@ class FileSource:
     async def _open(self) -> list[FileEntry]:
         if self._entries is None:
             self._entries = await self._registry.open()
+            self._behind_sizes = {
+                e.ordinal: e.finished_size for e in self._entries if e.finished_size is not None
+            }
             await self._discover(force=True)
             self._at_open = len(self._entries)
         return self._entries
@@ -295,11 +306,15 @@ class FileSource:
         except FileSourceError as exc:
             raise SourceConflictError(f"query {self._config.query}: {exc}") from None
         found = []
+        sizes: dict[str, int] = {}
         for path in paths:
             try:
-                found.append((path, os.stat(path).st_mtime_ns))
+                stat = os.stat(path)
             except FileNotFoundError:
                 continue  # gone between the listing and now
+            found.append((path, stat.st_mtime_ns))
+            sizes[path] = stat.st_size
+        self._check_files_behind(sizes)
         known = [e.path for e in self._entries]
         new: list[FileEntry] = []
         for path in discovery_order(found, known):
@@ -312,6 +327,43 @@ class FileSource:
         self._entries += new
         log.info("new files: %s", ", ".join(e.path for e in new))
         return True
+
+    def _check_files_behind(self, sizes: Mapping[str, int] | None = None) -> None:
+        """Warn when a file the source has moved on from grows: its new lines are not read.
+
+        Offsets run through the files in order, so a file behind the current one
+        cannot be read again; its growth is said, with the bytes, each time it is
+        seen (`sizes`: the listing's; without it, each file behind is looked at).
+        The size it is measured from is the one the source moved on at (kept
+        in the registry, so growth while no worker ran is said at the next start).
+        """
+        if self._entries is None or self._pos is None:
+            return
+        for entry in self._entries[: self._pos[0]]:
+            path = entry.path
+            if path.endswith(".gz"):
+                continue
+            if sizes is not None:
+                if path not in sizes:
+                    continue
+                size = sizes[path]
+            else:
+                try:
+                    size = os.stat(path).st_size
+                except FileNotFoundError:
+                    continue
+            ordinal = entry.ordinal
+            seen = self._behind_sizes.setdefault(ordinal, size)
+            if size > seen:
+                self._behind_sizes[ordinal] = size
+                log.warning(
+                    "file %s grew by %d bytes after the source moved on to a newer file; "
+                    "those lines are not read (files are read in order, and only the newest "
+                    "one is followed while it grows): append to the newest file only, or "
+                    "write to a new file",
+                    path,
+                    size - seen,
+                )
 
     def _found(self, ordinal: int, path: str) -> FileEntry | None:
         try:

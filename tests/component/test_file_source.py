@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -217,3 +218,34 @@ async def test_latest_skips_the_files_present_at_start(tmp_path: Path) -> None:
     assert stats.records == 2 == _records_in_ledger(db, plan)
     only_new = expected(MODE_CASES["update_tumbling"], {0: feed.records[3:]})
     assert_tables_equal(table_of(db, plan), only_new.table)
+
+
+async def test_lines_appended_to_a_file_behind_are_said_and_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = sorted(
+        (r for rs in make_stream(20, seed=4).values() for r in rs), key=lambda r: r["seq"]
+    )
+    feed = FileFeed(tmp_path / "in")
+    first = feed.new_file("a.jsonl", records[:10])
+    feed.new_file("b.jsonl", records[10:])
+    plan = _plan("update_tumbling", feed.directory)
+    registry, db = MemoryFileRegistry("q"), MemoryDatabase()
+    assert (await _run(plan, registry, db)).records == 20
+    # Written to the older file while no worker runs (not through the feed: the
+    # model must not expect these lines).
+    line = b'{"user_id": "u1", "event_time": 5}\n'
+    with first.open("ab") as f:
+        f.write(line * 3)
+    caplog.set_level(logging.WARNING, logger="streamproc.source")
+    assert (await _run(plan, registry, db)).records == 0
+    said = [r.getMessage() for r in caplog.records if "grew by" in r.getMessage()]
+    assert said == [
+        f"file {first} grew by {3 * len(line)} bytes after the source moved on to a newer "
+        "file; those lines are not read (files are read in order, and only the newest one "
+        "is followed while it grows): append to the newest file only, or write to a new file"
+    ]
+    assert _records_in_ledger(db, plan) == 20
+    assert_tables_equal(
+        table_of(db, plan), expected(MODE_CASES["update_tumbling"], feed.stream()).table
+    )
