@@ -79,8 +79,19 @@ app = faust.App(
 # after that join: about 30 s on the local broker, whose first join waits half
 # the session timeout (Faust's broker_session_timeout is 60 s). The query joins
 # its own group with its own consumer; without Faust's, the task starts at once
-# and the worker keeps its signals, web server and clean stop.
-app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False)
+# and the worker keeps its signals, web server and clean stop. No Faust producer
+# either: the query writes with its own clients, and a file source may have no
+# broker at all for Faust to connect to.
+# Faust's web server only when asked for (STREAMPROC_WEB_PORT): `faust worker`
+# turns it on by default, on 0.0.0.0:6066, whatever the app's settings say, and a
+# second worker on the host then died binding the same port; the query's metrics
+# have their own server (loggingConfig.metricsPort).
+app.boot_strategy = BootStrategy(
+    app,
+    enable_kafka_consumer=False,
+    enable_kafka_producer=False,
+    enable_web=bool(os.environ.get("STREAMPROC_WEB_PORT")),
+)
 
 
 def _stop_with(message: str) -> NoReturn:

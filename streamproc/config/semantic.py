@@ -348,7 +348,7 @@ def _check_error_handling(d: Draft, found: Findings) -> None:
         kept = "counted and logged" if dlq.dlq_type == "logging" else "counted"
         found.warnings.append(
             f"{base}.dlqType: with '{dlq.dlq_type}' a bad record, or one the sink refuses, "
-            f"is {kept} but kept nowhere except the source topic; use 'kafka' or "
+            f"is {kept} but kept nowhere except the source (its topic or file); use 'kafka' or "
             "'postgresql' to keep a copy"
         )
     if dlq.table is not None and dlq.dlq_type != "postgresql" and d.ok(f"{base}.table"):

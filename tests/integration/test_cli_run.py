@@ -86,6 +86,52 @@ async def test_faust_worker_runs_the_same_query(
     assert {p.name for p in REPO.iterdir() if not p.name.startswith(".")} == before
 
 
+async def test_two_faust_workers_on_one_host_share_the_query(
+    kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    stream = make_stream(1_200, seed=24)
+    await create_topic(kafka_bootstrap, unique_name, 4)
+    config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn, "processingtime=1 second")
+    env = env_for(kafka_bootstrap, pg_dsn, config)
+    env.pop("STREAMPROC_WEB_PORT", None)
+    workers = [
+        subprocess.Popen(
+            [str(BIN / "faust"), "-A", "agents.app", "worker", "-l", "info"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
+    try:
+        await produce(kafka_bootstrap, unique_name, stream)
+
+        async def all_committed() -> bool:
+            # Both stay up: neither dies binding a port the other holds.
+            for w in workers:
+                assert w.poll() is None, w.communicate()[1][-2000:]
+            return await ledger_records(pg, unique_name) == 1_200
+
+        await wait_until(all_committed, "the ledger counts all 1200 records", timeout=90)
+        outputs = []
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            outputs.append(w.communicate(timeout=60))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    for w, (_out, err) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, err[-2000:]
+        assert "Traceback" not in err, err[-3000:]
+    want = expected(CLI_QUERY, stream)
+    assert_tables_equal(await read_table(pg, unique_name, CLI_QUERY), want.table)
+
+
 async def test_sigterm_commits_the_batch_in_flight_and_exits_0(
     kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:

@@ -11,6 +11,9 @@ same query is refused with one line.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
 from tests.component.filefeed import FileFeed
+from tests.integration.cli_helpers import BIN, REPO
 from tests.reference import Query, assert_tables_equal, expected
 from tests.results import read_table
 from tests.streams import MINUTE, make_stream
@@ -144,3 +148,34 @@ async def test_a_directory_streamed_across_restarts_equals_the_model(
     model = expected(QUERY, feed.stream())
     assert first.late + second.late + third.late == len(model.late)
     assert_tables_equal(await read_table(pg, name, QUERY), model.table)
+
+
+async def test_the_faust_worker_streams_a_file_source_without_any_broker(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    # No broker runs at the default bootstrap (nothing here names one): the Faust
+    # worker must not need one for a file source.
+    records = sorted(
+        (r for rs in make_stream(300, seed=5).values() for r in rs), key=lambda r: r["seq"]
+    )
+    feed = FileFeed(tmp_path / "in")
+    feed.new_file("a.jsonl", records[:200])
+    feed.new_file("b.jsonl", records[200:])
+    config = tmp_path / "files.json"
+    config.write_text(
+        json.dumps(_config(unique_name, feed.directory, pg_dsn, tmp_path, "availablenow"))
+    )
+    done = subprocess.run(
+        [str(BIN / "faust"), "-A", "agents.app", "worker", "-l", "info"],
+        env=dict(os.environ, STREAMPROC_CONFIG=str(config)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,  # agents/ is not installed: the worker runs from the repository
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert (await _ledger(pg, unique_name))[1:] == (300, 0)
+    assert_tables_equal(
+        await read_table(pg, unique_name, QUERY), expected(QUERY, feed.stream()).table
+    )
