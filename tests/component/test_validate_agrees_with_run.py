@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from streamproc import cli
-from streamproc.batch.plan import BatchPlan
+from streamproc.batch.plan import BatchPlan, batch_plan_from_config
 from streamproc.config import load_config
 from streamproc.runtime.main import run_from_cli
 from streamproc.runtime.planning import plan_from_config
@@ -70,6 +70,7 @@ class Outcome:
 CONFIGS: dict[str, Outcome] = {
     "fraud-detection.json": Outcome([]),
     "sales-dashboard.json": Outcome([]),
+    "sales-daily-report.json": Outcome([]),
     "streaming-example.json": Outcome([ENABLE_IDEMPOTENCE_IGNORED, BUFFER_SIZE_IGNORED]),
     "user-analytics.json": Outcome([]),
 }
@@ -302,7 +303,9 @@ def test_every_config_file_validates_and_plans(
     assert code == (1 if outcome.refusal else 0)
     checked = preflight(path)
     assert (checked.plan is None) == (outcome.refusal is not None)
-    if checked.plan is not None:
+    if isinstance(checked.plan, BatchPlan):
+        assert checked.plan == batch_plan_from_config(load_config(path))
+    elif checked.plan is not None:
         # The planning path of reset, the demo and the fault workers gives the same plan.
         assert checked.plan == plan_from_config(load_config(path))
 
@@ -354,7 +357,7 @@ def test_a_broken_config_is_refused_alike_by_validate_and_run(
 def test_the_faust_worker_agrees_with_validate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cases: list[Path] = list(CONFIG_FILES)
+    cases: list[Path] = [p for p in CONFIG_FILES if json.loads(p.read_text())["mode"] != "batch"]
     for param in PLAN_REFUSALS:
         changes, _ = param.values
         path = tmp_path / f"{param.id}.json"
@@ -366,8 +369,8 @@ def test_the_faust_worker_agrees_with_validate(
             path = tmp_path / f"{param.id}.json"
             path.write_text(json.dumps(mutate(changes)))
             cases.append(path)
-    assert len(cases) == len(CONFIG_FILES) + len(PLAN_REFUSALS) + len(FAUST_BROKEN)
-    batch: list[Path] = []
+    batch: list[Path] = [p for p in CONFIG_FILES if p not in cases]
+    assert len(cases) + len(batch) == len(CONFIG_FILES) + len(PLAN_REFUSALS) + len(FAUST_BROKEN)
     for param in BATCH_ACCEPTED:
         changes, _ = param.values
         path = tmp_path / f"{param.id}.json"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streamproc.batch.plan import batch_plan_from_config
 from streamproc.config import load_config
 from streamproc.engine import LateRecord
 from streamproc.runtime.late import LateSummary, RateLimitedLog
@@ -19,7 +20,12 @@ CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_example_config_plans(path: Path) -> None:
-    plan = plan_from_config(load_config(path, env={}))
+    cfg = load_config(path, env={})
+    if not cfg.is_streaming:
+        batch = batch_plan_from_config(cfg)
+        assert batch.spec is not None and batch.spec.aggregations and batch.table
+        return
+    plan = plan_from_config(cfg)
     assert plan.topic and plan.query_name and plan.spec.aggregations
     assert plan.sink_type == "postgresql" and plan.dsn and plan.table
 
