@@ -335,6 +335,16 @@ class Engine:
         """Source of the generated per-record loop, for debugging."""
         return self._kernel.source
 
+    def state_bytes(self) -> int | None:
+        """The local stores' own estimate of their size, summed; None when one cannot say."""
+        total = 0
+        for ps in list(self._parts.values()):
+            size = ps.store.approximate_bytes()
+            if size is None:
+                return None
+            total += size
+        return total
+
     def close(self) -> None:
         """Close every store; changes since the last emit are not written."""
         for ps in self._parts.values():

@@ -98,6 +98,10 @@ class StreamEngine(Protocol):
         """The global watermark W (event time)."""
         ...
 
+    def state_bytes(self) -> int | None:
+        """The local state's size as its stores estimate it; None when unknown."""
+        ...
+
     def close(self) -> None:
         """Release what the engine holds."""
         ...
@@ -256,6 +260,10 @@ class PassThroughEngine:
     def global_watermark_ms(self) -> int | None:
         """The global watermark W (event time), None until every partition has one."""
         return self._watermark.current_ms
+
+    def state_bytes(self) -> int | None:
+        """Nothing is kept locally."""
+        return 0
 
     def close(self) -> None:
         """Forget every partition (nothing is stored locally)."""

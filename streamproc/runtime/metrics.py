@@ -128,6 +128,12 @@ STATE_ROWS_UPDATED = Counter(
     "Partial states this worker's commits wrote (inserted or updated)",
     ["pipeline", "query"],
 )
+STATE_BYTES = Gauge(
+    "streamproc_state_bytes",
+    "This worker's local state (its partitions' RocksDB stores: live data and memtables, "
+    "as RocksDB estimates them); absent with in-memory state",
+    ["pipeline", "query"],
+)
 LAST_COMMIT = Gauge(
     "streamproc_last_commit_timestamp_seconds",
     "Wall time of this worker's last committed batch (Unix seconds)",

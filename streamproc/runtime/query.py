@@ -489,6 +489,9 @@ class StreamingQuery:
         committed = self._tracker.committed
         lag = {p: max(0, end - committed[p]) for p, end in ends.items() if p in committed}
         self._accounting.progressed(progress, lag)
+        state_bytes = self._tracker.engine.state_bytes()
+        if state_bytes is not None:
+            metrics.STATE_BYTES.labels(self.plan.pipeline_id, self.plan.query_name).set(state_bytes)
         if self._on_progress is not None:
             self._on_progress(progress)
 

@@ -78,6 +78,10 @@ class WindowStore(Protocol):
         """Release the store; its data stays where it is (on disk for RocksDB)."""
         ...
 
+    def approximate_bytes(self) -> int | None:
+        """What the store's data takes, as the store estimates it cheaply; None: unknown."""
+        ...
+
 
 def window_order(window_start_ms: WindowStart) -> tuple[bool, int]:
     """Sort key putting None (non-windowed) before every window start."""

@@ -71,6 +71,10 @@ class MemoryWindowStore:
         """Mark the store closed; the data stays readable for tests."""
         self.closed = True
 
+    def approximate_bytes(self) -> int | None:
+        """Unknown: Python objects have no cheap size (the metric is left unset)."""
+        return None
+
 
 def memory_store_factory(partition: int) -> MemoryWindowStore:
     """A fresh MemoryWindowStore for a partition (an `Engine` store factory)."""

@@ -138,6 +138,9 @@ async def test_metrics_and_progress_lines_agree_with_the_ledger(
         w_ms = await pg.fetchval(
             "SELECT global_watermark_ms FROM streamproc_queries WHERE query = $1", unique_name
         )
+        # streamproc run keeps RocksDB state: its own estimate of the bytes it holds.
+        (state_bytes,) = values(samples, "streamproc_state_bytes", **ours)
+        assert state_bytes > 0
         (event_lag,) = values(samples, "streamproc_event_time_lag_seconds", **ours)
         assert abs(event_lag - (time.time() - w_ms / 1000)) < 60
         assert values(samples, "streamproc_assigned_partitions", **ours) == [4.0]

@@ -96,6 +96,18 @@ def test_rocksdb_store_survives_close_and_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+def test_rocksdb_store_estimates_its_size_and_grows_with_its_data(tmp_path: Path) -> None:
+    store = RocksWindowStore(tmp_path / "p0")
+    empty = store.approximate_bytes()
+    assert empty is not None
+    store.write(puts=[(i * 60_000, (f"key-{i}",), (i, "x" * 200)) for i in range(2_000)])
+    grown = store.approximate_bytes()
+    assert grown is not None and grown - empty >= 2_000 * 200  # the values alone
+    store.close()
+    assert store.approximate_bytes() is None  # closed: nothing to say
+    assert MemoryWindowStore().approximate_bytes() is None
+
+
 @given(st.lists(st.one_of(st.none(), st.integers(-(2**62), 2**62)), min_size=2, max_size=20))
 def test_window_prefix_order_is_time_order(starts: list[int | None]) -> None:
     encoded = sorted(starts, key=window_prefix)
