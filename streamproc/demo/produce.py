@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -81,7 +82,12 @@ async def _produce(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         await asyncio.sleep(_SETTLE_S)
     spec = stream_spec_for(cfg, args.seconds)
     count = int(args.seconds * args.rate)
-    start_ms = int(time.time() * 1000) - spec.span_ms  # event time up to now
+    if args.realtime:
+        # Event time is wall time: a generator restarted later goes on from its own now.
+        spec = dataclasses.replace(spec, span_ms=int(args.seconds * 1000))
+        start_ms = int(time.time() * 1000)
+    else:
+        start_ms = int(time.time() * 1000) - spec.span_ms  # event time up to now
     key_column = spec.group_by[0] if spec.group_by else None
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await producer.start()
@@ -132,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-wait", action="store_true", help="produce at once, without waiting for a worker"
+    )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="event time runs with the wall clock from now (a long-running generator; "
+        "default: event time covers three windows plus delays by the end of the run)",
     )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rate <= 0 or args.partitions <= 0:

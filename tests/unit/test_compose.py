@@ -53,7 +53,15 @@ def host_path(service: str, container_path: str) -> Path:
 
 def test_the_production_stack_has_its_services() -> None:
     services = compose()["services"]
-    assert set(services) == {"kafka", "topics", "postgres", "worker", "prometheus", "grafana"}
+    assert set(services) == {
+        "kafka",
+        "topics",
+        "postgres",
+        "worker",
+        "generator",
+        "prometheus",
+        "grafana",
+    }
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
@@ -64,6 +72,16 @@ def test_workers_run_the_faust_app_on_an_existing_config() -> None:
     assert (ROOT / config).is_file()
     assert set(worker["depends_on"]) == {"kafka", "postgres", "topics"}
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_the_generator_produces_for_the_workers_config_with_wall_clock_event_time() -> None:
+    services = compose()["services"]
+    generator = services["generator"]
+    command = generator["command"]
+    assert command[:3] == ["python", "-m", "streamproc.demo.produce"]
+    assert command[3] == services["worker"]["environment"]["STREAMPROC_CONFIG"]
+    assert "--realtime" in command
+    assert generator["environment"]["STREAMPROC_KAFKA_BOOTSTRAP"] == "kafka:29092"
 
 
 def test_the_topic_step_creates_the_workers_source_topic() -> None:
