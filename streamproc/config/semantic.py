@@ -262,6 +262,14 @@ def _check_output_mode(d: Draft, s: StreamingConfig, found: Findings) -> None:
             f"{fmt(agg.state_timeout_ms)} differs from {_S}.stateTimeout "
             f"({fmt(s.state_timeout_ms)}); give one",
         )
+    timeout = agg.state_timeout_ms or s.state_timeout_ms
+    if timeout and agg.windowed and agg.window_size_ms and timeout >= agg.window_size_ms:
+        path = f"{base}.stateTimeout" if agg.state_timeout_ms else f"{_S}.stateTimeout"
+        found.warnings.append(
+            f"{path}: {fmt(timeout)} is not shorter than windowDuration "
+            f"({fmt(agg.window_size_ms)}), so no window ever expires before the watermark "
+            "closes it; use a shorter stateTimeout, or remove it"
+        )
 
 
 def _dlq_servers(d: Draft) -> str | None:

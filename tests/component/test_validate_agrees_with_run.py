@@ -122,10 +122,10 @@ PLAN_REFUSALS = [
         id="postgresql-dlq-default-table-too-long",
     ),
     pytest.param(
-        {(S, "stateTimeout"): "30 minutes", (S, "outputMode"): "complete"},
+        {(S, "stateTimeout"): "5 minutes", (S, "outputMode"): "complete"},
         Outcome(
             [],
-            f"{S}.stateTimeout: 30 minutes on a windowed aggregation is not supported in "
+            f"{S}.stateTimeout: 5 minutes on a windowed aggregation is not supported in "
             "outputMode 'complete' (its table keeps every window, so no window's state may "
             "go); use 'update' or 'append', or remove stateTimeout",
         ),
@@ -133,7 +133,7 @@ PLAN_REFUSALS = [
     ),
     pytest.param(
         {
-            ("transforms", 0, "parameters", "stateTimeout"): "1 hour",
+            ("transforms", 0, "parameters", "stateTimeout"): "5 minutes",
             (S, "watermark"): DELETE,
             (S, "outputMode"): "update",
         },
@@ -145,7 +145,7 @@ PLAN_REFUSALS = [
                 "delayThreshold} to close a window once event time passes its end by "
                 "delayThreshold"
             ],
-            f"{P}.stateTimeout: 1 hour on a windowed aggregation needs {S}.watermark (a (key, "
+            f"{P}.stateTimeout: 5 minutes on a windowed aggregation needs {S}.watermark (a (key, "
             "window) is idle in event time, against the watermark); add a watermark, or "
             "remove stateTimeout",
         ),

@@ -111,6 +111,24 @@ def test_a_windowed_query_without_watermark_warns_that_its_windows_never_close(
     ]
 
 
+@pytest.mark.parametrize(("timeout", "warns"), [("10 minutes", True), ("9 minutes", False)])
+def test_a_window_state_timeout_not_shorter_than_the_window_warns(
+    timeout: str, warns: bool
+) -> None:
+    config = quiet({(S, "outputMode"): "update", (S, "stateTimeout"): timeout})
+    checked = preflight(config, env={})
+    assert checked.ok and checked.plan is not None  # it runs either way
+    assert checked.warnings == (
+        [
+            f"{S}.stateTimeout: 10 minutes is not shorter than windowDuration (10 minutes), "
+            "so no window ever expires before the watermark closes it; use a shorter "
+            "stateTimeout, or remove it"
+        ]
+        if warns
+        else []
+    )
+
+
 def test_a_non_windowed_update_query_without_watermark_does_not_warn() -> None:
     config = quiet({(S, "outputMode"): "update"})
     del config[S]["watermark"]
