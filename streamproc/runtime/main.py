@@ -81,7 +81,8 @@ def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[st
     return [
         f"query {plan.query_name}: {stats.records} record(s) read in {stats.batches} batch(es), "
         f"{elapsed_s:.1f}s ({rate:,.0f} records/s over {busy:.1f}s of work)",
-        f"  aggregated {stats.aggregated}, late {stats.late}, bad {stats.bad} "
+        f"  {'passed through' if plan.spec.passthrough else 'aggregated'} {stats.aggregated}, "
+        f"late {stats.late}, bad {stats.bad} "
         f"(rejected by the sink and dead-lettered {stats.dead_lettered}), "
         f"filtered {stats.filtered}; result rows written {stats.result_rows}; "
         f"stale batches {stats.stale_batches}, failed commits {stats.failed_commits}, "
@@ -103,7 +104,9 @@ def _time_lines(stats: RunStats) -> list[str]:
     # The loop's wall time: a commit runs while the next batch is fetched and
     # prepared, so the lock is held within this time, never beyond it.
     wall = stats.batch_seconds + seconds.get("fetch", 0.0)
-    if wall > 0:
+    # Below a second of work the ratio is noise (a one-batch run's commit is most of
+    # it, and timer granularity the rest): it said "23.22 ... at most 0.0x".
+    if wall >= 1.0:
         share = held / wall
         bound = f"{1 / share:.1f}x" if share > 0 else "no bound"
         lines.append(

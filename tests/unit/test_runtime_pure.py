@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from streamproc.batch.plan import batch_plan_from_config
 from streamproc.config import load_config
 from streamproc.engine import LateRecord
+from streamproc.runtime.accounting import RunStats
 from streamproc.runtime.late import LateSummary, RateLimitedLog
+from streamproc.runtime.main import summary_lines
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.routers import bad_router
 from streamproc.sinks.base import batch_id
@@ -94,3 +97,30 @@ def test_a_postgresql_dlq_writes_to_its_table_or_the_result_table_dlq() -> None:
     assert planned(dlq_type="postgresql") == (f"{config.load.table}_dlq", "TableBad")
     assert planned(dlq_type="postgresql", table="ops.dead") == ("ops.dead", "TableBad")
     assert planned(dlq_type="logging", table="ops.dead") == (None, "LogBad")
+
+
+def _stats(batch_seconds: float, lock_s: float) -> RunStats:
+    stats = RunStats(records=40, aggregated=40, batches=1, batch_seconds=batch_seconds)
+    stats.times.seconds.update({"fetch": 0.0, "engine": batch_seconds / 2, "lock": lock_s})
+    return stats
+
+
+def test_the_summary_says_the_lock_share_only_over_a_second_of_work() -> None:
+    plan = plan_from_config(load_config(CONFIGS[0], env={}))
+    short = summary_lines(plan, _stats(0.004, 0.09), 1.0)
+    assert not any("lock share" in line for line in short)
+    long = summary_lines(plan, _stats(2.0, 0.5), 3.0)
+    assert [line for line in long if "lock share" in line] == [
+        "  lock share: 0.25 (the query's lock was held 0.5s of the 2.0s the worker ran "
+        "batches: more workers speed it up at most 4.0x)"
+    ]
+    assert long[1].startswith("  aggregated 40, late 0")
+
+
+def test_the_summary_of_a_pass_through_query_says_passed_through() -> None:
+    document = json.loads(CONFIGS[0].read_text())
+    document["transforms"] = []
+    document["streamingConfigJson"]["outputMode"] = "append"
+    document["dataQualityConfig"] = {"enabled": False}
+    plan = plan_from_config(load_config(document, env={}))
+    assert summary_lines(plan, _stats(0.1, 0.0), 1.0)[1].startswith("  passed through 40, late 0")
