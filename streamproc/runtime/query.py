@@ -60,6 +60,11 @@ __all__ = ["QueryFailedError", "RunStats", "StreamingQuery"]
 
 log = logging.getLogger("streamproc.query")
 
+#: While a worker waits for its group's first assignment: how often a bounded run
+#: asks whether it is already complete, and how often a long wait is said (seconds).
+JOIN_POLL_S = 2.0
+JOIN_WARN_S = 60.0
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -263,8 +268,8 @@ class StreamingQuery:
             ) from exc
         try:
             await self._start_kafka()
-            await self._wait_for_assignment()
-            await self._loop()
+            if await self._wait_for_assignment():
+                await self._loop()
         except STOP_ERRORS as exc:
             raise QueryFailedError(str(exc)) from None
         finally:
@@ -544,12 +549,47 @@ class StreamingQuery:
             log.warning("cannot mark bounded run %d done: %s", run.run_id, first_line(exc))
         return True
 
-    async def _wait_for_assignment(self) -> None:
+    async def _wait_for_assignment(self) -> bool:
+        """Wait for the group's first assignment; False when there is nothing left to do.
+
+        A member of a bounded run also asks the checkpoint, every `JOIN_POLL_S`,
+        whether the run is complete: the other members can finish it and leave
+        while this one's join is pending, and the broker may then never answer
+        that join (the local one did not, and the worker waited for ever). A join
+        that takes long is said every `JOIN_WARN_S`.
+        """
         stop = asyncio.ensure_future(self._stop.wait())
         joined = asyncio.ensure_future(self._joined.wait())
-        await asyncio.wait({stop, joined}, return_when=asyncio.FIRST_COMPLETED)
-        for fut in (stop, joined):
-            fut.cancel()
+        waited = said = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {stop, joined}, timeout=JOIN_POLL_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    return True
+                waited += JOIN_POLL_S
+                run = self._collector.run
+                if run is not None and await self._run_done():
+                    log.info(
+                        "bounded run %d of query %s completed while this worker was joining "
+                        "its consumer group: nothing left for it to read",
+                        run.run_id,
+                        self.plan.query_name,
+                    )
+                    return False
+                if waited - said >= JOIN_WARN_S:
+                    said = waited
+                    log.warning(
+                        "query %s: no assignment from the consumer group after %.0fs (the "
+                        "broker has not answered this worker's join; the group may be "
+                        "rebalancing); still waiting",
+                        self.plan.query_name,
+                        waited,
+                    )
+        finally:
+            for fut in (stop, joined):
+                fut.cancel()
 
     async def _wait_for_tick(self, next_tick: float) -> float:
         interval = (self.plan.trigger_interval_ms or 1000) / 1000
