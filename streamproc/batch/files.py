@@ -53,7 +53,10 @@ def list_files(path: str, *, allow_empty: bool = False) -> list[str]:
         )
     if os.path.isfile(path):
         return [path]
-    raise FileSourceError(f"extract.path: '{path}' does not exist")
+    raise FileSourceError(
+        f"extract.path: '{path}' does not exist; create it, or correct extract.path (a "
+        "directory, a file or a glob of JSON-lines files)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,11 @@ def test_a_file_names_itself(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("missing.jsonl", "extract.path: '{tmp}/missing.jsonl' does not exist"),
+        (
+            "missing.jsonl",
+            "extract.path: '{tmp}/missing.jsonl' does not exist; create it, or correct "
+            "extract.path (a directory, a file or a glob of JSON-lines files)",
+        ),
         ("*.csv", "extract.path: '{tmp}/*.csv' matches no file"),
     ],
 )
