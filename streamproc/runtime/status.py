@@ -163,6 +163,11 @@ class QueryStatus:
         return sum(p.lag for p in self.partitions if p.lag is not None and p.lag > 0)
 
     @property
+    def lag_known(self) -> bool:
+        """False when no partition has a known lag (a file source: byte offsets, no count)."""
+        return any(p.lag is not None for p in self.partitions) or not self.partitions
+
+    @property
     def last_commit_ms(self) -> int | None:
         """Wall time of the query's newest commit, any partition; None before the first."""
         stamps = [p.last_commit_ms for p in self.partitions if p.last_commit_ms is not None]
@@ -274,6 +279,10 @@ def staleness(status: QueryStatus, stale_after_ms: int) -> Staleness:
     since = last if last is not None else status.registered_at_ms
     idle_ms = max(0, status.checked_at_ms - since)
     what = "no commit" if last is not None else "no commit since it was registered"
+    if not status.lag_known:
+        # A file source's offsets are bytes across files: nothing says whether lines wait,
+        # so an idle query cannot be told from a stuck one here (the progress table can).
+        return Staleness(False, f"lag unknown ({what} for {_age(idle_ms)})")
     if lag == 0:
         return Staleness(False, f"no lag ({what} for {_age(idle_ms)})")
     if idle_ms >= stale_after_ms:
@@ -321,7 +330,7 @@ def to_dict(status: QueryStatus, stale_after_ms: int | None = None) -> dict[str,
         "lastCommitAgeSeconds": None if last is None else (status.checked_at_ms - last) / 1000,
         "globalWatermark": _iso(status.global_watermark_ms),
         "eventTimeLagSeconds": _event_time_lag_s(status),
-        "totalLag": status.total_lag,
+        "totalLag": status.total_lag if status.lag_known else None,
         "partitions": [
             {
                 "partition": p.partition,
@@ -383,7 +392,11 @@ def text_lines(status: QueryStatus, stale_after_ms: int | None = None) -> list[s
         f"  last commit {_when(last, now)}; global watermark "
         f"{_iso(status.global_watermark_ms) or '-'}"
         + _event_lag_text(status)
-        + f"; total lag {status.total_lag} record(s)",
+        + (
+            f"; total lag {status.total_lag} record(s)"
+            if status.lag_known
+            else "; total lag unknown (file source)"
+        ),
         "",
     ]
     table = [("partition", "committed", "end", "lag", "watermark", "last commit")]

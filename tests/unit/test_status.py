@@ -123,6 +123,16 @@ def test_staleness(last_commit_ms: int, end: int, stale_after_ms: int, stale: bo
     assert exit_status(status, None) == EXIT_OK
 
 
+def test_a_file_source_has_no_lag_to_judge_and_says_so() -> None:
+    # A file source's status has no ends (byte offsets across files make no count).
+    status = status_of((PositionRow(0, 60, None, None, T0),), {})
+    assert not status.lag_known
+    verdict = staleness(status, 5 * MIN)
+    assert (verdict.stale, verdict.reason) == (False, "lag unknown (no commit for 10 min 0 s)")
+    assert "total lag unknown (file source)" in "\n".join(text_lines(status, None))
+    assert to_dict(status, None)["totalLag"] is None
+
+
 def test_a_query_that_never_committed_is_stale_from_its_registration() -> None:
     status = status_of((), {0: TopicEnd(0, 10)}, now_ms=T0 + 6 * MIN)
     verdict = staleness(status, 5 * MIN)
