@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from streamproc.batch.plan import BatchPlan
 from streamproc.runtime import logformat
@@ -138,6 +139,18 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_TIMED_OUT = 124
 
 
+def progress_bar_for(plan: QueryPlan, stream: TextIO) -> ProgressBar | None:
+    """The bar of a bounded run on a terminal; None for any other run or stream.
+
+    A file source's offsets are (file ordinal, byte) packed in one number: their
+    differences count no records, so a bar over them would show nonsense.
+    """
+    if plan.trigger not in BOUNDED_TRIGGERS or plan.source_type == "file":
+        return None
+    bar = ProgressBar(stream)
+    return bar if bar.enabled else None
+
+
 async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> RunStats:
     """Run a query until it ends, a signal arrives, or max_seconds (wall) pass.
 
@@ -148,9 +161,7 @@ async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> Run
         factory = store_factory_for(plan)
     except LocalStateError as exc:
         raise QueryFailedError(str(exc)) from None
-    bar = ProgressBar(sys.stderr) if plan.trigger in BOUNDED_TRIGGERS else None
-    if bar is not None and not bar.enabled:
-        bar = None
+    bar = progress_bar_for(plan, sys.stderr)
     best = 0
 
     def show(_progress: object) -> None:

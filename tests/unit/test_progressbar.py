@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
+from pathlib import Path
 
+from streamproc.config import load_config
+from streamproc.runtime.main import progress_bar_for
+from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.progressbar import ClearBarFilter, ProgressBar, render_bar
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "streaming-example.json"
 
 
 class Terminal(io.StringIO):
@@ -75,3 +82,13 @@ def test_a_log_line_erases_the_bar_first() -> None:
         logger.removeHandler(handler)
     text = stream.getvalue()
     assert text.index("50%") < text.index("\r\x1b[Ka line\n") < text.index("60%")
+
+
+def test_only_a_bounded_kafka_run_on_a_terminal_gets_a_bar() -> None:
+    cfg = load_config(CONFIG, env={})
+    plan = replace(plan_from_config(cfg), trigger="availablenow")
+    assert progress_bar_for(plan, Terminal()) is not None
+    assert progress_bar_for(plan, io.StringIO()) is None  # not a terminal
+    assert progress_bar_for(replace(plan, trigger="continuous"), Terminal()) is None
+    # A file source's offsets are file and byte: no count to show.
+    assert progress_bar_for(replace(plan, source_type="file"), Terminal()) is None
