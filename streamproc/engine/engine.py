@@ -36,6 +36,7 @@ from streamproc.engine.emission import (
 )
 from streamproc.engine.groupkeys import checked_internal_key, external_key_fn
 from streamproc.engine.kernel import NO_MIN_TS, NO_TS, build_kernel
+from streamproc.engine.localparts import LocalPartitions
 from streamproc.engine.partition import PartitionState
 from streamproc.engine.results import (
     EXPIRED_STATE,
@@ -49,14 +50,14 @@ from streamproc.engine.results import (
     WatermarkJump,
 )
 from streamproc.engine.spec import QuerySpec
-from streamproc.engine.watermarks import GlobalWatermark, partition_watermark
+from streamproc.engine.watermarks import partition_watermark
 from streamproc.state.base import WindowStore
 
 Record = tuple[int, int, Mapping[str, Any]]
 _by_partition = itemgetter(0)
 
 
-class Engine:
+class Engine(LocalPartitions[PartitionState]):
     """Event-time windowed aggregation over the local partitions of one source.
 
     Args:
@@ -76,15 +77,12 @@ class Engine:
         *,
         max_cached_entries: int = 1_000_000,
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, clock)
         self._plan = plan_for(spec)
         self._kernel = build_kernel(spec, self._plan)
         self._external = external_key_fn(len(spec.group_by))
         self._factory = store_factory
-        self._clock = clock
         self._max_cached = max_cached_entries
-        self._parts: dict[int, PartitionState] = {}
-        self._watermark = GlobalWatermark(spec.delay_ms, spec.idle_timeout_ms)
         self._last_emit_watermark_ms: int | None = None
         #: Tombstones of expired (key, window)s (windowed stateTimeout), by window
         #: start, shared by every local partition (internal keys).
@@ -275,55 +273,11 @@ class Engine:
         ps.last_active_ms = now
         self._update_watermark(now)
 
-    def set_remote_watermark(
-        self, partition: int, watermark_ms: int | None, *, idle: bool = False
-    ) -> None:
-        """Count another worker's partition in W (ignored while the partition is local).
-
-        Args:
-            partition: The remote partition.
-            watermark_ms: Its watermark wm(p) (event time), None when it has no data yet.
-            idle: Leave it out of W (its owner considers it idle).
-        """
-        if partition not in self._parts:
-            self._watermark.set_remote(partition, watermark_ms, idle)
-            self._update_watermark(self._clock())
-
     def advance_global_watermark(self, watermark_ms: int) -> None:
         """Raise W to at least this value (event time), e.g. the last committed W."""
         self._watermark.advance_to(watermark_ms)
         if self._last_emit_watermark_ms is None or watermark_ms > self._last_emit_watermark_ms:
             self._last_emit_watermark_ms = self._watermark.current_ms
-
-    def partition_watermark_ms(self, partition: int) -> int | None:
-        """wm(p) (event time) of a local or remote partition, None when unknown."""
-        ps = self._parts.get(partition)
-        if ps is not None:
-            return partition_watermark(ps.max_event_ts_ms, self.spec.delay_ms)
-        return self._watermark.remote_watermark(partition)
-
-    def partition_max_event_ts_ms(self, partition: int) -> int | None:
-        """Max event time of a local partition's aggregated records, None when unknown."""
-        ps = self._parts.get(partition)
-        return None if ps is None else ps.max_event_ts_ms
-
-    def partition_next_offset(self, partition: int) -> int | None:
-        """Offset after the last record processed for a local partition.
-
-        Right after opening a store this is the offset its state corresponds to.
-        """
-        ps = self._parts.get(partition)
-        return None if ps is None else ps.next_offset
-
-    @property
-    def local_partitions(self) -> tuple[int, ...]:
-        """Local partitions, ascending."""
-        return tuple(sorted(self._parts))
-
-    @property
-    def global_watermark_ms(self) -> int | None:
-        """The global watermark W (event time), None until every partition has data."""
-        return self._watermark.current_ms
 
     @property
     def tombstones(self) -> int:
@@ -365,10 +319,6 @@ class Engine:
             last = self._last_emit_watermark_ms
             self._last_emit_watermark_ms = stored_w if last is None else max(last, stored_w)
         return ps
-
-    def _update_watermark(self, now: int) -> int | None:
-        local = [(ps.max_event_ts_ms, ps.last_active_ms) for ps in self._parts.values()]
-        return self._watermark.update(local, now)
 
     def _meta(self, ps: PartitionState, w: int | None) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from streamproc.engine.engine import Engine
 from streamproc.engine.eventtime import event_time_parser
+from streamproc.engine.localparts import LocalPartitions
 from streamproc.engine.results import (
     BatchResult,
     Emission,
@@ -37,7 +38,7 @@ from streamproc.engine.results import (
     new_result_row,
 )
 from streamproc.engine.spec import QuerySpec
-from streamproc.engine.watermarks import GlobalWatermark, partition_watermark
+from streamproc.engine.watermarks import partition_watermark
 from streamproc.state.base import WindowStore
 
 Record = tuple[int, int, Mapping[str, Any]]
@@ -114,15 +115,15 @@ def record_row(partition: int, offset: int, record: Mapping[str, Any]) -> Result
 
 
 class _Partition:
-    __slots__ = ("last_active_ms", "max_ts", "next_offset")
+    __slots__ = ("last_active_ms", "max_event_ts_ms", "next_offset")
 
     def __init__(self, now_ms: int) -> None:
-        self.max_ts: int | None = None
+        self.max_event_ts_ms: int | None = None
         self.next_offset: int | None = None
         self.last_active_ms = now_ms
 
 
-class PassThroughEngine:
+class PassThroughEngine(LocalPartitions[_Partition]):
     """Records in, one row each out at the next emit (a `StreamEngine`).
 
     Args:
@@ -133,13 +134,10 @@ class PassThroughEngine:
     def __init__(self, spec: QuerySpec, clock: Callable[[], int]) -> None:
         if not spec.passthrough:
             raise ValueError("PassThroughEngine runs pass-through queries only")
-        self.spec = spec
-        self._clock = clock
+        super().__init__(spec, clock)
         column = spec.event_time_column
         self._column = column
         self._parse = event_time_parser(spec.event_time_format) if column else None
-        self._parts: dict[int, _Partition] = {}
-        self._watermark = GlobalWatermark(spec.delay_ms, spec.idle_timeout_ms)
         self._pending: list[ResultRow] = []
 
     def process(self, records: Sequence[Record]) -> BatchResult:
@@ -152,8 +150,8 @@ class PassThroughEngine:
             if ps is None:
                 ps = self._open(partition, now)
             ts = self._event_time(record)
-            if ts is not None and (ps.max_ts is None or ts > ps.max_ts):
-                ps.max_ts = ts
+            if ts is not None and (ps.max_event_ts_ms is None or ts > ps.max_event_ts_ms):
+                ps.max_event_ts_ms = ts
             ps.next_offset = offset + 1
             ps.last_active_ms = now
             pending.append(record_row(partition, offset, record))
@@ -171,8 +169,10 @@ class PassThroughEngine:
                 bad=0,
                 first_offset=first,
                 next_offset=self._parts[p].next_offset,
-                max_event_ts_ms=self._parts[p].max_ts,
-                watermark_ms=partition_watermark(self._parts[p].max_ts, self.spec.delay_ms),
+                max_event_ts_ms=self._parts[p].max_event_ts_ms,
+                watermark_ms=partition_watermark(
+                    self._parts[p].max_event_ts_ms, self.spec.delay_ms
+                ),
             )
             for p, (n, first) in counts.items()
         }
@@ -227,39 +227,14 @@ class PassThroughEngine:
             raise ValueError("a pass-through query has no partial states to restore")
         now = self._clock()
         ps = self._open(partition, now)
-        ps.max_ts = max_event_ts_ms
+        ps.max_event_ts_ms = max_event_ts_ms
         ps.next_offset = next_offset
         self._pending = [r for r in self._pending if r.key[0] != partition]
         self._update_watermark(now)
 
-    def set_remote_watermark(
-        self, partition: int, watermark_ms: int | None, *, idle: bool = False
-    ) -> None:
-        """Count another worker's partition in W (ignored while the partition is local)."""
-        if partition not in self._parts:
-            self._watermark.set_remote(partition, watermark_ms, idle)
-            self._update_watermark(self._clock())
-
     def advance_global_watermark(self, watermark_ms: int) -> None:
         """Raise W to at least this value (event time)."""
         self._watermark.advance_to(watermark_ms)
-
-    def partition_watermark_ms(self, partition: int) -> int | None:
-        """wm(p) (event time) of a local or remote partition, None when unknown."""
-        ps = self._parts.get(partition)
-        if ps is not None:
-            return partition_watermark(ps.max_ts, self.spec.delay_ms)
-        return self._watermark.remote_watermark(partition)
-
-    def partition_max_event_ts_ms(self, partition: int) -> int | None:
-        """Max event time of a local partition's records, None when unknown."""
-        ps = self._parts.get(partition)
-        return None if ps is None else ps.max_ts
-
-    @property
-    def global_watermark_ms(self) -> int | None:
-        """The global watermark W (event time), None until every partition has one."""
-        return self._watermark.current_ms
 
     def state_bytes(self) -> int | None:
         """Nothing is kept locally."""
@@ -283,10 +258,6 @@ class PassThroughEngine:
         except (ValueError, TypeError):
             return None  # written all the same: nothing here needs its time
         return ts
-
-    def _update_watermark(self, now: int) -> int | None:
-        local = [(ps.max_ts, ps.last_active_ms) for ps in self._parts.values()]
-        return self._watermark.update(local, now)
 
 
 def engine_for(
