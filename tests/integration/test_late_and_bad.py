@@ -13,6 +13,7 @@ import pytest
 from streamproc.local import create_topic
 from streamproc.runtime.quality import QualityPlan, QualityRule
 from streamproc.runtime.query import QueryFailedError
+from tests.integration.bad_values import BAD, GOOD
 from tests.integration.pipeline_helpers import make_plan, run_workers
 from tests.kafka_io import Letter, produce, produce_raw, read_topic
 from tests.reference import Query, assert_tables_equal, expected, parse_ts
@@ -135,19 +136,7 @@ async def test_bad_records_go_to_the_dlq_with_a_reason_and_are_counted(
     await create_topic(kafka_bootstrap, unique_name, 1)
     dlq = f"{unique_name}_dlq"
     await create_topic(kafka_bootstrap, dlq, 1)
-    good = {"user_id": "u1", "event_time": "2025-11-26T10:00:00Z", "value": 5}
-    values = [
-        json.dumps(good).encode(),
-        b"\xff\xfe not utf-8",
-        b"{not json",
-        b"[1, 2]",
-        json.dumps({"user_id": "u1", "value": 1}).encode(),
-        json.dumps({"user_id": "u1", "event_time": "yesterday"}).encode(),
-        json.dumps(
-            {"user_id": "u1", "event_time": "2025-11-26T10:00:01Z", "value": "abc"}
-        ).encode(),
-        json.dumps(good).encode(),
-    ]
+    values = [json.dumps(GOOD).encode(), *(v for v, _ in BAD), json.dumps(GOOD).encode()]
     await produce_raw(kafka_bootstrap, unique_name, [(0, None, v) for v in values])
     plan = make_plan(
         name=unique_name,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from streamproc.local import create_topic
+from tests.integration.bad_values import BAD, GOOD
 from tests.integration.cli_helpers import CLI_QUERY, edit, run_cli, write_config
 from tests.integration.pipeline_helpers import make_plan, run_workers
 from tests.kafka_io import produce, produce_raw
@@ -65,23 +66,6 @@ async def test_once_reads_everything_there_at_start_in_one_batch_per_run(
     done = run_cli(edit(config, lambda d: None), kafka_bootstrap, pg_dsn)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(await _batches(pg, unique_name)) == 2
-
-
-GOOD = {"user_id": "u1", "event_time": "2025-11-26T10:00:00Z", "value": 5}
-#: Six bad values and the reason each gets, between two good records.
-BAD = [
-    (b"\xff\xfe not utf-8", "value: not UTF-8"),
-    (b"{not json", "value: not JSON"),
-    (b"[1, 2]", "value: a JSON array, not an object"),
-    (json.dumps({"user_id": "u1", "value": 1}).encode(), "event_time: missing"),
-    (json.dumps({"user_id": "u1", "event_time": "yesterday"}).encode(), "event_time: 'yesterday'"),
-    (
-        json.dumps(
-            {"user_id": "u1", "event_time": "2025-11-26T10:00:01Z", "value": "abc"}
-        ).encode(),
-        "value: 'abc' is not a number (needed by value:sum)",
-    ),
-]
 
 
 @pytest.mark.parametrize("dlq_type", ["logging", "none"])
