@@ -65,10 +65,9 @@ def complete_lines(data: bytes, start: int, ordinal: int, limit: int) -> LineChu
         if newline < 0:
             return LineChunk(records, start + pos, False)
         line = data[pos:newline]
-        # At the limit, stop before the next record; a blank line is consumed.
-        if len(records) >= limit and line.strip():
-            return LineChunk(records, start + pos, True)
-        if line.strip():
+        if line and not line.isspace():  # (blank lines are consumed, not records)
+            if len(records) >= limit:  # at the limit: stop before the next record
+                return LineChunk(records, start + pos, True)
             records.append(RawRecord(0, base | (start + newline), None, line, 0))
         pos = newline + 1
 
