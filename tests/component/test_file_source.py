@@ -57,6 +57,15 @@ def _records_in_ledger(db: MemoryDatabase, plan: QueryPlan) -> int:
     return sum(r.records for r in rows)
 
 
+async def _committed(
+    db: MemoryDatabase, plan: QueryPlan, running: asyncio.Future[RunStats], count: int
+) -> None:
+    """Return once the ledger counts `count` records; fail if the query ended before."""
+    while _records_in_ledger(db, plan) < count:
+        assert not running.done(), running.result()
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize("case", ["append_sliding", "update_tumbling", "complete_nonwindowed"])
 async def test_files_read_across_restarts_equal_the_model(case: str, tmp_path: Path) -> None:
     records = [
@@ -108,22 +117,17 @@ async def test_files_appearing_while_running_are_picked_up(tmp_path: Path) -> No
     query = _query(plan, registry, db)
     running = asyncio.ensure_future(query.run())
 
-    async def committed(count: int) -> None:
-        while _records_in_ledger(db, plan) < count:
-            assert not running.done(), running.result()
-            await asyncio.sleep(0.02)
-
     try:
         first = feed.new_file(
             "a.jsonl",
             records[:100],
         )
-        await asyncio.wait_for(committed(100), 30)
+        await asyncio.wait_for(_committed(db, plan, running, 100), 30)
         feed.append(first, records[100:150], partial=b'{"user_id": "u2", "event_time": ')
-        await asyncio.wait_for(committed(150), 30)
+        await asyncio.wait_for(_committed(db, plan, running, 150), 30)
         feed.finish_line(first, b'"2025-11-26T10:00:00Z"}\n', records[150:200])
         feed.new_file("b.jsonl", records[200:])
-        await asyncio.wait_for(committed(401), 30)
+        await asyncio.wait_for(_committed(db, plan, running, 401), 30)
     finally:
         query.request_stop()
         stats = await asyncio.wait_for(running, 30)
@@ -202,16 +206,11 @@ async def test_latest_skips_the_files_present_at_start(tmp_path: Path) -> None:
     query = _query(plan, registry, db)
     running = asyncio.ensure_future(query.run())
 
-    async def committed(count: int) -> None:
-        while _records_in_ledger(db, plan) < count:
-            assert not running.done(), running.result()
-            await asyncio.sleep(0.02)
-
     try:
         # The file is new only once the query has started (and listed the directory).
         await asyncio.wait_for(query.wait_until_assigned(), 30)
         feed.new_file("new.jsonl", [{"user_id": "u2", "event_time": 0}] * 2)
-        await asyncio.wait_for(committed(2), 30)
+        await asyncio.wait_for(_committed(db, plan, running, 2), 30)
     finally:
         query.request_stop()
         stats = await asyncio.wait_for(running, 30)
