@@ -29,6 +29,7 @@ BASE_MS = 1_764_151_200_000  # 2025-11-26T10:00:00Z, a multiple of 60 s
 PARTITIONS = 4
 USERS = 10_000
 LATE_SHARE = 0.01
+REGIONS = ("eu", "us", "apac")
 DELAY = "5 seconds"
 AGGREGATIONS = "value:count,value:sum,value:avg,value:max"
 
@@ -42,6 +43,8 @@ class Workload:
     records_per_event_s: int  # records per second of event time
     keyed_by_user: bool  # message key = user (else random key, round-robin partition)
     seed: int = 7
+    regions: bool = False  # a "region" field too (one of REGIONS, drawn per record)
+    users: int = USERS
 
     def describe(self) -> dict[str, Any]:
         """The workload as JSON for the results file."""
@@ -49,7 +52,7 @@ class Workload:
             "name": self.name,
             "records": self.records,
             "partitions": PARTITIONS,
-            "users": USERS,
+            "users": self.users,
             "records_per_event_second": self.records_per_event_s,
             "message_key": "user_id" if self.keyed_by_user else "random, round-robin partitions",
             "late_share": LATE_SHARE,
@@ -73,17 +76,18 @@ def messages(w: Workload) -> Iterator[tuple[int | None, bytes, bytes]]:
     order: list[int] = []
     for i in range(w.records):
         if w.keyed_by_user:
-            user = rng.randrange(USERS)
+            user = rng.randrange(w.users)
         else:
-            if i % USERS == 0:
-                order = list(range(USERS))
+            if i % w.users == 0:
+                order = list(range(w.users))
                 rng.shuffle(order)
-            user = order[i % USERS]
+            user = order[i % w.users]
         ts = BASE_MS + (i * 10_000) // per_window + rng.randrange(-500, 500)
         if rng.random() < LATE_SHARE:
             ts -= rng.randrange(7_000, 15_000)
         value = round(rng.uniform(0, 1000), 2)
-        body = f'{{"user_id": "u{user}", "event_time": {ts}, "value": {value}}}'.encode()
+        region = f', "region": "{rng.choice(REGIONS)}"' if w.regions else ""
+        body = f'{{"user_id": "u{user}", "event_time": {ts}, "value": {value}{region}}}'.encode()
         if w.keyed_by_user:
             yield None, f"u{user}".encode(), body
         else:
