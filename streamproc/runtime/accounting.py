@@ -63,6 +63,13 @@ class RunStats:
     times: PhaseTimes = field(default_factory=PhaseTimes)
     #: Wall seconds spent on batches (processing and committing), not waiting for records.
     batch_seconds: float = 0.0
+    #: Why the last attempt that did not commit did not (stale, refused, an outage).
+    last_setback: str | None = None
+
+    @property
+    def setbacks(self) -> int:
+        """Attempts that did not commit: stale batches, failed commits, sink outages."""
+        return self.stale_batches + self.failed_commits + self.sink_outages
 
 
 class Accounting:
@@ -197,17 +204,22 @@ class Accounting:
         """A record the sink refused was dead-lettered (counted by `committed` too)."""
         metrics.BATCHES.labels(self._pipeline, self._query, "dead_lettered").inc()
 
-    def stale(self) -> None:
-        """A batch was found stale and discarded."""
+    def stale(self, partitions: Sequence[int]) -> None:
+        """A batch was found stale (these partitions moved) and discarded."""
         self.stats.stale_batches += 1
+        self.stats.last_setback = (
+            f"a batch was stale: partitions {list(partitions)} moved (another worker committed)"
+        )
         metrics.BATCHES.labels(self._pipeline, self._query, "stale").inc()
 
-    def failed(self) -> None:
+    def failed(self, reason: str) -> None:
         """The sink refused a batch."""
         self.stats.failed_commits += 1
+        self.stats.last_setback = f"the sink refused a batch: {reason}"
         metrics.BATCHES.labels(self._pipeline, self._query, "failed").inc()
 
-    def outage(self) -> None:
+    def outage(self, reason: str) -> None:
         """The sink could not be reached; the batch will be replayed."""
         self.stats.sink_outages += 1
+        self.stats.last_setback = f"the sink was unavailable: {reason}"
         metrics.BATCHES.labels(self._pipeline, self._query, "unavailable").inc()

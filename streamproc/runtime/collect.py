@@ -64,21 +64,29 @@ class BatchCollector:
     def start_run(self, run: BoundedRun) -> None:
         """Stop at this run's end offsets from now on."""
         self.run = run
-        self.pause_finished()
+        self.sync_pauses()
 
     def end(self, partition: int) -> int:
         """The run's end offset of a partition (0 for one the run did not know)."""
         assert self.run is not None
         return self.run.ends.get(partition, 0)
 
-    def pause_finished(self) -> None:
-        """Stop fetching owned partitions that reached the run's end."""
+    def sync_pauses(self) -> None:
+        """Fetch exactly the owned partitions below the run's end: pause the others.
+
+        Run before every fetch, so that a partition sought back below its end (a
+        batch that reached it was stale or failed, and is fetched again) is read
+        again: a pause outlives a seek, as in Kafka.
+        """
         if self.run is None:
             return
-        done = {p for p, offset in self._tracker.next.items() if offset >= self.end(p)}
-        done &= self._source.assignment()
+        owned = self._source.assignment()
+        done = {p for p in owned if self._tracker.next.get(p, 0) >= self.end(p)}
+        done -= self._tracker.pending
         if done:
             self._source.pause(done)
+        if owned - done:
+            self._source.resume(owned - done)
 
     # --------------------------------------------------------------- fetching
     def batch_made(self, records: int, rows: int) -> None:
@@ -97,6 +105,7 @@ class BatchCollector:
         cap = self._batch_cap()
         if self._trigger_aware is not None:
             self._trigger_aware.trigger_started()
+        self.sync_pauses()
         out: list[RawRecord] = []
         reached = dict(self._tracker.next) if self.run is not None else {}
         first_timeout = 200 if plan.trigger != "processingtime" else 50
@@ -151,4 +160,4 @@ class BatchCollector:
     def committed(self, partitions: Sequence[PartitionCommit]) -> None:
         """Stop fetching partitions a committed batch brought to the run's end."""
         if self.run is not None and partitions:
-            self.pause_finished()
+            self.sync_pauses()

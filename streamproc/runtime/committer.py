@@ -229,7 +229,7 @@ class BatchCommitter:
         self, prepared: PreparedBatch, outcome: CommitOutcome
     ) -> list[PartitionCommit]:
         if outcome.stale:
-            self._accounting.stale()
+            self._accounting.stale(outcome.stale)
             log.warning("stale batch for partitions %s: replaying", list(outcome.stale))
             await self._tracker.replay_from_ledger()
             return []
@@ -266,6 +266,7 @@ class BatchCommitter:
                 dict(tracker.next),
                 tracker.owns_every_partition,
                 tracker.partition_count,
+                tracker.expected_positions(),
             )
 
     async def _cpu(self, inline: bool, fn: Callable[..., T], *args: Any) -> T:
@@ -278,6 +279,7 @@ class BatchCommitter:
         next_offsets: dict[int, int],
         owns_every_partition: bool,
         topic_partitions: int,
+        expected_positions: dict[int, int | None],
     ) -> PreparedBatch | None:
         local = closes_locally(engine.spec, owns_every_partition)
         # Idle (key, window)s are expired where the whole activity is known: here
@@ -293,6 +295,7 @@ class BatchCommitter:
             topic_partitions=topic_partitions,
             late=self._late,
             bad=self._bad,
+            expected_positions=expected_positions,
         )
         if prepared is None:
             return None

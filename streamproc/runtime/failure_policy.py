@@ -163,7 +163,7 @@ class FailurePolicy:
         kind = classify_failure(exc)
         if kind is FailureKind.UNAVAILABLE:
             raise SinkOutage(exc)
-        self._accounting.failed()
+        self._accounting.failed(first_line(exc))
         if kind is FailureKind.FATAL:
             raise self.fatal(exc)
 
@@ -327,7 +327,7 @@ class FailurePolicy:
         retry policy's delays (at least a second) while it is not. Waiting
         happens outside the lock, so that rebalances go on meanwhile.
         """
-        self._accounting.outage()
+        self._accounting.outage(first_line(cause))
         log.error(
             "sink unavailable (%s): batch not committed, nothing dropped; waiting for the sink",
             first_line(cause),

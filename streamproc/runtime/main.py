@@ -26,6 +26,7 @@ from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.progressbar import ClearBarFilter, ProgressBar
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
+from streamproc.runtime.wiring import QueryPorts
 from streamproc.state.base import LocalStateError, WindowStore
 from streamproc.state.memory import memory_store_factory
 from streamproc.state.rocks import rocks_store_factory
@@ -151,11 +152,18 @@ def progress_bar_for(plan: QueryPlan, stream: TextIO) -> ProgressBar | None:
     return bar if bar.enabled else None
 
 
-async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> RunStats:
+async def run_query(
+    plan: QueryPlan, *, max_seconds: float | None = None, ports: QueryPorts | None = None
+) -> RunStats:
     """Run a query until it ends, a signal arrives, or max_seconds (wall) pass.
 
     SIGINT, SIGTERM and SIGHUP finish and commit the batch in flight, then
     stop; `RunStats.stopped_by` names the signal.
+
+    Args:
+        plan: The query.
+        max_seconds: Stop after this many wall seconds.
+        ports: The adapters to run on (default: the plan's Kafka and PostgreSQL).
     """
     try:
         factory = store_factory_for(plan)
@@ -172,7 +180,7 @@ async def run_query(plan: QueryPlan, *, max_seconds: float | None = None) -> Run
             best = max(best, offsets[0])
             bar.update(best, offsets[1])
 
-    query = StreamingQuery(plan, factory, on_progress=show if bar else None)
+    query = StreamingQuery(plan, factory, ports=ports, on_progress=show if bar else None)
     with _bar_on_stderr(bar):
         stats = await _run_until_stopped(query, max_seconds)
         offsets = query.run_offsets()

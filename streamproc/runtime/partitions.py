@@ -56,6 +56,9 @@ class PartitionTracker:
         #: Owned partitions not restored yet (the checkpoint was unreachable);
         #: none of their records is processed until they are.
         self.pending: set[int] = set()
+        #: Restored partitions that have a committed position (the others start per
+        #: startingOffsets and have none until their first commit).
+        self._positioned: set[int] = set()
         self.partition_count = 0
 
     # ------------------------------------------------------------ assignment
@@ -88,6 +91,7 @@ class PartitionTracker:
         self.engine = self._new_engine()
         self.next.clear()
         self.committed.clear()
+        self._positioned.clear()
         self.pending = set(owned)
         try:
             await self.restore_pending()
@@ -180,6 +184,7 @@ class PartitionTracker:
         self.engine = self._new_engine()
         self.next.clear()
         self.committed.clear()
+        self._positioned.clear()
         self.pending = set(self._source.assignment())
         await self.restore_pending()
 
@@ -219,8 +224,21 @@ class PartitionTracker:
     def committed_up_to(self, partition: int, offset: int) -> None:
         """A batch of the partition ending at offset is durable."""
         self.committed[partition] = offset
+        self._positioned.add(partition)
         if self.next.get(partition, -1) < offset:
             self.next[partition] = offset
+
+    def expected_positions(self) -> dict[int, int | None]:
+        """Where each restored partition's committed position will be when the next batch
+        commits: after the batches prepared before it (None: no position yet).
+
+        A batch whose rows were merged from every partition's state depends on
+        all of these, not only on the partitions it carries (`CommitBatch.basis`).
+        """
+        return {
+            p: offset if p in self._positioned or offset != self.committed.get(p) else None
+            for p, offset in self.next.items()
+        }
 
     def _restore_engine(self, checkpoint: PartitionCheckpoint) -> None:
         """Reset a partition's engine state to its last commit."""
@@ -235,6 +253,7 @@ class PartitionTracker:
         if checkpoint.next_offset is not None:
             self._source.seek(p, checkpoint.next_offset)
             self.next[p] = checkpoint.next_offset
+            self._positioned.add(p)
         else:
             await self._source.seek_to_start(p)
             self.next[p] = await self._source.position(p)

@@ -202,8 +202,15 @@ def prepare_commit(
     topic_partitions: int,
     late: LateRouter,
     bad: BadRouter,
+    expected_positions: Mapping[int, int | None] | None = None,
 ) -> PreparedBatch | None:
-    """The commit of a processed batch after the engine's emit; None when it changes nothing."""
+    """The commit of a processed batch after the engine's emit; None when it changes nothing.
+
+    Args:
+        expected_positions: Every partition's committed position as this worker
+            knows it (`PartitionTracker.expected_positions`): the basis of rows
+            merged from every partition's state.
+    """
     spec = engine.spec
     local = closes_locally(spec, owns_every_partition)
     partitions = partition_commits(batch, engine, next_offsets)
@@ -215,11 +222,13 @@ def prepare_commit(
     ):
         return None
     routed = route(batch, late, bad)
+    rows = local_rows(emission, spec, owns_every_partition)
+    merged_locally = local or (rows is not None and not spec.passthrough)
     commit = CommitBatch(
         partitions=partitions,
         partials=emission.partials,
         evicted=emission.evicted,
-        local_rows=local_rows(emission, spec, owns_every_partition),
+        local_rows=rows,
         late_rows=routed.late_rows,
         dead_letter_rows=routed.dead_letter_rows,
         topic_partitions=topic_partitions,
@@ -227,6 +236,7 @@ def prepare_commit(
         closes_locally=local,
         watermark_ms=emission.global_watermark_ms,
         expired=emission.expired,
+        basis=dict(expected_positions or {}) if merged_locally else None,
     )
     return PreparedBatch(
         commit, routed.dead_letters, batch.result.late, batch.bad_items(), batch.raws

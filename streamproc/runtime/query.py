@@ -51,6 +51,7 @@ from streamproc.runtime.progress import QueryProgress, build_progress, fold_phas
 from streamproc.runtime.quality import QualityAbortError, QualityGate
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import Position
+from streamproc.runtime.stall import STOP_AFTER_S, StallWatch
 from streamproc.runtime.wiring import QueryPorts, kafka_postgres_ports
 from streamproc.sinks.base import CommitOutcome, PartitionCommit
 from streamproc.sources.base import RawRecord
@@ -64,6 +65,8 @@ log = logging.getLogger("streamproc.query")
 #: asks whether it is already complete, and how often a long wait is said (seconds).
 JOIN_POLL_S = 2.0
 JOIN_WARN_S = 60.0
+#: How often a worker whose share of a bounded run is done asks whether the run is.
+RUN_POLL_S = 0.5
 
 
 @dataclass(slots=True)
@@ -162,6 +165,13 @@ class StreamingQuery:
         self._outage: Exception | None = None
         #: Batches fetched with records so far: the number of the last one.
         self._batch_number = 0
+        #: Says when nothing moves on though there is work (streamproc/runtime/stall.py).
+        self._stall = StallWatch(
+            time.monotonic(), stop_after_s=STOP_AFTER_S if self.bounded else None
+        )
+        self._setbacks_seen = 0
+        #: A bounded run: the query's committed offsets as last read (any worker's).
+        self._run_committed: dict[int, int] = {}
 
     # ----------------------------------------------------------------- control
     @property
@@ -217,10 +227,11 @@ class StreamingQuery:
     # -------------------------------------------------------- rebalance hooks
     async def on_assigned(self, partitions: set[int]) -> None:
         """Restore each new partition exactly from the checkpoint and seek to its ledger offset."""
-        await self._delivered()
         async with self._lock:
+            # Under the lock: the loop cannot send another batch meanwhile.
+            await self._delivered()
             await self._tracker.assigned(partitions)
-            self._collector.pause_finished()
+            self._collector.sync_pauses()
             owned = sorted(self._source.assignment())
             self._accounting.assigned(len(owned))
             log.info("assigned partitions %s", owned)
@@ -228,8 +239,10 @@ class StreamingQuery:
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Drop local state of partitions another worker will own."""
-        await self._delivered()
         async with self._lock:
+            # Under the lock: a batch sent after this returned would still be the old
+            # owner's while the new owner restores (its commit would then be stale).
+            await self._delivered()
             await self._tracker.revoked(partitions)
             self._accounting.revoked(partitions, len(self._source.assignment()))
             log.info("revoked partitions %s", sorted(partitions))
@@ -350,8 +363,40 @@ class StreamingQuery:
                     await self._settle()
                     if await self._run_done():
                         return
+                    # Others still work on the run: ask again in a while, not in a spin.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), RUN_POLL_S)
+                self._watch_progress()
         finally:
             await self._settle()
+
+    def _watch_progress(self) -> None:
+        """Say (within a minute) when nothing moves on though there is work; stop a stuck run."""
+        stats = self.stats
+        while self._setbacks_seen < stats.setbacks:
+            self._setbacks_seen += 1
+            self._stall.setback(stats.last_setback or "unknown")
+        run = self._collector.run
+        behind = None
+        if run is not None:
+            committed = {**self._run_committed, **self._tracker.committed}
+            behind = {
+                p: (committed.get(p, self._run_starts.get(p, 0)), end)
+                for p, end in run.ends.items()
+                if committed.get(p, 0) < end
+            }
+        stalled = self._stall.check(time.monotonic(), behind)
+        if stalled is None:
+            return
+        where = f"query {self.plan.query_name}" + (
+            f", bounded run {run.run_id}" if run is not None else ""
+        )
+        if stalled.stop:
+            raise QueryFailedError(
+                f"{where} stopped: {stalled.message}; nothing was lost (a rerun resumes from "
+                "the checkpoint)"
+            )
+        log.warning("%s: %s", where, stalled.message)
 
     async def _prepare(self, raws: list[RawRecord], generation: int) -> PreparedBatch | None:
         """Fold a fetched batch into the engine and build its commit (under the lock)."""
@@ -458,6 +503,7 @@ class StreamingQuery:
             )
             if committed is None:
                 return False
+            self._stall.progressed(time.monotonic())
             self._progressed(inflight)
         await self._commit_offsets(committed)
         return True
@@ -540,6 +586,8 @@ class StreamingQuery:
             if not is_outage(exc):
                 raise
             return False  # asked again after the next batch
+        self._run_committed = committed
+        self._stall.run_offsets(time.monotonic(), committed)
         if any(committed.get(p, 0) < end for p, end in run.ends.items()):
             return False
         self.stats.run_complete = True

@@ -137,6 +137,13 @@ class CommitBatch:
     # `local_rows`); the checkpoint replaces every partition's partial of each
     # by a tombstone. Otherwise the checkpoint finds idle ones itself.
     expired: Sequence[WindowKey] = ()
+    # What the batch's rows were merged from, when that is every partition's
+    # state (`local_rows` of a worker owning every partition, or windows it closes
+    # itself): the committed position of each partition of the topic as this
+    # worker knew it (None: no position yet). The batch is stale when any of them
+    # moved, carried by the batch or not (`stale_partitions`). None: the rows
+    # depend only on the partitions the batch carries.
+    basis: Mapping[int, int | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +399,30 @@ class Checkpoint(Protocol):
     async def finish_run(self, run: BoundedRun) -> None:
         """Mark a bounded run done (every partition reached its end)."""
         ...
+
+
+def stale_partitions(batch: CommitBatch, committed: Mapping[int, int]) -> tuple[int, ...]:
+    """Partitions whose committed position is not where the batch assumed it.
+
+    Each partition the batch carries must be positioned at its start offset (or
+    have no position yet). A batch with a `basis` also needs every other
+    partition where the basis says: another worker that committed one since (a
+    rebalance, or an early start beside the group) holds contributions the
+    batch's locally merged rows do not, and writing them would overwrite those.
+
+    Args:
+        committed: The next offset of each partition with a position (for a batch
+            with a basis: every partition of the query; else at least its own).
+    """
+    stale = {
+        p.partition
+        for p in batch.partitions
+        if p.partition in committed and committed[p.partition] != p.start_offset
+    }
+    basis = batch.basis
+    if basis is not None:
+        stale.update(p for p in set(basis) | set(committed) if committed.get(p) != basis.get(p))
+    return tuple(sorted(stale))
 
 
 def behind_watermark(batch: CommitBatch, stored_w: int | None) -> tuple[int, ...]:

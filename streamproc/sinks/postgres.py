@@ -60,6 +60,7 @@ from streamproc.sinks.base import (
     behind_watermark,
     check_local_watermark,
     expiry_bounds,
+    stale_partitions,
 )
 from streamproc.sinks.layout import (
     LEDGER_TABLE,
@@ -339,7 +340,7 @@ class PostgresCheckpoint:
     async def _commit_in(
         self, conn: Any, batch: CommitBatch, times: PhaseTimes, tally: _StateTally
     ) -> CommitOutcome:
-        stale = await self._stale_partitions(conn, batch.partitions)
+        stale = await self._stale_partitions(conn, batch)
         # W and the newest progress row in one round trip (the progress row's
         # seq and state total carry on from it).
         stored = await conn.fetchrow(
@@ -463,23 +464,21 @@ class PostgresCheckpoint:
             )
         return CommitOutcome((), written, closed, watermark, state_rows_total=total)
 
-    async def _stale_partitions(
-        self, conn: Any, partitions: Sequence[PartitionCommit]
-    ) -> tuple[int, ...]:
-        if not partitions:
+    async def _stale_partitions(self, conn: Any, batch: CommitBatch) -> tuple[int, ...]:
+        """The partitions whose position is not where the batch assumed (`stale_partitions`).
+
+        A batch with a basis is checked against every partition's position, under the
+        lock: what it merged locally must still be what is committed.
+        """
+        if batch.basis is None and not batch.partitions:
             return ()
         rows = await conn.fetch(
             f"""SELECT partition, next_offset FROM {_POSITIONS}
-                WHERE query = $1 AND partition = ANY($2::int[])""",
+                WHERE query = $1 AND ($2::int[] IS NULL OR partition = ANY($2::int[]))""",
             self._query,
-            [p.partition for p in partitions],
+            None if batch.basis is not None else [p.partition for p in batch.partitions],
         )
-        committed = {r["partition"]: r["next_offset"] for r in rows}
-        return tuple(
-            p.partition
-            for p in partitions
-            if p.partition in committed and committed[p.partition] != p.start_offset
-        )
+        return stale_partitions(batch, {r["partition"]: r["next_offset"] for r in rows})
 
     def _state_records(self, partials: Mapping[int, Sequence[PartialRow]]) -> list[tuple[Any, ...]]:
         """The staging records of partial states; refuses keys the sink cannot hold."""

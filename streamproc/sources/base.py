@@ -118,7 +118,10 @@ class Source(Protocol):
         ...
 
     def seek(self, partition: int, offset: int) -> None:
-        """Continue fetching partition at offset."""
+        """Continue fetching partition at offset.
+
+        A paused partition stays paused, as in Kafka: whoever paused it resumes it.
+        """
         ...
 
     async def seek_to_start(self, partition: int) -> None:
@@ -145,7 +148,11 @@ class Source(Protocol):
         ...
 
     def pause(self, partitions: set[int]) -> None:
-        """Stop fetching these partitions."""
+        """Stop fetching these owned partitions (until `resume`)."""
+        ...
+
+    def resume(self, partitions: set[int]) -> None:
+        """Fetch these owned partitions again (a no-op for those not paused)."""
         ...
 
     async def fetch(self, max_records: int, timeout_ms: int) -> list[RawRecord]:

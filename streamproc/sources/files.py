@@ -123,7 +123,6 @@ class FileSource:
     def seek(self, partition: int, offset: int) -> None:
         """Continue at the byte and file the offset names."""
         self._pos = decode_offset(offset)
-        self._paused = False
         # A restart: say now what grew behind the position while no worker ran.
         self._check_files_behind()
 
@@ -165,6 +164,11 @@ class FileSource:
         """Stop reading (a bounded run reached its end)."""
         if 0 in partitions:
             self._paused = True
+
+    def resume(self, partitions: set[int]) -> None:
+        """Read again (sought back below a bounded run's end)."""
+        if 0 in partitions:
+            self._paused = False
 
     def trigger_started(self) -> None:
         """A micro-batch begins: maxFilesPerTrigger counts from zero again."""

@@ -96,6 +96,8 @@ class KafkaSource:
         # An early start: a consumer outside the group reading every partition
         # until the group's first assignment arrives (see `start`).
         self._early: Any = None
+        # Early readers the group's answer took over from, to stop (`_stop_retired`).
+        self._retired: list[Any] = []
         #: True once stop() began: rebalance callbacks that still arrive are ignored.
         self.stopping = False
         # Records fetched but not handed out yet, per partition, in offset
@@ -155,6 +157,11 @@ class KafkaSource:
         reader stands, state and all (nothing is restored again); the others
         are revoked; any the early reader did not have are assigned. Returns
         False when there was no early start (the caller reports the assignment).
+
+        The group's consumer takes the early reader's positions before the
+        listener hears of the change: a revocation restores the kept partitions
+        from the checkpoint and seeks them there, and that seek must be the last
+        word (the early reader may stand past records never committed).
         """
         early, self._early = self._early, None
         if early is None:
@@ -165,16 +172,23 @@ class KafkaSource:
             paused = {tp.partition for tp in early.paused()}
             positions = {p: await self._position_in(early, p) for p in had & assigned}
             self._buffered.clear()  # the group's consumer fetches them again
-            if had - assigned:
-                await listener.on_revoked(had - assigned)
             for p, offset in positions.items():
                 self._consumer.seek(TopicPartition(topic, p), offset)
             self.pause((had & assigned) & paused)
+            if had - assigned:
+                await listener.on_revoked(had - assigned)
             if assigned - had:
                 await listener.on_assigned(assigned - had)
         finally:
-            await early.stop()
+            # Stopped by the next fetch, not here: a fetch in flight may still call it
+            # (aiokafka raises ConsumerStoppedError on a stopped consumer).
+            self._retired.append(early)
         return True
+
+    async def _stop_retired(self) -> None:
+        """Stop the early reader once no fetch can be using it any more."""
+        while self._retired:
+            await self._retired.pop().stop()
 
     def _new_consumer(self, *, group: bool, offset_reset: str | None = None) -> Any:
         """A consumer of the topic: the group member, or one outside the group."""
@@ -241,6 +255,7 @@ class KafkaSource:
             if consumer is not None:
                 setattr(self, name, None)
                 await consumer.stop()
+        await self._stop_retired()
 
     def assignment(self) -> set[int]:
         """The partitions of the topic this member owns now."""
@@ -382,6 +397,10 @@ class KafkaSource:
         """Stop fetching these partitions (bounded runs that reached their end)."""
         self._reader.pause(*(TopicPartition(self._config.topic, p) for p in partitions))
 
+    def resume(self, partitions: set[int]) -> None:
+        """Fetch these partitions again (sought back below a bounded run's end)."""
+        self._reader.resume(*(TopicPartition(self._config.topic, p) for p in partitions))
+
     async def fetch(self, max_records: int, timeout_ms: int) -> list[RawRecord]:
         """Fetch up to max_records records of the owned partitions, level in time.
 
@@ -390,6 +409,7 @@ class KafkaSource:
         timestamp (`aligned_counts`), so that a batch does not hold one
         partition far ahead of the others.
         """
+        await self._stop_retired()
         reader = self._reader
         topic = self._config.topic
         owned = {tp.partition for tp in reader.assignment() - reader.paused()}
@@ -414,6 +434,12 @@ class KafkaSource:
                 self._take(got)
         except IllegalStateError:
             pass  # a partition was revoked meanwhile; `forget` dropped its records
+        if reader is not self._reader:
+            # The group's first answer took over from the early reader under this
+            # fetch (`take_over_early_start`) and set the group's consumer at its
+            # positions: what the early reader fetched since is fetched again there.
+            self._buffered.clear()
+            return []
         owned = {tp.partition for tp in reader.assignment() - reader.paused()}
         available = {p: self._buffered[p] for p in owned if self._buffered.get(p)}
         out: list[RawRecord] = []

@@ -15,7 +15,9 @@ postgresql. The database can be told to fail like PostgreSQL does:
     db.fail_commits.append(exc)           the next commit raises exc
     db.before_commit[n] = step            step() runs before the first commit tried after
                                           n succeeded: it may raise (a BaseException
-                                          stands for a kill -9) or start an outage
+                                          stands for a kill -9) or start an outage; a
+                                          coroutine it returns is awaited (the commit
+                                          stays in flight while other workers go on)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from streamproc.sinks.base import (
     behind_watermark,
     check_local_watermark,
     expiry_bounds,
+    stale_partitions,
 )
 from streamproc.sinks.definition import definition_changes
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
@@ -164,7 +167,7 @@ class MemoryDatabase:
     outage: bool = False
     refuse_key: Callable[[tuple[Any, ...]], str | None] | None = None
     fail_commits: list[BaseException] = field(default_factory=list)
-    before_commit: dict[int, Callable[[], None]] = field(default_factory=dict)
+    before_commit: dict[int, Callable[[], Awaitable[None] | None]] = field(default_factory=dict)
     commits: int = 0
 
     def check_reachable(self) -> None:
@@ -428,16 +431,15 @@ class MemoryCheckpoint:
         await asyncio.sleep(0)
         step = db.before_commit.pop(db.commits, None)
         if step is not None:
-            step()
+            waiting = step()
+            if waiting is not None:
+                await waiting  # the commit is in flight meanwhile: others go on
         db.check_reachable()
         if db.fail_commits:
             raise db.fail_commits.pop(0)
         query = self._query
-        stale = tuple(
-            p.partition
-            for p in batch.partitions
-            if (query, p.partition) in db.positions
-            and db.positions[(query, p.partition)].next_offset != p.start_offset
+        stale = stale_partitions(
+            batch, {p: pos.next_offset for (q, p), pos in db.positions.items() if q == query}
         )
         registered = db.queries[query]
         if not stale:

@@ -10,9 +10,15 @@ member joining or leaving rebalances the group, calling every member's
 listener (revoked first, then assigned) as a consumer group would. Tests
 script rebalances at exact points with `MemoryGroup.assign` or with
 `MemorySource.at_fetch`, which runs a step before a given fetch returns.
-An early start (`start(listener, early=True)`) owns every partition at once
-and hands over to the group's assignment when `MemoryGroup.rebalance` (or
-`assign`) next runs.
+
+An early start (`start(listener, early=True)`) owns every partition at once,
+outside the group, as `KafkaSource` does, and hands over to the group's first
+answer that includes it (`MemoryGroup.rebalance` or `assign`): the partitions
+it keeps go on as they are, the others are revoked, new ones assigned.
+`MemoryGroup.hold(member)` keeps a member's join unanswered (the group's
+generations leave it out, as a broker may) until `release(member)`.
+
+As in Kafka, a paused partition stays paused when it is sought.
 """
 
 from __future__ import annotations
@@ -97,6 +103,20 @@ class MemoryGroup:
         self.topic = topic
         self.members: list[MemorySource] = []
         self.committed: dict[int, int] = {}
+        #: Members whose join the group does not answer yet (`hold`).
+        self._held: list[MemorySource] = []
+
+    def hold(self, member: MemorySource) -> None:
+        """Leave member out of the group's answers until `release` (its join is pending)."""
+        self._held.append(member)
+
+    async def release(self, member: MemorySource) -> None:
+        """Answer member's join: the group rebalances with it."""
+        self._held.remove(member)
+        await self.rebalance()
+
+    def _answered(self) -> list[MemorySource]:
+        return [m for m in self.members if m not in self._held]
 
     async def join(self, member: MemorySource) -> None:
         """Add a member and spread the partitions over every member."""
@@ -105,27 +125,39 @@ class MemoryGroup:
 
     async def leave(self, member: MemorySource) -> None:
         """Remove a member and give its partitions to the others."""
+        if member in self._held:
+            self._held.remove(member)
         if member in self.members:
             await member.revoke_all()
             self.members.remove(member)
             await self.rebalance()
 
     async def rebalance(self) -> None:
-        """Round-robin assignment of every partition over the members."""
-        if not self.members:
+        """Round-robin assignment of every partition over the answered members."""
+        members = self._answered()
+        if not members:
             return
-        plan: dict[int, set[int]] = {i: set() for i in range(len(self.members))}
+        plan: dict[int, set[int]] = {i: set() for i in range(len(members))}
         for p in range(self.topic.partitions):
-            plan[p % len(self.members)].add(p)
-        await self.assign({m: plan[i] for i, m in enumerate(self.members)})
+            plan[p % len(members)].add(p)
+        await self.assign({m: plan[i] for i, m in enumerate(members)})
 
     async def assign(self, assignment: Mapping[MemorySource, set[int]]) -> None:
         """A scripted assignment, eager like aiokafka's: every member's partitions are
-        revoked first, then every member is told its whole new assignment."""
-        for member in self.members:
-            await member.revoke_all()
-        for member in self.members:
-            await member.take(assignment.get(member, set()))
+        revoked first, then every member is told its whole new assignment.
+
+        Held members are left out; an early member hands over (see the module docstring).
+        """
+        members = self._answered()
+        early = [m for m in members if m.early]
+        for member in members:
+            if member not in early:
+                await member.revoke_all()
+        for member in members:
+            if member in early:
+                await member.take_over(assignment.get(member, set()))
+            else:
+                await member.take(assignment.get(member, set()))
 
 
 class MemorySource:
@@ -148,6 +180,8 @@ class MemorySource:
         self._fetches = 0
         self._steps: dict[int, Callable[[], Awaitable[None]]] = {}
         self.commits: list[dict[int, int]] = []
+        #: True while an early start reads every partition outside the group.
+        self.early = False
 
     # ---------------------------------------------------------- test scripting
     def at_fetch(self, n: int, step: Callable[[], Awaitable[None]]) -> None:
@@ -178,6 +212,28 @@ class MemorySource:
             self._positions[p] = self._group.committed.get(p, 0) if self._group else 0
         await self._listener.on_assigned(set(partitions))
 
+    async def take_over(self, partitions: set[int]) -> None:
+        """End an early start with the group's first answer, as `KafkaSource` does.
+
+        Partitions kept go on where the early reader stands (paused ones stay
+        paused); the others are revoked; any it did not have are assigned.
+        """
+        assert self._listener is not None, "start() first"
+        self.early = False
+        had = set(self._owned)
+        lost, new = had - partitions, partitions - had
+        if lost:
+            self._owned -= lost
+            for p in lost:
+                self._positions.pop(p, None)
+            self._paused -= lost
+            await self._listener.on_revoked(lost)
+        if new:
+            self._owned |= new
+            for p in new:
+                self._positions[p] = self._group.committed.get(p, 0) if self._group else 0
+            await self._listener.on_assigned(new)
+
     # ------------------------------------------------------------------ Source
     @property
     def topic(self) -> str:
@@ -185,12 +241,16 @@ class MemorySource:
         return self._topic.name
 
     async def start(self, listener: PartitionListener, *, early: bool = False) -> None:
-        """Join the group (or own every partition); early: own them all until it rebalances."""
+        """Join the group (or own every partition); early: own them all until it answers."""
         self._listener = listener
-        if self._group is not None:
+        if self._group is None:
+            await self.take(set(range(self._topic.partitions)))
+        elif early:
+            self.early = True
+            await self.take(set(range(self._topic.partitions)))
             await self._group.join(self)
         else:
-            await self.take(set(range(self._topic.partitions)))
+            await self._group.join(self)
 
     async def stop(self) -> None:
         """Leave the group."""
@@ -206,9 +266,8 @@ class MemorySource:
         return self._topic.partitions
 
     def seek(self, partition: int, offset: int) -> None:
-        """Continue at offset."""
+        """Continue at offset (a paused partition stays paused, as in Kafka)."""
         self._positions[partition] = offset
-        self._paused.discard(partition)
 
     async def seek_to_start(self, partition: int) -> None:
         """earliest: offset 0; latest: the end."""
@@ -239,6 +298,10 @@ class MemorySource:
     def pause(self, partitions: set[int]) -> None:
         """Stop fetching these partitions."""
         self._paused |= partitions & self._owned
+
+    def resume(self, partitions: set[int]) -> None:
+        """Fetch these partitions again."""
+        self._paused -= partitions
 
     async def fetch(self, max_records: int, timeout_ms: int) -> list[RawRecord]:
         """Records of the owned, unpaused partitions, partition by partition."""

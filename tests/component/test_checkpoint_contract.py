@@ -336,6 +336,31 @@ async def test_a_batch_not_starting_at_the_ledger_is_stale_and_writes_nothing(
     assert await backend.rows() == {("a", 0): (5, 1.0)}
 
 
+async def test_rows_merged_locally_are_stale_when_a_partition_the_batch_lacks_moved(
+    backend: Backend,
+) -> None:
+    # A worker owning both partitions merged ("a", 0) from its view of partition 1
+    # (no position yet) and sends a batch of partition 0 only. Partition 1 was
+    # committed meanwhile by another worker: the local row lacks its contribution.
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    await checkpoint.commit(batch((commit(1, 0, 3, 1, 1),), {1: (partial("a", 0, 3, 2.0),)}))
+    local = [ResultRow(("a",), 0, W, (2, 1.5))]
+    stale = replace(
+        batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 2, 1.5),)}, local=local),
+        basis={0: None, 1: None},
+    )
+    outcome = await checkpoint.commit(stale)
+    assert outcome.stale == (1,)
+    assert (await checkpoint.load_partition(0)).next_offset is None
+    assert await backend.rows() == {("a", 0): (3, 2.0)}
+    # Merged from what is committed (partition 1 at offset 3) it lands.
+    local = [ResultRow(("a",), 0, W, (5, 3.5))]
+    fresh = replace(stale, local_rows=local, basis={0: None, 1: 3})
+    assert (await checkpoint.commit(fresh)).stale == ()
+    assert await backend.rows() == {("a", 0): (5, 3.5)}
+
+
 async def test_rows_merge_the_partials_of_every_partition(backend: Backend) -> None:
     checkpoint = backend.make(spec("update"))
     await checkpoint.open()
