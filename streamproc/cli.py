@@ -46,7 +46,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_reset(args: argparse.Namespace) -> int:
     from streamproc.runtime.reset import reset_from_cli
 
-    return reset_from_cli(args.target, dsn=args.dsn, drop_results=args.drop_results, yes=args.yes)
+    return reset_from_cli(
+        args.target, dsn=args.dsn, drop_results=args.drop_results, yes=args.yes, wait=args.wait
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -130,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Drop a query's checkpoint (positions, ledger, partial states, runs): "
         "its next run reads the topic from startingOffsets again.",
         epilog="exit status: 0 dropped; 1 not confirmed, the config or query cannot be "
-        f"read, or the database cannot be reached, said in one line; {_USAGE}",
+        "read, no checkpoint of the query found, a worker of the query is running (without "
+        "--wait), a table not the query's named, or the database cannot be reached, said in "
+        f"one line; {_USAGE}",
     )
     reset.add_argument("target", metavar="CONFIG|QUERY", help="a pipeline config, or a query name")
     reset.add_argument(
@@ -139,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument(
         "--drop-results",
         action="store_true",
-        help="also drop the result table and the query's rows of its late-data table",
+        help="also drop the query's result table (only one registered to it) and delete its "
+        "rows of its late-data and dead-letter tables",
+    )
+    reset.add_argument(
+        "--wait",
+        action="store_true",
+        help="when workers of the query run, wait for them to stop (else refuse at once)",
     )
     reset.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
     reset.set_defaults(func=_cmd_reset)

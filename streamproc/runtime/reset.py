@@ -1,14 +1,16 @@
 """`streamproc reset`: drop a query's checkpoint, so that it starts over.
 
-    streamproc reset CONFIG [--drop-results] [--yes]
-    streamproc reset QUERY --dsn DSN [--drop-results] [--yes]
+    streamproc reset CONFIG [--drop-results] [--wait] [--yes]
+    streamproc reset QUERY --dsn DSN [--drop-results] [--wait] [--yes]
 
 Removes the query's registration, positions, ledger rows, partial states and
-bounded runs (and rows of layout 1, if any); with `--drop-results`, its result
-table (only when it belongs to this query) and its rows in the late and
-dead-letter tables.
+bounded runs (and rows of layout 1, if any); with `--drop-results`, the result
+table registered to the query and its rows in the late and dead-letter tables,
+the same whether the query is named by its config or by its name.
 The next run reads the topic from `startingOffsets` again. Asks on a terminal
-first; elsewhere it needs `--yes`.
+first; elsewhere it needs `--yes`. Refused while a worker of the query runs
+(`--wait` waits for it to stop), for a table the query does not own, and for a
+name that has no checkpoint: each is one line and exit 1, and nothing changes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def resolve_target(target: str, dsn: str | None) -> ResetTarget:
     Raises:
         ValueError: one line saying what is missing.
     """
+    if not target.strip():
+        raise ValueError("reset needs a config file or a query name; got an empty name")
     if Path(target).is_file():
         from streamproc.config import load_config
         from streamproc.runtime.planning import plan_from_config
@@ -50,6 +54,8 @@ def resolve_target(target: str, dsn: str | None) -> ResetTarget:
         table = plan.table if plan.sink_type == "postgresql" else None
         late = plan.late_table if plan.late_strategy == "separatestream" else None
         return ResetTarget(plan.query_name, dsn or plan.dsn, table, late, plan.dlq_table)
+    if target.endswith(".json") or os.sep in target:
+        raise ValueError(f"{target}: no such config file")
     dsn = dsn or os.environ.get("STREAMPROC_PG_DSN")
     if not dsn:
         raise ValueError(
@@ -71,6 +77,7 @@ def reset_from_cli(
     dsn: str | None = None,
     drop_results: bool = False,
     yes: bool = False,
+    wait: bool = False,
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
 ) -> int:
@@ -87,8 +94,8 @@ def reset_from_cli(
         print(f"streamproc: {exc}", file=sys.stderr)
         return 1
     what = f"the checkpoint of query {resolved.query}"
-    if drop_results and resolved.result_table:
-        what += f" and its table {resolved.result_table}"
+    if drop_results:
+        what += " and its result table"
     if not yes:
         if not stdin.isatty():
             print(
@@ -100,16 +107,20 @@ def reset_from_cli(
             print("nothing was changed", file=stdout)
             return 1
     try:
-        report = asyncio.run(_reset(resolved, drop_results))
+        report = asyncio.run(_reset(resolved, drop_results, wait))
     except Exception as exc:
         from streamproc.runtime.failures import first_line
+        from streamproc.sinks.base import CheckpointError
 
-        print(
-            f"streamproc: reset of query {resolved.query} failed: {first_line(exc)}",
-            file=sys.stderr,
-        )
+        if isinstance(exc, CheckpointError):
+            print(f"streamproc: {exc}", file=sys.stderr)
+        else:
+            print(
+                f"streamproc: reset of query {resolved.query} failed: {first_line(exc)}",
+                file=sys.stderr,
+            )
         return 1
-    dropped = f"; dropped table {report.dropped_table}" if report.dropped_table else ""
+    dropped = "".join(f"; dropped table {t}" for t in report.dropped_tables)
     print(
         f"query {resolved.query}: removed {report.positions} position(s), "
         f"{report.ledger_rows} ledger row(s), {report.state_rows} partial state(s), "
@@ -119,19 +130,21 @@ def reset_from_cli(
     return 0
 
 
-async def _reset(target: ResetTarget, drop_results: bool) -> ResetReport:
+async def _reset(target: ResetTarget, drop_results: bool, wait: bool) -> ResetReport:
     import asyncpg
 
-    from streamproc.sinks.postgres_registry import reset_query
+    from streamproc.sinks.postgres_registry import ResetTables, reset_query
 
     conn = await asyncpg.connect(target.dsn, timeout=10)
     try:
+        if wait:
+            print(f"waiting for the workers of query {target.query} to stop ...", flush=True)
         return await reset_query(
             conn,
             target.query,
-            result_table=target.result_table if drop_results else None,
-            late_table=target.late_table if drop_results else None,
-            dlq_table=target.dlq_table if drop_results else None,
+            drop_results=drop_results,
+            named=ResetTables(target.result_table, target.late_table, target.dlq_table),
+            wait=wait,
         )
     finally:
         await conn.close()

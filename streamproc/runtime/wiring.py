@@ -51,7 +51,8 @@ def plan_identity(plan: QueryPlan) -> QueryIdentity:
     )
     definition = query_definition(plan.spec, topic=plan.topic, sink=sink)
     table = plan.table if plan.sink_type == "postgresql" else None
-    return QueryIdentity(plan.query_name, plan.topic, definition, table)
+    late = plan.late_table if plan.late_strategy == "separatestream" else None
+    return QueryIdentity(plan.query_name, plan.topic, definition, table, late, plan.dlq_table)
 
 
 def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:

@@ -198,6 +198,9 @@ class QueryIdentity:
     topic: str
     definition: Mapping[str, Any]
     result_table: str | None = None
+    #: Side tables the query writes rows to (separatestream, dlqType postgresql).
+    late_table: str | None = None
+    dlq_table: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +234,10 @@ class CheckpointConflictError(CheckpointError):
     """
 
 
+class QueryRunningError(CheckpointConflictError):
+    """A command that must not run beside a live worker found one (the message names it)."""
+
+
 class ClosingWindowsError(Exception):
     """Writing the rows of windows that closed failed (append mode); `cause` says how.
 
@@ -242,6 +249,15 @@ class ClosingWindowsError(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.windows = windows
+
+
+def reset_under_worker(query: str) -> str:
+    """The line a worker stops with when its checkpoint was reset or re-made while it ran."""
+    return (
+        f"query {query} was reset while this worker ran (its checkpoint is gone or was made "
+        "again by another worker): nothing of the batch was written; start the worker again "
+        "to run on the checkpoint as it is now"
+    )
 
 
 #: What a conflict message offers as the two ways on.

@@ -264,8 +264,24 @@ CREATE TABLE IF NOT EXISTS {quote_ident(QUERIES_TABLE)} (
   result_table text UNIQUE,
   global_watermark_ms bigint,
   created_at timestamp with time zone NOT NULL DEFAULT now(),
-  updated_at timestamp with time zone NOT NULL DEFAULT now()
+  updated_at timestamp with time zone NOT NULL DEFAULT now(),
+  {QUERIES_EXTRA_COLUMNS}
 )"""
+
+
+#: Columns of the query registry added after its first layout (`ensure_registry_columns`):
+#: `incarnation` changes whenever the query is (re-)registered, so that a worker can tell
+#: that its checkpoint was reset or re-made under it; `late_table` and `dlq_table` are
+#: the side tables it writes rows to (for `reset --drop-results` by name); `settings`
+#: are the options that change which records are aggregated (the start-up line about
+#: changes since the last run).
+QUERIES_EXTRA = (
+    ("incarnation", "uuid"),
+    ("late_table", "text"),
+    ("dlq_table", "text"),
+    ("settings", "jsonb"),
+)
+QUERIES_EXTRA_COLUMNS = ",\n  ".join(f"{name} {kind}" for name, kind in QUERIES_EXTRA)
 
 
 def create_runs_table_sql() -> str:

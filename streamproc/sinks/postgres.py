@@ -60,6 +60,7 @@ from streamproc.sinks.base import (
     behind_watermark,
     check_local_watermark,
     expiry_bounds,
+    reset_under_worker,
     stale_partitions,
 )
 from streamproc.sinks.layout import (
@@ -75,6 +76,7 @@ from streamproc.sinks.layout import (
     dead_letter_table_sql,
     quote_ident,
 )
+from streamproc.sinks.postgres_claims import WorkerClaim
 from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_expiry import (
     drop_closed_tombstones,
@@ -85,8 +87,10 @@ from streamproc.sinks.postgres_expiry import (
 )
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_registry import (
+    ensure_registry_columns,
     ensure_tables,
     privilege_error,
+    refuse_vanished_table,
     register_query,
 )
 from streamproc.sinks.postgres_runs import RunMembership
@@ -156,6 +160,9 @@ class PostgresCheckpoint:
         self._touch_slot = plan_for(spec).touch_slot if self._expires_windows else None
         self._lock_key = f"streamproc:{identity.query}"
         self._run = RunMembership(dsn, identity.query)
+        self._claim = WorkerClaim(dsn, identity.query)
+        #: The registration this worker restored from (`Registration.incarnation`).
+        self._incarnation: str | None = None
 
     # ------------------------------------------------------------- lifecycle
     async def open(self) -> None:
@@ -171,6 +178,15 @@ class PostgresCheckpoint:
             command_timeout=COMMAND_TIMEOUT_S,
             init=self._prepare_connection,
         )
+        # Before registering: `reset` and other workers see this worker from here on.
+        await self._claim.take()
+        try:
+            await self._register()
+        except BaseException:
+            await self._claim.release()  # refused: this worker does not run the query
+            raise
+
+    async def _register(self) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             # Serialise DDL and registration between workers starting together.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "streamproc:ddl")
@@ -179,7 +195,12 @@ class PostgresCheckpoint:
             side += [(dlq, dead_letter_table_sql(dlq))] if dlq else []
             await ensure_tables(conn, side)
             await ensure_touched_column(conn)
-            await register_query(conn, self._identity)
+            await ensure_registry_columns(conn)
+            registration = await register_query(
+                conn, self._identity, claim_pid=self._claim.backend_pid
+            )
+            self._incarnation = registration.incarnation
+            await refuse_vanished_table(conn, self._identity)
             await self._sink.prepare(conn)
 
     async def _prepare_connection(self, conn: Any) -> None:
@@ -188,8 +209,9 @@ class PostgresCheckpoint:
         await self._sink.prepare_connection(conn)
 
     async def close(self) -> None:
-        """Leave a bounded run and close the connection pool."""
+        """Leave a bounded run, let go of the claim and close the connection pool."""
         await self._run.leave()
+        await self._claim.release()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -344,13 +366,17 @@ class PostgresCheckpoint:
         # W and the newest progress row in one round trip (the progress row's
         # seq and state total carry on from it).
         stored = await conn.fetchrow(
-            f"""SELECT q.global_watermark_ms, last_progress.seq, last_progress.state_rows_total
+            f"""SELECT q.global_watermark_ms, q.incarnation::text AS incarnation,
+                       last_progress.seq, last_progress.state_rows_total
                 FROM {_QUERIES} q {LAST_PROGRESS_SQL} WHERE q.query = $1""",
             self._query,
         )
-        if stored is not None:  # None only if the query was reset under the worker
-            tally.last_seq, tally.last_total = stored["seq"], stored["state_rows_total"]
-        stored_w = None if stored is None else stored["global_watermark_ms"]
+        if stored is None or stored["incarnation"] != self._incarnation:
+            # Reset (or registered again) under this worker: the checkpoint it restored
+            # from is gone, and nothing may be written into the new one.
+            raise CheckpointConflictError(reset_under_worker(self._query))
+        tally.last_seq, tally.last_total = stored["seq"], stored["state_rows_total"]
+        stored_w = stored["global_watermark_ms"]
         if not stale:
             stale = behind_watermark(batch, stored_w)
         if self._expires_windows:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, OffsetOutOfRangeError
+from aiokafka.errors import IllegalStateError
 
 from streamproc.sources.alignment import aligned_counts
 from streamproc.sources.base import (
@@ -24,6 +24,7 @@ from streamproc.sources.base import (
     RawRecord,
     SourceTopicMissingError,
 )
+from streamproc.sources.kafka_probe import describe_partitions
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0
 #: How long a fetch waits for a partition known to have records on the broker.
 LAGGING_WAIT_MS = 100
+#: While the group rebalances, a fetch returns nothing after at most this long.
+REBALANCE_POLL_MS = 200
+#: Seconds a getmany may take beyond its own timeout (a rebalance under it) before
+#: the fetch gives up on it and returns what it has.
+GETMANY_GRACE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,60 +337,11 @@ class KafkaSource:
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
         """Log start, exact end, and the record at an offset, per partition (any partition).
 
-        The end is the fetch response's high watermark (ListOffsets can
-        undercount on the local broker: STREAMING.md, "The local stack"): each partition is
-        fetched once, at the asked offset or just below the listed end.
+        Read by a consumer outside the group (`kafka_probe.describe_partitions`), so
+        the member's positions do not move.
         """
         probe = await self._probe_consumer()
-        topic = self._config.topic
-        tps = {p: TopicPartition(topic, p) for p in offsets}
-        if not tps:
-            return {}
-        probe.assign(list(tps.values()))
-        starts = await probe.beginning_offsets(list(tps.values()))
-        listed = await probe.end_offsets(list(tps.values()))
-        wanted: dict[int, int | None] = {}
-        for p, tp in tps.items():
-            want = offsets[p]
-            if want is not None and want < starts[tp]:
-                want = None  # deleted already: no record to read
-            wanted[p] = want
-            probe.seek(tp, want if want is not None else max(starts[tp], listed[tp] - 1))
-        found: dict[int, RawRecord | None] = {}
-        ends: dict[int, int] = {}
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(ends) < len(tps):
-            if asyncio.get_running_loop().time() > deadline:
-                missing = sorted(set(tps) - set(ends))
-                raise TimeoutError(f"no fetch response for partitions {missing} of {topic}")
-            todo = [tps[p] for p in tps if p not in ends]
-            try:
-                batches = await probe.getmany(*todo, timeout_ms=200, max_records=1)
-            except OffsetOutOfRangeError as exc:
-                # The asked offset is past the end: read the end instead.
-                for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else todo:
-                    wanted[tp.partition] = None
-                    probe.seek(tp, max(starts[tp], listed[tp] - 1))
-                continue
-            for tp, records in batches.items():
-                want = wanted[tp.partition]
-                if records and want is not None and tp.partition not in found:
-                    r = records[0]
-                    found[tp.partition] = (
-                        RawRecord(tp.partition, r.offset, r.key, r.value, r.timestamp)
-                        if r.offset == want
-                        else None
-                    )
-            for p, tp in tps.items():
-                high = probe.highwater(tp)
-                if p in ends or high is None:
-                    continue
-                want = wanted[p]
-                if want is None or p in found or high <= want:
-                    ends[p] = high
-                    probe.pause(tp)
-        probe.resume(*tps.values())
-        return {p: PartitionInfo(starts[tps[p]], ends[p], found.get(p)) for p in tps}
+        return await describe_partitions(probe, self._config.topic, offsets)
 
     async def _probe_consumer(self) -> Any:
         if self._probe is None:
@@ -412,14 +369,19 @@ class KafkaSource:
         await self._stop_retired()
         reader = self._reader
         topic = self._config.topic
+        if _rebalancing(reader):
+            # Nothing is handed out while the group rebalances (aiokafka's getmany would
+            # wait for the new assignment without a bound, and a broker may never answer
+            # a join once the other members left): the loop gets its turn meanwhile.
+            await asyncio.sleep(min(timeout_ms, REBALANCE_POLL_MS) / 1000)
+            return []
         owned = {tp.partition for tp in reader.assignment() - reader.paused()}
         share = max(1, max_records // max(1, len(owned)))
         try:
             await self._top_up(reader, owned, share)
             empty = [p for p in owned if not self._buffered.get(p)]
             if empty and timeout_ms > 0 and len(empty) == len(owned):
-                got = await reader.getmany(timeout_ms=timeout_ms, max_records=share)
-                self._take(got)
+                self._take(await _getmany(reader, timeout_ms=timeout_ms, max_records=share))
             # A partition with records on the broker but none here yet would
             # be left behind (its fetch response has not arrived): wait for it
             # a little, as Kafka Streams does for partitions of known lag.
@@ -430,7 +392,7 @@ class KafkaSource:
             ]
             wait_ms = self._config.lagging_wait_ms
             if lagging and wait_ms > 0 and (len(lagging) < len(owned) or timeout_ms > 0):
-                got = await reader.getmany(*lagging, timeout_ms=wait_ms, max_records=share)
+                got = await _getmany(reader, *lagging, timeout_ms=wait_ms, max_records=share)
                 self._take(got)
         except IllegalStateError:
             pass  # a partition was revoked meanwhile; `forget` dropped its records
@@ -456,7 +418,7 @@ class KafkaSource:
         for p in sorted(owned):
             if not self._buffered.get(p):
                 tp = TopicPartition(topic, p)
-                self._take(await reader.getmany(tp, timeout_ms=0, max_records=share))
+                self._take(await _getmany(reader, tp, timeout_ms=0, max_records=share))
 
     def _take(self, got: Mapping[Any, Sequence[Any]]) -> None:
         for tp, records in got.items():
@@ -480,6 +442,23 @@ class KafkaSource:
             await self._consumer.commit(
                 {TopicPartition(self._config.topic, p): o for p, o in offsets.items()}
             )
+
+
+def _rebalancing(consumer: Any) -> bool:
+    """True while a group member waits for its new assignment (no records to hand out)."""
+    subscription = getattr(consumer, "_subscription", None)
+    return bool(getattr(subscription, "reassignment_in_progress", False))
+
+
+async def _getmany(consumer: Any, *partitions: Any, timeout_ms: int, max_records: int) -> Any:
+    """aiokafka's getmany, bounded: it waits without a bound for a rebalance to finish."""
+    try:
+        return await asyncio.wait_for(
+            consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records),
+            timeout_ms / 1000 + GETMANY_GRACE_S,
+        )
+    except TimeoutError:
+        return {}
 
 
 def _leave_group_even_in_generation_zero(consumer: Any) -> None:

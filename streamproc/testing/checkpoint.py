@@ -50,12 +50,14 @@ from streamproc.sinks.base import (
     PartitionCheckpoint,
     PartitionCommit,
     QueryIdentity,
+    QueryRunningError,
     ResultSink,
     Watermarks,
     batch_ids,
     behind_watermark,
     check_local_watermark,
     expiry_bounds,
+    reset_under_worker,
     stale_partitions,
 )
 from streamproc.sinks.definition import definition_changes
@@ -118,6 +120,8 @@ class Registered:
 
     definition: Mapping[str, Any]
     result_table: str | None
+    #: Changes whenever the query is (re-)registered (see `Registration.incarnation`).
+    incarnation: int = 0
     global_watermark_ms: int | None = None
 
 
@@ -169,6 +173,10 @@ class MemoryDatabase:
     fail_commits: list[BaseException] = field(default_factory=list)
     before_commit: dict[int, Callable[[], Awaitable[None] | None]] = field(default_factory=dict)
     commits: int = 0
+    #: query -> the open checkpoints (workers) holding a claim on it (`postgres_claims`)
+    claims: dict[str, set[int]] = field(default_factory=dict)
+    #: Numbers registrations (`Registered.incarnation`).
+    registrations: int = 0
 
     def check_reachable(self) -> None:
         """Raise like a server that is down."""
@@ -194,8 +202,14 @@ class MemoryDatabase:
                 out += [e.commit for e in entries]
         return out
 
-    def reset(self, query: str, *, drop_table: str | None = None) -> None:
-        """`streamproc reset`: forget a query's checkpoint (and drop its table)."""
+    def reset(self, query: str, *, drop_table: str | None = None, force: bool = False) -> None:
+        """`streamproc reset`: forget a query's checkpoint (and drop its table).
+
+        Refused while a worker holds a claim on the query, unless forced (a reset
+        the claims could not see: a worker must then find out at its next commit).
+        """
+        if self.claims.get(query) and not force:
+            raise QueryRunningError(f"query {query} is running: stop the worker first")
         self.queries.pop(query, None)
         self.runs.pop(query, None)
         self.progress.pop(query, None)
@@ -274,6 +288,7 @@ class MemoryCheckpoint:
         self._sink = sink
         self._late_table = late_table
         self._dlq_table = dlq_table
+        self._incarnation = 0
 
     def stage(self, batch: CommitBatch) -> CommitBatch:
         """Nothing to encode: rows and states are kept as they are."""
@@ -287,8 +302,28 @@ class MemoryCheckpoint:
             db.late_tables.setdefault(self._late_table, {})
         if self._dlq_table:
             db.dead_letter_tables.setdefault(self._dlq_table, {})
-        self._register()
+        db.claims.setdefault(self._query, set()).add(id(self))
+        try:
+            self._open_tables()
+        except BaseException:
+            db.claims[self._query].discard(id(self))  # refused: it does not run the query
+            raise
         await self._sink.prepare(None)
+
+    def _open_tables(self) -> None:
+        db = self._db
+        self._register()
+        table = self._identity.result_table
+        if (
+            table is not None
+            and table not in db.tables
+            and any(k[0] == self._query for k in db.ledger)
+        ):
+            raise CheckpointConflictError(
+                f"query {self._query}: its result table {table} does not exist, but its "
+                "checkpoint holds committed batches whose rows were written there; restore "
+                "the table, or start over with `streamproc reset CONFIG --drop-results`"
+            )
 
     def _register(self) -> None:
         db, identity, query = self._db, self._identity, self._query
@@ -296,12 +331,20 @@ class MemoryCheckpoint:
         if registered is not None:
             changes = definition_changes(registered.definition, identity.definition)
             if not changes:
+                self._incarnation = registered.incarnation
                 return
             if self._has_state():
                 raise CheckpointConflictError(
                     f"query {query}: its checkpoint was made by another definition ("
                     + "; ".join(changes)
                     + f"), and running on it would give wrong results; {RESET_HINT}"
+                )
+            if db.claims.get(query, set()) - {id(self)}:
+                raise CheckpointConflictError(
+                    f"query {query}: another worker runs it with another definition ("
+                    + "; ".join(changes)
+                    + "); nothing was written; give this config another queryName, or stop "
+                    "the other worker"
                 )
         elif any(k[0] == query for k in db.ledger):
             raise CheckpointConflictError(
@@ -323,15 +366,20 @@ class MemoryCheckpoint:
                 "queries writing one table would overwrite or drop each other's rows; give "
                 f"load.table another name, or run `streamproc reset` on query {owner}"
             )
-        db.queries[query] = Registered(dict(identity.definition), identity.result_table)
+        db.registrations += 1
+        self._incarnation = db.registrations
+        db.queries[query] = Registered(
+            dict(identity.definition), identity.result_table, self._incarnation
+        )
 
     def _has_state(self) -> bool:
         db, query = self._db, self._query
         return any(k[0] == query for k in (*db.positions, *db.partials, *db.ledger))
 
     async def close(self) -> None:
-        """Leave a bounded run."""
+        """Leave a bounded run and let go of the claim."""
         self._db.run_members.get(self._query, set()).discard(id(self))
+        self._db.claims.get(self._query, set()).discard(id(self))
 
     async def load_partition(self, partition: int) -> PartitionCheckpoint:
         """The partition's position and open states, after checking its ledger chain."""
@@ -441,7 +489,9 @@ class MemoryCheckpoint:
         stale = stale_partitions(
             batch, {p: pos.next_offset for (q, p), pos in db.positions.items() if q == query}
         )
-        registered = db.queries[query]
+        registered = db.queries.get(query)
+        if registered is None or registered.incarnation != self._incarnation:
+            raise CheckpointConflictError(reset_under_worker(query))
         if not stale:
             stale = behind_watermark(batch, registered.global_watermark_ms)
         if not stale and self._spec.state_timeout_ms is not None and self._spec.window:

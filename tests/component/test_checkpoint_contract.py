@@ -77,6 +77,9 @@ class Backend:
     progress: Callable[[], Awaitable[list[tuple[Any, ...]]]]
     #: Delete the query's progress rows (a checkpoint older than the table).
     forget_progress: Callable[[], Awaitable[None]]
+    #: Drop the query's checkpoint as a reset would, whoever runs it (a reset that
+    #: could not see the worker's claim: by hand, or an older streamproc).
+    drop_checkpoint: Callable[[], Awaitable[None]]
 
 
 def progress_view(row: ProgressRow | Any, total: int) -> tuple[Any, ...]:
@@ -166,6 +169,9 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         async def memory_forget() -> None:
             db.progress.pop(table, None)
 
+        async def memory_drop_checkpoint() -> None:
+            db.reset(table, force=True)
+
         yield Backend(
             make_memory,
             memory_rows,
@@ -175,6 +181,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             memory_put,
             memory_progress,
             memory_forget,
+            memory_drop_checkpoint,
         )
         return
     import asyncpg
@@ -248,8 +255,20 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     async def pg_forget() -> None:
         await pg.execute("DELETE FROM streamproc_progress WHERE query = $1", table)
 
+    async def pg_drop_checkpoint() -> None:
+        for t in ("queries", "positions", "ledger", "state", "progress"):
+            await pg.execute(f"DELETE FROM streamproc_{t} WHERE query = $1", table)
+
     yield Backend(
-        make_pg, pg_rows, pg_late, pg_dead_letters, pg_drop_last, pg_put, pg_progress, pg_forget
+        make_pg,
+        pg_rows,
+        pg_late,
+        pg_dead_letters,
+        pg_drop_last,
+        pg_put,
+        pg_progress,
+        pg_forget,
+        pg_drop_checkpoint,
     )
     for checkpoint in opened:
         await checkpoint.close()
@@ -361,6 +380,43 @@ async def test_rows_merged_locally_are_stale_when_a_partition_the_batch_lacks_mo
     assert await backend.rows() == {("a", 0): (5, 3.5)}
 
 
+async def test_a_commit_on_a_checkpoint_dropped_under_the_worker_is_refused(
+    backend: Backend,
+) -> None:
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    await checkpoint.commit(batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 2, 1.5),)}))
+    await backend.drop_checkpoint()
+    with pytest.raises(CheckpointConflictError, match="was reset while this worker ran"):
+        await checkpoint.commit(batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 2, 1.5),)}))
+    assert (await checkpoint.load_partition(0)).next_offset is None  # nothing written
+    # Another worker registering it again makes a new checkpoint: still not this worker's.
+    other = backend.make(spec("update"))
+    await other.open()
+    with pytest.raises(CheckpointConflictError, match="was reset while this worker ran"):
+        await checkpoint.commit(batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 2, 1.5),)}))
+    await other.close()
+
+
+async def test_a_worker_with_another_definition_is_refused_while_one_runs_the_query(
+    backend: Backend,
+) -> None:
+    first = backend.make(spec("update"))
+    await first.open()
+    second = backend.make(spec("append"))
+    with pytest.raises(CheckpointConflictError, match="runs it with another definition"):
+        await second.open()
+    await second.close()
+    await first.close()
+    # Once nobody runs it, a query that committed nothing takes the new definition.
+    third = backend.make(spec("append"))
+    await third.open()
+    outcome = await third.commit(
+        batch((commit(0, 0, 2, 5_000, 5_000),), {0: (partial("a", 0, 2, 1.0),)})
+    )
+    assert outcome.stale == ()
+
+
 async def test_rows_merge_the_partials_of_every_partition(backend: Backend) -> None:
     checkpoint = backend.make(spec("update"))
     await checkpoint.open()
@@ -453,6 +509,7 @@ async def test_dead_letters_commit_with_their_batch_once_per_source_position(
 async def test_a_changed_definition_is_refused_once_the_query_committed(backend: Backend) -> None:
     first = backend.make(spec("update"))
     await first.open()
+    await first.close()
     sliding = QuerySpec(
         group_by=("k",),
         aggregations=AGGS,
@@ -461,9 +518,11 @@ async def test_a_changed_definition_is_refused_once_the_query_committed(backend:
         delay_ms=0,
         window=WindowSpec(2 * W, W),
     )
-    # Nothing committed yet: the new definition replaces the old without a word.
-    await backend.make(sliding).open()
-    await first.commit(batch((commit(0, 0, 1, 1, 1),), {}))
+    # Nothing committed yet and no worker on it: the new definition replaces the old
+    # without a word (with a worker on it, see the test after the next).
+    second = backend.make(sliding)
+    await second.open()
+    await second.commit(batch((commit(0, 0, 1, 1, 1),), {}))
     with pytest.raises(
         CheckpointConflictError, match=r"window changed from .* to .*streamproc reset"
     ):

@@ -11,6 +11,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 
 from streamproc.local import create_topic
 from streamproc.sources.kafka import KafkaSource, KafkaSourceConfig
@@ -108,3 +112,69 @@ async def _fetch_all(src: KafkaSource, n: int) -> list:  # type: ignore[type-arg
         if len(got) >= n:
             break
     return got
+
+
+async def test_a_fetch_during_a_rebalance_returns_before_the_new_assignment(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    # aiokafka's getmany waits for the next assignment without a bound while the group
+    # rebalances; a broker may never answer that join (the local one did not once the
+    # other members had left), and a worker whose bounded run was already complete then
+    # hung for ever instead of seeing that and ending. Here a frozen member (SIGSTOP)
+    # holds the rebalance open until its session expires.
+    from aiokafka import AIOKafkaConsumer
+
+    await create_topic(kafka_bootstrap, unique_name, 2)
+    group = f"{unique_name}-group"
+    src = source(kafka_bootstrap, unique_name)
+    listener = Listener()
+    frozen = subprocess.Popen(
+        [sys.executable, "-c", _MEMBER, kafka_bootstrap, unique_name, group],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    other = AIOKafkaConsumer(
+        unique_name, bootstrap_servers=kafka_bootstrap, group_id=group, session_timeout_ms=6_000
+    )
+    try:
+        await src.start(listener)
+        assert frozen.stdout is not None
+        assert frozen.stdout.readline().strip() == "assigned"
+        for _ in range(300):
+            if listener.assigned and len(src.assignment()) == 1:
+                break
+            await src.fetch(100, timeout_ms=100)
+            await asyncio.sleep(0.1)
+        assert len(src.assignment()) == 1  # the group is the two members
+        os.kill(frozen.pid, signal.SIGSTOP)
+        await other.start()  # a join: the rebalance waits for the frozen member
+        for _ in range(300):
+            if len(listener.revoked) == len(listener.assigned):
+                break
+            await asyncio.sleep(0.1)
+        answered = len(listener.assigned)
+        assert await src.fetch(100, timeout_ms=200) == []
+        assert len(listener.assigned) == answered  # returned while the answer was pending
+    finally:
+        frozen.kill()
+        frozen.wait()
+        await other.stop()
+        await src.stop()
+
+
+#: A group member in a process of its own: says "assigned", then waits to be frozen.
+_MEMBER = """
+import asyncio, sys
+from aiokafka import AIOKafkaConsumer
+
+async def main(bootstrap, topic, group):
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                         session_timeout_ms=6000)
+    await c.start()
+    while not c.assignment():
+        await c.getmany(timeout_ms=100)
+    print("assigned", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
