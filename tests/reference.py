@@ -168,9 +168,10 @@ def event_ms(value: Any, fmt: str = "auto") -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     if fmt in ("auto", "iso8601") and isinstance(value, str):
-        if fmt == "auto" and value.lstrip("-").isdigit() and value.isascii():
-            ms = int(value) if len(value) < 20 else None
-        else:
+        if len(value) in (4, 7) and value[:4].isdigit() and value.isascii():
+            # A year, or a year and month, alone: the first instant of it.
+            value = value + ("-01-01" if len(value) == 4 else "-01")
+        if True:
             try:
                 moment = datetime.fromisoformat(value)
             except ValueError:

@@ -119,10 +119,18 @@ class _Collector:
                     self.bad(index[(b.partition, b.offset)], b.reason)
             return
         index = {(r.partition, r.offset): r for r in raws}
+        keys = self._plan.upsert_keys if self._plan.write_mode == "upsert" else ()
         for partition, offset, obj in kept:
-            self.records.append(index[(partition, offset)])
+            raw = index[(partition, offset)]
+            # A record without a key would merge into one NULL-key row: it is bad.
+            keyless = next((k for k in keys if obj.get(k) is None), None)
+            if keyless is not None:
+                state = "missing" if keyless not in obj else "null"
+                self.bad(raw, f"{keyless}: {state}; load.upsertKeys needs every key to upsert")
+                continue
+            self.records.append(raw)
             self.fields.update(obj)
-        self.report.used += len(kept)
+            self.report.used += 1
 
     def bad(self, raw: RawRecord, reason: str) -> None:
         """Count a bad record; stop on it with failFast; else log or dead-letter it."""
@@ -209,6 +217,7 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
         plan.upsert_keys,
         result_layout(plan.spec, plan.table) if plan.spec else None,
         frozenset(collector.fields),
+        owner=plan.pipeline_id,
     )
     producer = await _dlq_producer(plan)
     job_id = f"{plan.pipeline_id}/job/{int(time.time() * 1000)}"

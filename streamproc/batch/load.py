@@ -29,6 +29,7 @@ from streamproc.batch.rows import (
 )
 from streamproc.runtime.failures import FailureKind, classify_failure, first_line
 from streamproc.sinks.layout import ResultTableLayout, quote_ident
+from streamproc.sinks.postgres_owners import register_batch_job
 from streamproc.sinks.postgres_registry import (
     create_if_missing,
     has_unique_index,
@@ -77,6 +78,8 @@ class LoadTarget:
     upsert_keys: tuple[str, ...] = ()
     layout: ResultTableLayout | None = None
     fields: frozenset[str] = frozenset()
+    #: The batch job (pipelineId) the table is registered to (`postgres_owners`).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ async def load(
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
         async with conn.transaction():
+            # The table is this job's, or the load stops before it writes anything.
+            await register_batch_job(conn, target.owner, target.table)
             columns, conflict, record_column = await _prepare(conn, target)
             await conn.execute(create_stage_sql())
             deleted = 0

@@ -99,6 +99,7 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
             aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
             output_mode="complete",
             event_time_column=agg.window_column,
+            event_time_format=agg.event_time_format or "auto",
             window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
             if agg.window_size_ms
             else None,

@@ -64,10 +64,11 @@ def create_stage_sql() -> str:
 def passthrough_table_sql(table: str, upsert_keys: Sequence[str]) -> str:
     """DDL of a table created for records loaded as they are.
 
-    The upsert keys (if any) as text columns (a string as it is, other JSON as
-    its text) under a unique key, then the whole record as jsonb.
+    The upsert keys (if any) as jsonb columns under a unique key, so that keys
+    compare as group keys do: by JSON value, `1` and `"1"` apart, `1` and `1.0`
+    one; then the whole record as jsonb.
     """
-    columns = [f"{quote_ident(k)} text" for k in upsert_keys]
+    columns = [f"{quote_ident(k)} jsonb" for k in upsert_keys]
     columns.append(f"{quote_ident(RECORD_COLUMN)} jsonb NOT NULL")
     if upsert_keys:
         name = table.split(".")[-1][:59] + "_key"

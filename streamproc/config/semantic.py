@@ -256,6 +256,18 @@ def _check_output_mode(d: Draft, s: StreamingConfig, found: Findings) -> None:
             f"'{watermark.event_time_column}'; windows are over event time, so both must "
             "name the same column",
         )
+    given = watermark.model_fields_set if watermark is not None else set()
+    if (
+        agg.event_time_format is not None
+        and watermark is not None
+        and "event_time_format" in given
+        and agg.event_time_format != watermark.event_time_format
+    ):
+        found.error(
+            f"{base}.eventTimeFormat",
+            f"'{agg.event_time_format}' differs from {_S}.watermark.eventTimeFormat "
+            f"'{watermark.event_time_format}'; give one",
+        )
     if agg.state_timeout_ms and s.state_timeout_ms and agg.state_timeout_ms != s.state_timeout_ms:
         found.error(
             f"{base}.stateTimeout",

@@ -120,8 +120,10 @@ class WatermarkConfig(ConfigModel):
             the aggregation's ``windowColumn``. A record without a valid one is bad.
         delay_ms: ``delayThreshold``: each partition's watermark is the largest
             event time it has seen minus this; older records are late.
-        event_time_format: NEW; 'auto' (an ISO-8601 string, naive meaning UTC, or
-            integer epoch milliseconds), 'iso8601', 'epoch_millis' or 'epoch_seconds'.
+        event_time_format: NEW; 'auto' (a string is an ISO-8601 time, naive meaning UTC,
+            or a year or month alone; a number is epoch milliseconds; a string of digits
+            is never epoch milliseconds), 'iso8601', 'epoch_millis' or 'epoch_seconds'
+            (these two also read decimal strings).
         idle_timeout_ms: NEW; a partition without records this long (wall time)
             stops holding the global watermark back; none: it always does.
         max_future_skew_ms: NEW; a record whose event time is this far ahead of

@@ -13,6 +13,7 @@ from streamproc.config.base import ConfigModel
 from streamproc.config.fields import DurationMs, HouseType, choice
 from streamproc.config.messages import expected, render
 from streamproc.config.names import IDENT_PATTERN, IDENTIFIER_MAX, ColumnList, ColumnName
+from streamproc.config.streaming import EventTimeFormat
 
 AggregateFunc = Literal["sum", "avg", "count", "min", "max", "first", "last"]
 AGGREGATE_FUNCS: tuple[AggregateFunc, ...] = ("sum", "avg", "count", "min", "max", "first", "last")
@@ -21,6 +22,7 @@ TransformType = Literal["aggregation"]
 WINDOW_BOUNDS = ("window_start", "window_end")
 _TransformType = Annotated[TransformType, choice(TransformType, "transform type", component=True)]
 
+_EventTimeFormat = Annotated[EventTimeFormat, choice(EventTimeFormat, "event time format")]
 _AGGREGATION = "aggregation"
 _IDENT = IDENT_PATTERN
 _ITEM = re.compile(rf"\s*(?:({_IDENT})\s*=\s*)?(\*|{_IDENT})\s*:\s*([A-Za-z_]+)\s*")
@@ -137,6 +139,10 @@ class AggregationParams(ConfigModel):
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
             for this long (wall time), a windowed one a (key, window) idle this long
             in event time; as ``streamingConfigJson.stateTimeout``.
+        event_time_format: NEW; how ``windowColumn`` is read, as
+            ``streamingConfigJson.watermark.eventTimeFormat`` (which a batch job has
+            not): 'auto', 'iso8601', 'epoch_millis' or 'epoch_seconds'; none: the
+            watermark's, else 'auto'.
     """
 
     group_by: Annotated[tuple[str, ...], ColumnList()] = Field(alias="groupByColumns")
@@ -151,6 +157,7 @@ class AggregationParams(ConfigModel):
     state_timeout_ms: Annotated[int, DurationMs()] | None = Field(
         default=None, alias="stateTimeout"
     )
+    event_time_format: _EventTimeFormat | None = None
 
     @property
     def slide_ms(self) -> int | None:

@@ -6,11 +6,13 @@ sit on the hot path only for ISO-8601 strings. They raise `EventTimeError` (a Va
 with a one-line reason naming the value; the engine prefixes the column name.
 
 Accepted per format:
-    auto: an ISO-8601 string (any form `datetime.fromisoformat` accepts in 3.11: 'Z',
-        offsets, fractional seconds, a date only; naive means UTC), a string of ASCII
-        digits with an optional leading '-' (epoch milliseconds), an int or a finite float
-        (epoch milliseconds; fractions are floored).
-    iso8601: ISO-8601 strings only, as above.
+    auto: a JSON string is an ISO-8601 time, a JSON number epoch milliseconds: a string
+        in any form `datetime.fromisoformat` accepts in 3.11 ('Z', offsets, fractional
+        seconds, a date only, the basic form '20260315'), or a year ('2026') or a month
+        ('2026-03') alone, as Spark reads them; naive means UTC. A string of digits is
+        therefore a year or a basic date, or bad, never epoch milliseconds. An int or a
+        finite float is epoch milliseconds (fractions are floored).
+    iso8601: ISO-8601 strings only, as a string under auto.
     epoch_millis: an int, a finite float (floored), or a decimal string.
     epoch_seconds: an int, a finite float or a decimal string; converted exactly (via
         the shortest decimal form of a float) and floored to the millisecond.
@@ -36,6 +38,8 @@ _EPOCH_AWARE = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+#: A year, or a year and a month, alone (ISO 8601 reduced precision, which Spark reads).
+_YEAR_MONTH = re.compile(r"([0-9]{4})(?:-([0-9]{2}))?")
 _fromisoformat = datetime.fromisoformat
 
 _EXPECTED: dict[str, str] = {
@@ -72,7 +76,10 @@ def _iso_ms(value: str, fmt: str) -> int:
     try:
         moment = _fromisoformat(value)
     except ValueError:
-        _fail(value, fmt)
+        reduced = _YEAR_MONTH.fullmatch(value)
+        if reduced is None or not 1 <= int(reduced.group(2) or 1) <= 12:
+            _fail(value, fmt)
+        moment = datetime(int(reduced.group(1)), int(reduced.group(2) or 1), 1)
     # timedelta // timedelta is exact integer arithmetic on microseconds, and floors,
     # so pre-1970 fractions round towards the past like positive ones.
     if moment.tzinfo is None:
@@ -98,15 +105,19 @@ def _scaled(value: Any, scale: int, fmt: str) -> int:
 
 
 def parse_auto(value: Any) -> int:
-    """Parse an `auto` event time to epoch milliseconds (UTC)."""
+    """Parse an `auto` event time to epoch milliseconds (UTC): strings are ISO 8601."""
     kind = type(value)
     if kind is str:
-        digits = value[1:] if value[:1] == "-" else value
-        if digits.isascii() and digits.isdigit():
-            if len(digits) > 16:  # also keeps int() clear of its 4300-digit limit
-                raise EventTimeError(f"{show(value)} is outside years 1..9999")
-            return _checked(int(value), value)
-        return _iso_ms(value, "auto")
+        try:
+            return _iso_ms(value, "auto")
+        except EventTimeError:
+            if _DECIMAL.fullmatch(value) is None:
+                raise
+            # A string of digits is a year or a date under auto, never epoch milliseconds.
+            raise EventTimeError(
+                f"{show(value, 24)} is not an ISO-8601 time (auto: epoch milliseconds must be "
+                "a JSON number)"
+            ) from None
     if kind is int or kind is float:
         return _scaled(value, 1, "auto")
     _fail(value, "auto")

@@ -12,9 +12,19 @@ from streamproc.config import AggregationParams, PipelineConfig, format_duration
 from streamproc.config.names import IDENTIFIER_MAX
 from streamproc.config.transform import aggregation_transforms
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.engine.spec import EventTimeFormat
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.quality import QualityPlan, QualityRule, json_keys
 from streamproc.runtime.security import kafka_client_params
+
+
+def _event_time_format(cfg: PipelineConfig) -> EventTimeFormat:
+    """The watermark's eventTimeFormat when given, else the aggregation's, else auto."""
+    wm = cfg.streaming.watermark if cfg.streaming else None
+    if wm is not None and "event_time_format" in wm.model_fields_set:
+        return wm.event_time_format
+    agg = cfg.aggregation
+    return (agg.event_time_format if agg else None) or "auto"
 
 
 def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) -> QueryPlan:
@@ -51,7 +61,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
             aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
             output_mode=streaming.output_mode,
             event_time_column=wm.event_time_column if wm else agg.window_column,
-            event_time_format=wm.event_time_format if wm else "auto",
+            event_time_format=_event_time_format(cfg),
             delay_ms=wm.delay_ms if wm else None,
             window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
             if agg.windowed and agg.window_size_ms

@@ -69,6 +69,21 @@ class QualityRule:
     shown_values: str = ""
 
 
+def describe_rule(rule: QualityRule) -> str:
+    """A rule as one phrase: its name, type, columns, parameters and severity."""
+    params = []
+    if rule.min is not None:
+        params.append(f"min {rule.min:g}")
+    if rule.max is not None:
+        params.append(f"max {rule.max:g}")
+    if rule.regex is not None:
+        params.append(f"regex {rule.regex.pattern!r}")
+    if rule.rule_type == "allowed_values":
+        params.append(f"values {rule.shown_values}")
+    shown = f" ({', '.join(params)})" if params else ""
+    return f"{rule.name}: {rule.rule_type} on {', '.join(rule.columns)}{shown}, {rule.severity}"
+
+
 @dataclass(frozen=True, slots=True)
 class Quarantined:
     """A record an error rule took out of the stream (onFailure continue), and why.

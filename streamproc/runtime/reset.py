@@ -23,18 +23,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from streamproc.sinks.postgres_registry import ResetReport
+    from streamproc.sinks.postgres_reset import ResetReport
 
 
 @dataclass(frozen=True, slots=True)
 class ResetTarget:
-    """What to reset, resolved from a config or a query name."""
+    """What to reset, resolved from a config or a query name.
+
+    Attributes:
+        query: The query name, or a batch job's pipelineId (`batch`).
+        batch: A batch job's config: its table claim is what is reset.
+    """
 
     query: str
     dsn: str
     result_table: str | None
     late_table: str | None
     dlq_table: str | None = None
+    batch: bool = False
 
 
 def resolve_target(target: str, dsn: str | None) -> ResetTarget:
@@ -49,7 +55,15 @@ def resolve_target(target: str, dsn: str | None) -> ResetTarget:
         from streamproc.config import load_config
         from streamproc.runtime.planning import plan_from_config
 
-        plan = plan_from_config(load_config(target))
+        config = load_config(target)
+        if not config.is_streaming:
+            from streamproc.batch.plan import batch_plan_from_config
+
+            job = batch_plan_from_config(config)
+            return ResetTarget(
+                job.pipeline_id, dsn or job.dsn, job.table, None, job.dlq_table, batch=True
+            )
+        plan = plan_from_config(config)
         assert plan.dsn is not None
         table = plan.table if plan.sink_type == "postgresql" else None
         late = plan.late_table if plan.late_strategy == "separatestream" else None
@@ -93,7 +107,11 @@ def reset_from_cli(
     except ValueError as exc:
         print(f"streamproc: {exc}", file=sys.stderr)
         return 1
-    what = f"the checkpoint of query {resolved.query}"
+    what = (
+        f"batch job {resolved.query}'s claim on table {resolved.result_table}"
+        if resolved.batch
+        else f"the checkpoint of query {resolved.query}"
+    )
     if drop_results:
         what += " and its result table"
     if not yes:
@@ -121,6 +139,13 @@ def reset_from_cli(
             )
         return 1
     dropped = "".join(f"; dropped table {t}" for t in report.dropped_tables)
+    if resolved.batch:
+        print(
+            f"batch job {resolved.query}: released its table{dropped or ' (kept)'}; "
+            f"{report.dead_letters} dead letter(s) removed",
+            file=stdout,
+        )
+        return 0
     print(
         f"query {resolved.query}: removed {report.positions} position(s), "
         f"{report.ledger_rows} ledger row(s), {report.state_rows} partial state(s), "
@@ -133,10 +158,14 @@ def reset_from_cli(
 async def _reset(target: ResetTarget, drop_results: bool, wait: bool) -> ResetReport:
     import asyncpg
 
-    from streamproc.sinks.postgres_registry import ResetTables, reset_query
+    from streamproc.sinks.postgres_reset import ResetTables, reset_batch_job, reset_query
 
     conn = await asyncpg.connect(target.dsn, timeout=10)
     try:
+        if target.batch:
+            return await reset_batch_job(
+                conn, target.query, drop_results=drop_results, dlq_table=target.dlq_table
+            )
         if wait:
             print(f"waiting for the workers of query {target.query} to stop ...", flush=True)
         return await reset_query(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamproc.config import format_duration_ms
 from streamproc.runtime.plan import QueryPlan
+from streamproc.runtime.quality import describe_rule
 from streamproc.runtime.routers import BadRouter, LateRouter, bad_router, late_router
 from streamproc.sinks.base import Checkpoint, MessageWriter, QueryIdentity, ResultSink
 from streamproc.sinks.definition import query_definition
@@ -52,7 +54,36 @@ def plan_identity(plan: QueryPlan) -> QueryIdentity:
     definition = query_definition(plan.spec, topic=plan.topic, sink=sink)
     table = plan.table if plan.sink_type == "postgresql" else None
     late = plan.late_table if plan.late_strategy == "separatestream" else None
-    return QueryIdentity(plan.query_name, plan.topic, definition, table, late, plan.dlq_table)
+    return QueryIdentity(
+        plan.query_name, plan.topic, definition, table, late, plan.dlq_table, result_settings(plan)
+    )
+
+
+def result_settings(plan: QueryPlan) -> dict[str, str]:
+    """The options that may change between runs yet change which records are aggregated.
+
+    Each as the config says it; a change is named at start (STREAMING.md, "What a
+    change alters"): it applies to the records read from the committed offsets on.
+    """
+    spec = plan.spec
+
+    def duration(ms: int | None) -> str:
+        return "none" if ms is None else format_duration_ms(ms)
+
+    quality = plan.quality
+    rules = (
+        "; ".join(describe_rule(r) for r in quality.rules) + f" (onFailure {quality.on_failure})"
+        if quality.active
+        else "none"
+    )
+    return {
+        "watermark delay": duration(spec.delay_ms),
+        "idle timeout": duration(spec.idle_timeout_ms),
+        "state timeout": duration(spec.state_timeout_ms),
+        "max future skew": duration(plan.max_future_skew_ms),
+        "late strategy": plan.late_strategy,
+        "data-quality rules": rules,
+    }
 
 
 def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:

@@ -201,6 +201,9 @@ class QueryIdentity:
     #: Side tables the query writes rows to (separatestream, dlqType postgresql).
     late_table: str | None = None
     dlq_table: str | None = None
+    #: Options that may change between runs but change which records are aggregated
+    #: (name -> value as the config says it): a change is said at start.
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ RUNS_TABLE = "streamproc_runs"
 PROGRESS_TABLE = "streamproc_progress"
 #: The file source's files and their ordinals (streamproc.sources.file_registry).
 FILES_TABLE = "streamproc_files"
+#: Which batch job (pipelineId) owns which table (streamproc.sinks.postgres_owners).
+BATCH_JOBS_TABLE = "streamproc_batch_jobs"
 #: Temporary tables (one set per connection) that batches are copied into.
 STAGE_STATES = "streamproc_stage_states"
 STAGE_KEYS = "streamproc_stage_keys"

@@ -32,6 +32,7 @@ position is checked against its ledger chain (`load_partition`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -87,6 +88,7 @@ from streamproc.sinks.postgres_expiry import (
 )
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_registry import (
+    committed_offsets,
     ensure_registry_columns,
     ensure_tables,
     privilege_error,
@@ -104,6 +106,8 @@ from streamproc.sinks.rows import (
     to_json,
 )
 from streamproc.timing import PhaseTimes
+
+log = logging.getLogger("streamproc.checkpoint")
 
 # Non-windowed aggregation stores its states with this window, so that one
 # primary key serves both shapes.
@@ -202,6 +206,15 @@ class PostgresCheckpoint:
             self._incarnation = registration.incarnation
             await refuse_vanished_table(conn, self._identity)
             await self._sink.prepare(conn)
+            if registration.changed_settings:
+                offsets = await committed_offsets(conn, self._query)
+                log.warning(
+                    "query %s: changed since the last run: %s; applies from offsets %s on "
+                    "(the records before them were counted under the old settings)",
+                    self._query,
+                    "; ".join(registration.changed_settings),
+                    dict(sorted(offsets.items())),
+                )
 
     async def _prepare_connection(self, conn: Any) -> None:
         """Per connection: the temporary tables batches are copied into (emptied at commit)."""

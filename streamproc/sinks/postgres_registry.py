@@ -13,7 +13,7 @@ or whose checkpoint was written by an older layout), see `definition.py`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,7 @@ from streamproc.sinks.base import (
 )
 from streamproc.sinks.definition import LAYOUT_VERSION, definition_changes
 from streamproc.sinks.layout import (
-    FILES_TABLE,
     LEDGER_TABLE,
-    LEGACY_PARTIALS_TABLE,
     POSITIONS_TABLE,
     PROGRESS_TABLE,
     QUERIES_EXTRA,
@@ -44,7 +42,8 @@ from streamproc.sinks.layout import (
     create_state_table_sql,
     quote_ident,
 )
-from streamproc.sinks.postgres_claims import live_workers, lock_out_workers
+from streamproc.sinks.postgres_claims import live_workers
+from streamproc.sinks.postgres_owners import refuse_owned, table_owner
 
 #: The checkpoint's own tables, in creation order.
 CHECKPOINT_TABLES: tuple[tuple[str, Callable[[], str]], ...] = (
@@ -140,6 +139,9 @@ class Registration:
 
     global_watermark_ms: int | None
     incarnation: str
+    #: Settings that changed since the query last ran, one phrase each (only for a
+    #: query that has committed: a new one has nothing they could apply after).
+    changed_settings: tuple[str, ...] = ()
 
 
 async def ensure_registry_columns(conn: Any) -> None:
@@ -176,16 +178,19 @@ async def register_query(
     query = identity.query
     row = await conn.fetchrow(
         f"SELECT layout, definition::text AS definition, result_table, global_watermark_ms, "
-        f"incarnation::text AS incarnation FROM {quote_ident(QUERIES_TABLE)} WHERE query = $1",
+        f"incarnation::text AS incarnation, settings::text AS settings "
+        f"FROM {quote_ident(QUERIES_TABLE)} WHERE query = $1",
         query,
     )
+    settings = json.dumps(dict(identity.settings))
     if row is None:
         await _refuse_legacy(conn, query)
         await _refuse_taken_table(conn, identity)
         incarnation = await conn.fetchval(
             f"""INSERT INTO {quote_ident(QUERIES_TABLE)}
-                  (query, layout, definition, result_table, incarnation, late_table, dlq_table)
-                VALUES ($1, $2, $3::jsonb, $4, gen_random_uuid(), $5, $6)
+                  (query, layout, definition, result_table, incarnation, late_table, dlq_table,
+                   settings)
+                VALUES ($1, $2, $3::jsonb, $4, gen_random_uuid(), $5, $6, $7::jsonb)
                 RETURNING incarnation::text""",
             query,
             LAYOUT_VERSION,
@@ -193,6 +198,7 @@ async def register_query(
             identity.result_table,
             identity.late_table,
             identity.dlq_table,
+            settings,
         )
         return Registration(None, incarnation)
     stored = json.loads(row["definition"])
@@ -200,17 +206,21 @@ async def register_query(
     if row["layout"] != LAYOUT_VERSION:
         changes.insert(0, f"layout changed from {row['layout']} to {LAYOUT_VERSION}")
     if not changes:
-        incarnation = row["incarnation"]
+        stored_settings = json.loads(row["settings"]) if row["settings"] else None
+        changed: tuple[str, ...] = ()
+        if stored_settings is not None and await _has_state(conn, query):
+            changed = tuple(settings_changes(stored_settings, identity.settings))
         incarnation = await conn.fetchval(
             f"""UPDATE {quote_ident(QUERIES_TABLE)}
                 SET incarnation = coalesce(incarnation, gen_random_uuid()),
-                    late_table = $2, dlq_table = $3
+                    late_table = $2, dlq_table = $3, settings = $4::jsonb
                 WHERE query = $1 RETURNING incarnation::text""",
             query,
             identity.late_table,
             identity.dlq_table,
+            settings,
         )
-        return Registration(row["global_watermark_ms"], incarnation)
+        return Registration(row["global_watermark_ms"], incarnation, changed)
     if await _has_state(conn, query):
         raise CheckpointConflictError(
             f"query {query}: its checkpoint was made by another definition ("
@@ -229,7 +239,8 @@ async def register_query(
     incarnation = await conn.fetchval(
         f"""UPDATE {quote_ident(QUERIES_TABLE)}
             SET layout = $2, definition = $3::jsonb, result_table = $4, updated_at = now(),
-                incarnation = gen_random_uuid(), late_table = $5, dlq_table = $6
+                incarnation = gen_random_uuid(), late_table = $5, dlq_table = $6,
+                settings = $7::jsonb
             WHERE query = $1 RETURNING incarnation::text""",
         query,
         LAYOUT_VERSION,
@@ -237,8 +248,27 @@ async def register_query(
         identity.result_table,
         identity.late_table,
         identity.dlq_table,
+        settings,
     )
     return Registration(None, incarnation)
+
+
+def settings_changes(stored: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:
+    """Each setting that differs from the stored one: 'NAME from OLD to NEW'."""
+    return [
+        f"{name} from {stored.get(name, 'none')} to {value}"
+        for name, value in current.items()
+        if stored.get(name, value) != value
+    ]
+
+
+async def committed_offsets(conn: Any, query: str) -> dict[int, int]:
+    """The next offset of each partition with a position."""
+    rows = await conn.fetch(
+        f"SELECT partition, next_offset FROM {quote_ident(POSITIONS_TABLE)} WHERE query = $1",
+        query,
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}
 
 
 async def refuse_vanished_table(conn: Any, identity: QueryIdentity) -> None:
@@ -286,164 +316,6 @@ async def _refuse_legacy(conn: Any, query: str) -> None:
 async def _refuse_taken_table(conn: Any, identity: QueryIdentity) -> None:
     if identity.result_table is None:
         return
-    owner = await conn.fetchrow(
-        f"SELECT query, created_at FROM {quote_ident(QUERIES_TABLE)} "
-        "WHERE result_table = $1 AND query <> $2",
-        identity.result_table,
-        identity.query,
-    )
+    owner = await table_owner(conn, identity.result_table, but_query=identity.query)
     if owner is not None:
-        raise CheckpointConflictError(
-            f"query {identity.query}: table {identity.result_table} belongs to query "
-            f"{owner['query']} (registered {owner['created_at']:%Y-%m-%d %H:%M:%S %Z}); two "
-            "queries writing one table would overwrite or drop each other's rows; give "
-            f"load.table another name, or run `streamproc reset` on query {owner['query']}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ResetReport:
-    """What `reset_query` removed."""
-
-    ledger_rows: int
-    state_rows: int
-    positions: int
-    late_rows: int
-    dropped_tables: tuple[str, ...] = ()
-    dead_letters: int = 0
-
-
-class NoCheckpointError(CheckpointError):
-    """`reset` of a query that has no checkpoint in this database (nothing was changed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResetTables:
-    """The tables a `reset` was told about (by its config), beside the registered ones.
-
-    Attributes:
-        result_table: The config's result table: with --drop-results dropped only when it
-            is the one registered to the query, else the reset is refused.
-        late_table: The config's separatestream table (the query's rows are deleted).
-        dlq_table: The config's dead-letter table (likewise).
-    """
-
-    result_table: str | None = None
-    late_table: str | None = None
-    dlq_table: str | None = None
-
-
-#: The tables that hold a query's checkpoint, keyed by `query` (deleted by a reset).
-_CHECKPOINT_ROWS = (
-    QUERIES_TABLE,
-    POSITIONS_TABLE,
-    LEDGER_TABLE,
-    STATE_TABLE,
-    RUNS_TABLE,
-    PROGRESS_TABLE,
-    LEGACY_PARTIALS_TABLE,
-    FILES_TABLE,
-)
-
-
-async def reset_query(
-    conn: Any,
-    query: str,
-    *,
-    drop_results: bool = False,
-    named: ResetTables = ResetTables(),
-    wait: bool = False,
-) -> ResetReport:
-    """Drop a query's checkpoint (registration, positions, ledger, states, runs, progress, files).
-
-    Refused while a worker of the query runs (its claim, `postgres_claims`), unless
-    `wait`: then it waits for the workers to stop, and workers starting meanwhile wait
-    for the reset.
-
-    Args:
-        conn: A connection (a transaction is opened here).
-        query: The query name.
-        drop_results: Also drop the result table registered to the query, and delete
-            the query's rows of its late-data and dead-letter tables (queries may share
-            those, so they are not dropped).
-        named: Tables a config names for the query.
-        wait: Wait for live workers to stop.
-
-    Raises:
-        QueryRunningError: a worker of the query runs (and not `wait`).
-        NoCheckpointError: the database holds no checkpoint of the query.
-        CheckpointConflictError: --drop-results and the config's result table is not the
-            one registered to the query: nothing was changed.
-    """
-    counts: dict[str, int] = {}
-    async with conn.transaction():
-        await lock_out_workers(conn, query, wait=wait, doing="reset")
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"streamproc:{query}")
-        registered = None
-        if await table_exists(conn, QUERIES_TABLE):
-            await ensure_registry_columns(conn)
-            registered = await conn.fetchrow(
-                f"SELECT result_table, late_table, dlq_table FROM {quote_ident(QUERIES_TABLE)} "
-                "WHERE query = $1",
-                query,
-            )
-        owned = registered["result_table"] if registered is not None else None
-        drop: list[str] = []
-        if drop_results:
-            drop = await _tables_to_drop(conn, query, owned, named.result_table)
-        side = {named.late_table, named.dlq_table}
-        if registered is not None:
-            side |= {registered["late_table"], registered["dlq_table"]}
-        side_tables = sorted(t for t in side if t) if drop_results else []
-        for table in (*_CHECKPOINT_ROWS, *side_tables):
-            counts[table] = 0
-            if await table_exists(conn, table):
-                status: str = await conn.execute(
-                    f"DELETE FROM {quote_ident(table)} WHERE query = $1", query
-                )
-                counts[table] = int(status.split()[-1])
-        if not any(counts[t] for t in _CHECKPOINT_ROWS) and not drop:
-            raise NoCheckpointError(
-                f"query {query!r} has no checkpoint in this database (no registration, "
-                "position, ledger or state rows): nothing was changed; check the query name "
-                "(queryName) and the database"
-            )
-        for table in drop:
-            await conn.execute(f"DROP TABLE {quote_ident(table)}")
-    late = registered["late_table"] if registered is not None else named.late_table
-    dlq = registered["dlq_table"] if registered is not None else named.dlq_table
-    return ResetReport(
-        counts[LEDGER_TABLE],
-        counts[STATE_TABLE],
-        counts[POSITIONS_TABLE],
-        counts.get(late or named.late_table or "", 0),
-        tuple(drop),
-        counts.get(dlq or named.dlq_table or "", 0),
-    )
-
-
-async def _tables_to_drop(conn: Any, query: str, owned: str | None, named: str | None) -> list[str]:
-    """The result table a --drop-results drops: the one registered to the query, if it exists.
-
-    Raises:
-        CheckpointConflictError: the config names another table (the query does not own
-            it: a hand-made table, another query's, or one never registered).
-    """
-    if named is not None and named != owned:
-        owner = (
-            await conn.fetchval(
-                f"SELECT query FROM {quote_ident(QUERIES_TABLE)} WHERE result_table = $1", named
-            )
-            if await table_exists(conn, QUERIES_TABLE)
-            else None
-        )
-        whose = f"it belongs to query {owner}" if owner else "no query owns it"
-        mine = f"query {query} owns table {owned}" if owned else f"query {query} owns no table"
-        raise CheckpointConflictError(
-            f"table {named} (load.table) is not query {query}'s: {whose}, and {mine}; "
-            "--drop-results drops only a table registered to the query: nothing was changed "
-            "(drop the table by hand if it is yours, or reset without --drop-results)"
-        )
-    if owned is not None and await table_exists(conn, owned):
-        return [owned]
-    return []
+        raise refuse_owned(identity.query, identity.result_table, owner)

@@ -266,3 +266,41 @@ def test_reset_by_query_name_needs_a_dsn(tmp_path: Path) -> None:
         "streamproc: no_such_query: not a config file; to reset a query by name give --dsn "
         "(or set STREAMPROC_PG_DSN)"
     )
+
+
+async def test_changes_that_alter_which_records_count_are_said_with_where_they_apply(
+    kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    # Allowed between runs, yet they change which records are aggregated: each is named
+    # at start, with the committed offsets it applies from (STREAMING.md, "What a
+    # change alters").
+    from tests.integration.cli_helpers import edit, run_to_the_end
+
+    config = await run_to_the_end(
+        tmp_path, unique_name, kafka_bootstrap, pg_dsn, make_stream(200, seed=12)
+    )
+    unchanged = run_cli(config, kafka_bootstrap, pg_dsn)
+    assert unchanged.returncode == 0 and "changed since the last run" not in unchanged.stderr
+
+    def change(d: dict[str, Any]) -> None:
+        d["streamingConfigJson"]["watermark"]["delayThreshold"] = "10 minutes"
+        d["streamingConfigJson"]["watermark"]["maxFutureSkew"] = "1 day"
+        d["dataQualityConfig"] = {
+            "enabled": True,
+            "onFailure": "continue",
+            "validateAfterExtract": True,
+            "validateAfterTransform": False,
+            "rules": [{"ruleType": "not_null", "name": "has_value", "columns": ["value"]}],
+        }
+
+    edit(config, change)
+    changed = run_cli(config, kafka_bootstrap, pg_dsn)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    said = [line for line in changed.stderr.splitlines() if "changed since the last run" in line]
+    assert len(said) == 1, changed.stderr[-3000:]
+    assert (
+        f"query {unique_name}: changed since the last run: watermark delay from 5 minutes to "
+        "10 minutes; max future skew from none to 1 day; data-quality rules from none to "
+        "has_value: not_null on value, error (onFailure continue); applies from offsets "
+        "{0: " in said[0]
+    ), said[0]

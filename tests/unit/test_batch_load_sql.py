@@ -77,7 +77,7 @@ def test_a_created_pass_through_table_is_its_upsert_keys_and_the_record() -> Non
         'CREATE TABLE IF NOT EXISTS "t" (\n  "record" jsonb NOT NULL\n)'
     )
     assert passthrough_table_sql("s.t", ("id", "day")) == (
-        'CREATE TABLE IF NOT EXISTS "s"."t" (\n  "id" text,\n  "day" text,\n'
+        'CREATE TABLE IF NOT EXISTS "s"."t" (\n  "id" jsonb,\n  "day" jsonb,\n'
         '  "record" jsonb NOT NULL,\n'
         '  CONSTRAINT "t_key" UNIQUE NULLS NOT DISTINCT ("id", "day")\n)'
     )

@@ -37,9 +37,10 @@ T = 1_714_566_896_789  # 2024-05-01T12:34:56.789Z
         ("0001-01-01T00:00:00Z", MIN_EVENT_TS_MS),
         ("9999-12-31T23:59:59.999Z", MAX_EVENT_TS_MS),
         (T, T),
-        (str(T), T),
         (-1000, -1000),
-        ("-1000", -1000),
+        ("2026", 1_767_225_600_000),  # a year alone, as Spark reads it
+        ("2026-03", 1_772_323_200_000),  # a year and a month
+        ("20260315", 1_773_532_800_000),  # the ISO basic date
         (1.5, 1),  # a float of epoch ms floors
         (-1.5, -2),
     ],
@@ -83,7 +84,10 @@ def test_explicit_formats(value: Any, fmt: Any, expected: int) -> None:
         (MAX_EVENT_TS_MS + 1, "auto", "is outside years 1..9999"),
         (MIN_EVENT_TS_MS - 1, "epoch_millis", "is outside years 1..9999"),
         (10**15, "epoch_seconds", "is outside years 1..9999"),
-        ("9" * 5000, "auto", "is outside years 1..9999"),
+        ("9" * 5000, "auto", "is not an ISO-8601 time (auto: epoch milliseconds must be a"),
+        (str(T), "auto", f"'{T}' is not an ISO-8601 time (auto: epoch milliseconds must be a"),
+        ("-1000", "auto", "'-1000' is not an ISO-8601 time (auto: epoch milliseconds must be"),
+        ("2026-13", "auto", "'2026-13' is not an ISO-8601 time or epoch milliseconds"),
         ("0001-01-01T00:00:00+01:00", "auto", "is outside years 1..9999"),
     ],
 )
