@@ -2,6 +2,8 @@
 
 Files are read in path order, then line order; (file index, line index) plays the
 part of (partition, offset), so `first`/`last` ties and reports work as for Kafka.
+Dead letters name a file by its path and a digest of its first bytes (`identity`),
+not by its index, which changes when the directory's files do.
 A name ending in `.gz` is gzip. A last line without its newline is being written
 (or was cut): it is ignored and reported, never half-read. Blank lines are skipped
 (they still count as lines, so positions stay the file's own line numbers).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import os
 import zlib
 from collections.abc import Iterator
@@ -72,6 +75,10 @@ class FileLines:
 
     records: list[RawRecord]
     partial_tail: int
+    #: What the file is, whatever its name: a digest of its first bytes of content
+    #: (decompressed for gzip), so that dead letters of a file stay its own when the
+    #: directory's other files change (`identity`).
+    head_digest: str = ""
 
 
 def read_bytes(path: str) -> bytes:
@@ -104,7 +111,27 @@ def read_file(index: int, path: str) -> FileLines:
     records = [
         RawRecord(index, number, None, line, 0) for number, line in enumerate(lines) if line.strip()
     ]
-    return FileLines(records, len(tail) if tail.strip() else 0)
+    return FileLines(records, len(tail) if tail.strip() else 0, head_digest(data))
+
+
+#: At most this many first bytes of a file's content identify it.
+HEAD_DIGEST_BYTES = 4096
+
+
+def head_digest(content: bytes) -> str:
+    """16 hex digits of a digest of a file's first line (at most HEAD_DIGEST_BYTES).
+
+    The first line, as Vector's checksum fingerprint takes it: it does not change as
+    the file grows, and a file replaced by other content gets another.
+    """
+    end = content.find(b"\n", 0, HEAD_DIGEST_BYTES)
+    head = content[: end if end >= 0 else HEAD_DIGEST_BYTES]
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
+
+
+def identity(path: str, lines: FileLines) -> str:
+    """How dead letters name a file: its path and the digest of its head."""
+    return f"{path}#{lines.head_digest}"
 
 
 def iter_files(files: list[str]) -> Iterator[tuple[str, FileLines]]:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
-from streamproc.batch.files import iter_files, list_files
+from streamproc.batch.files import identity, iter_files, list_files
 from streamproc.batch.kafka import bounded_ranges, read_bounded
 from streamproc.batch.load import Doc, LoadResult, LoadTarget, RowRefusedError, load
 from streamproc.batch.plan import BatchPlan
@@ -70,6 +71,8 @@ class _Collector:
         unique = any(r.rule_type == "unique" for r in quality.rules)
         hold = quality.active and quality.after_extract and unique
         self._held: tuple[list[Any], list[RawRecord]] | None = ([], []) if hold else None
+        #: A file source: each file's identity (path and head digest), by file index.
+        self.identities: list[str] = []
         self.records: list[RawRecord] = []  # no aggregation: the records to load
         self.fields: set[str] = set()
         self.letters: list[OutgoingMessage] = []
@@ -145,14 +148,38 @@ class _Collector:
             self.log.warning("bad record: %s: %s", where, reason)
         self.dead_letter(raw, reason)
 
+    def source_of(self, raw: RawRecord) -> tuple[str, RawRecord]:
+        """Where a record's dead letter says it came from, and the record as it says so.
+
+        A file's records are named by the file's identity (path and head digest) and
+        the line: positions that stay the same when other files come and go.
+        """
+        if self._plan.source_type != "file":
+            return self._plan.source_name, raw
+        return self.identities[raw.partition], replace(raw, partition=0)
+
     def dead_letter(self, raw: RawRecord, reason: str) -> None:
         """A dead letter for dlqType kafka or postgresql (nothing for logging and none)."""
+        self.letter_for(raw, reason, None, self.letters, self.dead_rows)
+
+    def letter_for(
+        self,
+        raw: RawRecord,
+        reason: str,
+        error: str | None,
+        letters: list[OutgoingMessage],
+        rows: list[DeadLetterRow],
+    ) -> None:
+        """Add a record's dead letter, per dlqType, to `letters` (kafka) or `rows` (postgresql)."""
         plan = self._plan
+        source, where = self.source_of(raw)
         if plan.dlq_type == "kafka" and plan.dlq_topic:
-            self.letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
+            letters.append(bad_dlq_message(plan.dlq_topic, source, where, reason))
         elif plan.dlq_type == "postgresql":
-            self.dead_rows.append(
-                DeadLetterRow(raw.partition, raw.offset, raw.key, raw.value, reason)
+            rows.append(
+                DeadLetterRow(
+                    where.partition, where.offset, raw.key, raw.value, reason, error, source
+                )
             )
 
     def rows(self) -> tuple[list[Doc], list[str]]:
@@ -185,6 +212,7 @@ async def _input(plan: BatchPlan, collector: _Collector) -> AsyncIterator[Sequen
     if plan.source_type == "file":
         collector.files = list_files(plan.path)
         for path, lines in iter_files(collector.files):
+            collector.identities.append(identity(path, lines))
             if lines.partial_tail:
                 collector.report.incomplete.append(
                     f"{path}: last line incomplete ({lines.partial_tail} byte(s) after the last "
@@ -230,14 +258,7 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
             for refusal in result.refused:
                 raw = collector.records[refusal.seq]
                 reason = f"refused by table {plan.table}: {refusal.reason}"
-                if plan.dlq_topic and producer is not None:
-                    letters.append(bad_dlq_message(plan.dlq_topic, plan.source_name, raw, reason))
-                elif plan.dlq_table:
-                    rows.append(
-                        DeadLetterRow(
-                            raw.partition, raw.offset, raw.key, raw.value, reason, refusal.reason
-                        )
-                    )
+                collector.letter_for(raw, reason, refusal.reason, letters, rows)
         if producer is not None:
             await producer.send_all(letters)
             report.dead_letters = len(letters)

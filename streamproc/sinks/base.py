@@ -73,6 +73,9 @@ class DeadLetterRow:
     reason: str
     # The sink's error, for a record the sink refused (None otherwise).
     error: str | None = None
+    # Where it was read when that is not the query's topic (a batch job's file:
+    # its path and head digest); None: the topic.
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

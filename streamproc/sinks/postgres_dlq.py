@@ -48,7 +48,7 @@ async def insert_dead_letters(
         [
             (
                 query,
-                topic,
+                r.source or topic,
                 r.partition,
                 r.offset,
                 r.key,

@@ -253,7 +253,8 @@ async def test_rows_the_table_refuses_are_rejected_with_reasons_and_dead_lettere
     assert "check constraint" in got[("1", json.dumps(records[1]))]
     assert 'invalid input syntax for type integer: "lots"' in got[("3", json.dumps(records[3]))]
     assert got[("4", NOT_JSON)].startswith("value: not JSON")
-    assert all(x.headers["source_topic"] == str(source) for x in letters)
+    # A file is named by its path and a digest of its head (its identity).
+    assert all(x.headers["source_topic"].startswith(f"{source}#") for x in letters)
 
 
 async def test_a_postgresql_dlq_holds_bad_refused_and_quarantined_records_once_per_line(
@@ -302,15 +303,57 @@ async def test_a_postgresql_dlq_holds_bad_refused_and_quarantined_records_once_p
     assert 'invalid input syntax for type integer: "lots"' in reasons[1]
     assert reasons[2].startswith("value: not JSON") and first[2]["error"] is None
     assert reasons[3] == "rule has_id (not_null): id is null"
-    assert {(r["query"], r["source_topic"], r["source_partition"]) for r in first} == {
-        (unique_name, str(source), 0)
-    }
+    assert {
+        (r["query"], r["source_topic"].split("#")[0], r["source_partition"]) for r in first
+    } == {(unique_name, str(source), 0)}
     # A rerun over the same input overwrites the table and dead-letters the
     # same lines again: the dead-letter table keeps one row per line.
     done = run_cli(config, "unused:9092", pg_dsn)
     assert done.returncode == 0, done.stderr[-2000:]
     assert await _amounts(pg, unique_name) == [(0, 0), (2, 2), (4, 4)]
     assert await dead_letters() == first
+
+
+async def test_dead_letters_of_files_stay_their_own_when_the_directory_changes(
+    pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
+) -> None:
+    # Dead letters were keyed by (directory, file index, line): with a file removed,
+    # the next file took its index, so one bad line was stored twice and a new one
+    # collided and was lost, while the report said it was sent.
+    data = tmp_path / "in"
+    data.mkdir()
+    write_lines(data / "a.jsonl", [{"id": 1}, NOT_JSON])
+    write_lines(data / "b.jsonl", [{"id": 2}, "[1]"])
+    config = batch_config(
+        tmp_path,
+        unique_name,
+        file_extract(data),
+        error_handling={"dlqConfig": {"dlqType": "postgresql"}},
+    )
+    assert run_cli(config, "unused:9092", pg_dsn).returncode == 0
+
+    async def letters() -> list[tuple[str, int, str]]:
+        rows = await pg.fetch(
+            f'SELECT source_topic, source_offset, reason FROM "{unique_name}_dlq"'
+        )
+        return sorted((r["source_topic"], r["source_offset"], r["reason"]) for r in rows)
+
+    first = await letters()
+    assert [(t.split("#")[0], o) for t, o, _ in first] == [
+        (str(data / "a.jsonl"), 1),
+        (str(data / "b.jsonl"), 1),
+    ]
+    (data / "a.jsonl").unlink()
+    write_lines(data / "b.jsonl", [{"id": 2}, "[1]", NOT_JSON])  # grown: a new bad line
+    done = run_cli(config, "unused:9092", pg_dsn)
+    assert done.returncode == 0, done.stderr
+    after = await letters()
+    assert [(t.split("#")[0], o) for t, o, _ in after] == [
+        (str(data / "a.jsonl"), 1),
+        (str(data / "b.jsonl"), 1),
+        (str(data / "b.jsonl"), 2),  # stored, not lost to a collision
+    ]
+    assert after[:2] == first  # and none stored twice
 
 
 async def test_a_bad_record_with_failfast_stops_before_anything_is_loaded(
