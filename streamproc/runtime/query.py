@@ -172,6 +172,8 @@ class StreamingQuery:
         self._setbacks_seen = 0
         #: A bounded run: the query's committed offsets as last read (any worker's).
         self._run_committed: dict[int, int] = {}
+        #: When a bounded run that fetched nothing last asked whether it is complete.
+        self._idle_checked = 0.0
 
     # ----------------------------------------------------------------- control
     @property
@@ -366,6 +368,12 @@ class StreamingQuery:
                     # Others still work on the run: ask again in a while, not in a spin.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), RUN_POLL_S)
+                elif not raws and await self._idle_run_done():
+                    # Nothing to read, though this worker's share is not done by its
+                    # own count: its partitions may be in a rebalance whose answer never
+                    # comes (the other members finished the run and left).
+                    await self._settle()
+                    return
                 self._watch_progress()
         finally:
             await self._settle()
@@ -575,6 +583,16 @@ class StreamingQuery:
                 end = end if start < end else 0
             ends[p] = end
         return ends
+
+    async def _idle_run_done(self) -> bool:
+        """A bounded run that fetched nothing: every RUN_POLL_S, whether the run is complete."""
+        if self._collector.run is None:
+            return False
+        now = time.monotonic()
+        if now - self._idle_checked < RUN_POLL_S:
+            return False
+        self._idle_checked = now
+        return await self._run_done()
 
     async def _run_done(self) -> bool:
         """True when every partition of the topic reached the run's end, whoever processed it."""

@@ -162,3 +162,55 @@ async def test_a_failed_commit_that_reached_the_end_fetches_its_partitions_again
     assert stats.run_complete
     assert {p: position(db, plan.query_name, p) for p in range(4)} == dict.fromkeys(range(4), 30)
     assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
+
+
+class RejoinNeverAnswered(MemorySource):
+    """Once its partitions are revoked, acts as aiokafka does while its join is pending,
+    and the broker never answers it: the old assignment is still reported, nothing is
+    fetched, and no new assignment ever comes."""
+
+    def __init__(self, topic: Any, group: MemoryGroup) -> None:
+        super().__init__(topic, group)
+        self.stuck: set[int] | None = None
+
+    async def revoke_all(self) -> None:
+        old = self.assignment()
+        await super().revoke_all()
+        if old:
+            self.stuck = old
+
+    def assignment(self) -> set[int]:
+        return set(self.stuck) if self.stuck is not None else super().assignment()
+
+    async def take(self, partitions: set[int]) -> None:
+        if self.stuck is None:
+            await super().take(partitions)
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[Any]:
+        if self.stuck is not None:
+            await asyncio.sleep(timeout_ms / 1000)
+            return []
+        return await super().fetch(max_records, timeout_ms)
+
+
+async def test_a_worker_whose_rejoin_is_never_answered_ends_with_the_run() -> None:
+    # Seen with four worker processes: a worker's partitions were revoked in a
+    # rebalance, its join was never answered (the others had finished the run and
+    # left), and it waited for ever on partitions it no longer had, although the run
+    # was complete. A worker that fetches nothing asks the checkpoint, now and then,
+    # whether the run is complete.
+    stream = shared_keys_stream(per_partition=40)
+    topic = fill_topic(stream)
+    db = MemoryDatabase()
+    plan = make_plan(QUERY, max_records_per_trigger=20)
+    group = MemoryGroup(topic)
+    a = RejoinNeverAnswered(topic, group)
+    b = MemorySource(topic, group)
+    qa, qb = new_query(plan, a, db), new_query(plan, b, db)
+    run_a = asyncio.ensure_future(qa.run())
+    await wait_for(lambda: bool(a.assignment()))
+    b.at_fetch(1, lambda: group.assign({b: {0, 1, 2, 3}}))
+    stats = await asyncio.wait_for(asyncio.gather(run_a, qb.run()), 30)
+    assert a.stuck is not None  # its rejoin was pending when it ended
+    assert all(s.run_complete for s in stats)
+    assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
