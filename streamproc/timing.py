@@ -4,15 +4,17 @@
     decode      UTF-8 JSON decoding, event-time guards, quality rules on records
     engine      folding records into state, the emit, preparing the commit
     dead_letters  flushing dead letters before the commit
-    lock_wait   waiting for the query's lock in PostgreSQL (other workers' commits)
+    lock_wait   waiting for what every worker of the query shares (closing, the progress
+                row's turn; other workers' commits)
     states      writing partial states
     sink        writing result rows (the table, or the Kafka topic)
     ledger      late rows, ledger rows, positions
     closing     W, closing or evicting windows
     commit      the transaction's commit
 
-`lock` is the time the query's lock was held: its share of the time spent on
-batches bounds how far more workers can speed the query up (1 / share).
+`lock` is the time a commit held what every worker of the query shares (closing,
+the progress row until COMMIT, a shared merge): with `lock_wait`, its share of the
+time spent on batches bounds how far more workers can speed the query up (1 / share).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from contextlib import contextmanager
 #: The phases of a progress record, in batch order (runtime/progress.py).
 PHASES = ("fetch", "decode", "engine", "checkpoint", "sink", "commit")
 
-#: Runtime phase -> progress phase. `lock` is left out: it is the time the
-#: query's lock was held, which overlaps the phases of the commit.
+#: Runtime phase -> progress phase. `lock` is left out: it is the time shared locks
+#: were held, which overlaps the phases of the commit.
 _PHASE_OF = {
     "fetch": "fetch",
     "decode": "decode",

@@ -98,7 +98,9 @@ def summary_lines(plan: QueryPlan, stats: RunStats, elapsed_s: float) -> list[st
 def _time_lines(stats: RunStats) -> list[str]:
     """Where the time went (`phases:`) and the lock's share of it (`lock share:`)."""
     seconds = dict(stats.times.seconds)
-    held = seconds.pop("lock", 0.0)
+    # What every worker of the query shares, held or waited for (closing, the
+    # progress row, a shared result row's turn): it is what more workers queue on.
+    held = seconds.pop("lock", 0.0) + seconds.get("lock_wait", 0.0)
     if not seconds:
         return []
     phases = " ".join(f"{name}={value:.3f}s" for name, value in seconds.items())
@@ -112,8 +114,9 @@ def _time_lines(stats: RunStats) -> list[str]:
         share = held / wall
         bound = f"{1 / share:.1f}x" if share > 0 else "no bound"
         lines.append(
-            f"  lock share: {share:.2f} (the query's lock was held {held:.1f}s of the "
-            f"{wall:.1f}s the worker ran batches: more workers speed it up at most {bound})"
+            f"  lock share: {share:.2f} (locks every worker of the query shares were held or "
+            f"waited for {held:.1f}s of the {wall:.1f}s the worker ran batches: more workers "
+            f"speed it up at most {bound})"
         )
     return lines
 

@@ -170,7 +170,12 @@ def local_rows(
         return None
     if output_mode == "append":
         return emission.rows if closes_locally(spec, owns_every_partition) else None
-    if output_mode == "update":
+    return _touched_rows(emission, spec)
+
+
+def _touched_rows(emission: Emission, spec: QuerySpec) -> Sequence[ResultRow]:
+    """The emission's rows of the (key, window)s the batch touched (update: all of them)."""
+    if spec.output_mode == "update":
         return emission.rows
     touched = {(r.key, r.window_start_ms) for rows in emission.partials.values() for r in rows}
     return [r for r in emission.rows if (r.key, r.window_start_ms) in touched]
@@ -224,11 +229,15 @@ def prepare_commit(
     routed = route(batch, late, bad)
     rows = local_rows(emission, spec, owns_every_partition)
     merged_locally = local or (rows is not None and not spec.passthrough)
+    own = None
+    if rows is None and not spec.passthrough and spec.output_mode != "append":
+        own = _touched_rows(emission, spec)
     commit = CommitBatch(
         partitions=partitions,
         partials=emission.partials,
         evicted=emission.evicted,
         local_rows=rows,
+        own_rows=own,
         late_rows=routed.late_rows,
         dead_letter_rows=routed.dead_letter_rows,
         topic_partitions=topic_partitions,

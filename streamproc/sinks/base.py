@@ -140,6 +140,11 @@ class CommitBatch:
     # `local_rows`); the checkpoint replaces every partition's partial of each
     # by a tombstone. Otherwise the checkpoint finds idle ones itself.
     expired: Sequence[WindowKey] = ()
+    # Update and complete mode, when the worker does not own every partition: the
+    # touched (key, window)s merged over the partitions it owns. A row not in the
+    # table yet has no other contribution, so this is its value (`claim_rows`);
+    # None: the checkpoint merges every row from every partition's states.
+    own_rows: Sequence[ResultRow] | None = None
     # What the batch's rows were merged from, when that is every partition's
     # state (`local_rows` of a worker owning every partition, or windows it closes
     # itself): the committed position of each partition of the topic as this

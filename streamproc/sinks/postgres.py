@@ -34,42 +34,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 
-from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey, finalize, merge_states
+from streamproc.engine import PartialRow, QuerySpec
 from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import (
     RESET_HINT,
     BoundedRun,
     CheckpointConflictError,
-    ClosingWindowsError,
     CommitBatch,
     CommitOutcome,
-    LateRow,
     PartitionCheckpoint,
-    PartitionCommit,
     QueryIdentity,
     ResultSink,
     Watermarks,
-    batch_id,
-    batch_ids,
-    behind_watermark,
-    check_local_watermark,
-    expiry_bounds,
-    reset_under_worker,
-    stale_partitions,
 )
+from streamproc.sinks.commit_plan import CommitPlan, mode_strategy, plan_commit
 from streamproc.sinks.layout import (
     LEDGER_TABLE,
     POSITIONS_TABLE,
     QUERIES_TABLE,
-    STAGE_KEYS,
-    STAGE_STATES,
     STATE_TABLE,
     TOMBSTONE_PARTITION,
     create_late_table_sql,
@@ -78,15 +66,10 @@ from streamproc.sinks.layout import (
     quote_ident,
 )
 from streamproc.sinks.postgres_claims import WorkerClaim
-from streamproc.sinks.postgres_dlq import insert_dead_letters
+from streamproc.sinks.postgres_commit import QueryCommits, close_pending, execute
 from streamproc.sinks.postgres_expiry import (
-    drop_closed_tombstones,
     ensure_touched_column,
-    expire_idle,
-    hits_tombstone,
-    tombstone,
 )
-from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_registry import (
     committed_offsets,
     ensure_registry_columns,
@@ -96,22 +79,12 @@ from streamproc.sinks.postgres_registry import (
     register_query,
 )
 from streamproc.sinks.postgres_runs import RunMembership
-from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
-from streamproc.sinks.rows import (
-    decode_key,
-    decode_state,
-    encode_key,
-    encode_state,
-    ms_to_datetime,
-    to_json,
-)
+from streamproc.sinks.postgres_state import partial_from_row, state_records
+from streamproc.sinks.progress_rows import PROGRESS_KEEP
 from streamproc.timing import PhaseTimes
 
 log = logging.getLogger("streamproc.checkpoint")
 
-# Non-windowed aggregation stores its states with this window, so that one
-# primary key serves both shapes.
-NO_WINDOW_MS = 0
 # Seconds one statement may take before the server counts as unreachable
 # (a sink transaction of a 20,000-record batch takes well under a second).
 COMMAND_TIMEOUT_S = 120.0
@@ -162,7 +135,17 @@ class PostgresCheckpoint:
         #: idle (key, window)s are replaced by tombstones.
         self._expires_windows = spec.window is not None and spec.state_timeout_ms is not None
         self._touch_slot = plan_for(spec).touch_slot if self._expires_windows else None
-        self._lock_key = f"streamproc:{identity.query}"
+        self._mode = mode_strategy(spec)
+        self._commits = QueryCommits(
+            identity.query,
+            identity.topic,
+            spec,
+            sink,
+            late_table,
+            dlq_table,
+            self._expires_windows,
+            progress_keep,
+        )
         self._run = RunMembership(dsn, identity.query)
         self._claim = WorkerClaim(dsn, identity.query)
         #: The registration this worker restored from (`Registration.incarnation`).
@@ -297,13 +280,7 @@ class PostgresCheckpoint:
             )
 
     def _partial_from_row(self, r: Any) -> PartialRow:
-        windowed = self._spec.window is not None
-        return PartialRow(
-            decode_key(r["key"]),
-            r["window_start_ms"] if windowed else None,
-            r["window_end_ms"] if windowed else None,
-            decode_state(r["state"]),
-        )
+        return partial_from_row(self._spec, r)
 
     async def watermarks(self) -> Watermarks:
         """The committed watermark of every partition with a position, and W."""
@@ -340,534 +317,85 @@ class PostgresCheckpoint:
     async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
         """Make one micro-batch durable in one transaction, or report it stale.
 
-        With dry_run, everything is done and then rolled back: the outcome (or
-        the error) says what the commit would do.
+        The batch's plan (`commit_plan`) runs in one transaction (`postgres_commit`);
+        a closing it could not do in place runs in a short one of its own after it.
+        With dry_run, everything is done and then rolled back: the outcome (or the
+        error) says what the commit would do.
         """
         times = PhaseTimes()
+        plan = plan_commit(batch, self._spec, self._mode)
+        staged: _Staged | None = batch.staged
+        if staged is None:
+            staged = self._encode(batch)
+        lock_s = 0.0
         async with self._pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                # The batch's own partial states go in before the lock: their
-                # rows are keyed by partition, so workers' rows never meet, and
-                # nobody sees them before the commit. A zombie's states meet the
-                # new owner's at worst (a deadlock PostgreSQL breaks, retried as
-                # an outage) and are rolled back when the check finds it stale.
-                tally = _StateTally()
-                await self._write_states(conn, batch, times, tally)
-                with times.phase("lock_wait"):
-                    # One query's commits never interleave, so merges from two
-                    # workers cannot race and the position check is decisive.
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_key)
-                locked = time.perf_counter()
-                outcome = await self._commit_in(conn, batch, times, tally)
+                executed = await execute(
+                    conn, self._commits, plan, batch, self._incarnation, times, staged
+                )
+            except asyncpg.InsufficientPrivilegeError as exc:
+                await transaction.rollback()
+                raise privilege_error(exc, f"query {self._query}: writing its batch") from None
             except BaseException:
                 await transaction.rollback()
                 raise
             with times.phase("commit"):
-                if dry_run or outcome.stale:
+                if dry_run or executed.outcome.stale:
                     await transaction.rollback()
                 else:
                     await transaction.commit()
-            times.seconds["lock"] += time.perf_counter() - locked
+            if executed.shared_since is not None:
+                lock_s += time.perf_counter() - executed.shared_since
+            outcome = executed.outcome
+            if executed.closing_pending and not dry_run:
+                closing = await self._close_pending(conn, plan, times)
+                if closing is not None:
+                    lock_s += closing[1]
+                    outcome = replace(
+                        outcome,
+                        result_rows=outcome.result_rows + closing[0].result_rows,
+                        closed_windows=outcome.closed_windows + closing[0].closed_windows,
+                        global_watermark_ms=closing[0].global_watermark_ms,
+                    )
+        times.seconds["lock"] += lock_s
         return replace(outcome, timings=dict(times.seconds))
 
-    async def _commit_in(
-        self, conn: Any, batch: CommitBatch, times: PhaseTimes, tally: _StateTally
-    ) -> CommitOutcome:
-        stale = await self._stale_partitions(conn, batch)
-        # W and the newest progress row in one round trip (the progress row's
-        # seq and state total carry on from it).
-        stored = await conn.fetchrow(
-            f"""SELECT q.global_watermark_ms, q.incarnation::text AS incarnation,
-                       last_progress.seq, last_progress.state_rows_total
-                FROM {_QUERIES} q {LAST_PROGRESS_SQL} WHERE q.query = $1""",
-            self._query,
-        )
-        if stored is None or stored["incarnation"] != self._incarnation:
-            # Reset (or registered again) under this worker: the checkpoint it restored
-            # from is gone, and nothing may be written into the new one.
-            raise CheckpointConflictError(reset_under_worker(self._query))
-        tally.last_seq, tally.last_total = stored["seq"], stored["state_rows_total"]
-        stored_w = stored["global_watermark_ms"]
-        if not stale:
-            stale = behind_watermark(batch, stored_w)
-        if self._expires_windows:
-            if not stale and await hits_tombstone(conn, self._query):
-                stale = tuple(p.partition for p in batch.partitions) or tuple(batch.partials)
-            await conn.execute(f"TRUNCATE {STAGE_STATES}")
-        if stale:
-            return CommitOutcome(stale=stale)  # nothing written: the caller reloads
-        try:
-            return await self._write(conn, batch, times, stored_w, tally)
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise privilege_error(exc, f"query {self._query}: writing its batch") from None
+    async def _close_pending(
+        self, conn: Any, plan: CommitPlan, times: PhaseTimes
+    ) -> tuple[CommitOutcome, float] | None:
+        """The closing a batch left for a transaction of its own; (outcome, seconds held)."""
+        async with conn.transaction():
+            executed = await close_pending(conn, self._commits, plan, times)
+            if executed is None:
+                return None
+        held = 0.0 if executed.shared_since is None else time.perf_counter() - executed.shared_since
+        return executed.outcome, held
 
     def stage(self, batch: CommitBatch) -> CommitBatch:
-        """The batch with its state records and local rows encoded for COPY.
+        """The batch with its state records and rows encoded for COPY.
 
         Runs on the thread batches are prepared on; the transaction then only
         sends them. A key or value that cannot be stored is left for `commit`,
         which refuses it the way the failure policy expects.
         """
         try:
-            states = self._state_records(batch.partials)
-            rows = batch.local_rows
-            encoded = self._sink.encode(rows) if rows else None
+            staged = self._encode(batch)
         except (ValueError, TypeError, OverflowError):
             return batch
-        return replace(batch, staged=_Staged(states, encoded))
+        return replace(batch, staged=staged)
 
-    async def _write_states(
-        self, conn: Any, batch: CommitBatch, times: PhaseTimes, tally: _StateTally
-    ) -> None:
-        staged: _Staged | None = batch.staged
-        try:
-            with times.phase("states"):
-                states = staged.states if staged else self._state_records(batch.partials)
-                tally.inserted += await self._upsert_states(conn, states)
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise privilege_error(exc, f"query {self._query}: writing its batch") from None
-
-    async def _write(
-        self,
-        conn: Any,
-        batch: CommitBatch,
-        times: PhaseTimes,
-        stored_w: int | None,
-        tally: _StateTally,
-    ) -> CommitOutcome:
-        staged: _Staged | None = batch.staged
-        written = 0
-        mode = self._spec.output_mode
-        if self._spec.passthrough:
-            with times.phase("sink"):
-                # One row per record, keyed by its source position: a position
-                # already in the table (a rerun after `reset`) is left as it is.
-                written = await self._sink.write(
-                    conn,
-                    batch.local_rows or (),
-                    insert_only=True,
-                    encoded=staged.rows if staged else None,
-                )
-        elif mode != "append":
-            with times.phase("sink"):
-                encoded = None
-                if batch.local_rows is not None:
-                    rows = batch.local_rows
-                    encoded = staged.rows if staged else None
-                else:
-                    rows = await self._merge_touched(conn, batch.partials, _partitions(batch))
-                written = await self._sink.write(conn, rows, insert_only=False, encoded=encoded)
-        with times.phase("ledger"):
-            await self._insert_late_rows(conn, batch.late_rows)
-            await self._insert_dead_letters(conn, batch)
-            await self._insert_ledger_rows(conn, batch.partitions)
-            await self._upsert_positions(conn, batch.partitions)
-        with times.phase("closing"):
-            watermark = await self._global_watermark(conn, batch, stored_w)
-            check_local_watermark(self._query, batch, watermark)
-            closed = 0
-            if self._spec.window is not None and watermark is not None:
-                if mode == "append":
-                    closed = await self._close_windows(conn, watermark, batch, tally)
-                    written += closed
-                elif mode == "update":
-                    closed = await self._evict_closed(conn, watermark, batch)
-                    tally.deleted += closed
-                if self._expires_windows:
-                    expired_rows = await self._expire(conn, watermark, stored_w, batch, tally)
-                    written += expired_rows
-                    closed += expired_rows
-            if mode != "append":
-                # stateTimeout evictions (and update-mode local evictions) drop
-                # states that no longer count; closed append windows were
-                # already removed by _close_windows.
-                tally.deleted += await self._delete_states(conn, batch.evicted)
-        with times.phase("ledger"):
-            row = progress_row(
-                self._query,
-                self._topic,
-                batch,
-                sink_rows=written,
-                watermark_ms=watermark,
-                timings_s=times.seconds,
-            )
-            total = await insert_progress(
-                conn,
-                self._query,
-                row,
-                last_seq=tally.last_seq,
-                state_total=tally.carried(),
-                keep=self._progress_keep,
-            )
-        return CommitOutcome((), written, closed, watermark, state_rows_total=total)
-
-    async def _stale_partitions(self, conn: Any, batch: CommitBatch) -> tuple[int, ...]:
-        """The partitions whose position is not where the batch assumed (`stale_partitions`).
-
-        A batch with a basis is checked against every partition's position, under the
-        lock: what it merged locally must still be what is committed.
-        """
-        if batch.basis is None and not batch.partitions:
-            return ()
-        rows = await conn.fetch(
-            f"""SELECT partition, next_offset FROM {_POSITIONS}
-                WHERE query = $1 AND ($2::int[] IS NULL OR partition = ANY($2::int[]))""",
-            self._query,
-            None if batch.basis is not None else [p.partition for p in batch.partitions],
+    def _encode(self, batch: CommitBatch) -> _Staged:
+        """The COPY records of a batch's states and rows (raises for values that cannot go)."""
+        states = state_records(self._sink, batch.partials, self._touch_slot)
+        rows = batch.local_rows
+        own = batch.own_rows
+        return _Staged(
+            states,
+            self._sink.encode(rows) if rows else None,
+            self._sink.encode(own) if own else None,
         )
-        return stale_partitions(batch, {r["partition"]: r["next_offset"] for r in rows})
-
-    def _state_records(self, partials: Mapping[int, Sequence[PartialRow]]) -> list[tuple[Any, ...]]:
-        """The staging records of partial states; refuses keys the sink cannot hold."""
-        self._sink.check_keys(row.key for rows in partials.values() for row in rows)
-        touch = self._touch_slot
-        return [
-            (
-                partition,
-                encode_key(row.key),
-                NO_WINDOW_MS if row.window_start_ms is None else row.window_start_ms,
-                NO_WINDOW_MS if row.window_end_ms is None else row.window_end_ms,
-                encode_state(row.state),
-                None if touch is None else row.state[touch],
-            )
-            for partition, rows in partials.items()
-            for row in rows
-        ]
-
-    async def _upsert_states(self, conn: Any, records: Sequence[tuple[Any, ...]]) -> int:
-        """Upsert partial states; returns how many were new rows (not updates)."""
-        if not records:
-            return 0
-        # Rows go in by binary COPY (encoded in C: a fraction of the client's
-        # time of bind arrays) to a temporary table, then one upsert. A row
-        # the upsert inserted has no xmax yet; one it updated has this
-        # transaction's: so the same statement counts the new states.
-        await conn.copy_records_to_table(STAGE_STATES, records=records)
-        inserted: int = await conn.fetchval(
-            f"""WITH upserted AS (
-                  INSERT INTO {_STATE}
-                    (query, partition, key, window_start_ms, window_end_ms, state, touched_ms)
-                  SELECT $1, partition, key, window_start_ms, window_end_ms, state, touched_ms
-                  FROM {STAGE_STATES}
-                  ON CONFLICT (query, partition, window_start_ms, key)
-                  DO UPDATE SET state = EXCLUDED.state, touched_ms = EXCLUDED.touched_ms
-                  RETURNING xmax = 0 AS inserted)
-                SELECT count(*) FILTER (WHERE inserted) FROM upserted""",
-            self._query,
-        )
-        if not self._expires_windows:
-            # (With a windowed stateTimeout they stay until the tombstone check.)
-            await conn.execute(f"TRUNCATE {STAGE_STATES}")
-        return inserted
-
-    async def _delete_states(self, conn: Any, evicted: Mapping[int, Sequence[WindowKey]]) -> int:
-        """Delete evicted states; returns how many rows went."""
-        records = [
-            (partition, encode_key(key), NO_WINDOW_MS if start is None else start)
-            for partition, window_keys in evicted.items()
-            for key, start, _end in window_keys
-        ]
-        if not records:
-            return 0
-        await conn.copy_records_to_table(STAGE_KEYS, records=records)
-        status: str = await conn.execute(
-            f"""DELETE FROM {_STATE} s USING {STAGE_KEYS} d
-                WHERE s.query = $1 AND s.partition = d.partition AND s.key = d.key
-                  AND s.window_start_ms = d.window_start_ms""",
-            self._query,
-        )
-        await conn.execute(f"TRUNCATE {STAGE_KEYS}")
-        return int(status.split()[-1])
-
-    async def _merge_touched(
-        self, conn: Any, partials: Mapping[int, Sequence[PartialRow]], partitions: list[int]
-    ) -> list[ResultRow]:
-        touched = {
-            (encode_key(r.key), NO_WINDOW_MS if r.window_start_ms is None else r.window_start_ms)
-            for rows in partials.values()
-            for r in rows
-        }
-        if not touched:
-            return []
-        await conn.copy_records_to_table(
-            STAGE_KEYS, records=[(0, key, start) for key, start in touched]
-        )
-        # Every partition of each touched (key, window): one index lookup each.
-        rows = await conn.fetch(
-            f"""SELECT s.key, s.window_start_ms, s.window_end_ms, s.state
-                FROM {STAGE_KEYS} t CROSS JOIN unnest($2::int[]) AS p(partition)
-                JOIN {_STATE} s ON s.query = $1 AND s.partition = p.partition
-                  AND s.window_start_ms = t.window_start_ms AND s.key = t.key
-                ORDER BY s.partition""",
-            self._query,
-            partitions,
-        )
-        await conn.execute(f"TRUNCATE {STAGE_KEYS}")
-        return self._merge_rows(rows)
-
-    def _merge_rows(self, rows: Iterable[Any]) -> list[ResultRow]:
-        """Merge states of the same (key, window), in the order given (partition order)."""
-        grouped: dict[tuple[bytes, int, int], list[Sequence[Any]]] = defaultdict(list)
-        for r in rows:
-            grouped[(r["key"], r["window_start_ms"], r["window_end_ms"])].append(
-                decode_state(r["state"])
-            )
-        windowed = self._spec.window is not None
-        merged: list[ResultRow] = []
-        for (key, start, end), states in grouped.items():
-            values = finalize(self._spec, merge_states(self._spec, states))
-            merged.append(
-                ResultRow(
-                    decode_key(key),
-                    start if windowed else None,
-                    end if windowed else None,
-                    values,
-                )
-            )
-        return merged
-
-    async def _insert_late_rows(self, conn: Any, late_rows: Sequence[LateRow]) -> None:
-        if not late_rows or not self._late_table:
-            return
-        await conn.executemany(
-            f"""INSERT INTO {quote_ident(self._late_table)}
-                  (query, source_topic, source_partition, source_offset, event_time, watermark,
-                   reason, record)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
-                ON CONFLICT (query, source_topic, source_partition, source_offset) DO NOTHING""",
-            [
-                (
-                    self._query,
-                    self._topic,
-                    r.partition,
-                    r.offset,
-                    ms_to_datetime(r.event_ts_ms),
-                    ms_to_datetime(r.watermark_ms),
-                    r.reason,
-                    to_json(r.record),
-                )
-                for r in late_rows
-            ],
-        )
-
-    async def _insert_dead_letters(self, conn: Any, batch: CommitBatch) -> None:
-        if not batch.dead_letter_rows or not self._dlq_table:
-            return
-        await insert_dead_letters(
-            conn,
-            self._dlq_table,
-            query=self._query,
-            topic=self._topic,
-            rows=batch.dead_letter_rows,
-            batch_of=batch_ids(self._query, self._topic, batch.partitions).__getitem__,
-        )
-
-    async def _insert_ledger_rows(self, conn: Any, partitions: Sequence[PartitionCommit]) -> None:
-        if not partitions:
-            return
-        await conn.executemany(
-            f"""INSERT INTO {_LEDGER}
-                  (query, topic, partition, start_offset, next_offset, batch_id, records,
-                   aggregated, late, bad, filtered, max_event_time, watermark, dead_lettered,
-                   error)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-            [
-                (
-                    self._query,
-                    self._topic,
-                    p.partition,
-                    p.start_offset,
-                    p.next_offset,
-                    batch_id(self._query, self._topic, p.partition, p.start_offset, p.next_offset),
-                    p.records,
-                    p.aggregated,
-                    p.late,
-                    p.bad,
-                    p.filtered,
-                    ms_to_datetime(p.max_event_ts_ms),
-                    ms_to_datetime(p.watermark_ms),
-                    p.dead_lettered,
-                    p.error,
-                )
-                for p in partitions
-            ],
-        )
-
-    async def _upsert_positions(self, conn: Any, partitions: Sequence[PartitionCommit]) -> None:
-        if not partitions:
-            return
-        await conn.executemany(
-            f"""INSERT INTO {_POSITIONS}
-                  (query, partition, topic, next_offset, batch_id, max_event_time_ms,
-                   watermark_ms, last_record, committed_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-                ON CONFLICT (query, partition) DO UPDATE SET
-                  topic = EXCLUDED.topic, next_offset = EXCLUDED.next_offset,
-                  batch_id = EXCLUDED.batch_id, max_event_time_ms = EXCLUDED.max_event_time_ms,
-                  watermark_ms = EXCLUDED.watermark_ms, last_record = EXCLUDED.last_record,
-                  committed_at = now()""",
-            [
-                (
-                    self._query,
-                    p.partition,
-                    self._topic,
-                    p.next_offset,
-                    batch_id(self._query, self._topic, p.partition, p.start_offset, p.next_offset),
-                    p.max_event_ts_ms,
-                    p.watermark_ms,
-                    p.last_record,
-                )
-                for p in partitions
-            ],
-        )
-
-    async def _global_watermark(
-        self, conn: Any, batch: CommitBatch, stored: int | None
-    ) -> int | None:
-        """W = min over every partition of the topic of its committed watermark, monotonic.
-
-        A partition with no position holds W back (it stays where it was),
-        unless idleTimeout is set and the position is older than it. W never
-        goes back: a partition added later does not reopen closed windows.
-        """
-        rows = await conn.fetch(
-            f"""SELECT watermark_ms, extract(epoch from now() - committed_at) * 1000 AS age_ms
-                FROM {_POSITIONS} WHERE query = $1""",
-            self._query,
-        )
-        idle = batch.idle_timeout_ms
-        marks: list[int] = []
-        held_back = len(rows) < batch.topic_partitions and idle is None
-        for r in rows:
-            if idle is not None and float(r["age_ms"]) > idle:
-                continue
-            if r["watermark_ms"] is None:
-                held_back = True
-                break
-            marks.append(r["watermark_ms"])
-        current = None if held_back or not marks else min(marks)
-        if current is None or (stored is not None and current <= stored):
-            return None if stored is None else int(stored)
-        await conn.execute(
-            f"UPDATE {_QUERIES} SET global_watermark_ms = $2 WHERE query = $1",
-            self._query,
-            current,
-        )
-        return current
-
-    async def _close_windows(
-        self, conn: Any, watermark_ms: int, batch: CommitBatch, tally: _StateTally
-    ) -> int:
-        """Append mode: write every window with end <= W once, then drop its states.
-
-        The rows are the worker's own merge when it closes windows locally,
-        else merged here from every partition's stored states. A window row
-        already in the table means something else wrote it (its states are
-        only ever closed once): the query stops rather than drop this one's
-        contribution.
-        """
-        encoded = None
-        if batch.closes_locally:
-            tally.deleted += await self._evict_closed(conn, watermark_ms, batch)
-            merged = list(batch.local_rows or ())
-            staged: _Staged | None = batch.staged
-            encoded = staged.rows if staged else None
-        else:
-            rows = await conn.fetch(
-                f"""DELETE FROM {_STATE}
-                    WHERE query = $1 AND partition = ANY($3::int[]) AND window_start_ms <= $2
-                    RETURNING key, window_start_ms, window_end_ms, state, partition""",
-                self._query,
-                watermark_ms - self._window_size_ms(),
-                _partitions(batch),
-            )
-            tally.deleted += len(rows)
-            merged = self._merge_rows(sorted(rows, key=lambda r: r["partition"]))
-        return await self._write_final(conn, merged, encoded)
-
-    async def _write_final(self, conn: Any, merged: list[ResultRow], encoded: Any = None) -> int:
-        """Insert the rows of windows that are final (closed, or expired): each once."""
-        try:
-            written = await self._sink.write(conn, merged, insert_only=True, encoded=encoded)
-        except Exception as exc:
-            raise ClosingWindowsError(exc, len(merged)) from exc
-        if written < len(merged):
-            raise CheckpointConflictError(
-                f"query {self._query}: {len(merged) - written} closing window row(s) were "
-                "already in the result table, which only this query may write; nothing of "
-                "the batch was written"
-            )
-        return len(merged)
-
-    async def _expire(
-        self,
-        conn: Any,
-        watermark: int,
-        stored_w: int | None,
-        batch: CommitBatch,
-        tally: _StateTally,
-    ) -> int:
-        """Windowed stateTimeout: tombstones for expired (key, window)s; rows written.
-
-        Tombstones of closed windows go first. A worker that closes windows itself
-        names what its engine expired (append rows among its local rows); else the
-        (key, window)s idle over all partitions are found here and, in append mode,
-        their rows merged from every partition's partials and written once.
-        """
-        size = self._window_size_ms()
-        parts = _partitions(batch)
-        tally.deleted += await drop_closed_tombstones(conn, self._query, watermark, size)
-        if batch.closes_locally:
-            gone, marked = await tombstone(conn, self._query, parts, batch.expired, size)
-            tally.deleted += gone
-            tally.inserted += marked
-            return 0
-        bounds = expiry_bounds(self._spec, watermark, stored_w)
-        if bounds is None:
-            return 0
-        rows, marked = await expire_idle(conn, self._query, parts, *bounds)
-        tally.deleted += len(rows)
-        tally.inserted += marked
-        if self._spec.output_mode != "append" or not rows:
-            return 0
-        return await self._write_final(conn, self._merge_rows(rows))
-
-    async def _evict_closed(self, conn: Any, watermark_ms: int, batch: CommitBatch) -> int:
-        """States of windows with end <= W can never change again: drop them.
-
-        By window start (end - size), partition by partition: a range of the index.
-        """
-        status: str = await conn.execute(
-            f"""DELETE FROM {_STATE}
-                WHERE query = $1 AND partition = ANY($3::int[]) AND window_start_ms <= $2""",
-            self._query,
-            watermark_ms - self._window_size_ms(),
-            _partitions(batch),
-        )
-        return int(status.split()[-1])
-
-    def _window_size_ms(self) -> int:
-        window = self._spec.window
-        assert window is not None  # only windowed queries close windows
-        return window.size_ms
-
-
-@dataclass(slots=True)
-class _StateTally:
-    """States a transaction inserted and deleted, and the newest progress row before it."""
-
-    inserted: int = 0
-    deleted: int = 0
-    last_seq: int | None = None
-    last_total: int | None = None
-
-    def carried(self) -> int | None:
-        """The state rows total after the transaction; None when there is no total to carry."""
-        if self.last_total is None:
-            return None
-        return self.last_total + self.inserted - self.deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,10 +404,4 @@ class _Staged:
 
     states: list[tuple[Any, ...]]
     rows: Any
-
-
-def _partitions(batch: CommitBatch) -> list[int]:
-    """Every partition of the topic that may hold states (as far as the batch knows)."""
-    known = [batch.topic_partitions, *(p + 1 for p in batch.partials), 1]
-    known += [p.partition + 1 for p in batch.partitions]
-    return list(range(max(known)))
+    own_rows: Any = None

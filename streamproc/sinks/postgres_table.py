@@ -15,6 +15,7 @@ from typing import Any
 from streamproc.engine import ResultRow
 from streamproc.sinks.base import CheckpointError
 from streamproc.sinks.layout import (
+    GROUP_KEY_TYPES,
     STAGE_ROWS,
     ResultTableLayout,
     create_result_table_sql,
@@ -37,6 +38,9 @@ class PostgresTableSink:
         self.layout = layout
         self._upsert_sql = self._insert_sql(insert_only=False)
         self._insert_only_sql = self._insert_sql(insert_only=True)
+        self._claim_sql = self._claim_rows_sql()
+        #: Staging columns that name a row: group values, their types, window start.
+        self._key_width = len(layout.group_by) + int(layout.typed) + int(layout.windowed)
 
     async def start(self) -> None:
         """Nothing to open: rows go through the checkpoint's connection."""
@@ -117,6 +121,31 @@ class PostgresTableSink:
         await tx.execute(f"TRUNCATE {STAGE_ROWS}")
         return int(status.split()[-1]) if insert_only else len(rows)
 
+    async def claim_rows(
+        self, tx: Any, rows: Sequence[ResultRow], encoded: Any = None
+    ) -> list[int] | None:
+        """Insert the rows not in the table yet; lock, unchanged, those that are.
+
+        For rows merged by a worker from its own partitions only: a row that does not
+        exist yet has no other contribution (whoever committed one wrote its row), so
+        the worker's merge is its value; a row that exists is locked, so that nobody
+        else merges it until this transaction ends, and must be merged again from every
+        partition's states. Rows are claimed in key order: two transactions claiming
+        overlapping rows wait for each other instead of deadlocking.
+
+        Returns:
+            The indexes (into `rows`) of the rows that existed, now locked.
+        """
+        if not rows:
+            return []
+        records = encoded if encoded is not None else self.encode(rows)
+        await tx.copy_records_to_table(STAGE_ROWS, records=records)
+        existing = await tx.fetch(self._claim_sql)
+        await tx.execute(f"TRUNCATE {STAGE_ROWS}")
+        width = self._key_width
+        index = {tuple(record[:width]): i for i, record in enumerate(records)}
+        return [index[tuple(r)] for r in existing]
+
     def encode(self, rows: Sequence[ResultRow]) -> list[Sequence[Any]]:
         """Rows as the staging table's records (see `create_stage_rows_sql`)."""
         layout = self.layout
@@ -148,6 +177,39 @@ class PostgresTableSink:
             f"INSERT INTO {quote_ident(layout.table)} ({names}) "
             f"SELECT {', '.join(selected)} FROM {STAGE_ROWS} "
             f"ON CONFLICT ({conflict}) {action}"
+        )
+
+    def _claim_rows_sql(self) -> str:
+        """`claim_rows`: insert the new rows, lock the others; return the others' keys."""
+        layout = self.layout
+        keys = [f"k{i}" for i in range(len(layout.group_by))]
+        keys += ["types"] if layout.typed else []
+        keys += ["ws"] if layout.windowed else []
+        insert = self._insert_sql(insert_only=True).replace(
+            f"FROM {STAGE_ROWS} ", f"FROM {STAGE_ROWS} ORDER BY {', '.join(keys) or '1'} "
+        )
+        first_value = quote_ident(layout.value_columns[0]) if layout.value_columns else None
+        lock = (
+            f"DO UPDATE SET {first_value} = EXCLUDED.{first_value} WHERE false"
+            if first_value
+            else "DO NOTHING"
+        )
+        insert = insert.replace("DO NOTHING", lock)
+        returned = [quote_ident(c) for c in layout.group_by]
+        returned += [quote_ident(GROUP_KEY_TYPES)] if layout.typed else []
+        returned += ["window_start"] if layout.windowed else []
+        matches = [
+            f"i.{c} IS NOT DISTINCT FROM s.k{n}"
+            for n, c in enumerate(returned[: len(layout.group_by)])
+        ]
+        if layout.typed:
+            matches.append(f"i.{quote_ident(GROUP_KEY_TYPES)} = s.types")
+        if layout.windowed:
+            matches.append("i.window_start = timestamptz 'epoch' + s.ws * interval '1 millisecond'")
+        return (
+            f"WITH i AS ({insert} RETURNING {', '.join(returned) or '1'}) "
+            f"SELECT {', '.join(keys)} FROM {STAGE_ROWS} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM i WHERE {' AND '.join(matches) or 'true'})"
         )
 
 

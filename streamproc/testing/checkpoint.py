@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,7 @@ from streamproc.sinks.base import (
     reset_under_worker,
     stale_partitions,
 )
+from streamproc.sinks.commit_plan import mode_strategy, plan_commit
 from streamproc.sinks.definition import definition_changes
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.progress_rows import PROGRESS_KEEP, ProgressRow, progress_row
@@ -289,6 +290,7 @@ class MemoryCheckpoint:
         self._late_table = late_table
         self._dlq_table = dlq_table
         self._incarnation = 0
+        self._mode = mode_strategy(spec)
 
     def stage(self, batch: CommitBatch) -> CommitBatch:
         """Nothing to encode: rows and states are kept as they are."""
@@ -486,6 +488,7 @@ class MemoryCheckpoint:
         if db.fail_commits:
             raise db.fail_commits.pop(0)
         query = self._query
+        plan = plan_commit(batch, self._spec, self._mode)
         stale = stale_partitions(
             batch, {p: pos.next_offset for (q, p), pos in db.positions.items() if q == query}
         )
@@ -507,18 +510,13 @@ class MemoryCheckpoint:
         for partition, rows in batch.partials.items():
             for row in rows:
                 partials[(query, typed_key(row.key), row.window_start_ms, partition)] = row
-        mode = self._spec.output_mode
         to_write: list[tuple[Sequence[ResultRow], bool]] = []
-        passthrough = self._spec.passthrough
-        if passthrough:
-            to_write.append((batch.local_rows or (), True))
-        elif mode != "append":
-            rows_now = (
-                batch.local_rows
-                if batch.local_rows is not None
-                else self._merge_touched(partials, batch.partials)
-            )
-            to_write.append((rows_now, False))
+        rows_step = plan.rows
+        passthrough = rows_step.kind == "insert"
+        if rows_step.kind in ("insert", "upsert"):
+            to_write.append((rows_step.rows, passthrough))
+        elif rows_step.kind == "merge":
+            to_write.append((self._merge_touched(partials, rows_step.touched), False))
         now = db.clock_ms()
         ledger = {k: list(v) for k, v in db.ledger.items()}
         positions = dict(db.positions)
@@ -530,30 +528,32 @@ class MemoryCheckpoint:
         watermark = self._global_watermark(positions, registered, batch, now)
         check_local_watermark(query, batch, watermark)
         closed = 0
+        closing = plan.closing
         if self._spec.window is not None and watermark is not None:
             ending = [k for k, row in partials.items() if self._closes(k, row, watermark)]
             # Tombstones of closing windows go: their rows were written when they expired.
             for k in [k for k in ending if k[3] == TOMBSTONE_PARTITION]:
                 partials.pop(k)
             ending = [k for k in ending if k[3] != TOMBSTONE_PARTITION]
-            if mode == "append":
-                closing = {k: partials.pop(k) for k in sorted(ending, key=lambda k: k[3])}
+            if closing.kind == "append":
+                closed_states = {k: partials.pop(k) for k in sorted(ending, key=lambda k: k[3])}
                 merged = (
-                    list(batch.local_rows or ())
-                    if batch.closes_locally
-                    else self._merge(closing.values())
+                    list(closing.local_rows)
+                    if closing.local_rows is not None
+                    else self._merge(closed_states.values())
                 )
                 to_write.append((merged, True))
                 closed = len(merged)
-            elif mode == "update":
+            elif closing.kind == "evict":
                 for k in ending:
                     partials.pop(k)
                 closed = len(ending)
-            final = self._expire(partials, batch, watermark, registered.global_watermark_ms)
-            if final:
-                to_write.append((final, True))
-                closed += len(final)
-        if mode != "append":
+            if closing.expiry != "none":
+                final = self._expire(partials, batch, watermark, registered.global_watermark_ms)
+                if final:
+                    to_write.append((final, True))
+                    closed += len(final)
+        if closing.kind != "append":
             for partition, keys in batch.evicted.items():
                 for key, start, _end in keys:
                     partials.pop((query, typed_key(key), start, partition), None)
@@ -689,11 +689,9 @@ class MemoryCheckpoint:
     def _merge_touched(
         self,
         partials: Mapping[tuple[str, TypedKey, int | None, int], PartialRow],
-        touched_rows: Mapping[int, Sequence[PartialRow]],
+        keys: Iterable[tuple[Sequence[Any], int | None]],
     ) -> list[ResultRow]:
-        touched = {
-            (typed_key(r.key), r.window_start_ms) for rows in touched_rows.values() for r in rows
-        }
+        touched = {(typed_key(key), start) for key, start in keys}
         return self._merge(
             row
             for (q, k, ws, _p), row in sorted(partials.items(), key=_by_partition)

@@ -111,8 +111,8 @@ def test_the_summary_says_the_lock_share_only_over_a_second_of_work() -> None:
     assert not any("lock share" in line for line in short)
     long = summary_lines(plan, _stats(2.0, 0.5), 3.0)
     assert [line for line in long if "lock share" in line] == [
-        "  lock share: 0.25 (the query's lock was held 0.5s of the 2.0s the worker ran "
-        "batches: more workers speed it up at most 4.0x)"
+        "  lock share: 0.25 (locks every worker of the query shares were held or waited for "
+        "0.5s of the 2.0s the worker ran batches: more workers speed it up at most 4.0x)"
     ]
     assert long[1].startswith("  aggregated 40, late 0")
 

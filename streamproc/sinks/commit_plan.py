@@ -1,0 +1,210 @@
+"""A commit as a plan: what a micro-batch makes durable, decided once, with no I/O.
+
+    plan_commit(batch, mode) -> CommitPlan
+
+The plan names every step of the batch's one transaction; a checkpoint only
+executes it (`PostgresCheckpoint` in PostgreSQL, `MemoryCheckpoint` in dicts), so
+the semantics of a commit are written here once and the contract tests hold both
+executors to them:
+
+    1. positions   each carried partition starts where its position stands; with a
+                   basis, every partition of the topic is where the batch assumed
+                   (`stale_partitions`); none of a stale batch is written
+    2. states      the partitions' absolute partial states, written; evicted ones deleted
+    3. rows        per the output mode (`RowsStep`): rows merged by the worker
+                   upserted, rows merged from every partition's states, records
+                   inserted once by position, or nothing (append)
+    4. side rows   late rows, dead letters, ledger rows, positions
+    5. closing     once W is known (`ClosingStep`): closed windows' rows written once
+                   (append) or their states dropped (update); idle (key, window)s
+                   expired (windowed stateTimeout)
+    6. progress    the batch's row
+
+The output mode is a strategy (`mode_strategy`) chosen once per query, like the
+late and bad routers; it decides steps 3 and 5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
+from streamproc.sinks.base import (
+    CommitBatch,
+    DeadLetterRow,
+    LateRow,
+    PartitionCommit,
+    ProgressNote,
+)
+
+RowsKind = Literal["none", "upsert", "merge", "insert"]
+ClosingKind = Literal["none", "append", "evict"]
+ExpiryKind = Literal["none", "given", "scan"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowsStep:
+    """Step 3: what the batch writes to the result table before closing.
+
+    Attributes:
+        kind: 'upsert' the worker's merged `rows`; 'merge' the (key, window)s in
+            `touched` from every partition's stored states, then upsert; 'insert'
+            `rows` once each (a pass-through query's records, keyed by position);
+            'none'.
+    """
+
+    kind: RowsKind
+    rows: Sequence[ResultRow] = ()
+    touched: frozenset[tuple[tuple[object, ...], int | None]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ClosingStep:
+    """Step 5: what happens to windows W closes, and to idle (key, window)s.
+
+    Attributes:
+        kind: 'append': each closed window's row is written once (the worker's
+            `local_rows` when it closes windows itself, else merged from every
+            partition's states), and its states dropped; 'evict': closed windows'
+            states dropped (update mode); 'none' (complete mode, pass-through,
+            non-windowed queries).
+        local_rows: append, worker-merged: the rows of the windows closing now.
+        expiry: windowed stateTimeout: 'given' (the worker names the (key, window)s
+            it expired, in `expired`), 'scan' (the checkpoint finds the idle ones
+            over every partition), or 'none'.
+    """
+
+    kind: ClosingKind
+    local_rows: Sequence[ResultRow] | None = None
+    expiry: ExpiryKind = "none"
+    expired: Sequence[WindowKey] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPlan:
+    """Everything one commit does, in order (see the module docstring).
+
+    Attributes:
+        partitions: The carried partitions: position checks, ledger rows, positions.
+        basis: Every partition's expected position, when the rows depend on all of them.
+        states: Partial states to write, per partition.
+        evicted: Partial states to delete, per partition (stateTimeout, local evictions).
+        rows: Step 3.
+        closing: Step 5.
+        closes_locally: The worker closes windows itself: the checkpoint's W must be
+            the worker's (`watermark_ms`).
+    """
+
+    partitions: tuple[PartitionCommit, ...]
+    basis: Mapping[int, int | None] | None
+    states: Mapping[int, Sequence[PartialRow]]
+    evicted: Mapping[int, Sequence[WindowKey]]
+    rows: RowsStep
+    closing: ClosingStep
+    closes_locally: bool
+    watermark_ms: int | None
+    topic_partitions: int
+    idle_timeout_ms: int | None
+    late_rows: Sequence[LateRow]
+    dead_letter_rows: Sequence[DeadLetterRow]
+    progress: ProgressNote | None
+    #: 'merge' rows: the worker's merge over the partitions it owns (`CommitBatch.own_rows`).
+    own_rows: Sequence[ResultRow] | None = None
+
+    @property
+    def carried(self) -> list[int]:
+        """The partitions the batch carries, in order."""
+        return [p.partition for p in self.partitions]
+
+
+class OutputModeStrategy(Protocol):
+    """What an output mode writes: the rows of a batch, and what closing does."""
+
+    def rows(self, batch: CommitBatch) -> RowsStep:
+        """Step 3 for this batch."""
+        ...
+
+    def closing(self, batch: CommitBatch) -> ClosingKind:
+        """Step 5's kind for this query."""
+        ...
+
+
+def _touched(batch: CommitBatch) -> frozenset[tuple[tuple[object, ...], int | None]]:
+    return frozenset(
+        (tuple(r.key), r.window_start_ms) for rows in batch.partials.values() for r in rows
+    )
+
+
+class _Upserting:
+    """update and complete: rows after every batch, merged by the worker or from states."""
+
+    def __init__(self, closing: ClosingKind) -> None:
+        self._closing = closing
+
+    def rows(self, batch: CommitBatch) -> RowsStep:
+        if batch.local_rows is not None:
+            return RowsStep("upsert", batch.local_rows)
+        return RowsStep("merge", touched=_touched(batch))
+
+    def closing(self, batch: CommitBatch) -> ClosingKind:
+        return self._closing
+
+
+class _Appending:
+    """append: nothing until a window closes; then its row, once."""
+
+    def rows(self, batch: CommitBatch) -> RowsStep:
+        return RowsStep("none")
+
+    def closing(self, batch: CommitBatch) -> ClosingKind:
+        return "append"
+
+
+class _PassingThrough:
+    """No aggregation: each record a row, inserted once by its position."""
+
+    def rows(self, batch: CommitBatch) -> RowsStep:
+        return RowsStep("insert", batch.local_rows or ())
+
+    def closing(self, batch: CommitBatch) -> ClosingKind:
+        return "none"
+
+
+def mode_strategy(spec: QuerySpec) -> OutputModeStrategy:
+    """The query's output-mode strategy (chosen once, when its checkpoint is made)."""
+    if spec.passthrough:
+        return _PassingThrough()
+    if spec.output_mode == "append":
+        return _Appending()
+    windowed = spec.window is not None
+    if spec.output_mode == "update":
+        return _Upserting("evict" if windowed else "none")
+    return _Upserting("none")
+
+
+def plan_commit(batch: CommitBatch, spec: QuerySpec, mode: OutputModeStrategy) -> CommitPlan:
+    """The plan of a batch's commit (pure)."""
+    closing_kind = mode.closing(batch) if spec.window is not None else "none"
+    expires = spec.window is not None and spec.state_timeout_ms is not None
+    expiry: ExpiryKind = "none"
+    if expires:
+        expiry = "given" if batch.closes_locally else "scan"
+    local_closing = batch.local_rows if batch.closes_locally and closing_kind == "append" else None
+    return CommitPlan(
+        partitions=batch.partitions,
+        basis=batch.basis,
+        states=batch.partials,
+        evicted=batch.evicted,
+        rows=mode.rows(batch),
+        closing=ClosingStep(closing_kind, local_closing, expiry, batch.expired),
+        closes_locally=batch.closes_locally,
+        watermark_ms=batch.watermark_ms,
+        topic_partitions=batch.topic_partitions,
+        idle_timeout_ms=batch.idle_timeout_ms,
+        late_rows=batch.late_rows,
+        dead_letter_rows=batch.dead_letter_rows,
+        progress=batch.progress,
+        own_rows=batch.own_rows,
+    )
