@@ -29,7 +29,6 @@ row locks (3) and upgrades (4) in every commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,10 +37,7 @@ from streamproc.sinks.base import (
     CheckpointConflictError,
     CommitBatch,
     CommitOutcome,
-    LateRow,
-    PartitionCommit,
     ResultSink,
-    batch_id,
     batch_ids,
     behind_watermark,
     check_local_watermark,
@@ -65,6 +61,11 @@ from streamproc.sinks.postgres_closing import (
 )
 from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_expiry import hits_tombstone
+from streamproc.sinks.postgres_ledger import (
+    insert_late_rows,
+    insert_ledger_rows,
+    upsert_positions,
+)
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_state import (
     apply_states,
@@ -75,7 +76,6 @@ from streamproc.sinks.postgres_state import (
     window_keys,
 )
 from streamproc.sinks.progress_rows import progress_row
-from streamproc.sinks.rows import ms_to_datetime, to_json
 from streamproc.timing import PhaseTimes
 
 _LEDGER = quote_ident(LEDGER_TABLE)
@@ -175,7 +175,7 @@ async def execute(
     with times.phase("sink"):
         written = await _write_rows(conn, q, plan, plan.rows, staged, held)
     with times.phase("ledger"):
-        await _insert_late_rows(conn, q, plan.late_rows)
+        await insert_late_rows(conn, q.query, q.topic, q.late_table, plan.late_rows)
         if plan.dead_letter_rows and q.dlq_table:
             await insert_dead_letters(
                 conn,
@@ -185,8 +185,8 @@ async def execute(
                 rows=plan.dead_letter_rows,
                 batch_of=batch_ids(q.query, q.topic, plan.partitions).__getitem__,
             )
-        await _insert_ledger_rows(conn, q, plan.partitions)
-        await _upsert_positions(conn, q, plan.partitions)
+        await insert_ledger_rows(conn, q.query, q.topic, plan.partitions)
+        await upsert_positions(conn, q.query, q.topic, plan.partitions)
     pending = False
     closed = 0
     watermark = stored_w
@@ -416,93 +416,3 @@ async def _progress(
             keep=q.progress_keep,
         )
     return total
-
-
-async def _insert_late_rows(conn: Any, q: QueryCommits, late_rows: Sequence[LateRow]) -> None:
-    if not late_rows or not q.late_table:
-        return
-    await conn.executemany(
-        f"""INSERT INTO {quote_ident(q.late_table)}
-              (query, source_topic, source_partition, source_offset, event_time, watermark,
-               reason, record)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
-            ON CONFLICT (query, source_topic, source_partition, source_offset) DO NOTHING""",
-        [
-            (
-                q.query,
-                q.topic,
-                r.partition,
-                r.offset,
-                ms_to_datetime(r.event_ts_ms),
-                ms_to_datetime(r.watermark_ms),
-                r.reason,
-                to_json(r.record),
-            )
-            for r in late_rows
-        ],
-    )
-
-
-async def _insert_ledger_rows(
-    conn: Any, q: QueryCommits, partitions: Sequence[PartitionCommit]
-) -> None:
-    if not partitions:
-        return
-    await conn.executemany(
-        f"""INSERT INTO {_LEDGER}
-              (query, topic, partition, start_offset, next_offset, batch_id, records,
-               aggregated, late, bad, filtered, max_event_time, watermark, dead_lettered,
-               error)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-        [
-            (
-                q.query,
-                q.topic,
-                p.partition,
-                p.start_offset,
-                p.next_offset,
-                batch_id(q.query, q.topic, p.partition, p.start_offset, p.next_offset),
-                p.records,
-                p.aggregated,
-                p.late,
-                p.bad,
-                p.filtered,
-                ms_to_datetime(p.max_event_ts_ms),
-                ms_to_datetime(p.watermark_ms),
-                p.dead_lettered,
-                p.error,
-            )
-            for p in partitions
-        ],
-    )
-
-
-async def _upsert_positions(
-    conn: Any, q: QueryCommits, partitions: Sequence[PartitionCommit]
-) -> None:
-    if not partitions:
-        return
-    await conn.executemany(
-        f"""INSERT INTO {_POSITIONS}
-              (query, partition, topic, next_offset, batch_id, max_event_time_ms,
-               watermark_ms, last_record, committed_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-            ON CONFLICT (query, partition) DO UPDATE SET
-              topic = EXCLUDED.topic, next_offset = EXCLUDED.next_offset,
-              batch_id = EXCLUDED.batch_id, max_event_time_ms = EXCLUDED.max_event_time_ms,
-              watermark_ms = EXCLUDED.watermark_ms, last_record = EXCLUDED.last_record,
-              committed_at = now()""",
-        [
-            (
-                q.query,
-                p.partition,
-                q.topic,
-                p.next_offset,
-                batch_id(q.query, q.topic, p.partition, p.start_offset, p.next_offset),
-                p.max_event_ts_ms,
-                p.watermark_ms,
-                p.last_record,
-            )
-            for p in partitions
-        ],
-    )
