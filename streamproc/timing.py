@@ -10,6 +10,7 @@
     sink        writing result rows (the table, or the Kafka topic)
     ledger      late rows, ledger rows, positions
     closing     W, closing or evicting windows
+    transaction the whole commit in one call of the query's commit function
     commit      the transaction's commit
 
 `lock` is the time a commit held what every worker of the query shares (closing,
@@ -39,6 +40,7 @@ _PHASE_OF = {
     "states": "checkpoint",
     "ledger": "checkpoint",
     "closing": "checkpoint",
+    "transaction": "checkpoint",
     "sink": "sink",
     "dead_letters": "sink",
     "commit": "commit",

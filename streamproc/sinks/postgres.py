@@ -70,6 +70,7 @@ from streamproc.sinks.postgres_commit import QueryCommits, close_pending, execut
 from streamproc.sinks.postgres_expiry import (
     ensure_touched_column,
 )
+from streamproc.sinks.postgres_fastpath import FastPath, outcome_of, refused_batch
 from streamproc.sinks.postgres_registry import (
     committed_offsets,
     ensure_registry_columns,
@@ -80,7 +81,8 @@ from streamproc.sinks.postgres_registry import (
 )
 from streamproc.sinks.postgres_runs import RunMembership
 from streamproc.sinks.postgres_state import partial_from_row, state_records
-from streamproc.sinks.progress_rows import PROGRESS_KEEP
+from streamproc.sinks.postgres_table import PostgresTableSink
+from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
 from streamproc.timing import PhaseTimes
 
 log = logging.getLogger("streamproc.checkpoint")
@@ -108,6 +110,7 @@ class PostgresCheckpoint:
         late_table: str | None = None,
         dlq_table: str | None = None,
         progress_keep: int = PROGRESS_KEEP,
+        one_round_trip: bool = True,
     ) -> None:
         """Args:
         dsn: the database of the checkpoint (and of a result table).
@@ -120,6 +123,9 @@ class PostgresCheckpoint:
         late_table: the separatestream side table, if any.
         dlq_table: the dead-letter table (dlqType postgresql), if any.
         progress_keep: rows of the progress table kept for the query.
+        one_round_trip: run the plans it can in one call of the query's commit
+            function (`postgres_fastpath`); False runs every plan statement by
+            statement (the contract tests hold both to the same outcomes).
         """
         self._dsn = dsn
         self._identity = identity
@@ -145,6 +151,19 @@ class PostgresCheckpoint:
             dlq_table,
             self._expires_windows,
             progress_keep,
+        )
+        self._fast = (
+            FastPath(
+                identity.query,
+                identity.topic,
+                spec,
+                sink.layout,
+                late_table,
+                dlq_table,
+                progress_keep,
+            )
+            if one_round_trip and isinstance(sink, PostgresTableSink)
+            else None
         )
         self._run = RunMembership(dsn, identity.query)
         self._claim = WorkerClaim(dsn, identity.query)
@@ -200,9 +219,12 @@ class PostgresCheckpoint:
                 )
 
     async def _prepare_connection(self, conn: Any) -> None:
-        """Per connection: the temporary tables batches are copied into (emptied at commit)."""
+        """Per connection: the temporary tables batches are copied into (emptied at commit),
+        and the query's commit function (`postgres_fastpath`)."""
         await conn.execute(create_stage_tables_sql())
         await self._sink.prepare_connection(conn)
+        if self._fast is not None:
+            await conn.execute(self._fast.create_sql())
 
     async def close(self) -> None:
         """Leave a bounded run, let go of the claim and close the connection pool."""
@@ -327,6 +349,8 @@ class PostgresCheckpoint:
         staged: _Staged | None = batch.staged
         if staged is None:
             staged = self._encode(batch)
+        if self._fast is not None and not dry_run and self._fast.applies(plan):
+            return await self._commit_fast(self._fast, plan, batch, staged, times)
         lock_s = 0.0
         async with self._pool.acquire() as conn:
             transaction = conn.transaction()
@@ -353,12 +377,38 @@ class PostgresCheckpoint:
                 closing = await self._close_pending(conn, plan, times)
                 if closing is not None:
                     lock_s += closing[1]
-                    outcome = replace(
-                        outcome,
-                        result_rows=outcome.result_rows + closing[0].result_rows,
-                        closed_windows=outcome.closed_windows + closing[0].closed_windows,
-                        global_watermark_ms=closing[0].global_watermark_ms,
-                    )
+                    outcome = _with_closing(outcome, closing[0])
+        times.seconds["lock"] += lock_s
+        return replace(outcome, timings=dict(times.seconds))
+
+    async def _commit_fast(
+        self,
+        fast: FastPath,
+        plan: CommitPlan,
+        batch: CommitBatch,
+        staged: _Staged,
+        times: PhaseTimes,
+    ) -> CommitOutcome:
+        """The whole plan in one call of the query's commit function (`postgres_fastpath`)."""
+        progress = progress_row(
+            self._query, self._topic, batch, sink_rows=0, watermark_ms=None, timings_s={}
+        )
+        args = fast.arguments(plan, batch, self._incarnation, staged, progress)
+        lock_s = 0.0
+        async with self._pool.acquire() as conn:
+            with times.phase("transaction"):
+                try:
+                    record = await conn.fetchrow(fast.call_sql(), *args)
+                except asyncpg.PostgresError as exc:
+                    stale = refused_batch(exc, self._query, len(plan.closing.local_rows or ()))
+                    return CommitOutcome(stale=stale, timings=dict(times.seconds))
+            outcome, pending = outcome_of(record)
+            lock_s += (record["held_ms"] or 0.0) / 1000
+            if pending:
+                closing = await self._close_pending(conn, plan, times)
+                if closing is not None:
+                    lock_s += closing[1]
+                    outcome = _with_closing(outcome, closing[0])
         times.seconds["lock"] += lock_s
         return replace(outcome, timings=dict(times.seconds))
 
@@ -405,3 +455,13 @@ class _Staged:
     states: list[tuple[Any, ...]]
     rows: Any
     own_rows: Any = None
+
+
+def _with_closing(outcome: CommitOutcome, closing: CommitOutcome) -> CommitOutcome:
+    """A batch's outcome with the closing done after its transaction added."""
+    return replace(
+        outcome,
+        result_rows=outcome.result_rows + closing.result_rows,
+        closed_windows=outcome.closed_windows + closing.closed_windows,
+        global_watermark_ms=closing.global_watermark_ms,
+    )

@@ -117,7 +117,9 @@ def progress_view(row: ProgressRow | Any, total: int) -> tuple[Any, ...]:
     )
 
 
-@pytest_asyncio.fixture(params=["memory", "postgres"])
+#: "postgres" commits through the query's commit function where a plan allows it,
+#: "postgres-statements" statement by statement: both are held to the same outcomes.
+@pytest_asyncio.fixture(params=["memory", "postgres", "postgres-statements"])
 async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Backend]:
     table, late_table, dlq_table = unique_name, f"{unique_name}_late", f"{unique_name}_dlq"
     if request.param == "memory":
@@ -207,6 +209,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             late_table=late_table,
             dlq_table=dlq_table,
             progress_keep=progress_keep,
+            one_round_trip=request.param == "postgres",
         )
         opened.append(checkpoint)
         return staging(checkpoint)

@@ -1,0 +1,329 @@
+"""A commit in one round trip: a server-side function per query executes the plan.
+
+The plan of a worker that merges its rows itself (it owns every partition, or the
+query has no windows to close elsewhere) needs nothing back from PostgreSQL in the
+middle of its transaction, so the whole of `postgres_commit.execute` runs as one
+call of a PL/pgSQL function: positions, states, rows, side rows, closing and
+progress, in the same order and under the same locks, in one implicit
+transaction. The function is made per query (its result table's columns are part
+of its signature) on each connection, in `pg_temp`: it needs no privilege beyond
+the tables', and goes with the connection.
+
+Data travel as arrays, one per column (states, rows, evictions, expired keys),
+and the few per-partition and per-record rows (ledger, late rows, dead letters,
+the progress row) as JSON. A stale batch raises SQLSTATE SPSTL (its partitions in
+the message), which rolls back everything it did; a checkpoint reset under the
+worker raises SPRST.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from streamproc.engine import QuerySpec
+from streamproc.sinks.base import (
+    CheckpointConflictError,
+    ClosingWindowsError,
+    CommitBatch,
+    CommitOutcome,
+    batch_id,
+    reset_under_worker,
+)
+from streamproc.sinks.commit_plan import CommitPlan
+from streamproc.sinks.layout import ResultTableLayout
+from streamproc.sinks.postgres_expiry import TOMBSTONE_STATE
+from streamproc.sinks.postgres_fastpath_sql import (
+    CLOSING_STATE,
+    CLOSING_TAKEN_STATE,
+    FUNCTION,
+    LOCAL_W_STATE,
+    RESET_STATE,
+    STALE_STATE,
+    commit_function_sql,
+)
+from streamproc.sinks.postgres_registry import privilege_error
+from streamproc.sinks.progress_rows import ProgressRow
+from streamproc.sinks.rows import encode_key
+
+#: A function takes at most 100 arguments (FUNC_MAX_ARGS); 26 are not row columns.
+MAX_ROW_COLUMNS = 70
+
+
+@dataclass(frozen=True, slots=True)
+class FastPath:
+    """The commit function of one query: its SQL, and how to call it."""
+
+    query: str
+    topic: str
+    spec: QuerySpec
+    layout: ResultTableLayout
+    late_table: str | None
+    dlq_table: str | None
+    progress_keep: int
+
+    def applies(self, plan: CommitPlan) -> bool:
+        """True for a plan the function can run whole (no merge from stored states)."""
+        if len(self.row_columns()) > MAX_ROW_COLUMNS or plan.rows.kind not in ("upsert", "none"):
+            return False
+        closing = plan.closing
+        if closing.kind == "append" and closing.local_rows is None:
+            return False
+        if closing.expiry == "scan":
+            return False
+        return plan.closes_locally or self.spec.window is None or closing.kind == "none"
+
+    def row_columns(self) -> list[tuple[str, str]]:
+        layout = self.layout
+        columns = [(f"k{i}", "text") for i in range(len(layout.group_by))]
+        if layout.typed:
+            columns.append(("types", "text"))
+        if layout.windowed:
+            columns += [("ws", "bigint"), ("we", "bigint")]
+        values = layout.columns[len(layout.columns) - len(layout.value_columns) :]
+        columns += [(f"v{i}", c.sql_type) for i, c in enumerate(values)]
+        return columns
+
+    def create_sql(self) -> str:
+        """CREATE OR REPLACE FUNCTION pg_temp.streamproc_commit(...) for this query."""
+        return commit_function_sql(self)
+
+    def arguments(
+        self,
+        plan: CommitPlan,
+        batch: CommitBatch,
+        incarnation: str | None,
+        staged: Any,
+        progress: ProgressRow,
+    ) -> list[Any]:
+        """The function's arguments for a plan, in order."""
+        parts = sorted(plan.partitions, key=lambda p: p.partition)
+        carried = [
+            {
+                "partition": p.partition,
+                "start_offset": p.start_offset,
+                "next_offset": p.next_offset,
+                "batch_id": batch_id(
+                    self.query, self.topic, p.partition, p.start_offset, p.next_offset
+                ),
+                "records": p.records,
+                "aggregated": p.aggregated,
+                "late": p.late,
+                "bad": p.bad,
+                "filtered": p.filtered,
+                "max_event_time": _iso(p.max_event_ts_ms),
+                "watermark": _iso(p.watermark_ms),
+                "dead_lettered": p.dead_lettered,
+                "error": p.error,
+                "max_event_time_ms": p.max_event_ts_ms,
+                "watermark_ms": p.watermark_ms,
+                "last_record": _b64(p.last_record),
+            }
+            for p in parts
+        ]
+        basis = (
+            None
+            if plan.basis is None
+            else json.dumps(
+                [{"partition": p, "next_offset": o} for p, o in sorted(plan.basis.items())]
+            )
+        )
+        states = staged.states if staged is not None else []
+        s_cols: list[list[Any]] = (
+            [list(c) for c in zip(*states, strict=True)] if states else [[]] * 6
+        )
+        evicted = [
+            (p, encode_key(key), 0 if start is None else start)
+            for p, keys in plan.evicted.items()
+            for key, start, _end in keys
+        ]
+        e_cols = _columns(evicted, 3)
+        row_cols = self._row_arrays(plan, staged)
+        kind: str = plan.rows.kind
+        if plan.closing.kind == "append" and plan.closing.local_rows is not None:
+            kind = "close"
+        expired = [
+            (encode_key(key), start)
+            for key, start, _end in plan.closing.expired
+            if start is not None
+        ]
+        x_cols: list[list[Any]] = (
+            [list(c) for c in zip(*expired, strict=True)] if expired else [[], []]
+        )
+        return [
+            incarnation,
+            json.dumps(carried),
+            [p.partition for p in parts],
+            basis,
+            *s_cols,
+            *e_cols,
+            kind,
+            *row_cols,
+            json.dumps([_late(r) for r in plan.late_rows]),
+            json.dumps([_dead(self.query, self.topic, plan, d) for d in plan.dead_letter_rows]),
+            plan.closes_locally,
+            plan.watermark_ms,
+            plan.topic_partitions,
+            plan.idle_timeout_ms,
+            plan.closing.kind,
+            *x_cols,
+            TOMBSTONE_STATE,
+            json.dumps(_progress(progress)),
+            self.progress_keep,
+        ]
+
+    def _row_arrays(self, plan: CommitPlan, staged: Any) -> list[list[Any]]:
+        records: Sequence[Sequence[Any]] = ()
+        if staged is not None and staged.rows is not None:
+            records = staged.rows
+        return _columns(records, len(self.row_columns()))
+
+    def call_sql(self) -> str:
+        """SELECT ... FROM the function, with one placeholder per argument."""
+        count = 26 + len(self.row_columns())
+        args = ", ".join(f"${i}" for i in range(1, count + 1))
+        return (
+            f"SELECT stale, written, closed, watermark, total, pending, held_ms "
+            f"FROM {FUNCTION}({args})"
+        )
+
+
+def _columns(records: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Records as one list per column (the function takes arrays)."""
+    if not records:
+        return [[] for _ in range(width)]
+    return [list(c) for c in zip(*records, strict=True)]
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    from streamproc.sinks.rows import ms_to_datetime
+
+    moment = ms_to_datetime(ms)
+    return None if moment is None else moment.isoformat()
+
+
+def _b64(data: bytes | None) -> str | None:
+    import base64
+
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _late(r: Any) -> Mapping[str, Any]:
+    from streamproc.sinks.rows import to_json
+
+    return {
+        "partition": r.partition,
+        "offset_": r.offset,
+        "event_time": _iso(r.event_ts_ms),
+        "watermark": _iso(r.watermark_ms),
+        "reason": r.reason,
+        "record": json.loads(to_json(r.record)),
+    }
+
+
+def _dead(query: str, topic: str, plan: CommitPlan, d: Any) -> Mapping[str, Any]:
+    from streamproc.sinks.postgres_dlq import storable_text
+
+    span = next((p for p in plan.partitions if p.partition == d.partition), None)
+    bid = (
+        batch_id(query, topic, span.partition, span.start_offset, span.next_offset)
+        if span is not None
+        else ""
+    )
+    return {
+        "partition": d.partition,
+        "offset_": d.offset,
+        "key": _b64(d.key),
+        "value": _b64(d.value),
+        "reason": storable_text(d.reason),
+        "error": None if d.error is None else storable_text(d.error),
+        "source": d.source,
+        "batch_id": bid,
+    }
+
+
+def _progress(row: ProgressRow) -> Mapping[str, Any]:
+    return {
+        "pipeline": row.pipeline_id,
+        "batch_id": row.batch_number,
+        "worker": row.worker,
+        "partitions": row.partitions,
+        "input_rows": row.input_rows,
+        "aggregated": row.aggregated,
+        "late": row.late,
+        "bad": row.bad,
+        "filtered": row.filtered,
+        "dead_lettered": row.dead_lettered,
+        "state_rows_updated": row.state_rows_updated,
+        "min_event_time": _iso(row.min_event_ts_ms),
+        "max_event_time": _iso(row.max_event_ts_ms),
+        "input_rows_per_second": row.input_rows_per_second,
+        "processed_rows_per_second": row.processed_rows_per_second,
+        "duration_ms": dict(row.duration_ms),
+        "sources": list(row.sources),
+        "breaker": row.breaker_state,
+        "breaker_opened": row.breaker_opened,
+        "retries": row.retries,
+    }
+
+
+def outcome_of(record: Any) -> tuple[CommitOutcome, bool]:
+    """The function's result as a commit outcome, and whether a closing is pending."""
+    return (
+        CommitOutcome(
+            (),
+            record["written"],
+            record["closed"],
+            record["watermark"],
+            state_rows_total=record["total"],
+        ),
+        bool(record["pending"]),
+    )
+
+
+def refused_batch(exc: Exception, query: str, closing_windows: int) -> tuple[int, ...]:
+    """A stale batch's partitions from the function's failure; any other failure raised
+    as the commit in several statements raises it (nothing of the batch was written)."""
+    state = getattr(exc, "sqlstate", None)
+    message = str(exc)
+    if state == STALE_STATE:
+        return tuple(int(p) for p in message.split(",") if p.strip())
+    if state == RESET_STATE:
+        raise CheckpointConflictError(reset_under_worker(query)) from None
+    if state == LOCAL_W_STATE:
+        engine_w, checkpoint_w = message.split(",")
+        raise RuntimeError(
+            f"query {query}: internal error: the worker's W ({engine_w}) is not the "
+            f"checkpoint's ({checkpoint_w}); nothing of the batch was written"
+        ) from None
+    if state == CLOSING_TAKEN_STATE:
+        raise CheckpointConflictError(
+            f"query {query}: {message} closing window row(s) were already in the "
+            "result table, which only this query may write; nothing of the batch was written"
+        ) from None
+    if state == CLOSING_STATE:
+        cause_state, constraint, table, text = message.split("|", 3)
+        cause = ServerRefusal(cause_state, text, constraint or None, table or None)
+        raise ClosingWindowsError(cause, closing_windows) from None
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        raise privilege_error(exc, f"query {query}: writing its batch") from None
+    raise exc
+
+
+class ServerRefusal(Exception):
+    """PostgreSQL's refusal inside the commit function, as asyncpg reports one (the failure
+    policy reads its SQLSTATE, constraint and table)."""
+
+    def __init__(
+        self, sqlstate: str, message: str, constraint: str | None, table: str | None
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.constraint_name = constraint
+        self.table_name = table
