@@ -49,10 +49,13 @@ class SinkConnectionParams(ConfigModel):
 
     Attributes:
         url: NEW; a ``postgresql://`` DSN, instead of host, port, database, user
-            and password. Without either, ``STREAMPROC_PG_DSN`` is used.
-        host: the server (default localhost).
+            and password. A PostgreSQL sink needs one or the other (``host`` and
+            ``database`` at least); a Kafka sink without either keeps its
+            checkpoint at ``STREAMPROC_PG_DSN``.
+        host: the server (required without ``url``).
         port: the port (default 5432).
-        database, user, password: the parts of the DSN.
+        database: the database (required without ``url``).
+        user, password: the login (password authentication, when the server asks).
         table: the original's copy of ``load.table`` (either may be given).
         batchsize: rows per COPY chunk of a batch job's load (default 1000; the
             load is one transaction, whatever its size).

@@ -117,8 +117,9 @@ class ExtractConfig(ConfigModel):
     """``extract``: the source of the pipeline.
 
     Attributes:
-        source_type: 'kafka' (streaming and batch) or NEW 'file' (JSON-lines files,
-            batch mode only); the original's postgresql, mysql and s3 are refused.
+        source_type: 'kafka' or NEW 'file' (JSON-lines files: a batch job reads them
+            once, a streaming query follows them as they appear and grow), in both
+            modes; the original's postgresql, mysql and s3 are refused.
         topic_name: the Kafka topic to read, when ``connectionParams.subscribe``
             does not name it.
         path: NEW; the file source's input: a directory, a file or a glob of
