@@ -233,7 +233,7 @@ class StreamingQuery:
             await self._tracker.assigned(partitions)
             self._collector.sync_pauses()
             owned = sorted(self._source.assignment())
-            self._accounting.assigned(len(owned))
+            self._accounting.assigned(self._tracker.restored(self._source.seen_ends()))
             log.info("assigned partitions %s", owned)
         self._joined.set()
 
