@@ -30,6 +30,7 @@ from streamproc.batch.plan import BatchPlan
 from streamproc.batch.report import BatchReport
 from streamproc.batch.rows import result_doc
 from streamproc.engine import Engine, ResultRow
+from streamproc.runtime.connect_errors import connect_failure_line
 from streamproc.runtime.decode import decode_records
 from streamproc.runtime.failures import first_line, is_outage
 from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
@@ -288,9 +289,14 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
             "(errorHandlingConfig.failFast: the load was rolled back, the table is unchanged)"
         ) from None
     except Exception as exc:
+        # The DSN may hold a password: name the server (host:port) or the setting.
+        line = connect_failure_line(plan.dsn, exc)
+        if line is not None:
+            raise BatchFailedError(
+                f"batch job {plan.pipeline_id}: {line}; nothing was loaded"
+            ) from None
         if not is_outage(exc):
             raise
-        # The DSN may hold a password: name the setting, not its value.
         raise BatchFailedError(
             f"PostgreSQL (load.connectionParams) or the dead-letter Kafka cluster could not be "
             f"reached after errorHandlingConfig.retryConfig's attempts: {first_line(exc)}; "

@@ -127,16 +127,15 @@ def reset_from_cli(
     try:
         report = asyncio.run(_reset(resolved, drop_results, wait))
     except Exception as exc:
+        from streamproc.runtime.connect_errors import connect_failure_line
         from streamproc.runtime.failures import first_line
         from streamproc.sinks.base import CheckpointError
 
         if isinstance(exc, CheckpointError):
             print(f"streamproc: {exc}", file=sys.stderr)
         else:
-            print(
-                f"streamproc: reset of query {resolved.query} failed: {first_line(exc)}",
-                file=sys.stderr,
-            )
+            why = connect_failure_line(resolved.dsn, exc) or first_line(exc)
+            print(f"streamproc: reset of query {resolved.query} failed: {why}", file=sys.stderr)
         return 1
     dropped = "".join(f"; dropped table {t}" for t in report.dropped_tables)
     if resolved.batch:

@@ -116,12 +116,14 @@ async def read_status(plan: QueryPlan, *, batches: int = DEFAULT_BATCHES) -> Que
 async def _read_checkpoint(dsn: str, query: str, topic: str, batches: int) -> CheckpointView:
     import asyncpg
 
+    from streamproc.runtime.connect_errors import connect_failure_line
     from streamproc.runtime.failures import first_line
 
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise StatusError(f"cannot reach PostgreSQL for query {query}: {first_line(exc)}") from None
+        line = connect_failure_line(dsn, exc) or f"cannot reach PostgreSQL: {first_line(exc)}"
+        raise StatusError(f"query {query}: {line}") from None
     try:
         return await read_checkpoint(conn, query, topic, batches)
     finally:

@@ -92,5 +92,6 @@ async def test_status_of_an_unknown_query_or_an_unreachable_server_is_one_line(
     down = run_cli(config, kafka_bootstrap, "postgresql://nobody@127.0.0.1:1/x", "status")
     assert down.returncode == 1
     assert last_line(down.stderr).startswith(
-        f"streamproc: cannot reach PostgreSQL for query {unique_name}: "
+        f"streamproc: query {unique_name}: cannot connect to PostgreSQL at 127.0.0.1:1: "
+        "connection refused"
     )
