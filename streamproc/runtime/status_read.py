@@ -28,9 +28,8 @@ from streamproc.runtime.status import (
     TopicEnd,
     build_status,
     exit_status,
-    text_lines,
-    to_json,
 )
+from streamproc.runtime.status_render import text_lines, to_json
 from streamproc.sinks.layout import (
     LEDGER_TABLE,
     POSITIONS_TABLE,

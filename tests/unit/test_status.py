@@ -24,9 +24,8 @@ from streamproc.runtime.status import (
     partition_lag,
     recent_rate,
     staleness,
-    text_lines,
-    to_dict,
 )
+from streamproc.runtime.status_render import text_lines, to_dict
 
 T0 = 1_764_000_000_000  # wall time, epoch ms
 MIN = 60_000
