@@ -65,6 +65,17 @@ def _cmd_local(args: argparse.Namespace) -> int:
     return local_main(list(args.local_args))
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 1 or more")
+    return value
+
+
 #: The end of every epilog: argparse's own exit status.
 _USAGE = "2 a usage error (unknown option, missing argument)"
 
@@ -174,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--batches",
-        type=int,
+        type=_count,
         default=10,
         metavar="N",
-        help="how many of the newest batches to show (default 10)",
+        help="how many of the newest batches to show (default 10, at least 1)",
     )
     status.set_defaults(func=_cmd_status)
 

@@ -18,6 +18,7 @@ from itertools import pairwise
 from typing import Literal
 
 from streamproc.config.durations import parse_duration_ms
+from streamproc.sources.file_lines import decode_offset
 
 #: Exit status of `status`: the query is fine (or has no lag).
 EXIT_OK = 0
@@ -97,6 +98,8 @@ class CheckpointView:
         batches: The newest committed batches, newest first.
         run: The newest bounded run, if the query ever had one.
         now_ms: The server's clock when this was read.
+        files: A file source's files, path by ordinal (`streamproc_files`), so that
+            its positions show as file and byte; None for a Kafka source.
     """
 
     registered_at_ms: int
@@ -105,6 +108,7 @@ class CheckpointView:
     batches: tuple[LedgerBatch, ...]
     run: RunRow | None
     now_ms: int
+    files: Mapping[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,25 @@ class TopicEnd:
 
     log_start: int
     end: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilePosition:
+    """Where a file source resumes: a file (by its ordinal in `streamproc_files`) and a byte.
+
+    A file source packs both into one offset (``ordinal << 40 | byte``), which
+    means nothing to a reader; status shows them apart.
+
+    Attributes:
+        ordinal: The file's number, in the order the source found the files.
+        path: The file's path as registered; None when `streamproc_files` has no
+            row for it (edited by hand).
+        byte: The byte after the last complete line committed, in that file.
+    """
+
+    ordinal: int
+    path: str | None
+    byte: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +153,8 @@ class PartitionStatus:
         watermark_ms: wm(p) after the partition's last commit (event time).
         max_event_ts_ms: Max event time the partition committed (event time).
         last_commit_ms: Wall time of the partition's last commit.
+        file: A file source's position as file and byte (its committed offset
+            packs both); None for a Kafka partition.
     """
 
     partition: int
@@ -139,6 +164,7 @@ class PartitionStatus:
     watermark_ms: int | None
     max_event_ts_ms: int | None
     last_commit_ms: int | None
+    file: FilePosition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +180,8 @@ class QueryStatus:
     partitions: tuple[PartitionStatus, ...]
     batches: tuple[LedgerBatch, ...]
     run: RunRow | None
+    #: A file source: `topic` is its path, and positions are files and bytes.
+    file_source: bool = False
 
     @property
     def total_lag(self) -> int:
@@ -200,11 +228,16 @@ def build_status(
     ends: Mapping[int, TopicEnd],
 ) -> QueryStatus:
     """Put a query's checkpoint and its topic's ends side by side, partition by partition."""
+    files = checkpoint.files
     positions = {row.partition: row for row in checkpoint.positions}
     partitions = []
     for p in sorted(set(positions) | set(ends)):
         row = positions.get(p)
         committed = row.next_offset if row else None
+        file = None
+        if files is not None and committed is not None:
+            ordinal, byte = decode_offset(committed)
+            file = FilePosition(ordinal, files.get(ordinal), byte)
         partitions.append(
             PartitionStatus(
                 partition=p,
@@ -214,6 +247,7 @@ def build_status(
                 watermark_ms=row.watermark_ms if row else None,
                 max_event_ts_ms=row.max_event_ts_ms if row else None,
                 last_commit_ms=row.committed_at_ms if row else None,
+                file=file,
             )
         )
     return QueryStatus(
@@ -226,6 +260,7 @@ def build_status(
         partitions=tuple(partitions),
         batches=checkpoint.batches,
         run=checkpoint.run,
+        file_source=files is not None,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from streamproc.runtime.status import (
     BREAKER_NOTE,
     LedgerBatch,
+    PartitionStatus,
     QueryStatus,
     RunRow,
     age_text,
@@ -38,18 +39,7 @@ def to_dict(status: QueryStatus, stale_after_ms: int | None = None) -> dict[str,
         "globalWatermark": _iso(status.global_watermark_ms),
         "eventTimeLagSeconds": _event_time_lag_s(status),
         "totalLag": status.total_lag if status.lag_known else None,
-        "partitions": [
-            {
-                "partition": p.partition,
-                "committedOffset": p.committed_offset,
-                "endOffset": p.end_offset,
-                "lag": p.lag,
-                "watermark": _iso(p.watermark_ms),
-                "maxEventTime": _iso(p.max_event_ts_ms),
-                "lastCommit": _iso(p.last_commit_ms),
-            }
-            for p in status.partitions
-        ],
+        "partitions": [_partition_dict(p, status.file_source) for p in status.partitions],
         "recentBatches": [
             {
                 "committedAt": _iso(b.committed_at_ms),
@@ -84,6 +74,24 @@ def to_dict(status: QueryStatus, stale_after_ms: int | None = None) -> dict[str,
     return out
 
 
+def _partition_dict(p: PartitionStatus, file_source: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "partition": p.partition,
+        "committedOffset": None if file_source else p.committed_offset,
+        "endOffset": p.end_offset,
+        "lag": p.lag,
+    }
+    if file_source:
+        # The committed offset packs file and byte (ordinal << 40 | byte): shown apart.
+        out["file"] = None if p.file is None else p.file.path
+        out["fileOrdinal"] = None if p.file is None else p.file.ordinal
+        out["byte"] = None if p.file is None else p.file.byte
+    out["watermark"] = _iso(p.watermark_ms)
+    out["maxEventTime"] = _iso(p.max_event_ts_ms)
+    out["lastCommit"] = _iso(p.last_commit_ms)
+    return out
+
+
 def to_json(status: QueryStatus, stale_after_ms: int | None = None) -> str:
     """The status as one JSON document (indented: it is read by people and by jq)."""
     return json.dumps(to_dict(status, stale_after_ms), indent=2)
@@ -94,8 +102,8 @@ def text_lines(status: QueryStatus, stale_after_ms: int | None = None) -> list[s
     now = status.checked_at_ms
     last = status.last_commit_ms
     lines = [
-        f"query {status.query} (pipeline {status.pipeline_id}), topic {status.topic}, "
-        f"at {_iso(now)}",
+        f"query {status.query} (pipeline {status.pipeline_id}), "
+        f"{'path' if status.file_source else 'topic'} {status.topic}, at {_iso(now)}",
         f"  last commit {_when(last, now)}; global watermark "
         f"{_iso(status.global_watermark_ms) or '-'}"
         + _event_lag_text(status)
@@ -106,19 +114,7 @@ def text_lines(status: QueryStatus, stale_after_ms: int | None = None) -> list[s
         ),
         "",
     ]
-    table = [("partition", "committed", "end", "lag", "watermark", "last commit")]
-    for p in status.partitions:
-        table.append(
-            (
-                str(p.partition),
-                _num(p.committed_offset),
-                _num(p.end_offset),
-                _num(p.lag),
-                _iso(p.watermark_ms) or "-",
-                _when(p.last_commit_ms, now),
-            )
-        )
-    lines += _columns(table, left=frozenset({4, 5}))
+    lines += _partition_lines(status)
     for p in status.partitions:
         if p.lag is not None and p.lag < 0:
             lines.append(
@@ -138,6 +134,38 @@ def text_lines(status: QueryStatus, stale_after_ms: int | None = None) -> list[s
     if stale_after_ms is not None:
         lines.append(staleness(status, stale_after_ms).reason)
     return lines
+
+
+def _partition_lines(status: QueryStatus) -> list[str]:
+    """One line per partition: its offsets and lag, or for a file source its file and byte."""
+    now = status.checked_at_ms
+    if status.file_source:
+        files = [("partition", "file", "byte", "watermark", "last commit")]
+        for p in status.partitions:
+            where = p.file
+            files.append(
+                (
+                    str(p.partition),
+                    "-" if where is None else where.path or f"#{where.ordinal} (not listed)",
+                    "-" if where is None else str(where.byte),
+                    _iso(p.watermark_ms) or "-",
+                    _when(p.last_commit_ms, now),
+                )
+            )
+        return _columns(files, left=frozenset({1, 3, 4}))
+    table = [("partition", "committed", "end", "lag", "watermark", "last commit")]
+    for p in status.partitions:
+        table.append(
+            (
+                str(p.partition),
+                _num(p.committed_offset),
+                _num(p.end_offset),
+                _num(p.lag),
+                _iso(p.watermark_ms) or "-",
+                _when(p.last_commit_ms, now),
+            )
+        )
+    return _columns(table, left=frozenset({4, 5}))
 
 
 def _batch_lines(status: QueryStatus) -> list[str]:
