@@ -97,7 +97,8 @@ class LoadConfig(ConfigModel):
         sink_type: 'postgresql' (result rows in a table) or 'kafka' (result rows as
             JSON messages; the checkpoint stays in PostgreSQL).
         table_name: the result table, ``name`` or ``schema.name``, created when
-            missing (else ``connectionParams.table``).
+            missing (else ``connectionParams.table``); lower case, as PostgreSQL
+            folds names written without quotes: ``Sales`` is refused, naming ``sales``.
         topic: the topic of a Kafka sink.
         write_mode: batch mode's load: 'append', 'overwrite' (delete, then insert)
             or 'upsert' (on ``upsertKeys``). A streaming query writes per its
