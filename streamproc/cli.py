@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "closing summary to stdout.",
         epilog="exit status: 0 done, or a continuous query stopped by a signal; 1 the config "
         "is invalid or the query (or job) failed, said in one line; 124 a bounded run "
-        "--max-seconds stopped before its end; 128+N a bounded run signal N cut short "
-        f"(130 SIGINT, 143 SIGTERM, 129 SIGHUP); {_USAGE}",
+        "--max-seconds stopped before its end; 128+N a bounded run or a batch job signal N "
+        f"cut short (130 SIGINT, 143 SIGTERM, 129 SIGHUP; a job then loaded nothing); {_USAGE}",
     )
     run.add_argument("config", metavar="CONFIG")
     run.add_argument(

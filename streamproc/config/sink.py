@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr
 from typing_extensions import override
 
 from streamproc.config.base import SPARK_ONLY, ConfigModel
-from streamproc.config.fields import WholeNumber, choice
+from streamproc.config.fields import Flag, WholeNumber, choice
 from streamproc.config.names import (
     BootstrapServers,
     ColumnList,
@@ -104,6 +104,10 @@ class LoadConfig(ConfigModel):
             or 'upsert' (on ``upsertKeys``). A streaming query writes per its
             ``outputMode`` instead.
         upsert_keys: key columns of an upsert (a list, or a comma-separated string).
+        allow_empty_overwrite: NEW; batch mode's 'overwrite' with no row to write (an
+            empty directory, a glob matching no file, an empty topic, every record
+            bad) leaves the table as it is and stops with one line, unless this is
+            true: then the table is emptied.
         schema_name: the original's name of the record schema (not a PostgreSQL
             schema: qualify the table for that); kept as written.
         connection_params: the PostgreSQL connection (for a Kafka sink: where the
@@ -115,6 +119,7 @@ class LoadConfig(ConfigModel):
     topic: Annotated[str, Topic()] | None = None
     write_mode: _WriteMode = "append"
     upsert_keys: Annotated[tuple[str, ...], _UpsertKeys()] | None = None
+    allow_empty_overwrite: Annotated[bool, Flag()] = False
     schema_name: str | None = None
     connection_params: SinkConnectionParams = Field(default_factory=SinkConnectionParams)
 
