@@ -95,8 +95,12 @@ app.boot_strategy = BootStrategy(
 
 
 def _stop_with(message: str) -> NoReturn:
-    """One `streamproc:` line and exit 1, as `streamproc run` does (Faust would exit 0)."""
-    print(f"streamproc: {message}", file=sys.stderr, flush=True)
+    """One `streamproc:` line and exit 1, as `streamproc run` does (Faust would exit 0).
+
+    On the process's own stderr: a running worker redirects `sys.stderr` into its
+    log, where the line became a WARNING record of logger `mode.redirect`.
+    """
+    print(f"streamproc: {message}", file=sys.__stderr__ or sys.stderr, flush=True)
     logging.shutdown()
     os._exit(1)
 

@@ -65,6 +65,28 @@ def _cmd_local(args: argparse.Namespace) -> int:
     return local_main(list(args.local_args))
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds above 0")
+    return value
+
+
 #: The end of every epilog: argparse's own exit status.
 _USAGE = "2 a usage error (unknown option, missing argument)"
 
@@ -92,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"exit status: 0 every config is valid; 1 any is not; {_USAGE}",
     )
     validate.add_argument("configs", nargs="+", metavar="CONFIG")
-    validate.set_defaults(func=_cmd_validate)
+    validate.set_defaults(func=_cmd_validate, parser=validate)
 
     schema = sub.add_parser(
         "schema",
@@ -101,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(for editors: a config's $schema can point at it).",
         epilog=f"exit status: 0 printed; {_USAGE}",
     )
-    schema.set_defaults(func=_cmd_schema)
+    schema.set_defaults(func=_cmd_schema, parser=schema)
 
     run = sub.add_parser(
         "run",
@@ -114,17 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
         "closing summary to stdout.",
         epilog="exit status: 0 done, or a continuous query stopped by a signal; 1 the config "
         "is invalid or the query (or job) failed, said in one line; 124 a bounded run "
-        "--max-seconds stopped before its end; 128+N a bounded run signal N cut short "
-        f"(130 SIGINT, 143 SIGTERM, 129 SIGHUP); {_USAGE}",
+        "--max-seconds stopped before its end; 128+N a bounded run or a batch job signal N "
+        f"cut short (130 SIGINT, 143 SIGTERM, 129 SIGHUP; a job then loaded nothing); {_USAGE}",
     )
     run.add_argument("config", metavar="CONFIG")
     run.add_argument(
         "--max-seconds",
-        type=float,
+        type=_seconds,
         default=None,
         help="stop (committing the batch in flight) after this many seconds of wall time",
     )
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_cmd_run, parser=run)
 
     reset = sub.add_parser(
         "reset",
@@ -152,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="when workers of the query run, wait for them to stop (else refuse at once)",
     )
     reset.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
-    reset.set_defaults(func=_cmd_reset)
+    reset.set_defaults(func=_cmd_reset, parser=reset)
 
     status = sub.add_parser(
         "status",
@@ -174,12 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--batches",
-        type=int,
+        type=_count,
         default=10,
         metavar="N",
-        help="how many of the newest batches to show (default 10)",
+        help="how many of the newest batches to show (default 10, at least 1)",
     )
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=_cmd_status, parser=status)
 
     local = sub.add_parser(
         "local",
@@ -199,7 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # argument lets `streamproc local --help` reach it.
         return _cmd_local(argparse.Namespace(local_args=arguments[1:]))
     parser = build_parser()
-    args = parser.parse_args(arguments)
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        # The command's own usage, not the top level's: `reset --force` is about reset.
+        command: argparse.ArgumentParser = args.parser
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     result: int = args.func(args)
     return result
 

@@ -11,12 +11,13 @@ A name ending in `.gz` is gzip. A last line without its newline is being written
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import gzip
 import hashlib
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from streamproc.sources.base import RawRecord
@@ -28,17 +29,22 @@ class FileSourceError(RuntimeError):
     """The path names no readable file (one line, for the job's failure message)."""
 
 
-def list_files(path: str, *, allow_empty: bool = False) -> list[str]:
+def list_files(
+    path: str, *, allow_empty: bool = False, patterns: Sequence[str] | None = None
+) -> list[str]:
     """The files a path names, in path order.
 
     A directory names its regular files (not those of subdirectories, and not
-    hidden ones: names starting with '.' or '_', as Spark skips them); a glob
-    (recursive with '**') names the regular files it matches; else the file itself.
+    hidden ones: names starting with '.' or '_', as Spark skips them), those whose
+    name matches one of `patterns` if given; a glob (recursive with '**') names the
+    regular files it matches; else the file itself.
 
     Args:
         path: a directory, a file or a glob.
         allow_empty: a glob that matches nothing names no file (a streaming
             source waits for files to appear) rather than an error.
+        patterns: file-name globs a directory's files must match (a batch job's
+            `extract.pathGlobFilter`); None: every file.
 
     Raises:
         FileSourceError: the path does not exist, or the glob matches no file.
@@ -52,7 +58,9 @@ def list_files(path: str, *, allow_empty: bool = False) -> list[str]:
         return sorted(
             os.path.join(path, name)
             for name in os.listdir(path)
-            if not name.startswith((".", "_")) and os.path.isfile(os.path.join(path, name))
+            if not name.startswith((".", "_"))
+            and (patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns))
+            and os.path.isfile(os.path.join(path, name))
         )
     if os.path.isfile(path):
         return [path]

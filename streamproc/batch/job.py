@@ -17,9 +17,11 @@ the same way, with the rule as the reason, and counted as filtered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +32,7 @@ from streamproc.batch.plan import BatchPlan
 from streamproc.batch.report import BatchReport
 from streamproc.batch.rows import result_doc
 from streamproc.engine import Engine, ResultRow
+from streamproc.runtime.connect_errors import connect_failure_line
 from streamproc.runtime.decode import decode_records
 from streamproc.runtime.failures import first_line, is_outage
 from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
@@ -210,7 +213,9 @@ def _describe(group_by: Sequence[str], row: ResultRow) -> str:
 
 async def _input(plan: BatchPlan, collector: _Collector) -> AsyncIterator[Sequence[RawRecord]]:
     if plan.source_type == "file":
-        collector.files = list_files(plan.path)
+        # A glob that matches nothing is an empty input, as an empty directory is.
+        collector.files = list_files(plan.path, allow_empty=True, patterns=plan.file_patterns)
+        collector.report.files = len(collector.files)
         for path, lines in iter_files(collector.files):
             collector.identities.append(identity(path, lines))
             if lines.partial_tail:
@@ -226,8 +231,15 @@ async def _input(plan: BatchPlan, collector: _Collector) -> AsyncIterator[Sequen
         yield batch
 
 
-async def run_batch(plan: BatchPlan) -> BatchReport:
+async def run_batch(
+    plan: BatchPlan, *, committing: Callable[[], None] | None = None
+) -> BatchReport:
     """Run the job to its end: read, transform, load, dead letters; the report.
+
+    Args:
+        plan: The job.
+        committing: Called when the load's transaction is about to commit: from
+            then on the job is not to be cancelled (the table may be loaded already).
 
     Raises:
         BatchFailedError and the errors of the input and the load (see `run_batch_cli`).
@@ -236,9 +248,12 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
     report = collector.report
     async for chunk in _input(plan, collector):
         collector.add(chunk)
+        await asyncio.sleep(0)  # a signal is handled between chunks, not at the load
     collector.finish()
     docs, places = collector.rows()
     report.rows = len(docs) + len(report.refused)
+    if plan.write_mode == "overwrite" and report.rows == 0 and not plan.allow_empty_overwrite:
+        raise BatchFailedError(_empty_overwrite(plan, report))
     target = LoadTarget(
         plan.table,
         plan.write_mode,
@@ -265,6 +280,8 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
         if plan.dlq_table:
             await _write_dead_letters(conn, plan, job_id, rows)
             report.dead_letters = len(rows)
+        if committing is not None:
+            committing()
 
     try:
         result = await call_with_retry(
@@ -288,9 +305,14 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
             "(errorHandlingConfig.failFast: the load was rolled back, the table is unchanged)"
         ) from None
     except Exception as exc:
+        # The DSN may hold a password: name the server (host:port) or the setting.
+        line = connect_failure_line(plan.dsn, exc)
+        if line is not None:
+            raise BatchFailedError(
+                f"batch job {plan.pipeline_id}: {line}; nothing was loaded"
+            ) from None
         if not is_outage(exc):
             raise
-        # The DSN may hold a password: name the setting, not its value.
         raise BatchFailedError(
             f"PostgreSQL (load.connectionParams) or the dead-letter Kafka cluster could not be "
             f"reached after errorHandlingConfig.retryConfig's attempts: {first_line(exc)}; "
@@ -311,6 +333,19 @@ async def run_batch(plan: BatchPlan) -> BatchReport:
     elif plan.dlq_table:
         report.dead_letter_topic = f"table {plan.dlq_table}"
     return report
+
+
+def _empty_overwrite(plan: BatchPlan, report: BatchReport) -> str:
+    """Why an overwrite with nothing to write stops instead of emptying the table."""
+    files = "" if report.files is None else f" ({report.files} file(s))"
+    counts = f"{report.read} record(s) read from {report.source}{files}"
+    if report.bad or report.filtered:
+        counts += f", {len(report.bad)} bad, {report.filtered} filtered"
+    return (
+        f"batch job {plan.pipeline_id}: no row to load ({counts}), and writeMode overwrite "
+        f"would leave table {plan.table} empty; nothing was changed (set "
+        "load.allowEmptyOverwrite: true to let an empty input empty it)"
+    )
 
 
 async def _write_dead_letters(
@@ -343,17 +378,79 @@ async def _dlq_producer(plan: BatchPlan) -> Any:
     return producer
 
 
+#: Signals that stop a job: nothing is loaded (the load is one transaction).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class JobStoppedError(Exception):
+    """A signal stopped the job before its load committed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def run_until_signal(plan: BatchPlan) -> BatchReport:
+    """`run_batch`, stopped by SIGINT, SIGTERM or SIGHUP unless its load is committing.
+
+    Raises:
+        JobStoppedError: a signal came first; the load's transaction, if begun, was
+            rolled back (the connection closed), so nothing was loaded.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped: list[int] = []
+    committing = False
+
+    def commit_begins() -> None:
+        nonlocal committing
+        committing = True
+
+    def stop(signum: int) -> None:
+        if stopped:
+            return
+        stopped.append(signum)
+        if committing:
+            # Past the point of no return: the commit may be on the server already,
+            # so the job ends as it would have, and says so.
+            log.warning(
+                "%s arrived while the load committed: the job finishes",
+                signal.Signals(signum).name,
+            )
+        else:
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, int(sig))
+    try:
+        return await run_batch(plan, committing=commit_begins)
+    except asyncio.CancelledError:
+        if stopped and not committing:
+            raise JobStoppedError(stopped[0]) from None
+        raise
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
 def run_batch_cli(plan: BatchPlan) -> int:
     """`streamproc run CONFIG` of a batch job: the summary on stdout, exit 0; or one
-    `streamproc:` line on stderr and exit 1."""
-    import asyncio
+    `streamproc:` line on stderr and exit 1 (128 + N when signal N stopped it)."""
     import sys
 
     from streamproc.batch.report import summary_lines
 
     started = time.monotonic()
     try:
-        report = asyncio.run(run_batch(plan))
+        report = asyncio.run(run_until_signal(plan))
+    except JobStoppedError as exc:
+        print(
+            f"streamproc: batch job {plan.pipeline_id} stopped by {exc}: nothing was loaded "
+            f"(the load is one transaction; table {plan.table} is as it was), run it again",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
     except Exception as exc:  # every failure is one line; the traceback only at DEBUG
         log.debug("batch job failed", exc_info=True)
         print(f"streamproc: {first_line(exc, limit=1000)}", file=sys.stderr)

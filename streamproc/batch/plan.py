@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from streamproc.config import PipelineConfig
 from streamproc.config.sink import WriteMode
+from streamproc.config.source import DEFAULT_FILE_PATTERNS
 from streamproc.config.transform import WINDOW_BOUNDS
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
@@ -46,8 +47,11 @@ class BatchPlan:
     bootstrap: str = ""
     topic: str = ""
     kafka_params: dict[str, Any] = field(default_factory=dict)
-    # file input
+    # file input: a directory's files are those whose name matches a pattern
     path: str = ""
+    file_patterns: tuple[str, ...] = DEFAULT_FILE_PATTERNS
+    #: writeMode overwrite with no row to write empties the table only when allowed.
+    allow_empty_overwrite: bool = False
     # bad and refused records
     dlq_type: Literal["kafka", "logging", "none", "postgresql"] = "logging"
     dlq_topic: str | None = None
@@ -118,6 +122,8 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
         topic=extract.topic or "",
         kafka_params=kafka_client_params(extract.security_params),
         path=extract.path or "",
+        file_patterns=extract.path_glob_filter or DEFAULT_FILE_PATTERNS,
+        allow_empty_overwrite=load.allow_empty_overwrite,
         dlq_type=eh.dlq.dlq_type,
         dlq_topic=eh.dlq.topic,
         dlq_bootstrap=cfg.dlq_bootstrap_servers,

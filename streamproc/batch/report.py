@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class BatchReport:
 
     source: str
     aggregating: bool
+    #: A file source: how many files the path named (None for Kafka).
+    files: int | None = None
     read: int = 0
     used: int = 0
     filtered: int = 0
@@ -50,8 +53,9 @@ def summary_lines(
         if report.aggregating
         else f"loaded as rows {report.used}"
     )
+    files = "" if report.files is None else f" ({report.files} file(s))"
     lines = [
-        f"batch job {pipeline_id}: {report.read} record(s) read from {report.source} "
+        f"batch job {pipeline_id}: {report.read} record(s) read from {report.source}{files} "
         f"in {elapsed_s:.1f}s",
         f"  {used}, bad {len(report.bad)}, filtered {report.filtered}",
         f"  table {table} ({mode}): {report.written} row(s) written, "
@@ -66,14 +70,57 @@ def summary_lines(
     return lines
 
 
+_QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+#: `COLUMN: VALUE is ...`, the shape of the engine's reasons: VALUE quoted (or cut
+#: short by `show`, its closing quote gone), an object, a list, or one token.
+_LEADING_VALUE = re.compile(
+    rf"^(?P<head>[A-Za-z_][\w.]*: )"
+    rf"(?P<value>{_QUOTED}|'[^']*?\.\.\.|\{{.*?\}}|\[.*?\]|\S+)(?P<tail> is .*)$"
+)
+#: The decoder's reasons, whose detail says where in the bytes it failed.
+_DECODER_DETAIL = re.compile(r"^(?P<head>value: not (?:JSON|UTF-8) )\((?P<value>.*)\)$")
+
+
+def reason_group(reason: str) -> tuple[str, str | None]:
+    """A reason without the value it quotes, and that value (None when it quotes none).
+
+    `event_time: 'yesterday' is not an ISO-8601 time` and `event_time: 'soon' is not
+    an ISO-8601 time` are one reason, `event_time: ... is not an ISO-8601 time`.
+    """
+    decoder = _DECODER_DETAIL.fullmatch(reason)
+    if decoder is not None:
+        return f"{decoder['head']}(...)", decoder["value"]
+    found = _LEADING_VALUE.fullmatch(reason)
+    if found is not None:
+        return f"{found['head']}...{found['tail']}", found["value"]
+    values = re.findall(_QUOTED, reason)
+    if values:
+        return re.sub(_QUOTED, "'...'", reason), ", ".join(values)
+    return reason, None
+
+
 def reason_lines(items: list[tuple[str, str]]) -> list[str]:
-    """Reasons with their counts, most frequent first, each with its first position."""
-    counts = Counter(reason for _, reason in items)
-    first: dict[str, str] = {}
+    """Reasons with their counts, most frequent first, each with its first position.
+
+    Reasons that differ only in the value they quote are one line, with the first
+    record's position and value as its example.
+    """
+    counts: Counter[str] = Counter()
+    first: dict[str, tuple[str, str, str | None]] = {}
+    distinct: dict[str, set[str]] = {}
     for where, reason in items:
-        first.setdefault(reason, where)
+        group, value = reason_group(reason)
+        counts[group] += 1
+        first.setdefault(group, (where, reason, value))
+        distinct.setdefault(group, set()).add(reason)
+    out = []
     ranked = counts.most_common()
-    out = [f"{n} x {reason} (first: {first[reason]})" for reason, n in ranked[:MAX_REASONS]]
+    for group, n in ranked[:MAX_REASONS]:
+        where, reason, value = first[group]
+        if len(distinct[group]) == 1:
+            out.append(f"{n} x {reason} (first: {where})")
+        else:
+            out.append(f"{n} x {group} (first: {where}, {value})")
     rest = ranked[MAX_REASONS:]
     if rest:
         out.append(f"{sum(n for _, n in rest)} more, with {len(rest)} other reason(s)")

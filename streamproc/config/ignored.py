@@ -74,10 +74,18 @@ BATCH_METRICS = IgnoredOption(
     "when it ends",
 )
 
+STREAMING_PATH_GLOB_FILTER = IgnoredOption(
+    "extract.pathGlobFilter",
+    "streaming",
+    "the streaming file source reads every file of its directory whose name does not start "
+    "with '.' or '_'; the filter applies to batch jobs",
+)
+
 #: Every entry, in the order CONFIG.md lists them.
 IGNORED_OPTIONS: tuple[IgnoredOption, ...] = (
     ENABLE_IDEMPOTENCE,
     MAX_FILES_PER_TRIGGER,
+    STREAMING_PATH_GLOB_FILTER,
     DLQ_BUFFER_SIZE,
     DLQ_PRODUCER_CONFIG,
     BATCH_STATE_TIMEOUT,

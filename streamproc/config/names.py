@@ -28,6 +28,10 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}")
 _IDENTIFIER_RULE = "letters, digits and '_' (not starting with a digit), at most 63 characters"
+_LOWER_IDENT = "[a-z_][a-z0-9_]*"
+_TABLE_RULE = (
+    "lower-case letters, digits and '_' (not starting with a digit), at most 63 characters"
+)
 
 
 def check_column(name: str) -> str:
@@ -55,9 +59,12 @@ class ColumnName(HouseType):
 
 @dataclass(frozen=True)
 class TableName(HouseType):
-    """A table name: ``name`` or ``schema.name``, each ``[A-Za-z_][A-Za-z0-9_]*`` (at most 63).
+    """A table name: ``name`` or ``schema.name``, each ``[a-z_][a-z0-9_]*`` (at most 63).
 
-    Safe to splice into SQL as it is.
+    Safe to splice into SQL as it is. Lower case only: streamproc quotes the
+    names it writes, so ``twin_table_B`` made a case-sensitive table that psql's
+    ``select * from twin_table_B`` (folded to ``twin_table_b``) cannot find; such
+    a name is refused with the lower-case one to use.
     """
 
     @override
@@ -67,15 +74,22 @@ class TableName(HouseType):
         if len(parts) <= 2 and all(
             _IDENTIFIER.fullmatch(p) and len(p) <= IDENTIFIER_MAX for p in parts
         ):
+            if name != name.lower():
+                raise ValueError(
+                    f"{render(name)} has upper-case letters, which PostgreSQL folds to lower "
+                    f"case in SQL written without quotes (select * from {name} reads "
+                    f"{name.lower()}), and streamproc would create it quoted, case-sensitive; "
+                    f"use '{name.lower()}'"
+                )
             return name
         raise ValueError(
             f"{render(name)} is not a valid table name; expected name or schema.name, "
-            f"each of {_IDENTIFIER_RULE}"
+            f"each of {_TABLE_RULE}"
         )
 
     @override
     def schema(self) -> dict[str, Any]:
-        return {"type": "string", "pattern": rf"^(?:{_IDENT}\.)?{_IDENT}$"}
+        return {"type": "string", "pattern": rf"^(?:{_LOWER_IDENT}\.)?{_LOWER_IDENT}$"}
 
 
 def _unique_columns(names: list[str], shown: Any) -> tuple[str, ...]:

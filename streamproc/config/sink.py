@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr
 from typing_extensions import override
 
 from streamproc.config.base import SPARK_ONLY, ConfigModel
-from streamproc.config.fields import WholeNumber, choice
+from streamproc.config.fields import Flag, WholeNumber, choice
 from streamproc.config.names import (
     BootstrapServers,
     ColumnList,
@@ -49,10 +49,13 @@ class SinkConnectionParams(ConfigModel):
 
     Attributes:
         url: NEW; a ``postgresql://`` DSN, instead of host, port, database, user
-            and password. Without either, ``STREAMPROC_PG_DSN`` is used.
-        host: the server (default localhost).
+            and password. A PostgreSQL sink needs one or the other (``host`` and
+            ``database`` at least); a Kafka sink without either keeps its
+            checkpoint at ``STREAMPROC_PG_DSN``.
+        host: the server (required without ``url``).
         port: the port (default 5432).
-        database, user, password: the parts of the DSN.
+        database: the database (required without ``url``).
+        user, password: the login (password authentication, when the server asks).
         table: the original's copy of ``load.table`` (either may be given).
         batchsize: rows per COPY chunk of a batch job's load (default 1000; the
             load is one transaction, whatever its size).
@@ -94,12 +97,17 @@ class LoadConfig(ConfigModel):
         sink_type: 'postgresql' (result rows in a table) or 'kafka' (result rows as
             JSON messages; the checkpoint stays in PostgreSQL).
         table_name: the result table, ``name`` or ``schema.name``, created when
-            missing (else ``connectionParams.table``).
+            missing (else ``connectionParams.table``); lower case, as PostgreSQL
+            folds names written without quotes: ``Sales`` is refused, naming ``sales``.
         topic: the topic of a Kafka sink.
         write_mode: batch mode's load: 'append', 'overwrite' (delete, then insert)
             or 'upsert' (on ``upsertKeys``). A streaming query writes per its
             ``outputMode`` instead.
         upsert_keys: key columns of an upsert (a list, or a comma-separated string).
+        allow_empty_overwrite: NEW; batch mode's 'overwrite' with no row to write (an
+            empty directory, a glob matching no file, an empty topic, every record
+            bad) leaves the table as it is and stops with one line, unless this is
+            true: then the table is emptied.
         schema_name: the original's name of the record schema (not a PostgreSQL
             schema: qualify the table for that); kept as written.
         connection_params: the PostgreSQL connection (for a Kafka sink: where the
@@ -111,6 +119,7 @@ class LoadConfig(ConfigModel):
     topic: Annotated[str, Topic()] | None = None
     write_mode: _WriteMode = "append"
     upsert_keys: Annotated[tuple[str, ...], _UpsertKeys()] | None = None
+    allow_empty_overwrite: Annotated[bool, Flag()] = False
     schema_name: str | None = None
     connection_params: SinkConnectionParams = Field(default_factory=SinkConnectionParams)
 

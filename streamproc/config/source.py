@@ -40,6 +40,56 @@ class _SecurityKey(HouseType):
         return {"type": "string"}
 
 
+#: The files a directory's listing reads by default: JSON lines under their usual
+#: names, plain or gzip. `a.jsonl.done`, `a.csv` or `README` are not read.
+DEFAULT_FILE_PATTERNS = (
+    "*.json",
+    "*.jsonl",
+    "*.ndjson",
+    "*.json.gz",
+    "*.jsonl.gz",
+    "*.ndjson.gz",
+)
+
+
+@dataclass(frozen=True)
+class _FileNamePatterns(HouseType):
+    """Glob patterns of file names (``*.jsonl``): a JSON list, or one comma-separated string.
+
+    Parsed to a tuple.
+    """
+
+    @override
+    def parse(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            items = [part.strip() for part in value.split(",")]
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            items = [v.strip() for v in value]
+        else:
+            raise ValueError(
+                f"expected a list of file-name patterns, or a comma-separated string of "
+                f"them (e.g. '*.jsonl, *.jsonl.gz'), got {value!r}"
+            )
+        if not items or "" in items:
+            raise ValueError(f"{value!r} holds an empty pattern; expected e.g. '*.jsonl'")
+        for item in items:
+            if "/" in item:
+                raise ValueError(
+                    f"'{item}' is a path; a pattern matches a file's name in the directory "
+                    "(e.g. '*.jsonl'): put directories in extract.path"
+                )
+        return tuple(items)
+
+    @override
+    def dump(self, value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    @override
+    def schema(self) -> dict[str, Any]:
+        item = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
+        return {"anyOf": [{"type": "array", "items": item, "minItems": 1}, {"type": "string"}]}
+
+
 def _security_schema(schema: dict[str, Any]) -> None:
     # Extras are restricted to the security patterns; say so instead of
     # pydantic's "any string key".
@@ -117,12 +167,19 @@ class ExtractConfig(ConfigModel):
     """``extract``: the source of the pipeline.
 
     Attributes:
-        source_type: 'kafka' (streaming and batch) or NEW 'file' (JSON-lines files,
-            batch mode only); the original's postgresql, mysql and s3 are refused.
+        source_type: 'kafka' or NEW 'file' (JSON-lines files: a batch job reads them
+            once, a streaming query follows them as they appear and grow), in both
+            modes; the original's postgresql, mysql and s3 are refused.
         topic_name: the Kafka topic to read, when ``connectionParams.subscribe``
             does not name it.
         path: NEW; the file source's input: a directory, a file or a glob of
             JSON-lines files (``.gz`` for gzip). Required for sourceType 'file'.
+        path_glob_filter: NEW (Spark's file option); which files of a directory
+            ``path`` a batch job reads: file-name globs, a list or comma-separated
+            (default ``*.json``, ``*.jsonl``, ``*.ndjson`` and each with ``.gz``;
+            ``["*"]`` reads every file). A glob or file ``path`` names its files
+            itself. Ignored, with a warning, by a streaming query, whose file source
+            reads every file of its directory.
         query, schema_name, credential_id: keys of the original format, accepted
             and kept as written; nothing reads them.
         connection_params: the Kafka client settings, under Spark's option names.
@@ -131,6 +188,9 @@ class ExtractConfig(ConfigModel):
     source_type: _SourceType
     topic_name: Annotated[str, Topic()] | None = Field(default=None, alias="topic")
     path: str | None = None
+    path_glob_filter: Annotated[tuple[str, ...], _FileNamePatterns()] | None = Field(
+        default=None, alias="pathGlobFilter"
+    )
     query: str | None = None
     schema_name: str | None = None
     credential_id: str | None = None

@@ -35,7 +35,7 @@ def _up(run_dir: Path) -> int:
         try:
             info = start_stack(run_dir)
         except StackError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"streamproc: local up: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("interrupted: nothing was left running", file=sys.stderr)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from streamproc.engine import LateRecord
 from streamproc.runtime import metrics
 from streamproc.runtime.late import LateSummary
+from streamproc.runtime.partitions import Restored
 from streamproc.runtime.progress import QueryProgress
 from streamproc.runtime.routers import BadRouter, LateRouter
 from streamproc.sinks.base import CommitOutcome, PartitionCommit
@@ -92,6 +93,8 @@ class Accounting:
         self._progress_level = logging.INFO if include_metrics else logging.DEBUG
         #: The last committed batches' progress, oldest first.
         self.recent: deque[QueryProgress] = deque(maxlen=RECENT_PROGRESS)
+        # Every series there from the first scrape, not from its first increment.
+        metrics.init_query_series(pipeline, query, late_strategy=late.strategy)
 
     def committed(
         self,
@@ -181,11 +184,27 @@ class Accounting:
         for p, records in lag.items():
             metrics.CONSUMER_LAG.labels(*labels, str(p)).set(records)
 
-    def assigned(self, owned: int) -> None:
-        """The consumer group gave this worker an assignment; it now owns that many partitions."""
+    def assigned(self, restored: Restored) -> None:
+        """The consumer group gave this worker an assignment, restored from the checkpoint.
+
+        Each owned partition's series start at the values restored (NaN where none
+        is known yet: a partition never committed, a lag whose end is not seen yet).
+        """
         labels = (self._pipeline, self._query)
         metrics.REBALANCES.labels(*labels).inc()
-        metrics.ASSIGNED_PARTITIONS.labels(*labels).set(owned)
+        metrics.ASSIGNED_PARTITIONS.labels(*labels).set(len(restored.partitions))
+        for p, marks in restored.partitions.items():
+            metrics.init_partition_series(
+                *labels,
+                p,
+                watermark_ms=marks.watermark_ms,
+                max_event_ts_ms=marks.max_event_ts_ms,
+                lag=marks.lag,
+            )
+        if restored.global_watermark_ms is not None:
+            metrics.GLOBAL_WATERMARK.labels(*labels).set(restored.global_watermark_ms / 1000)
+        if restored.state_bytes is not None:
+            metrics.STATE_BYTES.labels(*labels).set(restored.state_bytes)
 
     def revoked(self, partitions: set[int], owned: int) -> None:
         """Partitions went to another worker: their per-partition series leave this one's."""

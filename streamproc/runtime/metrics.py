@@ -8,6 +8,13 @@ result and kind, all bounded (STREAMING.md "Progress and metrics" lists
 them all); `streamproc_watermark_ms` stays for the dashboards that read it,
 next to `streamproc_watermark_timestamp_seconds`.
 
+Every series a query has is there from its start (`init_query_series`, and
+`init_partition_series` when a partition is assigned): a counter at 0, a
+gauge at its current value, or NaN while it has none (no commit yet, no
+watermark yet), so that `rate()` panels and `increase(...) > 0` alerts tell
+"none" from "not scraped" (Prometheus' advice: initialise the label sets you
+know).
+
 `start_metrics_server` serves /metrics on the address and port of the config
 (`loggingConfig.metricsAddress`, `metricsPort`) or of the environment
 (`STREAMPROC_METRICS_ADDRESS`, `STREAMPROC_METRICS_PORT`, which win: one
@@ -22,6 +29,8 @@ import os
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from streamproc.timing import PHASES
 
 log = logging.getLogger("streamproc.metrics")
 
@@ -139,6 +148,72 @@ LAST_COMMIT = Gauge(
     "Wall time of this worker's last committed batch (Unix seconds)",
     ["pipeline", "query"],
 )
+
+#: The label values of the labelled counters, each series made at 0 at start.
+OUTCOMES = ("aggregated", "late", "bad", "filtered")
+BATCH_RESULTS = ("committed", "stale", "failed", "dead_lettered", "unavailable")
+DEAD_LETTER_KINDS = ("bad", "refused", "late")
+
+#: A gauge with no value yet (no commit, no watermark): NaN, which PromQL's max
+#: and min skip, and no comparison holds for, so no alert fires on it.
+NO_VALUE = float("nan")
+
+
+def init_query_series(pipeline: str, query: str, *, late_strategy: str) -> None:
+    """Make every series of a query, before its first batch.
+
+    Counters at 0; the breaker closed and no partition assigned; gauges that only a
+    commit gives a value (the last commit's time, the global watermark W, the
+    checkpoint's state rows, the event-time lag) NaN until then.
+
+    Args:
+        pipeline: The pipelineId label.
+        query: The queryName label.
+        late_strategy: The late router's strategy (the one strategy label it counts).
+    """
+    labels = (pipeline, query)
+    for outcome in OUTCOMES:
+        RECORDS.labels(*labels, outcome)
+    LATE.labels(*labels, late_strategy)
+    for result in BATCH_RESULTS:
+        BATCHES.labels(*labels, result)
+    for kind in DEAD_LETTER_KINDS:
+        DEAD_LETTERS.labels(*labels, kind)
+    for phase in PHASES:
+        PHASE_SECONDS.labels(*labels, phase)
+    for series in (RESULT_ROWS, RETRIES, REBALANCES, STATE_ROWS_UPDATED, COMMIT_SECONDS):
+        series.labels(*labels)
+    BATCH_SECONDS.labels(*labels)
+    BREAKER_OPEN.labels(*labels).set(0)
+    ASSIGNED_PARTITIONS.labels(*labels).set(0)
+    for gauge in (LAST_COMMIT, GLOBAL_WATERMARK, STATE_ROWS, EVENT_TIME_LAG):
+        gauge.labels(*labels).set(NO_VALUE)
+
+
+def init_partition_series(
+    pipeline: str,
+    query: str,
+    partition: int,
+    *,
+    watermark_ms: int | None,
+    max_event_ts_ms: int | None,
+    lag: int | None,
+) -> None:
+    """Make the series of a partition this worker was assigned, at their current values.
+
+    Args:
+        pipeline: The pipelineId label.
+        query: The queryName label.
+        partition: The partition.
+        watermark_ms: Its watermark as restored from the checkpoint (event time), if any.
+        max_event_ts_ms: Its max event time as restored, if any.
+        lag: Records past its committed offset, when its end is known (else NaN).
+    """
+    labels = (pipeline, query, str(partition))
+    for gauge, ms in ((PARTITION_WATERMARK, watermark_ms), (MAX_EVENT_TIME, max_event_ts_ms)):
+        gauge.labels(*labels).set(NO_VALUE if ms is None else ms / 1000)
+    CONSUMER_LAG.labels(*labels).set(NO_VALUE if lag is None else lag)
+
 
 #: Listen on loopback only unless told otherwise: /metrics has no authentication.
 DEFAULT_ADDRESS = "127.0.0.1"

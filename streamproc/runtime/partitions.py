@@ -16,7 +16,8 @@ get its state (STREAMING.md, "Exactly once").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from streamproc.engine import StreamEngine
 from streamproc.runtime.failures import STOP_ERRORS
@@ -30,6 +31,28 @@ from streamproc.sinks.base import (
 from streamproc.sources.base import RawRecord, Source, record_digest
 
 log = logging.getLogger("streamproc.query")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMarks:
+    """What a worker knows of a partition it owns once restored (event time; None: unknown).
+
+    Attributes:
+        lag: records past the committed offset, when the source has seen its end.
+    """
+
+    watermark_ms: int | None
+    max_event_ts_ms: int | None
+    lag: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a worker holds right after an assignment: its partitions, W, its local state."""
+
+    partitions: Mapping[int, PartitionMarks]
+    global_watermark_ms: int | None
+    state_bytes: int | None
 
 
 class PartitionTracker:
@@ -75,6 +98,23 @@ class PartitionTracker:
         """Give partitions up: the ones kept are restored from their last commit."""
         self.generation += 1
         await self._restart(self._owned() - partitions)
+
+    def restored(self, ends: Mapping[int, int]) -> Restored:
+        """The owned partitions' marks as restored (for the metrics of an assignment).
+
+        Args:
+            ends: End offsets the source has seen (`Source.seen_ends`).
+        """
+        engine = self.engine
+        marks = {}
+        for p in sorted(self._source.assignment()):
+            end, committed = ends.get(p), self.committed.get(p)
+            marks[p] = PartitionMarks(
+                engine.partition_watermark_ms(p),
+                engine.partition_max_event_ts_ms(p),
+                None if end is None or committed is None else max(0, end - committed),
+            )
+        return Restored(marks, engine.global_watermark_ms, engine.state_bytes())
 
     def _owned(self) -> set[int]:
         return set(self.next) | set(self.committed) | self.pending

@@ -84,7 +84,9 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         query_name=streaming.query_name,
         spec=spec,
         bootstrap=cfg.extract.bootstrap_servers or "localhost:9092",
-        topic=(cfg.extract.path or "") if is_file else (cfg.extract.topic or ""),
+        # A file source's checkpoint rows are keyed by its path: one spelling of it
+        # (`data/` and `./data` are `data`).
+        topic=os.path.normpath(cfg.extract.path or ".") if is_file else (cfg.extract.topic or ""),
         starting_offsets=_starting_offsets(cfg),
         kafka_params=source_params,
         metadata_max_age_ms=cfg.extract.connection_params.metadata_max_age_ms,

@@ -91,6 +91,8 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
         out.append(ignored.ENABLE_IDEMPOTENCE.warning())
     if "max_files_per_trigger" in given and cfg.extract.source_type == "kafka":
         out.append(ignored.MAX_FILES_PER_TRIGGER.warning())
+    if streaming is not None and cfg.extract.path_glob_filter is not None:
+        out.append(ignored.STREAMING_PATH_GLOB_FILTER.warning())
     dlq = cfg.error_handling.dlq.model_fields_set
     if "buffer_size" in dlq:
         out.append(ignored.DLQ_BUFFER_SIZE.warning())

@@ -33,6 +33,7 @@ from streamproc.runtime.accounting import Accounting, RunStats
 from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.committer import BatchCommitter
+from streamproc.runtime.connect_errors import connect_failure_line
 from streamproc.runtime.failures import (
     STOP_ERRORS,
     FailureKind,
@@ -235,7 +236,7 @@ class StreamingQuery:
             await self._tracker.assigned(partitions)
             self._collector.sync_pauses()
             owned = sorted(self._source.assignment())
-            self._accounting.assigned(len(owned))
+            self._accounting.assigned(self._tracker.restored(self._source.seen_ends()))
             log.info("assigned partitions %s", owned)
         self._joined.set()
 
@@ -276,10 +277,14 @@ class StreamingQuery:
             # table, a missing privilege: its message says what and what to do.
             raise QueryFailedError(str(exc)) from None
         except Exception as exc:
-            if not is_outage(exc):
+            # A server that cannot be reached, or a login it refuses (a wrong password is
+            # no outage: it is not retried), is one line naming host:port, never the DSN.
+            line = connect_failure_line(self.plan.dsn or "", exc)
+            if line is None and not is_outage(exc):
                 raise
             raise QueryFailedError(
-                f"query {self.plan.query_name}: cannot reach the sink: {first_line(exc)}"
+                f"query {self.plan.query_name}: "
+                + (line or f"cannot reach the sink: {first_line(exc)}")
             ) from exc
         try:
             await self._start_kafka()

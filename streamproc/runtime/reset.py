@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from streamproc.batch.plan import BatchPlan
+    from streamproc.runtime.plan import QueryPlan
     from streamproc.sinks.postgres_reset import ResetReport
 
 
@@ -44,30 +46,13 @@ class ResetTarget:
 
 
 def resolve_target(target: str, dsn: str | None) -> ResetTarget:
-    """A config file's query (its DSN and tables), or a query name with a DSN.
+    """A query name with a DSN (a config file is read by `target_of_plan`).
 
     Raises:
         ValueError: one line saying what is missing.
     """
     if not target.strip():
         raise ValueError("reset needs a config file or a query name; got an empty name")
-    if Path(target).is_file():
-        from streamproc.config import load_config
-        from streamproc.runtime.planning import plan_from_config
-
-        config = load_config(target)
-        if not config.is_streaming:
-            from streamproc.batch.plan import batch_plan_from_config
-
-            job = batch_plan_from_config(config)
-            return ResetTarget(
-                job.pipeline_id, dsn or job.dsn, job.table, None, job.dlq_table, batch=True
-            )
-        plan = plan_from_config(config)
-        assert plan.dsn is not None
-        table = plan.table if plan.sink_type == "postgresql" else None
-        late = plan.late_table if plan.late_strategy == "separatestream" else None
-        return ResetTarget(plan.query_name, dsn or plan.dsn, table, late, plan.dlq_table)
     if target.endswith(".json") or os.sep in target:
         raise ValueError(f"{target}: no such config file")
     dsn = dsn or os.environ.get("STREAMPROC_PG_DSN")
@@ -77,6 +62,20 @@ def resolve_target(target: str, dsn: str | None) -> ResetTarget:
             "(or set STREAMPROC_PG_DSN)"
         )
     return ResetTarget(target, dsn, None, None)
+
+
+def target_of_plan(plan: QueryPlan | BatchPlan, dsn: str | None) -> ResetTarget:
+    """A config's query (its DSN and tables), or a batch job's claim on its table."""
+    from streamproc.batch.plan import BatchPlan
+
+    if isinstance(plan, BatchPlan):
+        return ResetTarget(
+            plan.pipeline_id, dsn or plan.dsn, plan.table, None, plan.dlq_table, batch=True
+        )
+    assert plan.dsn is not None
+    table = plan.table if plan.sink_type == "postgresql" else None
+    late = plan.late_table if plan.late_strategy == "separatestream" else None
+    return ResetTarget(plan.query_name, dsn or plan.dsn, table, late, plan.dlq_table)
 
 
 def _confirm(question: str, stdin: TextIO, stdout: TextIO) -> bool:
@@ -95,18 +94,26 @@ def reset_from_cli(
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
 ) -> int:
-    """Run `streamproc reset`; returns the exit status (0 done, 1 refused or failed)."""
-    from streamproc.config import ConfigError
+    """Run `streamproc reset`; returns the exit status (0 done, 1 refused or failed).
 
-    try:
-        resolved = resolve_target(target, dsn)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{target}: {line}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"streamproc: {exc}", file=sys.stderr)
-        return 1
+    A config is read as `run` reads it (`preflight`): its warnings and errors are the
+    same lines, each naming the file once.
+    """
+    if Path(target).is_file():
+        from streamproc.runtime.preflight import preflight
+
+        checked = preflight(target)
+        for line in checked.problem_lines(target):
+            print(line, file=sys.stderr)
+        if checked.plan is None:
+            return 1
+        resolved = target_of_plan(checked.plan, dsn)
+    else:
+        try:
+            resolved = resolve_target(target, dsn)
+        except ValueError as exc:
+            print(f"streamproc: {exc}", file=sys.stderr)
+            return 1
     what = (
         f"batch job {resolved.query}'s claim on table {resolved.result_table}"
         if resolved.batch
@@ -127,16 +134,15 @@ def reset_from_cli(
     try:
         report = asyncio.run(_reset(resolved, drop_results, wait))
     except Exception as exc:
+        from streamproc.runtime.connect_errors import connect_failure_line
         from streamproc.runtime.failures import first_line
         from streamproc.sinks.base import CheckpointError
 
         if isinstance(exc, CheckpointError):
             print(f"streamproc: {exc}", file=sys.stderr)
         else:
-            print(
-                f"streamproc: reset of query {resolved.query} failed: {first_line(exc)}",
-                file=sys.stderr,
-            )
+            why = connect_failure_line(resolved.dsn, exc) or first_line(exc)
+            print(f"streamproc: reset of query {resolved.query} failed: {why}", file=sys.stderr)
         return 1
     dropped = "".join(f"; dropped table {t}" for t in report.dropped_tables)
     if resolved.batch:

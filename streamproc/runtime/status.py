@@ -2,7 +2,7 @@
 
 Pure: no PostgreSQL, no Kafka, no clock. `status_read.py` reads the query's
 checkpoint rows and the topic's end offsets and hands them in; this module
-works out lag, rates and staleness, and renders them.
+works out lag, rates and staleness, and `status_render.py` renders them.
 
 Times: `*_ms` fields are epoch milliseconds. Watermarks and max event times
 are event time; commit times and `checked_at_ms` are wall time, both from
@@ -11,15 +11,14 @@ the PostgreSQL server's clock, so a skewed client clock changes nothing.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Literal
 
 from streamproc.config.durations import parse_duration_ms
+from streamproc.sources.file_lines import decode_offset
 
 #: Exit status of `status`: the query is fine (or has no lag).
 EXIT_OK = 0
@@ -99,6 +98,8 @@ class CheckpointView:
         batches: The newest committed batches, newest first.
         run: The newest bounded run, if the query ever had one.
         now_ms: The server's clock when this was read.
+        files: A file source's files, path by ordinal (`streamproc_files`), so that
+            its positions show as file and byte; None for a Kafka source.
     """
 
     registered_at_ms: int
@@ -107,6 +108,7 @@ class CheckpointView:
     batches: tuple[LedgerBatch, ...]
     run: RunRow | None
     now_ms: int
+    files: Mapping[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,25 @@ class TopicEnd:
 
     log_start: int
     end: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilePosition:
+    """Where a file source resumes: a file (by its ordinal in `streamproc_files`) and a byte.
+
+    A file source packs both into one offset (``ordinal << 40 | byte``), which
+    means nothing to a reader; status shows them apart.
+
+    Attributes:
+        ordinal: The file's number, in the order the source found the files.
+        path: The file's path as registered; None when `streamproc_files` has no
+            row for it (edited by hand).
+        byte: The byte after the last complete line committed, in that file.
+    """
+
+    ordinal: int
+    path: str | None
+    byte: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +153,8 @@ class PartitionStatus:
         watermark_ms: wm(p) after the partition's last commit (event time).
         max_event_ts_ms: Max event time the partition committed (event time).
         last_commit_ms: Wall time of the partition's last commit.
+        file: A file source's position as file and byte (its committed offset
+            packs both); None for a Kafka partition.
     """
 
     partition: int
@@ -141,6 +164,7 @@ class PartitionStatus:
     watermark_ms: int | None
     max_event_ts_ms: int | None
     last_commit_ms: int | None
+    file: FilePosition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +180,8 @@ class QueryStatus:
     partitions: tuple[PartitionStatus, ...]
     batches: tuple[LedgerBatch, ...]
     run: RunRow | None
+    #: A file source: `topic` is its path, and positions are files and bytes.
+    file_source: bool = False
 
     @property
     def total_lag(self) -> int:
@@ -202,11 +228,16 @@ def build_status(
     ends: Mapping[int, TopicEnd],
 ) -> QueryStatus:
     """Put a query's checkpoint and its topic's ends side by side, partition by partition."""
+    files = checkpoint.files
     positions = {row.partition: row for row in checkpoint.positions}
     partitions = []
     for p in sorted(set(positions) | set(ends)):
         row = positions.get(p)
         committed = row.next_offset if row else None
+        file = None
+        if files is not None and committed is not None:
+            ordinal, byte = decode_offset(committed)
+            file = FilePosition(ordinal, files.get(ordinal), byte)
         partitions.append(
             PartitionStatus(
                 partition=p,
@@ -216,6 +247,7 @@ def build_status(
                 watermark_ms=row.watermark_ms if row else None,
                 max_event_ts_ms=row.max_event_ts_ms if row else None,
                 last_commit_ms=row.committed_at_ms if row else None,
+                file=file,
             )
         )
     return QueryStatus(
@@ -228,6 +260,7 @@ def build_status(
         partitions=tuple(partitions),
         batches=checkpoint.batches,
         run=checkpoint.run,
+        file_source=files is not None,
     )
 
 
@@ -282,12 +315,12 @@ def staleness(status: QueryStatus, stale_after_ms: int) -> Staleness:
     if not status.lag_known:
         # A file source's offsets are bytes across files: nothing says whether lines wait,
         # so an idle query cannot be told from a stuck one here (the progress table can).
-        return Staleness(False, f"lag unknown ({what} for {_age(idle_ms)})")
+        return Staleness(False, f"lag unknown ({what} for {age_text(idle_ms)})")
     if lag == 0:
-        return Staleness(False, f"no lag ({what} for {_age(idle_ms)})")
+        return Staleness(False, f"no lag ({what} for {age_text(idle_ms)})")
     if idle_ms >= stale_after_ms:
-        return Staleness(True, f"stale: {what} for {_age(idle_ms)} while {lag} record(s) wait")
-    return Staleness(False, f"{lag} record(s) wait; last commit {_age(idle_ms)} ago")
+        return Staleness(True, f"stale: {what} for {age_text(idle_ms)} while {lag} record(s) wait")
+    return Staleness(False, f"{lag} record(s) wait; last commit {age_text(idle_ms)} ago")
 
 
 def exit_status(status: QueryStatus, stale_after_ms: int | None) -> int:
@@ -313,224 +346,7 @@ def parse_stale_after(text: str) -> int:
     return parse_duration_ms(text)
 
 
-# ------------------------------------------------------------------ rendering
-
-
-def to_dict(status: QueryStatus, stale_after_ms: int | None = None) -> dict[str, Any]:
-    """The status as JSON-ready values (camelCase, as the progress record's JSON)."""
-    rates = batch_rates(status.batches)
-    last = status.last_commit_ms
-    out: dict[str, Any] = {
-        "pipelineId": status.pipeline_id,
-        "name": status.query,
-        "topic": status.topic,
-        "checkedAt": _iso(status.checked_at_ms),
-        "registeredAt": _iso(status.registered_at_ms),
-        "lastCommit": _iso(last),
-        "lastCommitAgeSeconds": None if last is None else (status.checked_at_ms - last) / 1000,
-        "globalWatermark": _iso(status.global_watermark_ms),
-        "eventTimeLagSeconds": _event_time_lag_s(status),
-        "totalLag": status.total_lag if status.lag_known else None,
-        "partitions": [
-            {
-                "partition": p.partition,
-                "committedOffset": p.committed_offset,
-                "endOffset": p.end_offset,
-                "lag": p.lag,
-                "watermark": _iso(p.watermark_ms),
-                "maxEventTime": _iso(p.max_event_ts_ms),
-                "lastCommit": _iso(p.last_commit_ms),
-            }
-            for p in status.partitions
-        ],
-        "recentBatches": [
-            {
-                "committedAt": _iso(b.committed_at_ms),
-                "partitions": b.partitions,
-                "numInputRows": b.records,
-                "inputRowsPerSecond": rate,
-                "processedRowsPerSecond": b.processed_rows_per_second,
-                "stateRowsTotal": b.state_rows_total,
-                "worker": b.worker,
-                "retries": b.retries,
-                "rows": {
-                    "aggregated": b.aggregated,
-                    "late": b.late,
-                    "bad": b.bad,
-                    "filtered": b.filtered,
-                    "deadLettered": b.dead_lettered,
-                },
-            }
-            for b, rate in zip(status.batches, rates, strict=True)
-        ],
-        "inputRowsPerSecond": recent_rate(status.batches),
-        "boundedRun": None if status.run is None else _run_dict(status.run),
-        "circuitBreaker": _breaker_dict(status.batches),
-    }
-    if stale_after_ms is not None:
-        verdict = staleness(status, stale_after_ms)
-        out["stale"] = {
-            "staleAfterSeconds": stale_after_ms / 1000,
-            "stale": verdict.stale,
-            "reason": verdict.reason,
-        }
-    return out
-
-
-def to_json(status: QueryStatus, stale_after_ms: int | None = None) -> str:
-    """The status as one JSON document (indented: it is read by people and by jq)."""
-    return json.dumps(to_dict(status, stale_after_ms), indent=2)
-
-
-def text_lines(status: QueryStatus, stale_after_ms: int | None = None) -> list[str]:
-    """The status for a terminal: a header, one line per partition, recent batches, verdict."""
-    now = status.checked_at_ms
-    last = status.last_commit_ms
-    lines = [
-        f"query {status.query} (pipeline {status.pipeline_id}), topic {status.topic}, "
-        f"at {_iso(now)}",
-        f"  last commit {_when(last, now)}; global watermark "
-        f"{_iso(status.global_watermark_ms) or '-'}"
-        + _event_lag_text(status)
-        + (
-            f"; total lag {status.total_lag} record(s)"
-            if status.lag_known
-            else "; total lag unknown (file source)"
-        ),
-        "",
-    ]
-    table = [("partition", "committed", "end", "lag", "watermark", "last commit")]
-    for p in status.partitions:
-        table.append(
-            (
-                str(p.partition),
-                _num(p.committed_offset),
-                _num(p.end_offset),
-                _num(p.lag),
-                _iso(p.watermark_ms) or "-",
-                _when(p.last_commit_ms, now),
-            )
-        )
-    lines += _columns(table, left=frozenset({4, 5}))
-    for p in status.partitions:
-        if p.lag is not None and p.lag < 0:
-            lines.append(
-                f"  partition {p.partition} ends below the committed offset: the topic was "
-                "re-created or truncated (the next run refuses it)"
-            )
-    lines.append("")
-    lines += _batch_lines(status)
-    if status.run is not None:
-        run = status.run
-        finished = f", finished {_iso(run.finished_at_ms)}" if run.finished_at_ms else ""
-        lines.append(
-            f"bounded run {run.run_id} ({run.trigger}): {run.status}, started "
-            f"{_iso(run.started_at_ms)}{finished}"
-        )
-    lines.append(f"circuit breaker: {breaker_text(status.batches)}")
-    if stale_after_ms is not None:
-        lines.append(staleness(status, stale_after_ms).reason)
-    return lines
-
-
-def _batch_lines(status: QueryStatus) -> list[str]:
-    if not status.batches:
-        return ["no committed batch yet"]
-    overall = recent_rate(status.batches)
-    rate_text = f": {overall:,.0f} records/s" if overall is not None else ""
-    lines = [f"last {len(status.batches)} batch(es), newest first{rate_text}"]
-    headings = "committed partitions records rec/s proc_rec/s aggregated late bad filt states"
-    table = [tuple(headings.split())]
-    for b, rate in zip(status.batches, batch_rates(status.batches), strict=True):
-        proc = b.processed_rows_per_second
-        table.append(
-            (
-                _iso(b.committed_at_ms) or "-",
-                str(b.partitions),
-                str(b.records),
-                "-" if rate is None else f"{rate:,.0f}",
-                "-" if proc is None else f"{proc:,.0f}",
-                str(b.aggregated),
-                str(b.late),
-                str(b.bad),
-                str(b.filtered),
-                _num(b.state_rows_total),
-            )
-        )
-    return lines + _columns(table, left=frozenset({0}))
-
-
-def breaker_text(batches: Sequence[LedgerBatch]) -> str:
-    """The breaker as the newest progress row saw it, and the retries of the batches shown.
-
-    A worker records its breaker only in the rows it commits: while the
-    breaker is open nothing commits, so the newest row is as old as the last
-    commit (which `--stale-after` watches).
-    """
-    if not batches or batches[0].breaker is None:
-        return BREAKER_NOTE
-    newest = batches[0]
-    retries = sum(b.retries for b in batches)
-    return (
-        f"{newest.breaker} at the last commit ({newest.worker or 'a worker'}; it opened "
-        f"{newest.breaker_opened} time(s) since that worker started); {retries} "
-        f"retried transaction attempt(s) in the last {len(batches)} batch(es)"
-    )
-
-
-def _breaker_dict(batches: Sequence[LedgerBatch]) -> dict[str, Any]:
-    if not batches or batches[0].breaker is None:
-        return {"state": None, "recorded": False, "note": BREAKER_NOTE}
-    newest = batches[0]
-    return {
-        "state": newest.breaker,
-        "recorded": True,
-        "at": _iso(newest.committed_at_ms),
-        "worker": newest.worker,
-        "openedSinceWorkerStart": newest.breaker_opened,
-        "retriesInRecentBatches": sum(b.retries for b in batches),
-    }
-
-
-def _columns(rows: Sequence[Sequence[str]], left: frozenset[int] = frozenset()) -> list[str]:
-    """Rows as columns two spaces apart: numbers right-aligned, columns in `left` left-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [
-            cell.ljust(width) if i in left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append(("  " + "  ".join(cells)).rstrip())
-    return out
-
-
-def _run_dict(run: RunRow) -> dict[str, Any]:
-    return {
-        "runId": run.run_id,
-        "trigger": run.trigger,
-        "status": run.status,
-        "startedAt": _iso(run.started_at_ms),
-        "finishedAt": _iso(run.finished_at_ms),
-    }
-
-
-def _event_time_lag_s(status: QueryStatus) -> float | None:
-    """Wall clock minus W: how far behind real time the results are (seconds)."""
-    w = status.global_watermark_ms
-    return None if w is None else (status.checked_at_ms - w) / 1000
-
-
-def _event_lag_text(status: QueryStatus) -> str:
-    lag = _event_time_lag_s(status)
-    return "" if lag is None else f" ({_age(int(lag * 1000))} behind the clock)"
-
-
-def _when(ms: int | None, now_ms: int) -> str:
-    return "never" if ms is None else f"{_iso(ms)} ({_age(now_ms - ms)} ago)"
-
-
-def _age(ms: int) -> str:
+def age_text(ms: int) -> str:
     """A wall-time span, short: 850 ms, 12.3 s, 4 min 5 s, 2 h 3 min, 3 d 4 h."""
     if ms < 1_000:
         return f"{max(ms, 0)} ms"
@@ -545,14 +361,3 @@ def _age(ms: int) -> str:
         return f"{hours} h {minutes} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
-
-
-def _num(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")

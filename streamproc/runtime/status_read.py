@@ -28,10 +28,10 @@ from streamproc.runtime.status import (
     TopicEnd,
     build_status,
     exit_status,
-    text_lines,
-    to_json,
 )
+from streamproc.runtime.status_render import text_lines, to_json
 from streamproc.sinks.layout import (
+    FILES_TABLE,
     LEDGER_TABLE,
     POSITIONS_TABLE,
     PROGRESS_TABLE,
@@ -101,7 +101,9 @@ async def read_status(plan: QueryPlan, *, batches: int = DEFAULT_BATCHES) -> Que
         StatusError: the query has no checkpoint, or a server cannot be reached.
     """
     assert plan.dsn is not None  # the plan refuses a query without a checkpoint database
-    checkpoint = await _read_checkpoint(plan.dsn, plan.query_name, plan.topic, batches)
+    checkpoint = await _read_checkpoint(
+        plan.dsn, plan.query_name, plan.topic, batches, files=plan.source_type == "file"
+    )
     ends = await _read_ends(plan)
     return build_status(
         pipeline_id=plan.pipeline_id,
@@ -113,23 +115,32 @@ async def read_status(plan: QueryPlan, *, batches: int = DEFAULT_BATCHES) -> Que
     )
 
 
-async def _read_checkpoint(dsn: str, query: str, topic: str, batches: int) -> CheckpointView:
+async def _read_checkpoint(
+    dsn: str, query: str, topic: str, batches: int, *, files: bool = False
+) -> CheckpointView:
     import asyncpg
 
+    from streamproc.runtime.connect_errors import connect_failure_line
     from streamproc.runtime.failures import first_line
 
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise StatusError(f"cannot reach PostgreSQL for query {query}: {first_line(exc)}") from None
+        line = connect_failure_line(dsn, exc) or f"cannot reach PostgreSQL: {first_line(exc)}"
+        raise StatusError(f"query {query}: {line}") from None
     try:
-        return await read_checkpoint(conn, query, topic, batches)
+        return await read_checkpoint(conn, query, topic, batches, files=files)
     finally:
         await conn.close()
 
 
-async def read_checkpoint(conn: Any, query: str, topic: str, batches: int) -> CheckpointView:
+async def read_checkpoint(
+    conn: Any, query: str, topic: str, batches: int, *, files: bool = False
+) -> CheckpointView:
     """A query's rows: registration, positions, newest batches and bounded run.
+
+    With `files` (a file source), also its files' paths by ordinal, so that its
+    positions show as file and byte.
 
     Raises:
         StatusError: the query was never registered here (or was reset).
@@ -181,7 +192,16 @@ async def read_checkpoint(conn: Any, query: str, topic: str, batches: int) -> Ch
             None if run["finished_at"] is None else _ms(run["finished_at"]),
         ),
         now_ms=_ms(registered["now"]),
+        files=await _file_paths(conn, query) if files else None,
     )
+
+
+async def _file_paths(conn: Any, query: str) -> dict[int, str]:
+    """A file source's registered files: path by ordinal (none before its first listing)."""
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", q(FILES_TABLE)):
+        return {}
+    rows = await conn.fetch(f"SELECT ordinal, path FROM {q(FILES_TABLE)} WHERE query = $1", query)
+    return {r["ordinal"]: r["path"] for r in rows}
 
 
 async def _newest_batches(conn: Any, query: str, topic: str, count: int) -> tuple[LedgerBatch, ...]:

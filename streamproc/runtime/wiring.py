@@ -8,6 +8,7 @@ producer for dead letters when a router writes them. Component tests build
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from streamproc.config import format_duration_ms
@@ -51,7 +52,12 @@ def plan_identity(plan: QueryPlan) -> QueryIdentity:
         if plan.sink_type == "kafka"
         else {"table": plan.table or ""}
     )
-    definition = query_definition(plan.spec, topic=plan.topic, sink=sink)
+    definition = query_definition(
+        plan.spec,
+        topic=plan.topic,
+        sink=sink,
+        source_path=os.path.abspath(plan.topic) if plan.source_type == "file" else None,
+    )
     table = plan.table if plan.sink_type == "postgresql" else None
     late = plan.late_table if plan.late_strategy == "separatestream" else None
     return QueryIdentity(

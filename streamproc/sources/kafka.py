@@ -24,6 +24,7 @@ from streamproc.sources.base import (
     RawRecord,
     SourceTopicMissingError,
 )
+from streamproc.sources.kafka_leave import close_abandoned, leave_group_even_in_generation_zero
 from streamproc.sources.kafka_probe import describe_partitions
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class KafkaSource:
         self.stopping = True
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            _leave_group_even_in_generation_zero(consumer)
+            leave_group_even_in_generation_zero(consumer)
             try:
                 await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_S)
             except TimeoutError:
@@ -255,7 +256,7 @@ class KafkaSource:
                     self._config.group_id,
                     STOP_TIMEOUT_S,
                 )
-                await consumer._client.close()
+                await close_abandoned(consumer)
         for name in ("_probe", "_early"):
             consumer = getattr(self, name)
             if consumer is not None:
@@ -459,16 +460,3 @@ async def _getmany(consumer: Any, *partitions: Any, timeout_ms: int, max_records
         )
     except TimeoutError:
         return {}
-
-
-def _leave_group_even_in_generation_zero(consumer: Any) -> None:
-    """Make aiokafka send LeaveGroup when the group's generation is 0.
-
-    aiokafka only leaves a group whose generation is > 0 (Apache Kafka numbers
-    generations from 1). The local broker numbers a group's first generation
-    0, so without this a stopped member stays in the group until its session
-    times out, and the next worker waits that long for its partitions.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is not None and getattr(coordinator, "generation", None) == 0:
-        coordinator.generation = 1

@@ -16,6 +16,7 @@ from tests.integration.cli_helpers import (
     edit,
     env_for,
     run_cli,
+    run_to_the_end,
     write_config,
 )
 from tests.kafka_io import produce
@@ -52,6 +53,23 @@ async def test_streamproc_run_availablenow_exits_0_with_exact_table(
     # while the consumer left once raised in the rebalance callback).
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert [line for line in logged if line["level"] in ("ERROR", "CRITICAL")] == []
+
+
+async def test_a_bounded_run_right_after_another_leaves_its_group_without_an_error(
+    kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    config = await run_to_the_end(
+        tmp_path, unique_name, kafka_bootstrap, pg_dsn, make_stream(400, seed=22)
+    )
+    # The second run ends while its join is still pending: leaving takes the whole
+    # stop timeout, and the consumer is closed without a clean leave. Its fetcher's
+    # task was left running, and asyncio logged "ERROR Task was destroyed but it is
+    # pending! ... Fetcher._fetch_requests_routine()" on a run that succeeded.
+    again = run_cli(config, kafka_bootstrap, pg_dsn)
+    assert again.returncode == 0, again.stderr[-3000:]
+    logged = [json.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
+    assert [line for line in logged if line["level"] in ("ERROR", "CRITICAL")] == []
+    assert "Traceback" not in again.stderr and "Task was destroyed" not in again.stderr
 
 
 async def test_faust_worker_runs_the_same_query(

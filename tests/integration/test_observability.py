@@ -18,6 +18,7 @@ from tests.integration.cli_helpers import BIN, edit, env_for, write_config
 from tests.kafka_io import produce
 from tests.results import ledger_records
 from tests.streams import make_stream
+from tests.unit.test_compose import alert_rules, dashboard_exprs
 from tests.waiting import wait_until
 
 _PORT_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
@@ -69,6 +70,89 @@ def test_a_metrics_port_in_use_stops_the_run_with_one_line(tmp_path: Path) -> No
         f"streamproc: cannot serve metrics on 127.0.0.1:{port}: already in use (set metricsPort "
         "or STREAMPROC_METRICS_PORT to a free port, or 0 for any)"
     )
+
+
+#: Series a worker has per partition it owns (and per local store): made at assignment.
+_PER_PARTITION = {
+    "streamproc_consumer_lag_records",
+    "streamproc_watermark_timestamp_seconds",
+    "streamproc_max_event_time_timestamp_seconds",
+    "streamproc_state_bytes",
+}
+
+
+def queried_metrics() -> dict[str, set[str]]:
+    """The streamproc_* names each shipped query uses: the dashboard's and the alert rules'."""
+    queries = {
+        **{f"dashboard: {expr}": expr for expr in dashboard_exprs()},
+        **{f"alert {rule['alert']}": rule["expr"] for rule in alert_rules()},
+    }
+    return {where: set(re.findall(r"\bstreamproc_\w+", expr)) for where, expr in queries.items()}
+
+
+async def test_every_series_a_dashboard_or_alert_queries_is_there_from_the_first_scrape(
+    kafka_bootstrap: str, pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    # A fresh query, nothing produced: before, the labelled counters (dead letters,
+    # retries, records by outcome), W and the per-partition gauges had no series until
+    # their first increment or commit, and `increase(...) > 0` could not tell "none"
+    # from "not scraped".
+    await create_topic(kafka_bootstrap, unique_name, 2)
+    config = write_config(tmp_path, unique_name, kafka_bootstrap, pg_dsn, "continuous")
+    edit(config, lambda doc: doc.update(loggingConfig={"metricsPort": 0}))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log_file:
+        worker = subprocess.Popen(
+            [str(BIN / "streamproc"), "run", str(config)],
+            env={**env_for(kafka_bootstrap, pg_dsn), "STREAMPROC_LOG_FORMAT": "kv"},
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            text=True,
+        )
+    try:
+
+        def port_logged() -> int | None:
+            assert worker.poll() is None, log_path.read_text()[-2000:]
+            found = _PORT_LINE.search(log_path.read_text())
+            return int(found.group(1)) if found else None
+
+        port = await wait_until(port_logged, "the worker logs its metrics port", timeout=60)
+        first = {name for name, _ in scrape(port)}
+        queried = queried_metrics()
+        for where, names in queried.items():
+            assert names - _PER_PARTITION <= first, (where, sorted(names - first))
+
+        def assigned() -> Samples | None:
+            assert worker.poll() is None, log_path.read_text()[-2000:]
+            samples = scrape(port)
+            owned = values(samples, "streamproc_assigned_partitions", query=unique_name)
+            return samples if owned == [2.0] else None
+
+        samples = await wait_until(assigned, "the worker owns both partitions", timeout=60)
+        exposed = {name for name, _ in samples}
+        for where, names in queried.items():
+            assert names <= exposed, (where, sorted(names - exposed))
+        ours = {"pipeline": unique_name, "query": unique_name}
+        for kind in ("bad", "refused", "late"):
+            assert values(samples, "streamproc_dead_letters_total", **ours, kind=kind) == [0.0]
+        assert values(samples, "streamproc_retries_total", **ours) == [0.0]
+        for outcome in ("aggregated", "late", "bad", "filtered"):
+            assert values(samples, "streamproc_records_total", **ours, outcome=outcome) == [0.0]
+        assert values(samples, "streamproc_circuit_breaker_open", **ours) == [0.0]
+        # No commit yet: no W, no last commit; NaN, which max() skips and no alert compares.
+        for gauge in (
+            "streamproc_global_watermark_timestamp_seconds",
+            "streamproc_last_commit_timestamp_seconds",
+        ):
+            (value,) = values(samples, gauge, **ours)
+            assert value != value, gauge
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0
 
 
 async def test_metrics_and_progress_lines_agree_with_the_ledger(

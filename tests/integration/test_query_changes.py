@@ -304,3 +304,52 @@ async def test_changes_that_alter_which_records_count_are_said_with_where_they_a
         "has_value: not_null on value, error (onFailure continue); applies from offsets "
         "{0: " in said[0]
     ), said[0]
+
+
+def test_one_object_spelled_another_way_is_no_change_and_a_real_change_reads_as_the_config(
+    pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    # Refused before: `table x` then `public.x`; a file source's `data` then `data/`.
+    # And a relative extract.path run from another directory (other files) was caught
+    # only by "file data/a.jsonl was replaced", when at all.
+    first, other = tmp_path / "first", tmp_path / "other"
+    for place, value in ((first, 1), (other, 2)):
+        (place / "data").mkdir(parents=True)
+        (place / "data" / "a.jsonl").write_text(
+            json.dumps({"user_id": "u", "event_time": "2026-01-01T00:00:00Z", "value": value})
+            + "\n"
+        )
+    config = write_config(tmp_path, unique_name, "127.0.0.1:1", pg_dsn)
+
+    def run(path: str, table: str, cwd: Path, window: str = "10 minutes") -> Any:
+        document = json.loads(config.read_text())
+        document["extract"] = {"sourceType": "file", "path": path}
+        document["load"]["table"] = table
+        document["transforms"][0]["parameters"]["windowDuration"] = window
+        config.write_text(json.dumps(document))
+        return subprocess.run(
+            [str(BIN / "streamproc"), "run", str(config)],
+            env={**os.environ, "TEST_PG_DSN": pg_dsn},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd,
+        )
+
+    assert run("data", unique_name, first).returncode == 0
+    again = run("./data/", f"public.{unique_name}", first)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"query {unique_name}: 0 record(s) read" in again.stdout
+    elsewhere = run("data", unique_name, other)
+    assert elsewhere.returncode == 1
+    assert (
+        f"(source path changed from {first / 'data'} to {other / 'data'}), and running on it "
+        "would give wrong results"
+    ) in last_line(elsewhere.stderr)
+    shorter = run("data", unique_name, first, window="5 minutes")
+    assert shorter.returncode == 1
+    # It said {slide_ms 600000, duration_ms 600000}: jsonb's key order, in milliseconds.
+    assert (
+        "(window changed from {duration 10 minutes, slide 10 minutes} to "
+        "{duration 5 minutes, slide 5 minutes})"
+    ) in last_line(shorter.stderr)

@@ -4,11 +4,13 @@ records produced after a run, and it exits 2 for a stalled query, 1 for an unkno
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 from streamproc.local import create_topic
-from tests.integration.cli_helpers import last_line, run_cli, run_to_the_end, write_config
+from tests.integration.cli_helpers import edit, last_line, run_cli, run_to_the_end, write_config
 from tests.kafka_io import produce
 from tests.streams import make_stream
 
@@ -92,5 +94,49 @@ async def test_status_of_an_unknown_query_or_an_unreachable_server_is_one_line(
     down = run_cli(config, kafka_bootstrap, "postgresql://nobody@127.0.0.1:1/x", "status")
     assert down.returncode == 1
     assert last_line(down.stderr).startswith(
-        f"streamproc: cannot reach PostgreSQL for query {unique_name}: "
+        f"streamproc: query {unique_name}: cannot connect to PostgreSQL at 127.0.0.1:1: "
+        "connection refused"
     )
+
+
+def test_status_of_a_file_source_shows_the_file_and_byte_it_resumes_at(
+    pg_dsn: str, unique_name: str, tmp_path: Path
+) -> None:
+    # Its offsets pack the file's ordinal and the byte (ordinal << 40 | byte): status
+    # printed 1099511628326 in text and JSON alike.
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [
+        json.dumps({"user_id": "u1", "event_time": f"2026-01-01T00:0{i}:00Z", "value": i})
+        for i in range(4)
+    ]
+    (data / "a.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    second = data / "b.jsonl"
+    second.write_text("\n".join(lines[2:]) + "\n")
+    os.utime(second, (time.time() + 5, time.time() + 5))  # found after a.jsonl
+    config = write_config(tmp_path, unique_name, "127.0.0.1:1", pg_dsn)
+    edit(config, lambda doc: doc.update(extract={"sourceType": "file", "path": str(data)}))
+    done = run_cli(config, "127.0.0.1:1", pg_dsn)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    text = run_cli(config, "127.0.0.1:1", pg_dsn, "status")
+    assert text.returncode == 0, text.stderr[-2000:]
+    size = second.stat().st_size
+    assert f"path {data}," in text.stdout
+    (row,) = [line.split() for line in text.stdout.splitlines() if str(second) in line]
+    assert row[:3] == ["0", str(second), str(size)]
+    assert str((1 << 40) | size) not in text.stdout
+    shown = run_cli(config, "127.0.0.1:1", pg_dsn, "status", "--json")
+    (partition,) = json.loads(shown.stdout)["partitions"]
+    assert (partition["file"], partition["fileOrdinal"], partition["byte"]) == (
+        str(second),
+        1,
+        size,
+    )
+    assert partition["committedOffset"] is None
+
+    for bad in ("0", "-1", "x"):
+        refused = run_cli(config, "127.0.0.1:1", pg_dsn, "status", "--batches", bad)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("usage: streamproc status"), refused.stderr
+        assert "argument --batches" in refused.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.batch.files import FileSourceError, list_files, read_file
+from streamproc.batch.plan import BatchPlan
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -21,6 +22,23 @@ def _tree(tmp_path: Path) -> Path:
 def test_a_directory_names_its_visible_files_in_path_order(tmp_path: Path) -> None:
     data = _tree(tmp_path)
     assert list_files(str(data)) == [str(data / "a.jsonl.gz"), str(data / "b.jsonl")]
+
+
+def test_a_batch_jobs_directory_names_only_files_matching_its_patterns(tmp_path: Path) -> None:
+    data = _tree(tmp_path)
+    for name in ("b.jsonl.done", "notes.txt", "d.ndjson", "e.json.gz"):
+        (data / name).write_bytes(b"")
+    patterns = BatchPlan("p", "file", "t", "postgresql://x", None).file_patterns
+    # a.jsonl.done, a marker beside the data, was loaded as JSON lines.
+    assert list_files(str(data), patterns=patterns) == [
+        str(data / name) for name in ("a.jsonl.gz", "b.jsonl", "d.ndjson", "e.json.gz")
+    ]
+    assert list_files(str(data), patterns=("*.done", "*.txt")) == [
+        str(data / "b.jsonl.done"),
+        str(data / "notes.txt"),
+    ]
+    # A glob or a file names its files itself.
+    assert list_files(str(data / "*.txt"), patterns=patterns) == [str(data / "notes.txt")]
 
 
 def test_a_glob_names_what_it_matches_and_recurses_with_two_stars(tmp_path: Path) -> None:

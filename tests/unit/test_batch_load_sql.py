@@ -99,6 +99,23 @@ def test_reasons_are_counted_most_frequent_first_with_the_first_position() -> No
     assert len(lines) == 11
 
 
+def test_reasons_that_differ_only_in_the_value_they_quote_are_one_line() -> None:
+    # 371 records with one problem were ten "1 x" lines and "361 more".
+    items = [(f"a.jsonl:{i}", f"event_time: 'day {i}' is not an ISO-8601 time") for i in range(371)]
+    items += [
+        (f"b.jsonl:{i}", f"value: {i}e400 is out of range (needed by value:sum)") for i in (1, 2)
+    ]
+    items += [("c.jsonl:1", "value: not JSON (Expecting value: line 1 column 1 (char 0))")]
+    items += [("c.jsonl:2", "value: not JSON (Unterminated string starting at: line 1 column 9)")]
+    items += [("d.jsonl:1", "event_time: missing")] * 2
+    assert reason_lines(items) == [
+        "371 x event_time: ... is not an ISO-8601 time (first: a.jsonl:0, 'day 0')",
+        "2 x value: ... is out of range (needed by value:sum) (first: b.jsonl:1, 1e400)",
+        "2 x value: not JSON (...) (first: c.jsonl:1, Expecting value: line 1 column 1 (char 0))",
+        "2 x event_time: missing (first: d.jsonl:1)",
+    ]
+
+
 def test_the_summary_says_what_was_read_used_written_and_rejected() -> None:
     report = BatchReport("orders", aggregating=True, read=10, used=7, filtered=1, rows=3)
     report.bad = [("partition 0 offset 4", "value: not JSON")] * 2

@@ -81,7 +81,10 @@ S = "streamingConfigJson"
 DURATION = "expected '<number> <unit>' with unit ms, second(s), minute(s), hour(s), day(s)"
 POSITIVE = "is not positive; expected a duration greater than 0"
 COLUMN_RULE = "letters, digits and '_' (not starting with a digit), at most 63 characters"
-TABLE_RULE = f"expected name or schema.name, each of {COLUMN_RULE}"
+TABLE_RULE = (
+    "expected name or schema.name, each of lower-case letters, digits and '_' "
+    "(not starting with a digit), at most 63 characters"
+)
 TOPIC_RULE = "expected 1-249 characters from letters, digits, '.', '_' and '-'"
 NAME_IT = "name it with '<name>=<column>:<function>'"
 AVAILABLE = "available: amount_sum, count, event_time, user_id, window_end, window_start"
@@ -456,6 +459,22 @@ CASES = [
         "table-three-parts",
         {("load", "table"): "db.analytics.totals"},
         f"load.table: 'db.analytics.totals' is not a valid table name; {TABLE_RULE}",
+    ),
+    case(
+        "table-mixed-case",
+        # Created quoted ("twin_table_B"), psql's select * from twin_table_B found nothing.
+        {("load", "table"): "twin_table_B"},
+        "load.table: 'twin_table_B' has upper-case letters, which PostgreSQL folds to lower "
+        "case in SQL written without quotes (select * from twin_table_B reads twin_table_b), "
+        "and streamproc would create it quoted, case-sensitive; use 'twin_table_b'",
+    ),
+    case(
+        "late-table-schema-mixed-case",
+        {(S, "lateDataConfig"): {"strategy": "separatestream", "lateDataTable": "Analytics.late"}},
+        f"{S}.lateDataConfig.lateDataTable: 'Analytics.late' has upper-case letters, which "
+        "PostgreSQL folds to lower case in SQL written without quotes (select * from "
+        "Analytics.late reads analytics.late), and streamproc would create it quoted, "
+        "case-sensitive; use 'analytics.late'",
     ),
     case(
         "table-too-long",

@@ -91,6 +91,7 @@ def test_the_ignored_table_says_what_the_warnings_say() -> None:
             "sourceType": "kafka",
             "topic": "t",
             "connectionParams": {"kafka.bootstrap.servers": "localhost:9092"},
+            "pathGlobFilter": "*.log",
         },
         "transforms": [
             {

@@ -66,8 +66,14 @@ def test_a_config_without_ignored_options_plans_without_warnings() -> None:
             f"{DLQ}.producerConfig: ignored; the dead-letter producer uses acks=all and the "
             "source's kafka.security.protocol, kafka.sasl.* and kafka.ssl.* settings",
         ),
+        (
+            {("extract", "pathGlobFilter"): "*.log"},
+            "extract.pathGlobFilter: ignored; the streaming file source reads every file of "
+            "its directory whose name does not start with '.' or '_'; the filter applies to "
+            "batch jobs",
+        ),
     ],
-    ids=["enableIdempotence", "maxFilesPerTrigger", "bufferSize", "producerConfig"],
+    ids=["enableIdempotence", "maxFilesPerTrigger", "bufferSize", "producerConfig", "glob"],
 )
 def test_an_ignored_option_gives_one_warning_naming_it(
     changes: dict[tuple[Any, ...], Any], warning: str
@@ -193,3 +199,57 @@ def test_a_file_source_streams_with_its_files_limit_and_no_warning(
     )
     # Spark's file source reads the files already there; Kafka's default is latest.
     assert plan.starting_offsets == want
+
+
+def file_job() -> dict[str, Any]:
+    """BASE as a batch job over a directory of files."""
+    config = quiet({("mode",): "batch", ("extract",): {"sourceType": "file", "path": "in"}})
+    del config["streamingConfigJson"]
+    config["errorHandlingConfig"] = {"dlqConfig": {"dlqType": "postgresql"}}
+    return config
+
+
+@pytest.mark.parametrize(
+    ("value", "patterns"),
+    [
+        ("*.log", ("*.log",)),
+        ("*.jsonl, *.jsonl.gz", ("*.jsonl", "*.jsonl.gz")),
+        (["*.json", "data-*.txt"], ("*.json", "data-*.txt")),
+    ],
+)
+def test_a_batch_jobs_directory_is_read_by_pathglobfilter_else_by_json_names(
+    value: Any, patterns: tuple[str, ...]
+) -> None:
+    config = file_job()
+    checked = preflight(config, env={})
+    assert checked.ok, checked.errors
+    assert getattr(checked.plan, "file_patterns", None) == (
+        "*.json",
+        "*.jsonl",
+        "*.ndjson",
+        "*.json.gz",
+        "*.jsonl.gz",
+        "*.ndjson.gz",
+    )
+    config["extract"]["pathGlobFilter"] = value
+    checked = preflight(config, env={})
+    assert checked.ok and checked.warnings == [], (checked.errors, checked.warnings)
+    assert getattr(checked.plan, "file_patterns", None) == patterns
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("in/*.jsonl", "'in/*.jsonl' is a path; a pattern matches a file's name in the directory"),
+        ("*.jsonl,", "holds an empty pattern"),
+        ([], "holds an empty pattern"),
+        (5, "expected a list of file-name patterns"),
+    ],
+)
+def test_a_pathglobfilter_that_is_no_file_name_pattern_is_refused(value: Any, error: str) -> None:
+    config = file_job()
+    config["extract"]["pathGlobFilter"] = value
+    checked = preflight(config, env={})
+    assert not checked.ok
+    (line,) = checked.errors
+    assert line.startswith("extract.pathGlobFilter: ") and error in line, line

@@ -24,9 +24,8 @@ from streamproc.runtime.status import (
     partition_lag,
     recent_rate,
     staleness,
-    text_lines,
-    to_dict,
 )
+from streamproc.runtime.status_render import text_lines, to_dict
 
 T0 = 1_764_000_000_000  # wall time, epoch ms
 MIN = 60_000
@@ -256,3 +255,47 @@ def test_the_breaker_and_processed_rates_come_from_the_newest_progress_rows() ->
     assert lines[heading + 1].split()[-2:] == ["filt", "states"]
     assert lines[heading + 2].split()[4] == "2,000"
     assert lines[heading + 2].split()[-1] == "321"
+
+
+def test_a_file_source_position_is_shown_as_file_and_byte() -> None:
+    # next offset = ordinal << 40 | byte: file #1, byte 550.
+    view = CheckpointView(
+        registered_at_ms=T0,
+        global_watermark_ms=None,
+        positions=(PositionRow(0, (1 << 40) | 550, None, None, T0),),
+        batches=(),
+        run=None,
+        now_ms=T0 + MIN,
+        files={0: "data/a.jsonl", 1: "data/b.jsonl"},
+    )
+    status = build_status(
+        pipeline_id="p",
+        query="q",
+        topic="data",
+        starting_offsets="earliest",
+        checkpoint=view,
+        ends={},
+    )
+    text = "\n".join(text_lines(status, None))
+    assert "path data, at" in text
+    assert str((1 << 40) | 550) not in text
+    assert [line.split()[:3] for line in text.splitlines() if "b.jsonl" in line] == [
+        ["0", "data/b.jsonl", "550"]
+    ]
+    (partition,) = to_dict(status)["partitions"]
+    assert (partition["file"], partition["fileOrdinal"], partition["byte"]) == (
+        "data/b.jsonl",
+        1,
+        550,
+    )
+    assert partition["committedOffset"] is None
+    unlisted = replace(view, files={})
+    status = build_status(
+        pipeline_id="p",
+        query="q",
+        topic="data",
+        starting_offsets="earliest",
+        checkpoint=unlisted,
+        ends={},
+    )
+    assert "#1 (not listed)" in "\n".join(text_lines(status, None))
