@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -134,11 +135,33 @@ STATE_BYTES = Gauge(
     "as RocksDB estimates them); absent with in-memory state",
     ["pipeline", "query"],
 )
+FILES_UNREAD = Counter(
+    "streamproc_files_unread_total",
+    "Files a file source found gone (kind deleted) or truncated in place (kind truncated, "
+    "onFileTruncated continue) with bytes it had not read",
+    ["pipeline", "query", "kind"],
+)
+FILE_BYTES_UNREAD = Counter(
+    "streamproc_file_bytes_unread_total",
+    "Bytes of those files the file source had not read (at least: what it had seen of them)",
+    ["pipeline", "query", "kind"],
+)
 LAST_COMMIT = Gauge(
     "streamproc_last_commit_timestamp_seconds",
     "Wall time of this worker's last committed batch (Unix seconds)",
     ["pipeline", "query"],
 )
+
+
+def unread_counter(pipeline: str, query: str) -> Callable[[str, int], None]:
+    """Count a file found gone or truncated with bytes unread (the file source's `on_unread`)."""
+
+    def count(kind: str, unread: int) -> None:
+        FILES_UNREAD.labels(pipeline, query, kind).inc()
+        FILE_BYTES_UNREAD.labels(pipeline, query, kind).inc(unread)
+
+    return count
+
 
 #: Listen on loopback only unless told otherwise: /metrics has no authentication.
 DEFAULT_ADDRESS = "127.0.0.1"
