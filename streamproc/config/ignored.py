@@ -50,6 +50,18 @@ MAX_FILES_PER_TRIGGER = IgnoredOption(
     "maxRecordsPerTrigger (else extract.connectionParams.maxOffsetsPerTrigger, else a "
     "default cap)",
 )
+ON_FILE_TRUNCATED = IgnoredOption(
+    f"{_S}.onFileTruncated",
+    "streaming",
+    "it applies to a file source, and this one reads Kafka: a topic whose offsets went back "
+    "(re-created or truncated) stops the query with one line",
+)
+ON_FILE_DELETED = IgnoredOption(
+    f"{_S}.onFileDeleted",
+    "streaming",
+    "it applies to a file source, and this one reads Kafka: records deleted (retention) "
+    "before they were read stop the query with one line",
+)
 DLQ_BUFFER_SIZE = IgnoredOption(
     f"{_DLQ}.bufferSize",
     "any",
@@ -78,6 +90,8 @@ BATCH_METRICS = IgnoredOption(
 IGNORED_OPTIONS: tuple[IgnoredOption, ...] = (
     ENABLE_IDEMPOTENCE,
     MAX_FILES_PER_TRIGGER,
+    ON_FILE_TRUNCATED,
+    ON_FILE_DELETED,
     DLQ_BUFFER_SIZE,
     DLQ_PRODUCER_CONFIG,
     BATCH_STATE_TIMEOUT,

@@ -95,6 +95,8 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
         or cfg.extract.max_offsets_per_trigger,
         source_type="file" if is_file else "kafka",
         max_files_per_trigger=streaming.max_files_per_trigger if is_file else None,
+        on_file_truncated=streaming.on_file_truncated,
+        on_file_deleted=streaming.on_file_deleted,
         sink_type="kafka" if sink_type == "kafka" else "postgresql",
         table=cfg.load.table,
         dsn=dsn,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamproc.config import format_duration_ms
+from streamproc.runtime.metrics import unread_counter
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.quality import describe_rule
 from streamproc.runtime.routers import BadRouter, LateRouter, bad_router, late_router
@@ -138,8 +139,11 @@ def _source(plan: QueryPlan, dsn: str) -> Source:
                 path=plan.topic,
                 starting_offsets=plan.starting_offsets,
                 max_files_per_trigger=plan.max_files_per_trigger,
+                on_file_truncated=plan.on_file_truncated,
+                on_file_deleted=plan.on_file_deleted,
             ),
             PostgresFileRegistry(dsn, plan.query_name),
+            on_unread=unread_counter(plan.pipeline_id, plan.query_name),
         )
     return KafkaSource(
         KafkaSourceConfig(

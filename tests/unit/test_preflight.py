@@ -56,6 +56,18 @@ def test_a_config_without_ignored_options_plans_without_warnings() -> None:
             "extract.connectionParams.maxOffsetsPerTrigger, else a default cap)",
         ),
         (
+            {(S, "onFileTruncated"): "continue"},
+            f"{S}.onFileTruncated: ignored; it applies to a file source, and this one reads "
+            "Kafka: a topic whose offsets went back (re-created or truncated) stops the query "
+            "with one line",
+        ),
+        (
+            {(S, "onFileDeleted"): "stop"},
+            f"{S}.onFileDeleted: ignored; it applies to a file source, and this one reads "
+            "Kafka: records deleted (retention) before they were read stop the query with one "
+            "line",
+        ),
+        (
             {("errorHandlingConfig", "dlqConfig", "bufferSize"): 500},
             f"{DLQ}.bufferSize: ignored; dead letters are not buffered across batches: each "
             "micro-batch sends its own and waits for the broker's acknowledgement before its "
@@ -67,7 +79,14 @@ def test_a_config_without_ignored_options_plans_without_warnings() -> None:
             "source's kafka.security.protocol, kafka.sasl.* and kafka.ssl.* settings",
         ),
     ],
-    ids=["enableIdempotence", "maxFilesPerTrigger", "bufferSize", "producerConfig"],
+    ids=[
+        "enableIdempotence",
+        "maxFilesPerTrigger",
+        "onFileTruncated",
+        "onFileDeleted",
+        "bufferSize",
+        "producerConfig",
+    ],
 )
 def test_an_ignored_option_gives_one_warning_naming_it(
     changes: dict[tuple[Any, ...], Any], warning: str
@@ -177,6 +196,8 @@ def test_a_file_source_streams_with_its_files_limit_and_no_warning(
     changes: dict[tuple[Any, ...], Any] = {
         ("extract",): {"sourceType": "file", "path": "/data/in/*.jsonl"},
         (S, "maxFilesPerTrigger"): 3,
+        (S, "onFileTruncated"): "Continue",
+        (S, "onFileDeleted"): "stop",
         ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"},
     }
     if offsets is not None:
@@ -191,5 +212,6 @@ def test_a_file_source_streams_with_its_files_limit_and_no_warning(
         "/data/in/*.jsonl",
         3,
     )
+    assert (plan.on_file_truncated, plan.on_file_deleted) == ("continue", "stop")
     # Spark's file source reads the files already there; Kafka's default is latest.
     assert plan.starting_offsets == want
