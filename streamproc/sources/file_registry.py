@@ -33,7 +33,8 @@ class FileEntry:
     Attributes:
         ordinal: its place in discovery order (from 0), the high bits of its offsets.
         path: where it was last seen (as listed); a rename updates it.
-        size: its size in bytes when found.
+        size: the largest size in bytes it was seen at (plain files; a `.gz`'s
+            compressed size when found).
         head: its first content bytes (up to HEAD_BYTES; decompressed for a `.gz`),
             at least its first line: what it is, wherever it is (`file_identity`).
         finished_size: its size when the source moved on to a newer file (None

@@ -193,7 +193,11 @@ class FileWatch:
             if not seen.gz:
                 self._seen_size[ordinal] = max(self._seen_size.get(ordinal, 0), seen.size)
             file_id = entry.file_id or seen.file_id
-            moved = replace(entry, path=seen.path, file_id=file_id, head=_head(entry, seen))
+            # The largest size seen is kept: a file gone later is said with what it held.
+            size = entry.size if seen.gz else max(entry.size, seen.size)
+            moved = replace(
+                entry, path=seen.path, file_id=file_id, head=_head(entry, seen), size=size
+            )
             if moved != entry:
                 updates.append(moved)
             if seen.path != entry.path:
@@ -292,7 +296,8 @@ class FileWatch:
             return
         what = (
             f"file {entry.path} is gone (deleted, or moved out of extract.path) with {unread} "
-            f"bytes not read (this query read {read} of the {known} bytes it saw)"
+            f"bytes not read (this query read {read} of the {known} bytes it last saw, and "
+            "none written after)"
         )
         if self._config.on_file_deleted == "stop":
             raise SourceConflictError(
