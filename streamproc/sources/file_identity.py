@@ -133,7 +133,11 @@ class Reconciled:
 
 
 def reconcile(known: Sequence[Known], seen: Sequence[Seen]) -> Reconciled:
-    """Match a listing with the registered files (the module docstring has the rules)."""
+    """Match a listing with the registered files (the module docstring has the rules).
+
+    Linear in the files known and listed: listed files are looked up by inode
+    and by first line, never compared pairwise.
+    """
     registered = {k.path for k in known}
     # One entry per inode: a registered name first, then a real one (not a link).
     by_id: dict[FileId, Seen] = {}
@@ -141,6 +145,11 @@ def reconcile(known: Sequence[Known], seen: Sequence[Seen]) -> Reconciled:
         by_id.setdefault(s.file_id, s)
     at_path = {s.path: s for s in by_id.values()}
     free = dict(at_path)
+    by_line: dict[bytes, list[Seen]] = {}
+    for s in by_id.values():
+        line = _first_line(s.head)
+        if line is not None:
+            by_line.setdefault(line, []).append(s)
     out = Reconciled()
 
     def claim(k: Known, s: Seen) -> None:
@@ -157,8 +166,8 @@ def reconcile(known: Sequence[Known], seen: Sequence[Seen]) -> Reconciled:
     # Renamed: its inode, with its head, under another name.
     left: list[Known] = []
     for k in pending:
-        renamed = next((s for s in free.values() if _renamed(k, s)), None)
-        if renamed is not None:
+        renamed = by_id.get(k.file_id) if k.file_id is not None else None
+        if renamed is not None and renamed.path in free and _renamed(k, renamed):
             claim(k, renamed)
         else:
             left.append(k)
@@ -166,8 +175,10 @@ def reconcile(known: Sequence[Known], seen: Sequence[Seen]) -> Reconciled:
     for k in left:
         own = free.get(k.path)
         candidates = [own] if own is not None and own.file_id != k.file_id else []
-        candidates += [s for s in free.values() if s.path != k.path]
-        copy = next((s for s in candidates if _holds_head(k, s)), None)
+        line = _first_line(k.head)
+        if line is not None:
+            candidates += [s for s in by_line.get(line, []) if s.path != k.path]
+        copy = next((s for s in candidates if s.path in free and _holds_head(k, s)), None)
         if copy is not None:
             claim(k, copy)
             continue
@@ -176,16 +187,30 @@ def reconcile(known: Sequence[Known], seen: Sequence[Seen]) -> Reconciled:
             out.changed[k.ordinal] = own
         else:
             out.missing.append(k.ordinal)
-    heads = [(k.head, k.ordinal) for k in known if k.ordinal in out.found]
+    # What no registered file claims is new, unless it is a copy of one still present.
+    present: dict[bytes, list[bytes]] = {}
+    for k in known:
+        line = _first_line(k.head)
+        if k.ordinal in out.found and line is not None:
+            present.setdefault(line, []).append(k.head)
     for s in sorted(free.values(), key=lambda s: (s.mtime_ns, s.path)):
-        if s.head is None or identity_length(s.head) is None:
+        line = _first_line(s.head)
+        if s.head is None or line is None:
             continue  # no complete line yet: registered once it has one
-        if any(heads_match(head, s.head) for head, _ in heads):
+        if any(heads_match(head, s.head) for head in present.get(line, [])):
             out.copies.append(s)
             continue
         out.new.append(s)
-        heads.append((s.head, -1))
+        present.setdefault(line, []).append(s.head)
     return out
+
+
+def _first_line(head: bytes | None) -> bytes | None:
+    """The bytes that identify a head (two heads that match have the same), or None."""
+    if head is None:
+        return None
+    length = identity_length(head)
+    return None if length is None else head[:length]
 
 
 def _holds_head(k: Known, s: Seen) -> bool:

@@ -177,3 +177,17 @@ def test_a_listing_is_reconciled_with_the_registered_files(case: str) -> None:
     assert sorted(out.missing) == missing
     assert [s.path for s in out.new] == new
     assert [s.path for s in out.copies] == copies
+
+
+def test_a_listing_is_reconciled_in_linear_time() -> None:
+    # Months of rotated files deleted by retention stay registered: each listing
+    # must not compare every one of them with every listed file.
+    import time
+
+    n = 3_000
+    known = [_known(i, f"d/old-{i}", FileId(2, i), b'{"old":%d}\n' % i, 10) for i in range(n)]
+    seen = [_seen(f"d/new-{i}", FileId(3, i), b'{"new":%d}\n' % i) for i in range(n)]
+    started = time.perf_counter()
+    out = reconcile(known, seen)
+    assert time.perf_counter() - started < 3.0
+    assert len(out.missing) == n and len(out.new) == n and not out.found
