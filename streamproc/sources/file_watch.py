@@ -74,8 +74,6 @@ class FileWatch:
         self.restoring: tuple[int, int] | None = None
         #: Where each file was found at the last listing.
         self._where: dict[int, Seen] = {}
-        #: The largest content size each file was seen at (the bytes a loss is counted in).
-        self._seen_size: dict[int, int] = {}
         #: Size of each plain file behind the current one when last looked at: a file
         #: that grows after the source moved on has lines that will never be read.
         self._behind_sizes: dict[int, int] = {}
@@ -190,8 +188,6 @@ class FileWatch:
         for ordinal, seen in result.found.items():
             entry = self.entries[ordinal]
             self._where[ordinal] = seen
-            if not seen.gz:
-                self._seen_size[ordinal] = max(self._seen_size.get(ordinal, 0), seen.size)
             file_id = entry.file_id or seen.file_id
             # The largest size seen is kept: a file gone later is said with what it held.
             size = entry.size if seen.gz else max(entry.size, seen.size)
@@ -200,7 +196,7 @@ class FileWatch:
             )
             if moved != entry:
                 updates.append(moved)
-            if seen.path != entry.path:
+            if seen.path != entry.path and entry.lost_bytes is None:
                 log.info(
                     "file %s is %s now (renamed, copied or compressed): it is read on from "
                     "where the query was in it, not again",
@@ -235,8 +231,6 @@ class FileWatch:
             ordinal = len(self.entries) + len(new)
             new.append(FileEntry(ordinal, seen.path, seen.size, seen.head, file_id=seen.file_id))
             self._where[ordinal] = seen
-            if not seen.gz:
-                self._seen_size[ordinal] = seen.size
         if not new:
             return False
         await self._registry.register(new)
@@ -265,7 +259,7 @@ class FileWatch:
                 "streamingConfigJson.onFileTruncated to continue to read what it holds now as "
                 "a new file, or start the query over with `streamproc reset CONFIG`"
             )
-        seen_size = max(self._seen_size.get(ordinal, 0), 0 if is_gzip(entry.path) else entry.size)
+        seen_size = 0 if is_gzip(entry.path) else entry.size  # the largest size seen
         missed = max(0, seen_size - read)
         log.warning(
             "file %s was truncated or rewritten in place after this query read %d of the %d "
@@ -290,7 +284,7 @@ class FileWatch:
         if entry.ordinal < pos[0]:
             return
         read = pos[1] if entry.ordinal == pos[0] else 0
-        known = max(self._seen_size.get(entry.ordinal, 0), entry.size)
+        known = entry.size  # the largest size seen (a .gz: its compressed size)
         unread = known - read
         if unread <= 0:
             return
