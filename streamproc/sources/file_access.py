@@ -49,7 +49,7 @@ def observe(path: str, *, head: bool) -> Seen | None:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 content = _read_head(f, is_gzip(path))
-        link = os.path.islink(path)
+        target = os.path.realpath(path) if os.path.islink(path) else None
     except FileNotFoundError:
         return None
     return Seen(
@@ -58,7 +58,7 @@ def observe(path: str, *, head: bool) -> Seen | None:
         st.st_size,
         st.st_mtime_ns,
         content,
-        link,
+        target,
         is_gzip(path),
     )
 

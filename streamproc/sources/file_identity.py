@@ -78,7 +78,8 @@ class Seen:
         mtime_ns: its modification time (orders new files found together).
         head: its first content bytes (up to HEAD_BYTES; decompressed for a
             `.gz`), or None when they were not read (not needed, or unreadable).
-        link: the path is a symbolic link.
+        target: where the path, a symbolic link, points (its real path); None for a
+            path that is no link.
         gz: the path names a gzip file (its size says nothing of its content's).
     """
 
@@ -87,7 +88,7 @@ class Seen:
     size: int
     mtime_ns: int = 0
     head: bytes | None = None
-    link: bool = False
+    target: str | None = None
     gz: bool = False
 
 
@@ -141,7 +142,7 @@ def reconcile(known: Sequence[Known], seen: Sequence[Seen]) -> Reconciled:
     registered = {k.path for k in known}
     # One entry per inode: a registered name first, then a real one (not a link).
     by_id: dict[FileId, Seen] = {}
-    for s in sorted(seen, key=lambda s: (s.path not in registered, s.link, s.path)):
+    for s in sorted(seen, key=lambda s: (s.path not in registered, s.target is not None, s.path)):
         by_id.setdefault(s.file_id, s)
     at_path = {s.path: s for s in by_id.values()}
     free = dict(at_path)

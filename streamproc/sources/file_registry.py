@@ -45,6 +45,9 @@ class FileEntry:
             it is not read any more.
         before_reset: registered before `streamproc reset` kept the query's
             results: its ordinal still names it, and its absence is not news.
+        target: where its path pointed when last seen, when that path is a symbolic
+            link: swapped to another target, the link no longer names this file,
+            but the file may still be there to be read to its end.
     """
 
     ordinal: int
@@ -55,6 +58,7 @@ class FileEntry:
     file_id: FileId | None = None
     lost_bytes: int | None = None
     before_reset: bool = False
+    target: str | None = None
 
 
 class FileRegistry(Protocol):
@@ -135,6 +139,7 @@ CREATE TABLE IF NOT EXISTS {FILES_TABLE} (
     ino bigint,
     lost_bytes bigint,
     before_reset boolean NOT NULL DEFAULT false,
+    target text,
     PRIMARY KEY (query, ordinal)
 )"""
 
@@ -146,9 +151,10 @@ _MIGRATE = (
     f"ALTER TABLE {FILES_TABLE} ADD COLUMN IF NOT EXISTS lost_bytes bigint",
     f"ALTER TABLE {FILES_TABLE} ADD COLUMN IF NOT EXISTS before_reset boolean NOT NULL "
     "DEFAULT false",
+    f"ALTER TABLE {FILES_TABLE} ADD COLUMN IF NOT EXISTS target text",
     f"ALTER TABLE {FILES_TABLE} DROP CONSTRAINT IF EXISTS {FILES_TABLE}_query_path_key",
 )
-_COLUMNS = "ordinal, path, size, head, finished_size, dev, ino, lost_bytes, before_reset"
+_COLUMNS = "ordinal, path, size, head, finished_size, dev, ino, lost_bytes, before_reset, target"
 
 
 async def ensure_files_table(conn: Any) -> None:
@@ -160,7 +166,7 @@ async def ensure_files_table(conn: Any) -> None:
     await conn.execute(_CREATE)
     present = await conn.fetchval(
         """SELECT EXISTS (SELECT 1 FROM pg_attribute
-                          WHERE attrelid = to_regclass($1) AND attname = 'before_reset'
+                          WHERE attrelid = to_regclass($1) AND attname = 'target'
                             AND NOT attisdropped)""",
         FILES_TABLE,
     )
@@ -237,6 +243,7 @@ class PostgresFileRegistry:
                 None if r["ino"] is None else FileId(_unsigned(r["dev"]), _unsigned(r["ino"])),
                 r["lost_bytes"],
                 r["before_reset"],
+                r["target"],
             )
             for r in rows
         ]
@@ -248,7 +255,7 @@ class PostgresFileRegistry:
         async with self._conn.transaction():
             await self._conn.executemany(
                 f"INSERT INTO {FILES_TABLE} (query, {_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 [(self._query, *_values(e)) for e in entries],
             )
 
@@ -259,7 +266,7 @@ class PostgresFileRegistry:
         async with self._conn.transaction():
             await self._conn.executemany(
                 f"UPDATE {FILES_TABLE} SET path = $3, size = $4, head = $5, finished_size = $6, "
-                "dev = $7, ino = $8, lost_bytes = $9, before_reset = $10 "
+                "dev = $7, ino = $8, lost_bytes = $9, before_reset = $10, target = $11 "
                 "WHERE query = $1 AND ordinal = $2",
                 [(self._query, *_values(e)) for e in entries],
             )
@@ -284,4 +291,5 @@ def _values(e: FileEntry) -> tuple[Any, ...]:
         ino,
         e.lost_bytes,
         e.before_reset,
+        e.target,
     )

@@ -192,7 +192,12 @@ class FileWatch:
             # The largest size seen is kept: a file gone later is said with what it held.
             size = entry.size if seen.gz else max(entry.size, seen.size)
             moved = replace(
-                entry, path=seen.path, file_id=file_id, head=_head(entry, seen), size=size
+                entry,
+                path=seen.path,
+                file_id=file_id,
+                head=_head(entry, seen),
+                size=size,
+                target=seen.target if seen.target is not None else entry.target,
             )
             if moved != entry:
                 updates.append(moved)
@@ -216,8 +221,16 @@ class FileWatch:
                 await self.truncated(ordinal, seen)
         for ordinal in result.missing:
             self._where.pop(ordinal, None)
-            if pos is not None:
-                await self._check_gone(self.entries[ordinal], pos)
+            if pos is None:
+                continue
+            entry = self.entries[ordinal]
+            behind = self._still_behind_link(entry, pos)
+            if behind is not None:
+                self._where[ordinal] = behind  # to be read to its end where it is
+                if behind.size > entry.size:
+                    await self._update([replace(entry, size=behind.size)])
+            else:
+                await self._check_gone(entry, pos)
         return await self._register(result.new)
 
     async def _register(self, found: list[Seen]) -> bool:
@@ -229,7 +242,16 @@ class FileWatch:
                     f"file {seen.path} is {seen.size} bytes; files up to 1 TiB are read"
                 )
             ordinal = len(self.entries) + len(new)
-            new.append(FileEntry(ordinal, seen.path, seen.size, seen.head, file_id=seen.file_id))
+            new.append(
+                FileEntry(
+                    ordinal,
+                    seen.path,
+                    seen.size,
+                    seen.head,
+                    file_id=seen.file_id,
+                    target=seen.target,
+                )
+            )
             self._where[ordinal] = seen
         if not new:
             return False
@@ -237,6 +259,22 @@ class FileWatch:
         self.entries += new
         log.info("new files: %s", ", ".join(e.path for e in new))
         return True
+
+    def _still_behind_link(self, entry: FileEntry, pos: tuple[int, int]) -> Seen | None:
+        """A file not read to its end whose symlink now points elsewhere, where it still is.
+
+        As a descriptor held on it would (`tail -F`), the file is read to its
+        end there, even though no listed name names it any more.
+        """
+        if entry.target is None or entry.lost_bytes is not None or entry.ordinal < pos[0]:
+            return None
+        try:
+            seen = observe(entry.target, head=True)
+        except OSError:
+            return None
+        if seen is None or seen.head is None or not heads_match(entry.head, seen.head):
+            return None
+        return seen if entry.file_id in (None, seen.file_id) else None
 
     # ------------------------------------------------------------- losses
     async def truncated(self, ordinal: int, seen: Seen | None) -> None:

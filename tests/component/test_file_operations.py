@@ -151,6 +151,30 @@ async def test_a_symlink_swapped_to_a_new_target_reads_the_old_target_to_its_end
     _assert_model(feed, db, plan)
 
 
+async def test_a_symlink_swapped_while_no_worker_ran_reads_the_old_target_to_its_end(
+    tmp_path: Path,
+) -> None:
+    # The old target got lines no worker saw, then the link moved on: no listed name
+    # names it any more, but it is still there, and it is read to its end.
+    records = _records(300)
+    feed = FileFeed(tmp_path / "targets")
+    first = feed.new_file("a.jsonl", records[:100])
+    listed = tmp_path / "in"
+    listed.mkdir()
+    link = listed / "current.jsonl"
+    link.symlink_to(first)
+    plan = _plan(listed)
+    registry, db = MemoryFileRegistry("q"), MemoryDatabase()
+    assert (await _run(plan, registry, db)).records == 100
+    feed.append(first, records[100:107])
+    second = feed.new_file("b.jsonl", records[107:])
+    swap = listed / ".current.jsonl.new"
+    swap.symlink_to(second)
+    os.replace(swap, link)
+    assert (await _run(plan, registry, db)).records == 200
+    _assert_model(feed, db, plan)
+
+
 async def _copytruncated_while_running(
     tmp_path: Path, **options: Any
 ) -> tuple[FileFeed, Path, MemoryDatabase, QueryPlan, asyncio.Future[RunStats], StreamingQuery]:

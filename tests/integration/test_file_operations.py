@@ -396,7 +396,7 @@ async def test_a_registry_written_before_files_had_identities_is_migrated(
             # Back to the old layout: no identities, unique paths, the compressed head.
             await old.execute(
                 "ALTER TABLE streamproc_files DROP COLUMN dev, DROP COLUMN ino, "
-                "DROP COLUMN lost_bytes, DROP COLUMN before_reset, "
+                "DROP COLUMN lost_bytes, DROP COLUMN before_reset, DROP COLUMN target, "
                 "ADD CONSTRAINT streamproc_files_query_path_key UNIQUE (query, path)"
             )
             await old.execute(

@@ -87,12 +87,12 @@ CASES = {
     ),
     "a symlink swapped (the old target not listed)": (
         [_known(0, "d/current", A, HEAD_A, 50)],
-        [_seen("d/current", B, HEAD_B, link=True)],
+        [_seen("d/current", B, HEAD_B, target="t/b")],
         ({}, [], [0], ["d/current"], []),
     ),
     "a symlink and its target both listed: one file": (
         [],
-        [_seen("d/current", A, HEAD_A, link=True), _seen("d/a-1", A, HEAD_A)],
+        [_seen("d/current", A, HEAD_A, target="d/a-1"), _seen("d/a-1", A, HEAD_A)],
         ({}, [], [], ["d/a-1"], []),
     ),
     "copytruncate, the copy listed": (
