@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-results",
         action="store_true",
         help="also drop the query's result table (only one registered to it) and delete its "
-        "rows of its late-data and dead-letter tables",
+        "rows of its late-data and dead-letter tables, and drop a file source's registered "
+        "files (kept otherwise: the kept rows' keys carry their ordinals)",
     )
     reset.add_argument(
         "--wait",

@@ -50,6 +50,18 @@ MAX_FILES_PER_TRIGGER = IgnoredOption(
     "maxRecordsPerTrigger (else extract.connectionParams.maxOffsetsPerTrigger, else a "
     "default cap)",
 )
+ON_FILE_TRUNCATED = IgnoredOption(
+    f"{_S}.onFileTruncated",
+    "streaming",
+    "it applies to a file source, and this one reads Kafka: a topic whose offsets went back "
+    "(re-created or truncated) stops the query with one line",
+)
+ON_FILE_DELETED = IgnoredOption(
+    f"{_S}.onFileDeleted",
+    "streaming",
+    "it applies to a file source, and this one reads Kafka: records deleted (retention) "
+    "before they were read stop the query with one line",
+)
 DLQ_BUFFER_SIZE = IgnoredOption(
     f"{_DLQ}.bufferSize",
     "any",
@@ -74,18 +86,19 @@ BATCH_METRICS = IgnoredOption(
     "when it ends",
 )
 
-STREAMING_PATH_GLOB_FILTER = IgnoredOption(
+KAFKA_PATH_GLOB_FILTER = IgnoredOption(
     "extract.pathGlobFilter",
-    "streaming",
-    "the streaming file source reads every file of its directory whose name does not start "
-    "with '.' or '_'; the filter applies to batch jobs",
+    "any",
+    "it applies to a file source's directory, and this one reads Kafka",
 )
 
 #: Every entry, in the order CONFIG.md lists them.
 IGNORED_OPTIONS: tuple[IgnoredOption, ...] = (
     ENABLE_IDEMPOTENCE,
     MAX_FILES_PER_TRIGGER,
-    STREAMING_PATH_GLOB_FILTER,
+    KAFKA_PATH_GLOB_FILTER,
+    ON_FILE_TRUNCATED,
+    ON_FILE_DELETED,
     DLQ_BUFFER_SIZE,
     DLQ_PRODUCER_CONFIG,
     BATCH_STATE_TIMEOUT,

@@ -178,8 +178,9 @@ class ExtractConfig(ConfigModel):
             ``path`` a batch job reads: file-name globs, a list or comma-separated
             (default ``*.json``, ``*.jsonl``, ``*.ndjson`` and each with ``.gz``;
             ``["*"]`` reads every file). A glob or file ``path`` names its files
-            itself. Ignored, with a warning, by a streaming query, whose file source
-            reads every file of its directory.
+            itself. A streaming query's file source reads the files it names, and
+            every file of its directory when it is not given (a query that ran
+            before reads what it read).
         query, schema_name, credential_id: keys of the original format, accepted
             and kept as written; nothing reads them.
         connection_params: the Kafka client settings, under Spark's option names.

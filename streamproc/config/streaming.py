@@ -24,6 +24,8 @@ TriggerKind = Literal["continuous", "processingtime", "once", "availablenow"]
 OutputMode = Literal["append", "update", "complete"]
 EventTimeFormat = Literal["auto", "iso8601", "epoch_millis", "epoch_seconds"]
 LateDataStrategy = Literal["drop", "loganddrop", "sendtodlq", "separatestream"]
+OnFileTruncated = Literal["stop", "continue"]
+OnFileDeleted = Literal["warn", "stop"]
 _OutputMode = Annotated[OutputMode, choice(OutputMode, "output mode")]
 _EventTimeFormat = Annotated[EventTimeFormat, choice(EventTimeFormat, "event time format")]
 _LateDataStrategy = Annotated[
@@ -35,6 +37,9 @@ _LateDataStrategy = Annotated[
         ignore_separators=True,
     ),
 ]
+
+_OnFileTruncated = Annotated[OnFileTruncated, choice(OnFileTruncated, "truncated-file policy")]
+_OnFileDeleted = Annotated[OnFileDeleted, choice(OnFileDeleted, "deleted-file policy")]
 
 _TRIGGER_HELP = "expected continuous, once, availablenow or processingtime=<duration>"
 _PROCESSING_TIME = ("processingtime", "processing_time")
@@ -190,6 +195,16 @@ class StreamingConfig(ConfigModel):
             watermark) evicts a (key, window) whose latest event time is this far
             behind the watermark, before the window closes.
         late_data: what happens to late records.
+        on_file_truncated: NEW; a file source's file that is truncated or rewritten
+            in place (copytruncate) before it was read to its end: 'stop' (the query
+            stops with one line) or 'continue' (what it holds now is read as a new
+            file, with a warning naming the bytes that may have been missed);
+            ignored (with a warning) with a Kafka source.
+        on_file_deleted: NEW; a file source's file gone (deleted, or moved out of
+            extract.path) with bytes unread and no descriptor open on it: 'warn'
+            (a warning with the file and the bytes, counted in progress and
+            metrics) or 'stop' (the query stops with one line); ignored (with a
+            warning) with a Kafka source.
     """
 
     checkpoint_location: Annotated[str, Field(min_length=1)]
@@ -208,3 +223,5 @@ class StreamingConfig(ConfigModel):
         default=None, alias="stateTimeout"
     )
     late_data: LateDataConfig = Field(default_factory=LateDataConfig, alias="lateDataConfig")
+    on_file_truncated: _OnFileTruncated = "stop"
+    on_file_deleted: _OnFileDeleted = "warn"

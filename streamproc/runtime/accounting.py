@@ -24,8 +24,8 @@ from streamproc.runtime.late import LateSummary
 from streamproc.runtime.partitions import Restored
 from streamproc.runtime.progress import QueryProgress
 from streamproc.runtime.routers import BadRouter, LateRouter
-from streamproc.sinks.base import CommitOutcome, PartitionCommit
-from streamproc.sources.base import RawRecord
+from streamproc.sinks.base import CommitOutcome, PartitionCommit, ProgressNote
+from streamproc.sources.base import RawRecord, UnreadCounting
 from streamproc.timing import PhaseTimes
 
 progress_log = logging.getLogger("streamproc.progress")
@@ -242,3 +242,40 @@ class Accounting:
         self.stats.sink_outages += 1
         self.stats.last_setback = f"the sink was unavailable: {reason}"
         metrics.BATCHES.labels(self._pipeline, self._query, "unavailable").inc()
+
+
+class UnreadTally:
+    """What a source found gone or truncated unread, per committed batch.
+
+    The source counts since it started; each batch's note carries what was
+    found since the last committed batch, so that a batch that does not
+    commit leaves its share to the next one.
+    """
+
+    def __init__(self, source: object) -> None:
+        self._source = source if isinstance(source, UnreadCounting) else None
+        self._reported = (0, 0)
+
+    def pending(self) -> dict[str, dict[str, int]]:
+        """The note's fields: found since the last committed batch (none for other sources)."""
+        if self._source is None:
+            return {}
+        files, unread = self._source.unread_counts()
+        metrics = {
+            FILES_UNREAD: files - self._reported[0],
+            BYTES_UNREAD: unread - self._reported[1],
+        }
+        return {"source_metrics": metrics}
+
+    def committed(self, note: ProgressNote | None) -> tuple[int, int] | None:
+        """A batch whose note is `note` committed: its counts are reported (and returned)."""
+        if self._source is None:
+            return None
+        metrics = {} if note is None else note.source_metrics
+        files, unread = metrics.get(FILES_UNREAD, 0), metrics.get(BYTES_UNREAD, 0)
+        self._reported = (self._reported[0] + files, self._reported[1] + unread)
+        return files, unread
+
+
+#: The names of a file source's counts in its per-source metrics (as Spark names them).
+FILES_UNREAD, BYTES_UNREAD = "numFilesUnread", "numBytesUnread"

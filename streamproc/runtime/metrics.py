@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -143,6 +144,17 @@ STATE_BYTES = Gauge(
     "as RocksDB estimates them); absent with in-memory state",
     ["pipeline", "query"],
 )
+FILES_UNREAD = Counter(
+    "streamproc_files_unread_total",
+    "Files a file source found gone (kind deleted) or truncated in place (kind truncated, "
+    "onFileTruncated continue) with bytes it had not read",
+    ["pipeline", "query", "kind"],
+)
+FILE_BYTES_UNREAD = Counter(
+    "streamproc_file_bytes_unread_total",
+    "Bytes of those files the file source had not read (at least: what it had seen of them)",
+    ["pipeline", "query", "kind"],
+)
 LAST_COMMIT = Gauge(
     "streamproc_last_commit_timestamp_seconds",
     "Wall time of this worker's last committed batch (Unix seconds)",
@@ -153,6 +165,7 @@ LAST_COMMIT = Gauge(
 OUTCOMES = ("aggregated", "late", "bad", "filtered")
 BATCH_RESULTS = ("committed", "stale", "failed", "dead_lettered", "unavailable")
 DEAD_LETTER_KINDS = ("bad", "refused", "late")
+UNREAD_KINDS = ("deleted", "truncated")
 
 #: A gauge with no value yet (no commit, no watermark): NaN, which PromQL's max
 #: and min skip, and no comparison holds for, so no alert fires on it.
@@ -213,6 +226,23 @@ def init_partition_series(
     for gauge, ms in ((PARTITION_WATERMARK, watermark_ms), (MAX_EVENT_TIME, max_event_ts_ms)):
         gauge.labels(*labels).set(NO_VALUE if ms is None else ms / 1000)
     CONSUMER_LAG.labels(*labels).set(NO_VALUE if lag is None else lag)
+
+
+def unread_counter(pipeline: str, query: str) -> Callable[[str, int], None]:
+    """Count a file found gone or truncated with bytes unread (the file source's `on_unread`).
+
+    Makes the series of both kinds at 0: a file source's alert tells "none" from "not
+    scraped".
+    """
+    for kind in UNREAD_KINDS:
+        FILES_UNREAD.labels(pipeline, query, kind)
+        FILE_BYTES_UNREAD.labels(pipeline, query, kind)
+
+    def count(kind: str, unread: int) -> None:
+        FILES_UNREAD.labels(pipeline, query, kind).inc()
+        FILE_BYTES_UNREAD.labels(pipeline, query, kind).inc(unread)
+
+    return count
 
 
 #: Listen on loopback only unless told otherwise: /metrics has no authentication.

@@ -63,6 +63,11 @@ class QueryPlan:
     source_type: Literal["kafka", "file"] = "kafka"
     # a file source starts at most this many files per micro-batch
     max_files_per_trigger: int | None = None
+    # a file source's file truncated in place, or gone with bytes unread
+    on_file_truncated: Literal["stop", "continue"] = "stop"
+    on_file_deleted: Literal["warn", "stop"] = "warn"
+    # a file source's directory: the file names it reads (None: every file)
+    file_patterns: tuple[str, ...] | None = None
     # sink
     sink_type: Literal["postgresql", "kafka"] = "postgresql"
     table: str | None = None

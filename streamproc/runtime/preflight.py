@@ -89,10 +89,15 @@ def ignored_options(cfg: PipelineConfig) -> list[str]:
     given = streaming.model_fields_set if streaming is not None else set()
     if "enable_idempotence" in given:
         out.append(ignored.ENABLE_IDEMPOTENCE.warning())
-    if "max_files_per_trigger" in given and cfg.extract.source_type == "kafka":
-        out.append(ignored.MAX_FILES_PER_TRIGGER.warning())
-    if streaming is not None and cfg.extract.path_glob_filter is not None:
-        out.append(ignored.STREAMING_PATH_GLOB_FILTER.warning())
+    if cfg.extract.source_type == "kafka":
+        if "max_files_per_trigger" in given:
+            out.append(ignored.MAX_FILES_PER_TRIGGER.warning())
+        if "on_file_truncated" in given:
+            out.append(ignored.ON_FILE_TRUNCATED.warning())
+        if "on_file_deleted" in given:
+            out.append(ignored.ON_FILE_DELETED.warning())
+    if cfg.extract.source_type == "kafka" and cfg.extract.path_glob_filter is not None:
+        out.append(ignored.KAFKA_PATH_GLOB_FILTER.warning())
     dlq = cfg.error_handling.dlq.model_fields_set
     if "buffer_size" in dlq:
         out.append(ignored.DLQ_BUFFER_SIZE.warning())

@@ -104,6 +104,9 @@ class QueryProgress:
         breaker_state: The sink circuit breaker's state when the committed
             attempt was let through (closed; half_open: the probe after an outage).
         retries: Attempts at the batch's transaction before the one that committed.
+        unread_files: Files the (file) source found gone or truncated with bytes
+            unread since the previous batch; None for a source that cannot lose input.
+        unread_bytes: Those files' bytes not read (None likewise).
     """
 
     pipeline_id: str
@@ -128,6 +131,8 @@ class QueryProgress:
     state_rows_total: int | None = None
     breaker_state: str = "closed"
     retries: int = 0
+    unread_files: int | None = None
+    unread_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values, with Spark's camelCase names where Spark has one."""
@@ -167,9 +172,21 @@ class QueryProgress:
                     "batchId": p.batch_id,
                     "maxEventTime": _iso(p.max_event_ts_ms),
                     "watermark": _iso(p.watermark_ms),
+                    **self._source_metrics(),
                 }
                 for p in self.partitions
             ],
+        }
+
+    def _source_metrics(self) -> dict[str, Any]:
+        """Spark's per-source `metrics`: what a file source found gone or truncated unread."""
+        if self.unread_files is None:
+            return {}
+        return {
+            "metrics": {
+                "numFilesUnread": self.unread_files,
+                "numBytesUnread": self.unread_bytes or 0,
+            }
         }
 
     def json(self) -> str:
@@ -196,6 +213,11 @@ class QueryProgress:
             f"aggregated={self.aggregated_rows} "
             f"late={self.late_rows} bad={self.bad_rows} filtered={self.filtered_rows} "
             f"sink_rows={self.sink_rows} breaker={self.breaker_state} retries={self.retries}"
+            + (
+                ""
+                if self.unread_files is None
+                else f" unread_files={self.unread_files} unread_bytes={self.unread_bytes or 0}"
+            )
         )
 
 
@@ -225,6 +247,7 @@ def build_progress(
     state_rows_total: int | None = None,
     breaker_state: str = "closed",
     retries: int = 0,
+    unread: tuple[int, int] | None = None,
 ) -> QueryProgress:
     """The progress record of a committed batch.
 
@@ -245,6 +268,8 @@ def build_progress(
         state_rows_total: Partial states of the query after the batch (None: not counted).
         breaker_state: The breaker's state when the committed attempt went through.
         retries: Attempts at the transaction before the one that committed.
+        unread: (files, bytes) the source found gone or truncated unread since the
+            previous batch; None for a source that cannot lose input.
     """
     spans = tuple(
         PartitionSpan(
@@ -286,6 +311,8 @@ def build_progress(
         state_rows_total=state_rows_total,
         breaker_state=breaker_state,
         retries=retries,
+        unread_files=None if unread is None else unread[0],
+        unread_bytes=None if unread is None else unread[1],
     )
 
 

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from streamproc.engine import engine_for
 from streamproc.runtime import metrics
-from streamproc.runtime.accounting import Accounting, RunStats
+from streamproc.runtime.accounting import Accounting, RunStats, UnreadTally
 from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.committer import BatchCommitter
@@ -112,6 +112,7 @@ class StreamingQuery:
         ports = ports or kafka_postgres_ports(plan)
         self._ports = ports
         self._source = ports.source
+        self._unread = UnreadTally(ports.source)
         self._checkpoint = ports.checkpoint
         breaker_gauge = metrics.BREAKER_OPEN.labels(plan.pipeline_id, plan.query_name)
         breaker_gauge.set(0)
@@ -465,6 +466,7 @@ class StreamingQuery:
             batch_number=number,
             input_rows_per_second=rows / since if since else None,
             duration_ms=fold_phases(prepare_seconds),
+            **self._unread.pending(),
         )
         # The task starts with a copy of this context: its lines carry the batch's number.
         with log_context(batch_id=number):
@@ -548,6 +550,7 @@ class StreamingQuery:
             state_rows_total=outcome.state_rows_total,
             breaker_state=outcome.progress.breaker_state if outcome.progress else "closed",
             retries=outcome.progress.retries if outcome.progress else 0,
+            unread=self._unread.committed(outcome.progress),
         )
         ends = self._source.seen_ends()
         committed = self._tracker.committed

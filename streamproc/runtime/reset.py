@@ -6,7 +6,9 @@
 Removes the query's registration, positions, ledger rows, partial states and
 bounded runs (and rows of layout 1, if any); with `--drop-results`, the result
 table registered to the query and its rows in the late and dead-letter tables,
-the same whether the query is named by its config or by its name.
+the same whether the query is named by its config or by its name, and a file
+source's registered files (kept otherwise: the kept rows' keys carry the
+files' ordinals, and a rerun adds nothing).
 The next run reads the topic from `startingOffsets` again. Asks on a terminal
 first; elsewhere it needs `--yes`. Refused while a worker of the query runs
 (`--wait` waits for it to stop), for a table the query does not own, and for a

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from streamproc.config import format_duration_ms
+from streamproc.runtime.metrics import unread_counter
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.quality import describe_rule
 from streamproc.runtime.routers import BadRouter, LateRouter, bad_router, late_router
@@ -82,7 +83,16 @@ def result_settings(plan: QueryPlan) -> dict[str, str]:
         if quality.active
         else "none"
     )
-    return {
+    files = (
+        {}
+        if plan.source_type != "file"
+        else {
+            "file name patterns": ", ".join(plan.file_patterns)
+            if plan.file_patterns
+            else "every file"
+        }
+    )
+    return files | {
         "watermark delay": duration(spec.delay_ms),
         "idle timeout": duration(spec.idle_timeout_ms),
         "state timeout": duration(spec.state_timeout_ms),
@@ -144,8 +154,12 @@ def _source(plan: QueryPlan, dsn: str) -> Source:
                 path=plan.topic,
                 starting_offsets=plan.starting_offsets,
                 max_files_per_trigger=plan.max_files_per_trigger,
+                on_file_truncated=plan.on_file_truncated,
+                on_file_deleted=plan.on_file_deleted,
+                patterns=plan.file_patterns,
             ),
             PostgresFileRegistry(dsn, plan.query_name),
+            on_unread=unread_counter(plan.pipeline_id, plan.query_name),
         )
     return KafkaSource(
         KafkaSourceConfig(

@@ -95,6 +95,7 @@ class ProgressNote:
             through: closed, or half_open for the probe after an outage.
         breaker_opened: Times this worker's breaker opened since it started.
         retries: Attempts at this batch's transaction before this one.
+        source_metrics: The source's own counts for the batch (Spark's per-source metrics).
     """
 
     pipeline_id: str = ""
@@ -105,6 +106,7 @@ class ProgressNote:
     breaker_state: str = "closed"
     breaker_opened: int = 0
     retries: int = 0
+    source_metrics: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from streamproc.sinks.layout import (
 from streamproc.sinks.postgres_claims import lock_out_workers
 from streamproc.sinks.postgres_owners import release_batch_job
 from streamproc.sinks.postgres_registry import ensure_registry_columns, table_exists
+from streamproc.sources.file_registry import keep_files_for_rerun
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,10 @@ async def reset_query(
     named: ResetTables = ResetTables(),
     wait: bool = False,
 ) -> ResetReport:
-    """Drop a query's checkpoint (registration, positions, ledger, states, runs, progress, files).
+    """Drop a query's checkpoint (registration, positions, ledger, states, runs, progress).
+
+    A file source's files are kept with its results (their ordinals are part
+    of the kept rows' keys), and dropped with them.
 
     Refused while a worker of the query runs (its claim, `postgres_claims`), unless
     `wait`: then it waits for the workers to stop, and workers starting meanwhile wait
@@ -90,9 +94,9 @@ async def reset_query(
     Args:
         conn: A connection (a transaction is opened here).
         query: The query name.
-        drop_results: Also drop the result table registered to the query, and delete
+        drop_results: Also drop the result table registered to the query, delete
             the query's rows of its late-data and dead-letter tables (queries may share
-            those, so they are not dropped).
+            those, so they are not dropped) and its registered files.
         named: Tables a config names for the query.
         wait: Wait for live workers to stop.
 
@@ -124,6 +128,11 @@ async def reset_query(
         side_tables = sorted(t for t in side if t) if drop_results else []
         for table in (*_CHECKPOINT_ROWS, *side_tables):
             counts[table] = 0
+            if table == FILES_TABLE and not drop_results:
+                # The kept rows' keys carry the files' ordinals: the files stay with them
+                # (and, kept, they are no checkpoint to reset).
+                await keep_files_for_rerun(conn, query)
+                continue
             if await table_exists(conn, table):
                 status: str = await conn.execute(
                     f"DELETE FROM {quote_ident(table)} WHERE query = $1", query

@@ -118,6 +118,7 @@ def progress_row(
                 "endOffset": p.next_offset,
                 "numInputRows": p.records,
                 "batchId": batch_id(query, topic, p.partition, p.start_offset, p.next_offset),
+                **({"metrics": dict(note.source_metrics)} if note.source_metrics else {}),
             }
             for p in sorted(parts, key=lambda p: p.partition)
         ),

@@ -174,3 +174,12 @@ class TriggerAware(Protocol):
     def trigger_started(self) -> None:
         """A new micro-batch begins collecting: per-trigger limits start over."""
         ...
+
+
+@runtime_checkable
+class UnreadCounting(Protocol):
+    """A source that can lose input it never read (a file deleted or truncated unread)."""
+
+    def unread_counts(self) -> tuple[int, int]:
+        """Files, and their bytes, found gone or truncated with bytes unread since the start."""
+        ...

@@ -1,4 +1,4 @@
-"""Pure parts of the streaming file source: offsets, complete lines, discovery order.
+"""Pure parts of the streaming file source: offsets and complete lines.
 
 The file source is one partition (partition 0) whose offsets run through the
 files in discovery order: a record's offset is ``ordinal << 40 | byte``, where
@@ -12,7 +12,6 @@ explains why one partition and not one per file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streamproc.sources.base import RawRecord
@@ -21,8 +20,6 @@ from streamproc.sources.base import RawRecord
 BYTE_BITS = 40
 MAX_FILE_BYTES = 1 << BYTE_BITS
 _BYTE_MASK = MAX_FILE_BYTES - 1
-#: How many of a file's first bytes identify it (a replaced file differs there).
-HEAD_BYTES = 4096
 
 
 def encode_offset(ordinal: int, byte: int) -> int:
@@ -97,18 +94,3 @@ def line_ending_at(data: bytes, newline: int) -> bytes | None:
     if newline >= len(data) or data[newline : newline + 1] != b"\n":
         return None
     return data[data.rfind(b"\n", 0, newline) + 1 : newline]
-
-
-def discovery_order(found: Iterable[tuple[str, int]], known: Iterable[str]) -> list[str]:
-    """The paths not known yet, in the order they get ordinals: modification time, then name.
-
-    Args:
-        found: (path, modification time in ns) of each file listed now.
-        known: paths that already have an ordinal (never renumbered).
-    """
-    seen = set(known)
-    return [path for path, _ in sorted((f for f in found if f[0] not in seen), key=_mtime_name)]
-
-
-def _mtime_name(entry: tuple[str, int]) -> tuple[int, str]:
-    return entry[1], entry[0]

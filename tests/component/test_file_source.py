@@ -38,7 +38,11 @@ def _plan(case: str, directory: Path, **changes: object) -> QueryPlan:
 def _query(plan: QueryPlan, registry: MemoryFileRegistry, db: MemoryDatabase) -> StreamingQuery:
     source = FileSource(
         FileSourceConfig(
-            plan.query_name, plan.topic, plan.starting_offsets, plan.max_files_per_trigger
+            plan.query_name,
+            plan.topic,
+            plan.starting_offsets,
+            plan.max_files_per_trigger,
+            patterns=plan.file_patterns,
         ),
         registry,
     )
@@ -161,11 +165,30 @@ async def test_max_files_per_trigger_starts_that_many_files_a_batch(tmp_path: Pa
     )
 
 
+async def test_a_directory_is_read_by_its_file_name_patterns(tmp_path: Path) -> None:
+    records = sorted(
+        (r for rs in make_stream(30, seed=4).values() for r in rs), key=lambda r: r["seq"]
+    )
+    feed = FileFeed(tmp_path / "in")
+    feed.new_file("a.log", records[:10])
+    # Not in the model: names the patterns do not give.
+    (feed.directory / "b.jsonl").write_bytes(b'{"user_id": "x", "event_time": 0}\n' * 7)
+    (feed.directory / "a.log.done").write_bytes(b"")
+    feed.new_file("c.log", records[10:30])
+    plan = _plan("update_tumbling", feed.directory, file_patterns=("*.log",))
+    registry, db = MemoryFileRegistry("q"), MemoryDatabase()
+    stats = await _run(plan, registry, db)
+    assert stats.records == 30 == _records_in_ledger(db, plan)
+    assert_tables_equal(
+        table_of(db, plan), expected(MODE_CASES["update_tumbling"], feed.stream()).table
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ("truncate", "shorter than the"),
-        ("replace", "was replaced: its first bytes"),
+        ("truncate", "was truncated or rewritten in place after this query read"),
+        ("replace", "was truncated or rewritten in place after this query read"),
     ],
 )
 async def test_a_file_changed_under_the_query_stops_it(

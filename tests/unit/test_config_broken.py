@@ -203,7 +203,8 @@ CASES = [
         "unknown-key-nothing-close",
         {(S, "zzz"): 1},
         f"{S}.zzz: unknown key; accepted keys: checkpointLocation, enableIdempotence, "
-        "lateDataConfig, maxFilesPerTrigger, maxRecordsPerTrigger, outputMode, queryName, "
+        "lateDataConfig, maxFilesPerTrigger, maxRecordsPerTrigger, onFileDeleted, onFileTruncated, "
+        "outputMode, queryName, "
         "stateTimeout, triggerMode, watermark",
     ),
     case(

@@ -110,6 +110,8 @@ def test_the_ignored_table_says_what_the_warnings_say() -> None:
             "outputMode": "update",
             "enableIdempotence": True,
             "maxFilesPerTrigger": 3,
+            "onFileTruncated": "continue",
+            "onFileDeleted": "stop",
         },
         "errorHandlingConfig": {"dlqConfig": {"bufferSize": 5, "producerConfig": {"acks": "1"}}},
     }

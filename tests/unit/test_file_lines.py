@@ -1,4 +1,4 @@
-"""The pure parts of the streaming file source: offsets, complete lines, discovery order."""
+"""The pure parts of the streaming file source: offsets and complete lines."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 from streamproc.sources.file_lines import (
     complete_lines,
     decode_offset,
-    discovery_order,
     encode_offset,
     last_record_end,
     line_ending_at,
@@ -76,9 +75,3 @@ def test_the_line_ending_at_a_newline() -> None:
     assert line_ending_at(data, 5) == b"cd"
     assert line_ending_at(data, 1) is None  # not a newline: the file changed
     assert line_ending_at(data, 9) is None
-
-
-def test_new_files_get_ordinals_by_modification_time_then_name() -> None:
-    found = [("d/c", 5), ("d/a", 7), ("d/b", 5), ("d/old", 1)]
-    assert discovery_order(found, known=["d/old"]) == ["d/b", "d/c", "d/a"]
-    assert discovery_order(found, known=[p for p, _ in found]) == []

@@ -56,6 +56,18 @@ def test_a_config_without_ignored_options_plans_without_warnings() -> None:
             "extract.connectionParams.maxOffsetsPerTrigger, else a default cap)",
         ),
         (
+            {(S, "onFileTruncated"): "continue"},
+            f"{S}.onFileTruncated: ignored; it applies to a file source, and this one reads "
+            "Kafka: a topic whose offsets went back (re-created or truncated) stops the query "
+            "with one line",
+        ),
+        (
+            {(S, "onFileDeleted"): "stop"},
+            f"{S}.onFileDeleted: ignored; it applies to a file source, and this one reads "
+            "Kafka: records deleted (retention) before they were read stop the query with one "
+            "line",
+        ),
+        (
             {("errorHandlingConfig", "dlqConfig", "bufferSize"): 500},
             f"{DLQ}.bufferSize: ignored; dead letters are not buffered across batches: each "
             "micro-batch sends its own and waits for the broker's acknowledgement before its "
@@ -68,12 +80,19 @@ def test_a_config_without_ignored_options_plans_without_warnings() -> None:
         ),
         (
             {("extract", "pathGlobFilter"): "*.log"},
-            "extract.pathGlobFilter: ignored; the streaming file source reads every file of "
-            "its directory whose name does not start with '.' or '_'; the filter applies to "
-            "batch jobs",
+            "extract.pathGlobFilter: ignored; it applies to a file source's directory, and "
+            "this one reads Kafka",
         ),
     ],
-    ids=["enableIdempotence", "maxFilesPerTrigger", "bufferSize", "producerConfig", "glob"],
+    ids=[
+        "enableIdempotence",
+        "maxFilesPerTrigger",
+        "onFileTruncated",
+        "onFileDeleted",
+        "bufferSize",
+        "producerConfig",
+        "glob",
+    ],
 )
 def test_an_ignored_option_gives_one_warning_naming_it(
     changes: dict[tuple[Any, ...], Any], warning: str
@@ -183,6 +202,8 @@ def test_a_file_source_streams_with_its_files_limit_and_no_warning(
     changes: dict[tuple[Any, ...], Any] = {
         ("extract",): {"sourceType": "file", "path": "/data/in/*.jsonl"},
         (S, "maxFilesPerTrigger"): 3,
+        (S, "onFileTruncated"): "Continue",
+        (S, "onFileDeleted"): "stop",
         ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"},
     }
     if offsets is not None:
@@ -197,8 +218,21 @@ def test_a_file_source_streams_with_its_files_limit_and_no_warning(
         "/data/in/*.jsonl",
         3,
     )
+    assert (plan.on_file_truncated, plan.on_file_deleted) == ("continue", "stop")
     # Spark's file source reads the files already there; Kafka's default is latest.
     assert plan.starting_offsets == want
+    assert plan.file_patterns is None
+
+
+def test_a_streaming_file_source_reads_the_names_pathglobfilter_gives() -> None:
+    changes: dict[tuple[Any, ...], Any] = {
+        ("extract",): {"sourceType": "file", "path": "in", "pathGlobFilter": "*.log, *.log.gz"},
+        ("errorHandlingConfig", "dlqConfig"): {"dlqType": "postgresql"},
+    }
+    checked = preflight(quiet(changes), env={})
+    assert checked.ok and checked.warnings == [], (checked.errors, checked.warnings)
+    assert isinstance(checked.plan, QueryPlan)
+    assert checked.plan.file_patterns == ("*.log", "*.log.gz")
 
 
 def file_job() -> dict[str, Any]:

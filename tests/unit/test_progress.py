@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from streamproc.runtime.accounting import UnreadTally
 from streamproc.runtime.progress import PHASES, build_progress, fold_phases, phase_delta
-from streamproc.sinks.base import PartitionCommit
+from streamproc.sinks.base import PartitionCommit, ProgressNote
 
 
 def commit(partition: int, start: int, end: int, **counts: int) -> PartitionCommit:
@@ -174,3 +175,41 @@ def test_a_batch_without_event_times_has_no_min() -> None:
     progress = scripted(partitions=[commit(0, 0, 10)])
     assert progress.min_event_ts_ms is None
     assert json.loads(progress.json())["eventTime"]["min"] is None
+
+
+def test_a_file_source_says_what_it_found_unread_on_the_line_and_in_its_source_metrics() -> None:
+    progress = scripted(partitions=[commit(0, 0, 10)], unread=(1, 4_096))
+    assert progress.log_line().endswith("retries=0 unread_files=1 unread_bytes=4096")
+    (source,) = json.loads(progress.json())["sources"]
+    assert source["metrics"] == {"numFilesUnread": 1, "numBytesUnread": 4_096}
+    # A source that cannot lose input says nothing of it.
+    kafka = scripted(partitions=[commit(0, 0, 10)])
+    assert "unread" not in kafka.log_line()
+    assert "metrics" not in json.loads(kafka.json())["sources"][0]
+
+
+class _Files:
+    """A file source's running counts (files, bytes) since it started."""
+
+    def __init__(self) -> None:
+        self.counts = (0, 0)
+
+    def unread_counts(self) -> tuple[int, int]:
+        return self.counts
+
+
+def test_each_committed_batch_carries_what_was_found_unread_since_the_previous_one() -> None:
+    source = _Files()
+    tally = UnreadTally(source)
+    source.counts = (1, 100)
+    failed = tally.pending()  # a batch that does not commit leaves its share to the next
+    assert failed == {"source_metrics": {"numFilesUnread": 1, "numBytesUnread": 100}}
+    source.counts = (2, 150)
+    note = ProgressNote(**tally.pending())
+    assert tally.committed(note) == (2, 150)
+    assert tally.pending() == {"source_metrics": {"numFilesUnread": 0, "numBytesUnread": 0}}
+    source.counts = (3, 160)
+    assert tally.committed(ProgressNote(**tally.pending())) == (1, 10)
+    # Other sources: no fields, and None in the record.
+    other = UnreadTally(object())
+    assert other.pending() == {} and other.committed(None) is None
