@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -12,6 +13,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -181,18 +183,36 @@ def _ensure_readable_tree(root: Path) -> None:
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
-    """Return the account ``name``, creating it with ``useradd`` if missing."""
-    for attempt in range(5):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-        cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    """Return the account ``name``, creating it with ``useradd`` if missing.
+
+    Stacks started together (the test suite's workers on a fresh machine) take
+    turns under one file lock: while one process's useradd rewrote the account
+    files, another's initdb could not look the new uid up ("user does not exist").
+    """
+    lock_path = Path(tempfile.gettempdir()) / "streamproc-useradd.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
-        except FileNotFoundError as exc:
-            raise StackError(f"running as root needs user {name!r}; useradd is missing") from exc
-        except subprocess.CalledProcessError as exc:  # raced with another process?
-            _log.debug("useradd %s failed (attempt %d): %s", name, attempt, exc.stderr)
-            time.sleep(0.2)
+            account = _find_or_add_user(name)
+            # Both directions resolve before PostgreSQL's initdb asks for the uid.
+            pwd.getpwuid(account.pw_uid)
+            return account
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _find_or_add_user(name: str) -> pwd.struct_passwd:
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(name)
+    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise StackError(f"running as root needs user {name!r}; useradd is missing") from exc
+    except subprocess.CalledProcessError as exc:
+        raise StackError(
+            f"could not create system user {name!r}: {exc.stderr.strip() or exc}"
+        ) from None
     try:
         return pwd.getpwnam(name)
     except KeyError as exc:
