@@ -66,7 +66,8 @@ log = logging.getLogger("streamproc.query")
 #: asks whether it is already complete, and how often a long wait is said (seconds).
 JOIN_POLL_S = 2.0
 JOIN_WARN_S = 60.0
-#: How often a worker whose share of a bounded run is done asks whether the run is.
+#: How often a worker whose share of a bounded run is done asks whether the run is,
+#: and how often an early start asks whether another worker of the query runs.
 RUN_POLL_S = 0.5
 
 
@@ -176,6 +177,8 @@ class StreamingQuery:
         self._run_committed: dict[int, int] = {}
         #: When a bounded run that fetched nothing last asked whether it is complete.
         self._idle_checked = 0.0
+        #: An early start's watch for other workers, until it joins the group.
+        self._join_watch: asyncio.Future[None] | None = None
 
     # ----------------------------------------------------------------- control
     @property
@@ -324,6 +327,8 @@ class StreamingQuery:
             # waiting seconds for the group's first assignment.
             early = self._collector.run is not None and not self._collector.run.joined
             await self._source.start(self, early=early)
+            if early:
+                self._join_watch = asyncio.ensure_future(self._join_when_others_run())
         except KafkaConnectionError as exc:
             raise QueryFailedError(
                 f"query {self.plan.query_name}: cannot reach Kafka: {first_line(exc)} "
@@ -602,6 +607,33 @@ class StreamingQuery:
         self._idle_checked = now
         return await self._run_done()
 
+    async def _join_when_others_run(self) -> None:
+        """An early start joins the consumer group once another worker of the query runs.
+
+        Alone, it reads every partition and never joins: a join the broker holds
+        for seconds (its initial rebalance delay) would only delay the end of the
+        run, and a member that leaves with its join pending makes the group wait
+        for it. With others it joins, within RUN_POLL_S, and the group shares the
+        partitions out.
+        """
+        while True:
+            try:
+                others = await self._checkpoint.other_workers()
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.warning("cannot tell whether other workers run: %s", first_line(exc))
+                others = 0  # asked again in a while
+            if others:
+                break
+            await asyncio.sleep(RUN_POLL_S)
+        log.info(
+            "query %s: %d other worker(s) run it: joining the consumer group to share the "
+            "partitions",
+            self.plan.query_name,
+            others,
+        )
+        await self._source.join_group()
+
     async def _run_done(self) -> bool:
         """True when every partition of the topic reached the run's end, whoever processed it."""
         run = self._collector.run
@@ -681,6 +713,10 @@ class StreamingQuery:
             log.debug("consumer offset commit failed: %s", exc)
 
     async def _shutdown(self) -> None:
+        if self._join_watch is not None:
+            self._join_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._join_watch
         ports = self._ports
         closers = [ports.source.stop]
         closers += [s.stop for s in (ports.dead_letter_writer, ports.result_sink) if s is not None]

@@ -421,6 +421,10 @@ class Checkpoint(Protocol):
         """
         ...
 
+    async def other_workers(self) -> int:
+        """How many other workers of the query run now (hold a claim on it)."""
+        ...
+
     async def committed_offsets(self) -> dict[int, int]:
         """The next offset of every partition with a position (whoever committed it)."""
         ...

@@ -316,6 +316,10 @@ class PostgresCheckpoint:
             )
         return Watermarks({r["partition"]: r["watermark_ms"] for r in rows}, w)
 
+    async def other_workers(self) -> int:
+        """How many other workers of the query hold a claim on it now."""
+        return await self._claim.others()
+
     async def committed_offsets(self) -> dict[int, int]:
         """The next offset of every partition with a position."""
         async with self._pool.acquire() as conn:

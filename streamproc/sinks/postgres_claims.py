@@ -47,6 +47,7 @@ class WorkerClaim:
         self._query = query
         self._worker = worker or worker_name()
         self._conn: Any = None
+        self._lock_keys = (0, 0)
         #: The server process of the claim's connection (to tell this claim from others).
         self.backend_pid: int | None = None
 
@@ -59,13 +60,28 @@ class WorkerClaim:
             self._dsn, timeout=10, server_settings={"application_name": name}
         )
         try:
-            k1, k2 = await _keys(conn, self._query)
+            k1, k2 = self._lock_keys = await _keys(conn, self._query)
             await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", k1, k2)
         except BaseException:
             conn.terminate()
             raise
         self._conn = conn
         self.backend_pid = conn.get_server_pid()
+
+    async def others(self) -> int:
+        """How many other connections hold a claim on the query (0 without a claim)."""
+        if self._conn is None or self._conn.is_closed():
+            return 0
+        k1, k2 = self._lock_keys
+        count: int = await self._conn.fetchval(
+            """SELECT count(*) FROM pg_locks
+               WHERE locktype = 'advisory' AND classid::bigint = $1 AND objid::bigint = $2
+                 AND objsubid = 2 AND granted AND mode = 'ShareLock' AND pid <> $3""",
+            k1 & 0xFFFFFFFF,
+            k2 & 0xFFFFFFFF,
+            self.backend_pid,
+        )
+        return count
 
     async def release(self) -> None:
         """Let go (closing the connection releases the lock)."""

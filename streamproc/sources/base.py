@@ -100,9 +100,14 @@ class Source(Protocol):
     async def start(self, listener: PartitionListener, *, early: bool = False) -> None:
         """Join the group; assignment changes go to listener.
 
-        With early, read every partition at once while joining; the group's
-        first assignment takes over (every partition revoked, its share assigned).
+        With early, read every partition at once, outside the group, and join it
+        only when `join_group` is called; the group's first assignment then takes
+        over (every partition revoked, its share assigned).
         """
+        ...
+
+    async def join_group(self) -> None:
+        """Join the group after an early start (nothing when already in it)."""
         ...
 
     async def stop(self) -> None:

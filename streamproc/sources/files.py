@@ -123,6 +123,9 @@ class FileSource:
         self._owned = True
         await listener.on_assigned({0})
 
+    async def join_group(self) -> None:
+        """Nothing: a file source has no group."""
+
     async def stop(self) -> None:
         """Release the lock and the files held open."""
         self._owned = False

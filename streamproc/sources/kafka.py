@@ -107,6 +107,8 @@ class KafkaSource:
         self._retired: list[Any] = []
         #: True once stop() began: rebalance callbacks that still arrive are ignored.
         self.stopping = False
+        # The group subscription `join_group` makes after an early start.
+        self._join: _Rebalance | None = None
         # Records fetched but not handed out yet, per partition, in offset
         # order (see `fetch`): the position of a partition is its first one.
         self._buffered: dict[int, list[Any]] = {}
@@ -120,12 +122,15 @@ class KafkaSource:
         """Join the group; assignment is reported to the listener.
 
         With early, the source reads every partition at once, outside the
-        group, while it joins (a join waits seconds before the first
-        assignment: Kafka's initial rebalance delay, half the session timeout
-        on the local broker); the group's first assignment ends it (every
-        partition revoked, the group's share assigned). A bounded run that
-        begins alone starts this way. Reading outside the group is safe: were
-        another member to read a partition meanwhile, the checkpoint's
+        group, and joins it only when `join_group` is called: a bounded run that
+        begins alone starts this way, and joins once another worker of the query
+        runs. A join waits seconds before the first assignment (Kafka's initial
+        rebalance delay, half the session timeout on the local broker), and a
+        member that stops with its join pending makes the group wait for it
+        until its session expires; a run one worker finishes alone never joins.
+        The group's first assignment ends the early start (every partition
+        revoked, the group's share assigned). Reading outside the group is safe:
+        were another member to read a partition meanwhile, the checkpoint's
         position check lets only one of their batches commit.
         """
         cfg = self._config
@@ -155,7 +160,15 @@ class KafkaSource:
             count = await self.partition_count()
             self._early.assign([TopicPartition(cfg.topic, p) for p in range(count)])
             await listener.on_assigned(set(range(count)))
+            self._join = _Rebalance(self, listener)
+            return
         self._consumer.subscribe([cfg.topic], listener=_Rebalance(self, listener))
+
+    async def join_group(self) -> None:
+        """Join the group after an early start (nothing when already in it)."""
+        join, self._join = self._join, None
+        if join is not None and self._consumer is not None:
+            self._consumer.subscribe([self._config.topic], listener=join)
 
     async def take_over_early_start(self, assigned: set[int], listener: PartitionListener) -> bool:
         """Hand over from the early reader to the group's first assignment.

@@ -440,6 +440,11 @@ class MemoryCheckpoint:
         registered = db.queries.get(self._query)
         return Watermarks(marks, registered.global_watermark_ms if registered else None)
 
+    async def other_workers(self) -> int:
+        """How many other open checkpoints hold a claim on the query."""
+        self._db.check_reachable()
+        return len(self._db.claims.get(self._query, set()) - {id(self)})
+
     async def committed_offsets(self) -> dict[int, int]:
         """The next offset of every partition with a position."""
         self._db.check_reachable()

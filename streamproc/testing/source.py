@@ -182,6 +182,7 @@ class MemorySource:
         self.commits: list[dict[int, int]] = []
         #: True while an early start reads every partition outside the group.
         self.early = False
+        self._join_pending = False
 
     # ---------------------------------------------------------- test scripting
     def at_fetch(self, n: int, step: Callable[[], Awaitable[None]]) -> None:
@@ -247,9 +248,15 @@ class MemorySource:
             await self.take(set(range(self._topic.partitions)))
         elif early:
             self.early = True
+            self._join_pending = True
             await self.take(set(range(self._topic.partitions)))
-            await self._group.join(self)
         else:
+            await self._group.join(self)
+
+    async def join_group(self) -> None:
+        """Join the group after an early start (nothing when already in it)."""
+        if self._group is not None and self._join_pending:
+            self._join_pending = False
             await self._group.join(self)
 
     async def stop(self) -> None:

@@ -44,9 +44,11 @@ async def test_a_bounded_run_waits_for_partitions_a_live_worker_owns() -> None:
     assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 
-async def test_a_bounded_run_takes_over_the_partitions_of_a_dead_member() -> None:
-    # A member that died still holds partitions until its session expires: the
-    # bounded worker waits, stays in the group, and finishes them after.
+async def test_a_bounded_run_alone_reads_past_a_dead_member_without_joining_its_group() -> None:
+    # A member that died (kill -9) holds its partitions in the group until its
+    # session expires, but no claim on the query: a bounded run that begins alone
+    # reads every partition outside the group and never joins it, so it neither
+    # waits for that session nor leaves a join pending behind it.
     stream = make_stream(800, seed=32)
     topic = fill_topic(stream)
     db = MemoryDatabase()
@@ -59,13 +61,11 @@ async def test_a_bounded_run_takes_over_the_partitions_of_a_dead_member() -> Non
 
     dead = MemorySource(topic, group)
     await dead.start(Dead())  # owns all four partitions, never fetches
-    bounded = new_query(plan, MemorySource(topic, group), db)
-    running = asyncio.ensure_future(bounded.run())
-    await asyncio.sleep(0.3)
-    assert not running.done()  # its share is done, the query's is not
-    await group.leave(dead)  # the dead member's session expires
-    stats = await asyncio.wait_for(running, 30)
+    source = MemorySource(topic, group)
+    stats = await asyncio.wait_for(new_query(plan, source, db).run(), 30)
     assert stats.run_complete and stats.records == 800
+    assert stats.partitions == {0, 1, 2, 3}
+    assert group.members == [dead]  # it never joined
     assert_tables_equal(table_of(db, plan), expected(QUERY, stream).table)
 
 

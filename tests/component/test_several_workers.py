@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from streamproc.runtime import query as query_module
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, table_of
 from tests.reference import Query, assert_tables_equal, expected
@@ -193,13 +194,18 @@ class RejoinNeverAnswered(MemorySource):
         return await super().fetch(max_records, timeout_ms)
 
 
-async def test_a_worker_whose_rejoin_is_never_answered_ends_with_the_run() -> None:
+async def test_a_worker_whose_rejoin_is_never_answered_ends_with_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Seen with four worker processes: a worker's partitions were revoked in a
     # rebalance, its join was never answered (the others had finished the run and
     # left), and it waited for ever on partitions it no longer had, although the run
     # was complete. A worker that fetches nothing asks the checkpoint, now and then,
     # whether the run is complete.
-    stream = shared_keys_stream(per_partition=40)
+    # a begins the run alone and joins the group once it sees b: soon, and long
+    # before its 1,600 records are read.
+    monkeypatch.setattr(query_module, "RUN_POLL_S", 0.001)
+    stream = shared_keys_stream(per_partition=400)
     topic = fill_topic(stream)
     db = MemoryDatabase()
     plan = make_plan(QUERY, max_records_per_trigger=20)
@@ -209,7 +215,13 @@ async def test_a_worker_whose_rejoin_is_never_answered_ends_with_the_run() -> No
     qa, qb = new_query(plan, a, db), new_query(plan, b, db)
     run_a = asyncio.ensure_future(qa.run())
     await wait_for(lambda: bool(a.assignment()))
-    b.at_fetch(1, lambda: group.assign({b: {0, 1, 2, 3}}))
+
+    async def revoke_a() -> None:
+        # a began the run alone (outside the group); it joins once b runs.
+        await wait_for(lambda: a in group.members)
+        await group.assign({b: {0, 1, 2, 3}})
+
+    b.at_fetch(1, revoke_a)
     stats = await asyncio.wait_for(asyncio.gather(run_a, qb.run()), 30)
     assert a.stuck is not None  # its rejoin was pending when it ended
     assert all(s.run_complete for s in stats)
