@@ -66,6 +66,9 @@ class RunStats:
     batch_seconds: float = 0.0
     #: Why the last attempt that did not commit did not (stale, refused, an outage).
     last_setback: str | None = None
+    #: Round trips of the committed batches' commits, and how many commits counted them.
+    round_trips: int = 0
+    counted_commits: int = 0
 
     @property
     def setbacks(self) -> int:
@@ -134,6 +137,10 @@ class Accounting:
         self._bad.committed(bad)
         stats.batches += 1
         stats.result_rows += outcome.result_rows
+        if outcome.round_trips:
+            stats.round_trips += outcome.round_trips
+            stats.counted_commits += 1
+            metrics.COMMIT_ROUND_TRIPS.labels(*labels).inc(outcome.round_trips)
         metrics.BATCHES.labels(*labels, "committed").inc()
         metrics.RESULT_ROWS.labels(*labels).inc(outcome.result_rows)
         self._count_dead_letters(late, bad, letters)

@@ -105,6 +105,11 @@ def _time_lines(stats: RunStats) -> list[str]:
         return []
     phases = " ".join(f"{name}={value:.3f}s" for name, value in seconds.items())
     lines = [f"  phases: {phases}"]
+    if stats.counted_commits:
+        lines.append(
+            f"  round trips per commit: {stats.round_trips / stats.counted_commits:.2f} "
+            f"(PostgreSQL; {stats.counted_commits} commits)"
+        )
     # The loop's wall time: a commit runs while the next batch is fetched and
     # prepared, so the lock is held within this time, never beyond it.
     wall = stats.batch_seconds + seconds.get("fetch", 0.0)

@@ -54,6 +54,12 @@ RESULT_ROWS = Counter("streamproc_result_rows_total", "Result rows written", ["p
 COMMIT_SECONDS = Histogram(
     "streamproc_commit_seconds", "Wall time of a batch's sink transaction", ["pipeline", "query"]
 )
+COMMIT_ROUND_TRIPS = Counter(
+    "streamproc_commit_round_trips_total",
+    "Round trips to PostgreSQL of committed batches' commits (a statement 1, a COPY 2, BEGIN "
+    'and COMMIT 1 each); over streamproc_batches_total{result="committed"}: per commit',
+    ["pipeline", "query"],
+)
 WATERMARK = Gauge(
     "streamproc_watermark_ms",
     "Partition watermark (event time, epoch ms)",
@@ -194,7 +200,14 @@ def init_query_series(pipeline: str, query: str, *, late_strategy: str) -> None:
         DEAD_LETTERS.labels(*labels, kind)
     for phase in PHASES:
         PHASE_SECONDS.labels(*labels, phase)
-    for series in (RESULT_ROWS, RETRIES, REBALANCES, STATE_ROWS_UPDATED, COMMIT_SECONDS):
+    for series in (
+        RESULT_ROWS,
+        RETRIES,
+        REBALANCES,
+        STATE_ROWS_UPDATED,
+        COMMIT_SECONDS,
+        COMMIT_ROUND_TRIPS,
+    ):
         series.labels(*labels)
     BATCH_SECONDS.labels(*labels)
     BREAKER_OPEN.labels(*labels).set(0)

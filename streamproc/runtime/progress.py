@@ -107,6 +107,8 @@ class QueryProgress:
         unread_files: Files the (file) source found gone or truncated with bytes
             unread since the previous batch; None for a source that cannot lose input.
         unread_bytes: Those files' bytes not read (None likewise).
+        round_trips: Round trips of the batch's commit to PostgreSQL (its
+            transaction, and a closing after it); None where not counted (in memory).
     """
 
     pipeline_id: str
@@ -133,6 +135,7 @@ class QueryProgress:
     retries: int = 0
     unread_files: int | None = None
     unread_bytes: int | None = None
+    round_trips: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values, with Spark's camelCase names where Spark has one."""
@@ -161,7 +164,7 @@ class QueryProgress:
                 "bad": self.bad_rows,
                 "filtered": self.filtered_rows,
             },
-            "sink": {"numOutputRows": self.sink_rows},
+            "sink": {"numOutputRows": self.sink_rows, "roundTrips": self.round_trips},
             "circuitBreaker": {"state": self.breaker_state, "retries": self.retries},
             "sources": [
                 {
@@ -218,6 +221,7 @@ class QueryProgress:
                 if self.unread_files is None
                 else f" unread_files={self.unread_files} unread_bytes={self.unread_bytes or 0}"
             )
+            + ("" if self.round_trips is None else f" round_trips={self.round_trips}")
         )
 
 
@@ -248,6 +252,7 @@ def build_progress(
     breaker_state: str = "closed",
     retries: int = 0,
     unread: tuple[int, int] | None = None,
+    round_trips: int | None = None,
 ) -> QueryProgress:
     """The progress record of a committed batch.
 
@@ -270,6 +275,7 @@ def build_progress(
         retries: Attempts at the transaction before the one that committed.
         unread: (files, bytes) the source found gone or truncated unread since the
             previous batch; None for a source that cannot lose input.
+        round_trips: Round trips of the batch's commit (None: not counted).
     """
     spans = tuple(
         PartitionSpan(
@@ -313,6 +319,7 @@ def build_progress(
         retries=retries,
         unread_files=None if unread is None else unread[0],
         unread_bytes=None if unread is None else unread[1],
+        round_trips=round_trips,
     )
 
 

@@ -556,6 +556,7 @@ class StreamingQuery:
             breaker_state=outcome.progress.breaker_state if outcome.progress else "closed",
             retries=outcome.progress.retries if outcome.progress else 0,
             unread=self._unread.committed(outcome.progress),
+            round_trips=outcome.round_trips or None,
         )
         ends = self._source.seen_ends()
         committed = self._tracker.committed

@@ -174,6 +174,8 @@ class CommitOutcome:
     state_rows_total: int | None = None
     #: The progress note the committed attempt carried (set by the runtime's retry loop).
     progress: ProgressNote | None = None
+    #: Round trips to the checkpoint's server (`sinks/round_trips.py`); 0: not counted.
+    round_trips: int = 0
 
 
 @dataclass(frozen=True, slots=True)

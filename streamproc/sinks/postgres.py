@@ -83,6 +83,7 @@ from streamproc.sinks.postgres_runs import RunMembership
 from streamproc.sinks.postgres_state import partial_from_row, state_records
 from streamproc.sinks.postgres_table import PostgresTableSink
 from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
+from streamproc.sinks.round_trips import CountingConnection
 from streamproc.timing import PhaseTimes
 
 log = logging.getLogger("streamproc.checkpoint")
@@ -356,7 +357,8 @@ class PostgresCheckpoint:
         if self._fast is not None and not dry_run and self._fast.applies(plan):
             return await self._commit_fast(self._fast, plan, batch, staged, times)
         lock_s = 0.0
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as pooled:
+            conn = CountingConnection(pooled)
             transaction = conn.transaction()
             await transaction.start()
             try:
@@ -383,7 +385,7 @@ class PostgresCheckpoint:
                     lock_s += closing[1]
                     outcome = _with_closing(outcome, closing[0])
         times.seconds["lock"] += lock_s
-        return replace(outcome, timings=dict(times.seconds))
+        return replace(outcome, timings=dict(times.seconds), round_trips=conn.round_trips)
 
     async def _commit_fast(
         self,
@@ -399,13 +401,16 @@ class PostgresCheckpoint:
         )
         args = fast.arguments(plan, batch, self._incarnation, staged, progress)
         lock_s = 0.0
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as pooled:
+            conn = CountingConnection(pooled)
             with times.phase("transaction"):
                 try:
                     record = await conn.fetchrow(fast.call_sql(), *args)
                 except asyncpg.PostgresError as exc:
                     stale = refused_batch(exc, self._query, len(plan.closing.local_rows or ()))
-                    return CommitOutcome(stale=stale, timings=dict(times.seconds))
+                    return CommitOutcome(
+                        stale=stale, timings=dict(times.seconds), round_trips=conn.round_trips
+                    )
             outcome, pending = outcome_of(record)
             lock_s += (record["held_ms"] or 0.0) / 1000
             if pending:
@@ -414,7 +419,7 @@ class PostgresCheckpoint:
                     lock_s += closing[1]
                     outcome = _with_closing(outcome, closing[0])
         times.seconds["lock"] += lock_s
-        return replace(outcome, timings=dict(times.seconds))
+        return replace(outcome, timings=dict(times.seconds), round_trips=conn.round_trips)
 
     async def _close_pending(
         self, conn: Any, plan: CommitPlan, times: PhaseTimes

@@ -37,6 +37,14 @@ from streamproc.sinks.rows import datetime_to_ms, decode_key, decode_state, ms_t
 from streamproc.testing import MemoryCheckpoint, MemoryDatabase, MemoryTableSink, typed_key
 
 AGGS = (AggSpec("n", None, "count"), AggSpec("total", "v", "sum"))
+#: Round trips of the statement-by-statement commits of the round-trip test: BEGIN,
+#: the closing lock shared, positions (lock, read), W and incarnation, states (COPY,
+#: upsert, truncate), rows (the same), ledger, positions, the watermarks, W kept by
+#: the worker that closes, the progress lock, seq and row, COMMIT; claimed rows add
+#: the keys' COPY, their states' read and a turn on the rows, and a closing (W
+#: moved) its try-lock, W and the closed states.
+ROUND_TRIPS_ALONE = 21
+ROUND_TRIPS_CLAIMED = 28
 W = 10_000  # window size and slide (ms)
 
 
@@ -80,6 +88,8 @@ class Backend:
     #: Drop the query's checkpoint as a reset would, whoever runs it (a reset that
     #: could not see the worker's claim: by hand, or an older streamproc).
     drop_checkpoint: Callable[[], Awaitable[None]]
+    #: The fixture's parameter: memory, postgres or postgres-statements.
+    kind: str = ""
 
 
 def progress_view(row: ProgressRow | Any, total: int) -> tuple[Any, ...]:
@@ -184,6 +194,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             memory_progress,
             memory_forget,
             memory_drop_checkpoint,
+            kind="memory",
         )
         return
     import asyncpg
@@ -272,6 +283,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         pg_progress,
         pg_forget,
         pg_drop_checkpoint,
+        kind=request.param,
     )
     for checkpoint in opened:
         await checkpoint.close()
@@ -338,6 +350,31 @@ async def test_a_commit_is_what_a_restore_reads_back(backend: Backend) -> None:
     assert dict(marks.partitions) == {0: 15_000} and marks.global_ms is None  # 1 of 2 known
     assert await checkpoint.committed_offsets() == {0: 5}
     assert await backend.rows() == {("a", 10_000): (5, 2.5)}
+
+
+async def test_a_commit_counts_its_round_trips_to_postgresql(backend: Backend) -> None:
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    # A worker that owns every partition merged its rows itself (no basis moved).
+    local = [ResultRow(("a",), 0, W, (2, 1.5))]
+    alone = replace(
+        batch((commit(0, 0, 2, 1, 1),), {0: (partial("a", 0, 2, 1.5),)}, local=local),
+        basis={0: None, 1: None},
+        closes_locally=True,
+    )
+    merged_alone = await checkpoint.commit(alone)
+    # One of several workers claims its rows: merged in PostgreSQL, statement by statement.
+    shared = await checkpoint.commit(
+        batch((commit(1, 0, 3, 1, 1),), {1: (partial("a", 0, 3, 2.0),)})
+    )
+    assert await backend.rows() == {("a", 0): (5, 3.5)}
+    # Nothing is counted in memory; the commit function is one call.
+    want = {
+        "memory": (0, 0),
+        "postgres": (1, ROUND_TRIPS_CLAIMED),
+        "postgres-statements": (ROUND_TRIPS_ALONE, ROUND_TRIPS_CLAIMED),
+    }
+    assert (merged_alone.round_trips, shared.round_trips) == want[backend.kind]
 
 
 async def test_a_batch_not_starting_at_the_ledger_is_stale_and_writes_nothing(

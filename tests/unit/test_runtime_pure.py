@@ -117,6 +117,18 @@ def test_the_summary_says_the_lock_share_only_over_a_second_of_work() -> None:
     assert long[1].startswith("  aggregated 40, late 0")
 
 
+def test_the_summary_says_round_trips_per_commit_when_the_commits_counted_them() -> None:
+    plan = plan_from_config(load_config(CONFIGS[0], env={}))
+    in_memory = summary_lines(plan, _stats(2.0, 0.5), 3.0)
+    assert not any("round trips" in line for line in in_memory)
+    stats = _stats(2.0, 0.5)
+    stats.round_trips, stats.counted_commits = 9, 4
+    lines = summary_lines(plan, stats, 3.0)
+    assert [line for line in lines if "round trips" in line] == [
+        "  round trips per commit: 2.25 (PostgreSQL; 4 commits)"
+    ]
+
+
 def test_the_summary_of_a_pass_through_query_says_passed_through() -> None:
     document = json.loads(CONFIGS[0].read_text())
     document["transforms"] = []
