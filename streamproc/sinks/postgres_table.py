@@ -198,8 +198,11 @@ class PostgresTableSink:
         returned = [quote_ident(c) for c in layout.group_by]
         returned += [quote_ident(GROUP_KEY_TYPES)] if layout.typed else []
         returned += ["window_start"] if layout.windowed else []
+        # Equalities only, so that PostgreSQL hashes the anti-join (IS NOT DISTINCT FROM
+        # made it a nested loop: rows x rows, 8 s for a batch of 70,000 rows). A null
+        # group value is told from an empty string by group_key_types ('-' and 's').
         matches = [
-            f"i.{c} IS NOT DISTINCT FROM s.k{n}"
+            f"coalesce(i.{c}, '') = coalesce(s.k{n}, '')"
             for n, c in enumerate(returned[: len(layout.group_by)])
         ]
         if layout.typed:

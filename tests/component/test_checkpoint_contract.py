@@ -465,6 +465,23 @@ async def test_rows_merge_the_partials_of_every_partition(backend: Backend) -> N
     assert await backend.rows() == {("a", 0): (5, 3.5)}
 
 
+async def test_a_null_group_value_and_an_empty_string_are_two_rows_each_claimed(
+    backend: Backend,
+) -> None:
+    # Claimed rows are matched on their key: a null and "" must not be taken for one
+    # another (the table's key tells them apart by group_key_types).
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    first = {0: (PartialRow((None,), 0, W, (2, 1.5)),)}
+    own = [ResultRow((None,), 0, W, (2, 1.5))]  # the worker's merge of its partitions
+    await checkpoint.commit(replace(batch((commit(0, 0, 2, 1, 1),), first), own_rows=own))
+    # The null row exists (merged again from both partitions); the "" row is new.
+    second = {1: (PartialRow((None,), 0, W, (3, 2.0)), PartialRow(("",), 0, W, (4, 0.5)))}
+    own = [ResultRow((None,), 0, W, (3, 2.0)), ResultRow(("",), 0, W, (4, 0.5))]
+    await checkpoint.commit(replace(batch((commit(1, 0, 7, 1, 1),), second), own_rows=own))
+    assert await backend.rows() == {(None, 0): (5, 3.5), ("", 0): (4, 0.5)}
+
+
 async def test_append_writes_a_window_once_when_w_passes_its_end(backend: Backend) -> None:
     checkpoint = backend.make(spec("append"))
     await checkpoint.open()
