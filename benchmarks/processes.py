@@ -32,6 +32,17 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def _own_code() -> dict[str, str]:
+    """PYTHONPATH with this checkout first: the processes run the code next to the harness.
+
+    The venv's `streamproc` script imports the package its editable install points
+    at, which is another checkout when the harness runs from a git worktree; then
+    the workers would run that checkout's code, not the one being measured.
+    """
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{REPO}{os.pathsep}{rest}" if rest else str(REPO)}
+
+
 def streamproc_command(config: Path) -> list[str]:
     """``streamproc run CONFIG``: the console script of the venv, else ``-m streamproc.cli``."""
     script = Path(sys.executable).with_name("streamproc")
@@ -71,7 +82,7 @@ class Running:
         self.proc = subprocess.Popen(
             self.argv,
             cwd=REPO,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **_own_code(), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
