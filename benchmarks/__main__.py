@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results.extend(out["cases"])
             if "latency" in parts:
-                results.append(latency.main(svc, quick=args.quick))
+                results.extend(latency.main(svc, quick=args.quick, runs=args.runs)["cases"])
             if "scaleout" in parts:
                 results.extend(scaleout.main(svc, quick=args.quick, runs=args.runs)["cases"])
     invalid = [r for r in results if not r["valid"]]
