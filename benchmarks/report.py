@@ -158,20 +158,38 @@ def pipeline_table(cases: Sequence[dict[str, Any]]) -> str:
 
 
 def scaleout_table(cases: Sequence[dict[str, Any]]) -> str:
-    """Records/s of 1, 2, 4 workers on one query, with each worker's lock share."""
-    headers = ["workers", "records", "seconds", "rec/s", "speed-up", "max RSS MiB", "valid"]
+    """One workload's 1, 2, 4 workers: rate, CPU per record, lock share, round trips."""
+    headers = [
+        "workers",
+        "records",
+        "seconds",
+        "rec/s",
+        "speed-up",
+        "worker CPU µs/rec",
+        "PG CPU µs/rec",
+        "total CPU µs/rec",
+        "CPU vs 1",
+        "lock share",
+        "round trips",
+        "max RSS MiB",
+        "valid",
+    ]
     rows = []
     notes = []
-    base = cases[0]["median_records_per_s"] if cases else None
     for c in cases:
-        rate = c["median_records_per_s"]
         rows.append(
             [
                 str(c["workers"]),
                 f"{c['records']:,}",
                 fmt(c["median_seconds"], ".1f"),
-                fmt(rate),
-                fmt(rate / base if rate and base else None, ".2f"),
+                fmt(c["median_records_per_s"]),
+                fmt(c["speed_up"], ".2f"),
+                fmt(c["median_worker_cpu_us_per_record"], ".1f"),
+                fmt(c["median_postgres_cpu_us_per_record"], ".1f"),
+                fmt(c["median_total_cpu_us_per_record"], ".1f"),
+                fmt(c["total_cpu_ratio"], ".2f"),
+                fmt(c["median_lock_share"], ".2f"),
+                fmt(c["median_round_trips"], ".2f"),
                 fmt(c["median_max_rss_mib"], ".0f"),
                 "ok" if c["valid"] else "INVALID",
             ]
