@@ -6,7 +6,9 @@ Parts: engine (in-process engine benchmark, bench_engine.py), pipeline (floor vs
 No part given: all of them. The parts that need a broker and PostgreSQL share one
 (STREAMPROC_KAFKA_BOOTSTRAP / STREAMPROC_PG_DSN, else the embedded stack, started
 and stopped here). These are benchmarks: they print and record numbers, they
-never fail on a speed; they do fail (exit 1) when a result was wrong.
+never fail on a speed; they do fail (exit 1) when a result was wrong. At the end,
+the issue's targets (benchmarks/targets.py) of the parts that ran: each with the
+median measured and met / NOT met.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import sys
 from typing import Any
 
-from benchmarks import bench_engine, bench_pipeline, latency, scaleout
+from benchmarks import bench_engine, bench_pipeline, latency, scaleout, targets
 from benchmarks.services import services
 
 PARTS = ("engine", "pipeline", "latency", "scaleout")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     parts = args.parts or list(PARTS)
-    results: list[dict[str, Any]] = []
+    by_part: dict[str, dict[str, Any]] = {}  # each part's output: its cases, each `valid`
     if "engine" in parts:
         bench_engine.main(quick=args.quick)
     needs_services = [p for p in parts if p != "engine"]
@@ -51,15 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         with services() as svc:
             print(f"broker {svc.bootstrap}, database {svc.dsn}", flush=True)
             if "pipeline" in parts:
-                out = bench_pipeline.main(
+                by_part["pipeline"] = bench_pipeline.main(
                     svc, quick=args.quick, runs=args.runs, only=args.workloads
                 )
-                results.extend(out["cases"])
             if "latency" in parts:
-                results.append(latency.main(svc, quick=args.quick))
+                by_part["latency"] = latency.main(svc, quick=args.quick, runs=args.runs)
             if "scaleout" in parts:
-                results.extend(scaleout.main(svc, quick=args.quick, runs=args.runs)["cases"])
-    invalid = [r for r in results if not r["valid"]]
+                by_part["scaleout"] = scaleout.main(svc, quick=args.quick, runs=args.runs)
+    table = targets.summary(by_part)
+    if table:
+        quick = " (--quick: short runs, start-up weighs more)" if args.quick else ""
+        print(f"\ntargets, medians of this run{quick}\n{table}", flush=True)
+    invalid = [c for out in by_part.values() for c in out["cases"] if not c["valid"]]
     if invalid:
         print(f"\n{len(invalid)} INVALID result(s): see the WARNING lines above", flush=True)
         return 1

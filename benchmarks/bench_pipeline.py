@@ -102,6 +102,7 @@ def run_streamproc(
         "exit_code": done.exit_code,
         "phases": processes.parse_phases(done.output),
         "lock_share": processes.parse_lock_share(done.output),
+        "round_trips": processes.parse_round_trips(done.output),
         **checks,
     }
 

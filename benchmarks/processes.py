@@ -2,10 +2,12 @@
 
 A process is started with ``subprocess.Popen`` (stdout and stderr into one log
 file) and reaped with ``os.wait4``, whose rusage gives the peak resident set
-size (``ru_maxrss``, KiB on Linux) of that process alone. Every process started
+size (``ru_maxrss``, KiB on Linux) of that process alone, and its CPU time (user +
+system, all its threads and any children it reaped). Every process started
 here dies with the harness (``PR_SET_PDEATHSIG``), even if the harness is killed.
 Also parses what ``streamproc run`` may print at its end: a ``phases:`` line of
-``name=<seconds>s`` pairs and a ``lock share: <fraction>`` line.
+``name=<seconds>s`` pairs, a ``lock share: <fraction>`` line and a ``round trips
+per commit: <n>`` line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def _own_code() -> dict[str, str]:
+    """PYTHONPATH with this checkout first: the processes run the code next to the harness.
+
+    The venv's `streamproc` script imports the package its editable install points
+    at, which is another checkout when the harness runs from a git worktree; then
+    the workers would run that checkout's code, not the one being measured.
+    """
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{REPO}{os.pathsep}{rest}" if rest else str(REPO)}
+
+
 def streamproc_command(config: Path) -> list[str]:
     """``streamproc run CONFIG``: the console script of the venv, else ``-m streamproc.cli``."""
     script = Path(sys.executable).with_name("streamproc")
@@ -54,6 +67,7 @@ class Finished:
     exit_code: int  # negative: killed by that signal
     max_rss_kib: int
     output: str  # stdout and stderr, interleaved
+    cpu_seconds: float = 0.0  # ru_utime + ru_stime of the reaped process
 
     @property
     def max_rss_mib(self) -> float:
@@ -71,7 +85,7 @@ class Running:
         self.proc = subprocess.Popen(
             self.argv,
             cwd=REPO,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **_own_code(), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
@@ -104,7 +118,12 @@ class Running:
         self.proc.returncode = code  # reaped here, not by Popen
         self._log.close()
         self.finished = Finished(
-            self.argv, ended - self.started, code, usage.ru_maxrss, self.output()
+            self.argv,
+            ended - self.started,
+            code,
+            usage.ru_maxrss,
+            self.output(),
+            usage.ru_utime + usage.ru_stime,
         )
         return self.finished
 
@@ -151,6 +170,9 @@ def run_together(
 
 _PHASES = re.compile(r"^\s*phases:\s*(.*)$", re.MULTILINE)
 _PAIR = re.compile(r"([A-Za-z_][\w.-]*)=([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)s\b")
+# Tolerant on purpose: only the number is taken, whatever follows it on the line
+# (today "(PostgreSQL; 57 commits)"), so a reworded tail does not lose the figure.
+_ROUND_TRIPS = re.compile(r"round trips per commit: ([0-9.]+)")
 _LOCK = re.compile(r"^\s*lock share:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", re.MULTILINE)
 
 
@@ -167,3 +189,13 @@ def parse_lock_share(output: str) -> float | None:
     """The last ``lock share: 0.42`` value; None when absent."""
     values = _LOCK.findall(output)
     return float(values[-1]) if values else None
+
+
+def parse_round_trips(output: str) -> float | None:
+    """The last ``round trips per commit: 1.00`` value; None when absent or unreadable."""
+    for value in reversed(_ROUND_TRIPS.findall(output)):
+        try:
+            return float(value)
+        except ValueError:  # "1.2.3" or "." match the regex but are no number
+            continue
+    return None

@@ -46,6 +46,8 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     locks = [r["lock_share"] for r in runs if r.get("lock_share") is not None]
     if locks:
         out["median_lock_share"] = median(locks)
+    trips = [r["round_trips"] for r in runs if r.get("round_trips") is not None]
+    out["median_round_trips"] = median(trips)
     return out
 
 
@@ -80,8 +82,9 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def _n(x: float | None, fmt: str = ",.0f") -> str:
-    return "n/a" if x is None else format(x, fmt)
+def fmt(x: float | None, spec: str = ",.0f") -> str:
+    """A figure formatted with `spec`, or n/a when it is missing."""
+    return "n/a" if x is None else format(x, spec)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -136,37 +139,58 @@ def pipeline_table(cases: Sequence[dict[str, Any]]) -> str:
             [
                 c["case"],
                 f"{c['records']:,}",
-                _n(f["median_records_per_s"]),
-                _n(s["median_records_per_s"]),
-                _n(c["ratio"], ".3f"),
-                _n(f["median_seconds"], ".1f"),
-                _n(s["median_seconds"], ".1f"),
-                _n(f["median_max_rss_mib"], ".0f"),
-                _n(s["median_max_rss_mib"], ".0f"),
+                fmt(f["median_records_per_s"]),
+                fmt(s["median_records_per_s"]),
+                fmt(c["ratio"], ".3f"),
+                fmt(f["median_seconds"], ".1f"),
+                fmt(s["median_seconds"], ".1f"),
+                fmt(f["median_max_rss_mib"], ".0f"),
+                fmt(s["median_max_rss_mib"], ".0f"),
                 "ok" if c["valid"] else "INVALID",
             ]
         )
         notes.append(f"  {c['case']}: phases {phase_line(s)}")
-        notes.append(f"  {c['case']}: lock share {lock_line(s.get('median_lock_share'))}")
+        notes.append(
+            f"  {c['case']}: lock share {lock_line(s.get('median_lock_share'))}; round trips "
+            f"per commit {fmt(s.get('median_round_trips'), '.2f')}"
+        )
     return table(headers, rows) + "\n" + "\n".join(notes)
 
 
 def scaleout_table(cases: Sequence[dict[str, Any]]) -> str:
-    """Records/s of 1, 2, 4 workers on one query, with each worker's lock share."""
-    headers = ["workers", "records", "seconds", "rec/s", "speed-up", "max RSS MiB", "valid"]
+    """One workload's 1, 2, 4 workers: rate, CPU per record, lock share, round trips."""
+    headers = [
+        "workers",
+        "records",
+        "seconds",
+        "rec/s",
+        "speed-up",
+        "worker CPU µs/rec",
+        "PG CPU µs/rec",
+        "total CPU µs/rec",
+        "CPU vs 1",
+        "lock share",
+        "round trips",
+        "max RSS MiB",
+        "valid",
+    ]
     rows = []
     notes = []
-    base = cases[0]["median_records_per_s"] if cases else None
     for c in cases:
-        rate = c["median_records_per_s"]
         rows.append(
             [
                 str(c["workers"]),
                 f"{c['records']:,}",
-                _n(c["median_seconds"], ".1f"),
-                _n(rate),
-                _n(rate / base if rate and base else None, ".2f"),
-                _n(c["median_max_rss_mib"], ".0f"),
+                fmt(c["median_seconds"], ".1f"),
+                fmt(c["median_records_per_s"]),
+                fmt(c["speed_up"], ".2f"),
+                fmt(c["median_worker_cpu_us_per_record"], ".1f"),
+                fmt(c["median_postgres_cpu_us_per_record"], ".1f"),
+                fmt(c["median_total_cpu_us_per_record"], ".1f"),
+                fmt(c["total_cpu_ratio"], ".2f"),
+                fmt(c["median_lock_share"], ".2f"),
+                fmt(c["median_round_trips"], ".2f"),
+                fmt(c["median_max_rss_mib"], ".0f"),
                 "ok" if c["valid"] else "INVALID",
             ]
         )

@@ -2,7 +2,9 @@
 
 `services()` yields (bootstrap, dsn): STREAMPROC_KAFKA_BOOTSTRAP and
 STREAMPROC_PG_DSN when set, else the embedded stack of `streamproc.local`,
-started here and stopped (by PID, as recorded in its stack.json) on the way out.
+started here and stopped (by PID, as recorded in its stack.json) on the way out;
+then the postmaster's PID is known too, for the scale-out part's PostgreSQL CPU
+accounting (benchmarks/pgcpu.py), which an external database cannot have.
 `ledger_count` is the correctness check made after every streamproc run: the
 PostgreSQL ledger must count every produced record exactly once.
 """
@@ -26,6 +28,9 @@ class Services:
     bootstrap: str
     dsn: str
     embedded: bool  # started by the harness (else from the environment)
+    # The embedded PostgreSQL's postmaster; None for a database from STREAMPROC_PG_DSN
+    # (it may run on another machine: its processes are not ours to read).
+    postgres_pid: int | None = None
 
 
 @contextlib.contextmanager
@@ -43,7 +48,12 @@ def services() -> Iterator[Services]:
         run_dir, broker=not bootstrap, postgres=not dsn, die_with_parent=True, timeout=60
     )
     try:
-        yield Services(bootstrap or info.bootstrap, dsn or info.dsn, embedded=True)
+        yield Services(
+            bootstrap or info.bootstrap,
+            dsn or info.dsn,
+            embedded=True,
+            postgres_pid=None if dsn else info.postgres_pid or None,
+        )
     finally:
         stop_stack(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -125,7 +125,11 @@ def wait_all(procs: list[processes.Running]) -> list[processes.Finished]:
     return [r for r in results if r is not None]
 
 
-async def table_rows(dsn: str, table: str, keys: list[str]) -> dict[tuple[Any, ...], dict]:
+# A result table's rows by their key (group-by values, then the window bounds).
+Rows = dict[tuple[Any, ...], dict[str, Any]]
+
+
+async def table_rows(dsn: str, table: str, keys: list[str]) -> Rows:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(f'SELECT * FROM "{table}"')
@@ -164,7 +168,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def differences(ref: dict, got: dict, limit: int = 5) -> list[str]:
+def differences(ref: Rows, got: Rows, limit: int = 5) -> list[str]:
     out = []
     for key in sorted(set(ref) | set(got), key=repr):
         r, g = ref.get(key), got.get(key)
@@ -185,7 +189,7 @@ def check(
     name: str,
     produced: int,
     done: list[processes.Finished],
-    reference: dict | None,
+    reference: Rows | None,
 ) -> list[str]:
     """What is wrong with one run ([] when it is exact)."""
     problems = []
