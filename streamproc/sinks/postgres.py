@@ -40,12 +40,10 @@ from typing import Any
 
 import asyncpg
 
-from streamproc.engine import PartialRow, QuerySpec
+from streamproc.engine import QuerySpec
 from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import (
-    RESET_HINT,
     BoundedRun,
-    CheckpointConflictError,
     CommitBatch,
     CommitOutcome,
     PartitionCheckpoint,
@@ -59,18 +57,28 @@ from streamproc.sinks.layout import (
     POSITIONS_TABLE,
     QUERIES_TABLE,
     STATE_TABLE,
-    TOMBSTONE_PARTITION,
     create_late_table_sql,
     create_stage_tables_sql,
     dead_letter_table_sql,
     quote_ident,
 )
 from streamproc.sinks.postgres_claims import WorkerClaim
-from streamproc.sinks.postgres_commit import QueryCommits, close_pending, execute
+from streamproc.sinks.postgres_commit import (
+    QueryCommits,
+    close_pending,
+    execute,
+    merge_claimed,
+)
 from streamproc.sinks.postgres_expiry import (
     ensure_touched_column,
 )
-from streamproc.sinks.postgres_fastpath import FastPath, outcome_of, refused_batch
+from streamproc.sinks.postgres_fastpath import (
+    FastPath,
+    Resume,
+    existing_rows,
+    outcome_of,
+    refused_batch,
+)
 from streamproc.sinks.postgres_registry import (
     committed_offsets,
     ensure_registry_columns,
@@ -79,8 +87,9 @@ from streamproc.sinks.postgres_registry import (
     refuse_vanished_table,
     register_query,
 )
+from streamproc.sinks.postgres_restore import load_partition
 from streamproc.sinks.postgres_runs import RunMembership
-from streamproc.sinks.postgres_state import partial_from_row, state_records
+from streamproc.sinks.postgres_state import state_records
 from streamproc.sinks.postgres_table import PostgresTableSink
 from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
 from streamproc.sinks.round_trips import CountingConnection
@@ -237,73 +246,10 @@ class PostgresCheckpoint:
 
     # ------------------------------------------------------------- restoring
     async def load_partition(self, partition: int) -> PartitionCheckpoint:
-        """A partition's position and open states, after checking its ledger chain.
-
-        Raises:
-            CheckpointConflictError: the ledger and the position disagree (a row
-                deleted or added by hand): resuming would apply a batch twice
-                or skip one.
-        """
+        """A partition's position and open states, after checking its ledger chain
+        (`postgres_restore`)."""
         async with self._pool.acquire() as conn:
-            position = await conn.fetchrow(
-                f"""SELECT next_offset, max_event_time_ms, last_record FROM {_POSITIONS}
-                    WHERE query = $1 AND partition = $2""",
-                self._query,
-                partition,
-            )
-            chain = await conn.fetchrow(
-                f"""SELECT count(*) AS rows,
-                           (array_agg(next_offset ORDER BY start_offset DESC))[1] AS last_next,
-                           min(start_offset) FILTER (WHERE prev IS DISTINCT FROM start_offset
-                                                       AND prev IS NOT NULL) AS break_at
-                    FROM (SELECT start_offset, next_offset,
-                                 lag(next_offset) OVER (ORDER BY start_offset) AS prev
-                          FROM {_LEDGER} WHERE query = $1 AND topic = $2 AND partition = $3) c""",
-                self._query,
-                self._topic,
-                partition,
-            )
-            # With the partition's partials, the query's tombstones (windowed
-            # stateTimeout): an expired (key, window) takes no record of any partition.
-            states = await conn.fetch(
-                f"""SELECT key, window_start_ms, window_end_ms, state FROM {_STATE}
-                    WHERE query = $1 AND partition IN ($2, {TOMBSTONE_PARTITION})""",
-                self._query,
-                partition,
-            )
-        self._check_chain(partition, position, chain)
-        if position is None:
-            return PartitionCheckpoint(partition, None, None, ())
-        return PartitionCheckpoint(
-            partition,
-            position["next_offset"],
-            position["max_event_time_ms"],
-            tuple(self._partial_from_row(r) for r in states),
-            position["last_record"],
-        )
-
-    def _check_chain(self, partition: int, position: Any, chain: Any) -> None:
-        where = f"query {self._query}, partition {partition} of {self._topic}"
-        problem = None
-        if position is None and chain["rows"]:
-            problem = f"its ledger has {chain['rows']} row(s) but no position"
-        elif position is not None and not chain["rows"]:
-            problem = f"its position is at offset {position['next_offset']} but its ledger is empty"
-        elif chain["break_at"] is not None:
-            problem = f"its ledger has a gap or an overlap at offset {chain['break_at']}"
-        elif position is not None and chain["last_next"] != position["next_offset"]:
-            problem = (
-                f"its ledger ends at offset {chain['last_next']} but its position is at "
-                f"{position['next_offset']} (a ledger row was deleted or added)"
-            )
-        if problem is not None:
-            raise CheckpointConflictError(
-                f"{where}: {problem}; resuming could apply a batch twice or skip one, so "
-                f"nothing was processed; restore the rows, or {RESET_HINT}"
-            )
-
-    def _partial_from_row(self, r: Any) -> PartialRow:
-        return partial_from_row(self._spec, r)
+            return await load_partition(conn, self._query, self._topic, self._spec, partition)
 
     async def watermarks(self) -> Watermarks:
         """The committed watermark of every partition with a position, and W."""
@@ -395,22 +341,40 @@ class PostgresCheckpoint:
         staged: _Staged,
         times: PhaseTimes,
     ) -> CommitOutcome:
-        """The whole plan in one call of the query's commit function (`postgres_fastpath`)."""
+        """The plan in calls of the query's commit function (`postgres_fastpath`).
+
+        One call, in its own implicit transaction, for a plan the worker merged itself.
+        Claimed rows (kind 'merge') run in a transaction of the caller's: the first call
+        claims them and, when some were in the table already, stops there; they are
+        merged again from every partition's states and a second call writes them and
+        does the rest.
+        """
         progress = progress_row(
             self._query, self._topic, batch, sink_rows=0, watermark_ms=None, timings_s={}
         )
-        args = fast.arguments(plan, batch, self._incarnation, staged, progress)
+        claims = plan.rows.kind == "merge"
         lock_s = 0.0
         async with self._pool.acquire() as pooled:
             conn = CountingConnection(pooled)
+            transaction = conn.transaction() if claims else None
             with times.phase("transaction"):
                 try:
-                    record = await conn.fetchrow(fast.call_sql(), *args)
+                    if transaction is not None:
+                        await transaction.start()
+                    record = await self._call(fast, conn, plan, batch, staged, progress)
+                    if transaction is not None:
+                        await transaction.commit()
                 except asyncpg.PostgresError as exc:
+                    if transaction is not None:
+                        await transaction.rollback()
                     stale = refused_batch(exc, self._query, len(plan.closing.local_rows or ()))
                     return CommitOutcome(
                         stale=stale, timings=dict(times.seconds), round_trips=conn.round_trips
                     )
+                except BaseException:
+                    if transaction is not None:
+                        await transaction.rollback()
+                    raise
             outcome, pending = outcome_of(record)
             lock_s += (record["held_ms"] or 0.0) / 1000
             if pending:
@@ -420,6 +384,30 @@ class PostgresCheckpoint:
                     outcome = _with_closing(outcome, closing[0])
         times.seconds["lock"] += lock_s
         return replace(outcome, timings=dict(times.seconds), round_trips=conn.round_trips)
+
+    async def _call(
+        self,
+        fast: FastPath,
+        conn: Any,
+        plan: CommitPlan,
+        batch: CommitBatch,
+        staged: _Staged,
+        progress: Any,
+    ) -> Any:
+        """The function's call, and for a claim that found rows in the table, its second."""
+        args = fast.arguments(plan, batch, self._incarnation, staged, progress)
+        record = await conn.fetchrow(fast.call_sql(), *args)
+        if record["existing"] is None:
+            return record
+        existing = existing_rows(record["existing"], staged.own_rows or (), fast.key_width)
+        merged = await merge_claimed(conn, self._commits, plan, existing)
+        resume = Resume(
+            self._sink.encode(merged) if merged else [],
+            record["written"],
+            record["inserted_states"] or 0,
+        )
+        args = fast.arguments(plan, batch, self._incarnation, staged, progress, resume)
+        return await conn.fetchrow(fast.call_sql(), *args)
 
     async def _close_pending(
         self, conn: Any, plan: CommitPlan, times: PhaseTimes

@@ -366,11 +366,19 @@ async def _write_rows(
     existing: list[int] = await claim(conn, own, staged.own_rows if staged is not None else None)
     if not existing:
         return len(own)
-    again: list[ResultRow] = [own[i] for i in existing]
-    keys = window_keys((r.key, r.window_start_ms) for r in again)
-    merged = merge_rows(q.spec, await states_of(conn, q.query, keys, partitions))
-    await q.sink.write(conn, merged, insert_only=False)
+    await q.sink.write(conn, await merge_claimed(conn, q, plan, existing), insert_only=False)
     return len(own)
+
+
+async def merge_claimed(
+    conn: Any, q: QueryCommits, plan: CommitPlan, existing: list[int]
+) -> list[ResultRow]:
+    """The claimed rows that were in the table (their indexes in `plan.own_rows`), merged
+    again from every partition's states: other workers may have contributed to them."""
+    assert plan.own_rows is not None
+    again = [plan.own_rows[i] for i in existing]
+    keys = window_keys((r.key, r.window_start_ms) for r in again)
+    return merge_rows(q.spec, await states_of(conn, q.query, keys, _every_partition(plan)))
 
 
 async def _take_progress_lock(conn: Any, q: QueryCommits, times: PhaseTimes, held: _Held) -> None:

@@ -50,8 +50,40 @@ from streamproc.sinks.postgres_registry import privilege_error
 from streamproc.sinks.progress_rows import ProgressRow
 from streamproc.sinks.rows import encode_key
 
-#: A function takes at most 100 arguments (FUNC_MAX_ARGS); 26 are not row columns.
-MAX_ROW_COLUMNS = 70
+#: A function takes at most 100 arguments (FUNC_MAX_ARGS); 29 are not row columns.
+FIXED_ARGUMENTS = 29
+MAX_ROW_COLUMNS = 100 - FIXED_ARGUMENTS
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The second call of a claim that found rows in the table (see `FastPath.arguments`).
+
+    Attributes:
+        rows: The merged rows, encoded as the staging table's records.
+        written: Rows the first call counted as written.
+        inserted_states: State rows the first call inserted (for the state total).
+    """
+
+    rows: Sequence[Sequence[Any]]
+    written: int
+    inserted_states: int
+
+
+def existing_rows(existing: Any, own_records: Sequence[Sequence[Any]], width: int) -> list[int]:
+    """The indexes of the claimed rows the function found in the table.
+
+    Args:
+        existing: The function's `existing`: a JSON array of keys as the staged rows
+            have them (group values, their types, the window's start in ms), or None.
+        own_records: The claimed rows as staged (`PostgresTableSink.encode`).
+        width: How many leading fields of a staged row are its key.
+    """
+    if existing is None:
+        return []
+    keys = json.loads(existing) if isinstance(existing, str) else existing
+    index = {tuple(record[:width]): i for i, record in enumerate(own_records)}
+    return sorted(index[tuple(key)] for key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +99,31 @@ class FastPath:
     progress_keep: int
 
     def applies(self, plan: CommitPlan) -> bool:
-        """True for a plan the function can run whole (no merge from stored states)."""
-        if len(self.row_columns()) > MAX_ROW_COLUMNS or plan.rows.kind not in ("upsert", "none"):
+        """True for a plan the function can run: whole, or a claim in two calls.
+
+        Not: a closing or an expiry that merges stored states (append mode, or a state
+        timeout, with windows closed by more than one worker), nor merged rows without
+        the worker's own merge to claim with.
+        """
+        if len(self.row_columns()) > MAX_ROW_COLUMNS:
+            return False
+        kind = plan.rows.kind
+        if kind == "merge" and not self.layout.key_columns:
+            return False  # one row for the whole query: claimed statement by statement
+        if kind not in ("upsert", "none", "merge") or (kind == "merge" and plan.own_rows is None):
             return False
         closing = plan.closing
         if closing.kind == "append" and closing.local_rows is None:
             return False
         if closing.expiry == "scan":
             return False
-        return plan.closes_locally or self.spec.window is None or closing.kind == "none"
+        return plan.closes_locally or self.spec.window is None or closing.kind in ("none", "evict")
+
+    @property
+    def key_width(self) -> int:
+        """How many leading fields of a staged row are its key (values, types, window)."""
+        layout = self.layout
+        return len(layout.group_by) + int(layout.typed) + int(layout.windowed)
 
     def row_columns(self) -> list[tuple[str, str]]:
         layout = self.layout
@@ -99,8 +147,14 @@ class FastPath:
         incarnation: str | None,
         staged: Any,
         progress: ProgressRow,
+        resume: Resume | None = None,
     ) -> list[Any]:
-        """The function's arguments for a plan, in order."""
+        """The function's arguments for a plan, in order.
+
+        A plan whose rows are claimed (kind 'merge', with the worker's own merge) is
+        called with kind 'claim'; when the claim found rows in the table, the second
+        call (`resume`) writes their merge and does the rest (states are not sent again).
+        """
         parts = sorted(plan.partitions, key=lambda p: p.partition)
         carried = [
             {
@@ -132,7 +186,7 @@ class FastPath:
                 [{"partition": p, "next_offset": o} for p, o in sorted(plan.basis.items())]
             )
         )
-        states = staged.states if staged is not None else []
+        states = staged.states if staged is not None and resume is None else []
         s_cols: list[list[Any]] = (
             [list(c) for c in zip(*states, strict=True)] if states else [[]] * 6
         )
@@ -142,10 +196,18 @@ class FastPath:
             for key, start, _end in keys
         ]
         e_cols = _columns(evicted, 3)
-        row_cols = self._row_arrays(plan, staged)
         kind: str = plan.rows.kind
         if plan.closing.kind == "append" and plan.closing.local_rows is not None:
             kind = "close"
+        records: Sequence[Sequence[Any]] = ()
+        if resume is not None:
+            kind, records = "upsert", resume.rows
+        elif kind == "merge":
+            kind = "claim"
+            records = staged.own_rows if staged is not None and staged.own_rows else ()
+        elif staged is not None and staged.rows is not None:
+            records = staged.rows
+        row_cols = _columns(records, len(self.row_columns()))
         expired = [
             (encode_key(key), start)
             for key, start, _end in plan.closing.expired
@@ -174,21 +236,18 @@ class FastPath:
             TOMBSTONE_STATE,
             json.dumps(_progress(progress)),
             self.progress_keep,
+            resume is not None,
+            0 if resume is None else resume.written,
+            0 if resume is None else resume.inserted_states,
         ]
-
-    def _row_arrays(self, plan: CommitPlan, staged: Any) -> list[list[Any]]:
-        records: Sequence[Sequence[Any]] = ()
-        if staged is not None and staged.rows is not None:
-            records = staged.rows
-        return _columns(records, len(self.row_columns()))
 
     def call_sql(self) -> str:
         """SELECT ... FROM the function, with one placeholder per argument."""
-        count = 26 + len(self.row_columns())
+        count = FIXED_ARGUMENTS + len(self.row_columns())
         args = ", ".join(f"${i}" for i in range(1, count + 1))
         return (
-            f"SELECT stale, written, closed, watermark, total, pending, held_ms "
-            f"FROM {FUNCTION}({args})"
+            "SELECT stale, written, closed, watermark, total, pending, held_ms, existing, "
+            f"inserted_states FROM {FUNCTION}({args})"
         )
 
 

@@ -40,11 +40,13 @@ AGGS = (AggSpec("n", None, "count"), AggSpec("total", "v", "sum"))
 #: Round trips of the statement-by-statement commits of the round-trip test: BEGIN,
 #: the closing lock shared, positions (lock, read), W and incarnation, states (COPY,
 #: upsert, truncate), rows (the same), ledger, positions, the watermarks, W kept by
-#: the worker that closes, the progress lock, seq and row, COMMIT; claimed rows add
-#: the keys' COPY, their states' read and a turn on the rows, and a closing (W
-#: moved) its try-lock, W and the closed states.
+#: the worker that closes, the progress lock, seq and row, COMMIT. Claimed rows, one
+#: of them in the table: the claim (COPY, insert, truncate), the existing row's states
+#: (COPY, read, truncate) and its merge (COPY, upsert, truncate) for the rows' step,
+#: and a closing (W moved) its try-lock, W and the closed states.
 ROUND_TRIPS_ALONE = 21
-ROUND_TRIPS_CLAIMED = 28
+ROUND_TRIPS_CLAIMED = 31
+ROUND_TRIPS_NEW = 20  # the claim of new rows only: no states read, no merge
 W = 10_000  # window size and slide (ms)
 
 
@@ -363,18 +365,28 @@ async def test_a_commit_counts_its_round_trips_to_postgresql(backend: Backend) -
         closes_locally=True,
     )
     merged_alone = await checkpoint.commit(alone)
-    # One of several workers claims its rows: merged in PostgreSQL, statement by statement.
+    # One of several workers claims its rows: ("b", 0) is new, ("a", 0) is in the table
+    # and is merged again from every partition's states.
+    own = [ResultRow(("a",), 0, W, (3, 2.0)), ResultRow(("b",), 0, W, (1, 1.0))]
+    partials = {1: (partial("a", 0, 3, 2.0), partial("b", 0, 1, 1.0))}
     shared = await checkpoint.commit(
-        batch((commit(1, 0, 3, 1, 1),), {1: (partial("a", 0, 3, 2.0),)})
+        replace(batch((commit(1, 0, 4, 1, 1),), partials), own_rows=own)
     )
-    assert await backend.rows() == {("a", 0): (5, 3.5)}
-    # Nothing is counted in memory; the commit function is one call.
+    assert await backend.rows() == {("a", 0): (5, 3.5), ("b", 0): (1, 1.0)}
+    # A claim of new rows only.
+    own = [ResultRow(("c",), 0, W, (1, 1.0))]
+    partials = {1: (partial("c", 0, 1, 1.0),)}
+    new = await checkpoint.commit(replace(batch((commit(1, 4, 5, 1, 1),), partials), own_rows=own))
+    assert (await backend.rows())[("c", 0)] == (1, 1.0)
+    # Nothing is counted in memory. Through the commit function: one call; a claim
+    # that found a row: BEGIN, the call, the states' read (COPY 2, read, truncate), the
+    # second call, COMMIT; one that found none: BEGIN, the call, COMMIT.
     want = {
-        "memory": (0, 0),
-        "postgres": (1, ROUND_TRIPS_CLAIMED),
-        "postgres-statements": (ROUND_TRIPS_ALONE, ROUND_TRIPS_CLAIMED),
+        "memory": (0, 0, 0),
+        "postgres": (1, 8, 3),
+        "postgres-statements": (ROUND_TRIPS_ALONE, ROUND_TRIPS_CLAIMED, ROUND_TRIPS_NEW),
     }
-    assert (merged_alone.round_trips, shared.round_trips) == want[backend.kind]
+    assert (merged_alone.round_trips, shared.round_trips, new.round_trips) == want[backend.kind]
 
 
 async def test_a_batch_not_starting_at_the_ledger_is_stale_and_writes_nothing(
