@@ -31,7 +31,6 @@ from streamproc.runtime.status import (
 )
 from streamproc.runtime.status_render import text_lines, to_json
 from streamproc.sinks.layout import (
-    FILES_TABLE,
     LEDGER_TABLE,
     POSITIONS_TABLE,
     PROGRESS_TABLE,
@@ -39,6 +38,7 @@ from streamproc.sinks.layout import (
     RUNS_TABLE,
 )
 from streamproc.sinks.layout import quote_ident as q
+from streamproc.sources.file_registry import FILES_TABLE
 
 #: How many of the newest batches `status` shows by default.
 DEFAULT_BATCHES = 10

@@ -13,7 +13,6 @@ from typing import Any
 
 from streamproc.sinks.base import CheckpointConflictError, CheckpointError
 from streamproc.sinks.layout import (
-    FILES_TABLE,
     LEDGER_TABLE,
     LEGACY_PARTIALS_TABLE,
     POSITIONS_TABLE,
@@ -26,7 +25,7 @@ from streamproc.sinks.layout import (
 from streamproc.sinks.postgres_claims import lock_out_workers
 from streamproc.sinks.postgres_owners import release_batch_job
 from streamproc.sinks.postgres_registry import ensure_registry_columns, table_exists
-from streamproc.sources.file_registry import keep_files_for_rerun
+from streamproc.sources.file_registry import FILES_TABLE, keep_files_for_rerun
 
 
 @dataclass(frozen=True, slots=True)
