@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from streamproc.batch.files import identity, iter_files, list_files
 from streamproc.batch.kafka import bounded_ranges, read_bounded
 from streamproc.batch.load import Doc, LoadResult, LoadTarget, RowRefusedError, load
 from streamproc.batch.plan import BatchPlan
@@ -43,6 +42,7 @@ from streamproc.sinks.layout import dead_letter_table_sql, result_layout
 from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_registry import create_if_missing
 from streamproc.sources.base import RawRecord
+from streamproc.sources.file_listing import identity, iter_files, list_files
 from streamproc.state.memory import memory_store_factory
 
 log = logging.getLogger("streamproc.batch")
