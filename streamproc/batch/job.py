@@ -29,7 +29,6 @@ from streamproc.batch.kafka import bounded_ranges, read_bounded
 from streamproc.batch.load import Doc, LoadResult, LoadTarget, RowRefusedError, load
 from streamproc.batch.plan import BatchPlan
 from streamproc.batch.report import BatchReport
-from streamproc.batch.rows import result_doc
 from streamproc.engine import Engine, ResultRow
 from streamproc.runtime.connect_errors import connect_failure_line
 from streamproc.runtime.decode import decode_records
@@ -39,6 +38,7 @@ from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
 from streamproc.sinks.base import DeadLetterRow, OutgoingMessage
 from streamproc.sinks.layout import dead_letter_table_sql, result_layout
+from streamproc.sinks.load_rows import result_doc
 from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_registry import create_if_missing
 from streamproc.sources.base import RawRecord
