@@ -102,7 +102,7 @@ def reset_from_cli(
     same lines, each naming the file once.
     """
     if Path(target).is_file():
-        from streamproc.runtime.preflight import preflight
+        from streamproc.commands.preflight import preflight
 
         checked = preflight(target)
         for line in checked.problem_lines(target):

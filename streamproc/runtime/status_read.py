@@ -59,8 +59,8 @@ def status_from_cli(
     stdout: TextIO = sys.stdout,
 ) -> int:
     """Run `streamproc status`: 0 fine, 2 stale (with --stale-after), 1 on any error."""
+    from streamproc.commands.preflight import preflight
     from streamproc.config.durations import DurationError
-    from streamproc.runtime.preflight import preflight
     from streamproc.runtime.status import parse_stale_after
 
     try:

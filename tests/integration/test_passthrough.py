@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
 from streamproc.local import create_topic
-from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import StreamingQuery
