@@ -52,7 +52,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from streamproc.runtime.status_read import status_from_cli
+    from streamproc.commands.status import status_from_cli
 
     return status_from_cli(
         args.config, as_json=args.json, stale_after=args.stale_after, batches=args.batches
