@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_reset(args: argparse.Namespace) -> int:
-    from streamproc.runtime.reset import reset_from_cli
+    from streamproc.commands.reset import reset_from_cli
 
     return reset_from_cli(
         args.target, dsn=args.dsn, drop_results=args.drop_results, yes=args.yes, wait=args.wait

@@ -1,9 +1,12 @@
 """`streamproc reset` in PostgreSQL: drop a query's checkpoint, or a batch job's claim.
 
-A query's reset is refused while a worker of it runs (`postgres_claims`), drops
-only the result table registered to the query (`--drop-results`), and is an
-error when the database holds no checkpoint of the query. A batch job's reset
+A query's reset is refused while a worker of it runs (`sinks/postgres_claims.py`),
+drops only the result table registered to the query (`--drop-results`), and is
+an error when the database holds no checkpoint of the query. A batch job's reset
 forgets the table it owns (and drops it with `--drop-results`).
+
+It empties the checkpoint's tables (`sinks/`) and the file source's registry
+(`sources/file_registry.py`) together, so it lives with the command, above both.
 """
 
 from __future__ import annotations
