@@ -68,6 +68,8 @@ class Engine(LocalPartitions[PartitionState]):
         *,
         max_cached_entries: int = 1_000_000,
     ) -> None:
+        if spec.session is not None:
+            raise ValueError("a session-window query runs in SessionEngine, not Engine")
         super().__init__(spec, clock)
         self._plan = plan_for(spec)
         self._kernel = build_kernel(spec, self._plan)
