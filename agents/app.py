@@ -23,11 +23,11 @@ import faust
 from faust.app import BootStrategy
 
 from streamproc.batch.plan import BatchPlan
+from streamproc.commands.preflight import preflight
+from streamproc.commands.run import store_factory_for, summary_lines
 from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.logformat import restyle_host_handlers
 from streamproc.runtime.loglevel import apply_log_level
-from streamproc.runtime.main import store_factory_for, summary_lines
-from streamproc.runtime.preflight import preflight
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
 from streamproc.state.base import LocalStateError
 

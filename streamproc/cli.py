@@ -15,7 +15,7 @@ from collections.abc import Sequence
 def _cmd_validate(args: argparse.Namespace) -> int:
     # The run's own check: validate builds the run plan too, so it refuses
     # exactly what `streamproc run` would, with the same line.
-    from streamproc.runtime.preflight import preflight
+    from streamproc.commands.preflight import preflight
 
     all_ok = True
     for path in args.configs:
@@ -38,13 +38,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from streamproc.runtime.main import run_from_cli
+    from streamproc.commands.run import run_from_cli
 
     return run_from_cli(args.config, max_seconds=args.max_seconds)
 
 
 def _cmd_reset(args: argparse.Namespace) -> int:
-    from streamproc.runtime.reset import reset_from_cli
+    from streamproc.commands.reset import reset_from_cli
 
     return reset_from_cli(
         args.target, dsn=args.dsn, drop_results=args.drop_results, yes=args.yes, wait=args.wait
@@ -52,7 +52,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from streamproc.runtime.status_read import status_from_cli
+    from streamproc.commands.status import status_from_cli
 
     return status_from_cli(
         args.config, as_json=args.json, stale_after=args.stale_after, batches=args.batches

@@ -25,12 +25,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from streamproc.batch.files import identity, iter_files, list_files
 from streamproc.batch.kafka import bounded_ranges, read_bounded
 from streamproc.batch.load import Doc, LoadResult, LoadTarget, RowRefusedError, load
 from streamproc.batch.plan import BatchPlan
 from streamproc.batch.report import BatchReport
-from streamproc.batch.rows import result_doc
 from streamproc.engine import Engine, ResultRow
 from streamproc.runtime.connect_errors import connect_failure_line
 from streamproc.runtime.decode import decode_records
@@ -40,9 +38,11 @@ from streamproc.runtime.quality import QualityGate
 from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
 from streamproc.sinks.base import DeadLetterRow, OutgoingMessage
 from streamproc.sinks.layout import dead_letter_table_sql, result_layout
+from streamproc.sinks.load_rows import result_doc
 from streamproc.sinks.postgres_dlq import insert_dead_letters
 from streamproc.sinks.postgres_registry import create_if_missing
 from streamproc.sources.base import RawRecord
+from streamproc.sources.file_listing import identity, iter_files, list_files
 from streamproc.state.memory import memory_store_factory
 
 log = logging.getLogger("streamproc.batch")

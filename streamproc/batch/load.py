@@ -19,7 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from streamproc.batch.rows import (
+from streamproc.runtime.failures import FailureKind, classify_failure, first_line
+from streamproc.sinks.layout import ResultTableLayout, quote_ident
+from streamproc.sinks.load_rows import (
     STAGE,
     WriteMode,
     create_stage_sql,
@@ -27,8 +29,6 @@ from streamproc.batch.rows import (
     passthrough_columns,
     passthrough_table_sql,
 )
-from streamproc.runtime.failures import FailureKind, classify_failure, first_line
-from streamproc.sinks.layout import ResultTableLayout, quote_ident
 from streamproc.sinks.postgres_owners import register_batch_job
 from streamproc.sinks.postgres_registry import (
     create_if_missing,

@@ -1,7 +1,7 @@
 """BatchPlan: what a `mode: batch` pipeline does, resolved from its config (pure).
 
 `streamproc validate`, `streamproc run` and the Faust worker build it through
-`runtime.preflight`, so a batch config that validates also runs. Nothing here
+`commands.preflight`, so a batch config that validates also runs. Nothing here
 imports a Kafka or PostgreSQL client.
 """
 

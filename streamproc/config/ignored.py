@@ -1,6 +1,6 @@
 """Keys of the original format that a run accepts and does not honour, and what it does instead.
 
-One source for the warning lines (``runtime/preflight.py`` prints them when a config
+One source for the warning lines (``commands/preflight.py`` prints them when a config
 sets one of these keys) and for the table in CONFIG.md (``reference_doc`` renders
 it), so that the two cannot say different things. Spark-only keys (models' fields
 marked ``deprecated=SPARK_ONLY``) are listed from the models themselves.

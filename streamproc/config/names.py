@@ -34,6 +34,15 @@ _TABLE_RULE = (
 )
 
 
+def quote_ident(name: str) -> str:
+    """Quote a possibly schema-qualified identifier for SQL (``a.b`` -> ``"a"."b"``).
+
+    Names are checked when the config is read; quoting them as well means that
+    neither a config nor a record can inject SQL, whichever module splices them.
+    """
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
 def check_column(name: str) -> str:
     """Return ``name`` if it is a safe SQL column name, else raise ValueError(one line)."""
     if _IDENTIFIER.fullmatch(name) and len(name) <= IDENTIFIER_MAX:

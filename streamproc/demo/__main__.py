@@ -142,9 +142,9 @@ async def _report(plan: Any, bootstrap: str, dsn: str) -> None:
 
 
 async def _demo(bootstrap: str, dsn: str, workdir: Path) -> int:
+    from streamproc.commands.run import store_factory_for, summary_lines
     from streamproc.config import load_config
     from streamproc.local import create_topic
-    from streamproc.runtime.main import store_factory_for, summary_lines
     from streamproc.runtime.planning import plan_from_config
     from streamproc.runtime.query import StreamingQuery
 
@@ -175,8 +175,8 @@ async def _demo(bootstrap: str, dsn: str, workdir: Path) -> int:
 
 def main() -> int:
     """Run the demo; returns the exit code."""
+    from streamproc.commands.run import configure_logging
     from streamproc.local import start_stack, stop_stack
-    from streamproc.runtime.main import configure_logging
 
     configure_logging("WARNING")
     workdir = Path(tempfile.mkdtemp(prefix="streamproc-demo-"))

@@ -17,8 +17,8 @@ topics).
 """
 
 from streamproc.local._cli import local_main
+from streamproc.local._ports import free_port
 from streamproc.local._probe import broker_is_ready, postgres_is_ready
-from streamproc.local._proc import free_port
 from streamproc.local._state import StackError, StackInfo
 from streamproc.local.kafka import create_topic
 from streamproc.local.stack import (

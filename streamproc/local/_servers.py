@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamproc.local import _proc
+from streamproc.local import _pids, _ports, _signals, _spawn
 from streamproc.local._probe import ProbeError, kafka_metadata, postgres_query_one
 from streamproc.local._state import (
     BROKER_LOG,
@@ -99,10 +99,10 @@ def spawn_broker(state: State) -> None:
 
     def _record(pid: int) -> None:
         state.broker_pid = pid
-        state.broker_created = _proc.create_time(pid)
+        state.broker_created = _pids.create_time(pid)
         state.save()
 
-    _proc.spawn(
+    _spawn.spawn(
         argv,
         log_file=state.run_dir / BROKER_LOG,
         env=env,
@@ -128,13 +128,13 @@ def await_broker(state: State, deadline: float, *, new_port_on_failure: bool) ->
     attempts = PORT_ATTEMPTS if new_port_on_failure else 1
     delay = 0.005
     while True:
-        if not _proc.is_alive(state.broker_pid, state.broker_created):
+        if not _pids.is_alive(state.broker_pid, state.broker_created):
             attempts -= 1
-            tail = _proc.log_tail(state.run_dir / BROKER_LOG)
+            tail = _spawn.log_tail(state.run_dir / BROKER_LOG)
             if attempts <= 0:
                 raise StackError(f"broker exited during start-up; {BROKER_LOG}:\n{tail}")
             _log.info("broker died on port %d, retrying on another port", state.broker_port)
-            state.broker_port = _proc.free_port()
+            state.broker_port = _ports.free_port()
             spawn_broker(state)
             continue
         with contextlib.suppress(OSError, ProbeError):
@@ -142,7 +142,7 @@ def await_broker(state: State, deadline: float, *, new_port_on_failure: bool) ->
             if meta.cluster_id == state.cluster_id:
                 return
         if time.monotonic() >= deadline:
-            tail = _proc.log_tail(state.run_dir / BROKER_LOG)
+            tail = _spawn.log_tail(state.run_dir / BROKER_LOG)
             raise StackError(f"broker not ready on {state.bootstrap}; {BROKER_LOG}:\n{tail}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
@@ -150,7 +150,7 @@ def await_broker(state: State, deadline: float, *, new_port_on_failure: bool) ->
 
 def stop_broker_proc(state: State, timeout: float = 5.0) -> bool:
     """SIGTERM the broker (SIGKILL after ``timeout``); True if it was running."""
-    stopped = _proc.terminate(state.broker_pid, state.broker_created, signal.SIGTERM, timeout)
+    stopped = _signals.terminate(state.broker_pid, state.broker_created, signal.SIGTERM, timeout)
     state.broker_pid, state.broker_created = 0, None
     return stopped
 
@@ -279,7 +279,7 @@ def init_postgres(state: State, timeout: float) -> None:
     ]
     with open(state.run_dir / INITDB_LOG, "ab") as log:
         try:
-            _proc.run_logged(
+            _spawn.run_logged(
                 argv,
                 log=log,
                 env=_pg_env(),
@@ -289,7 +289,7 @@ def init_postgres(state: State, timeout: float) -> None:
                 timeout=timeout,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            tail = _proc.log_tail(state.run_dir / INITDB_LOG)
+            tail = _spawn.log_tail(state.run_dir / INITDB_LOG)
             raise StackError(f"initdb failed: {exc}; {INITDB_LOG}:\n{tail}") from exc
 
 
@@ -311,10 +311,10 @@ def spawn_postgres(state: State) -> None:
 
     def _record(pid: int) -> None:
         state.postgres_pid = pid
-        state.postgres_created = _proc.create_time(pid)
+        state.postgres_created = _pids.create_time(pid)
         state.save()
 
-    _proc.spawn(
+    _spawn.spawn(
         argv,
         log_file=state.run_dir / POSTGRES_LOG,
         env=_pg_env(),
@@ -341,20 +341,20 @@ def await_postgres(state: State, deadline: float, *, new_port_on_failure: bool) 
     attempts = PORT_ATTEMPTS if new_port_on_failure else 1
     delay = 0.005
     while True:
-        if not _proc.is_alive(state.postgres_pid, state.postgres_created):
+        if not _pids.is_alive(state.postgres_pid, state.postgres_created):
             attempts -= 1
-            tail = _proc.log_tail(state.run_dir / POSTGRES_LOG)
+            tail = _spawn.log_tail(state.run_dir / POSTGRES_LOG)
             if attempts <= 0:
                 raise StackError(f"postgres exited during start-up; {POSTGRES_LOG}:\n{tail}")
             _log.info("postgres died on port %d, retrying on another", state.postgres_port)
-            state.postgres_port = _proc.free_port()
+            state.postgres_port = _ports.free_port()
             spawn_postgres(state)
             continue
         with contextlib.suppress(OSError, ProbeError):
             if postgres_query_one(state.dsn, "SHOW data_directory", 0.5) == str(state.pg_data):
                 return
         if time.monotonic() >= deadline:
-            tail = _proc.log_tail(state.run_dir / POSTGRES_LOG)
+            tail = _spawn.log_tail(state.run_dir / POSTGRES_LOG)
             raise StackError(f"postgres not ready at {state.dsn}; {POSTGRES_LOG}:\n{tail}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
@@ -362,7 +362,7 @@ def await_postgres(state: State, deadline: float, *, new_port_on_failure: bool) 
 
 def stop_postgres_proc(state: State, timeout: float = 15.0) -> bool:
     """Fast shutdown (SIGINT; SIGKILL after ``timeout``); True if it was running."""
-    stopped = _proc.terminate(state.postgres_pid, state.postgres_created, signal.SIGINT, timeout)
+    stopped = _signals.terminate(state.postgres_pid, state.postgres_created, signal.SIGINT, timeout)
     state.postgres_pid, state.postgres_created = 0, None
     return stopped
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamproc.local import _proc
+from streamproc.local import _pids
 
 _log = logging.getLogger("streamproc.local")
 
@@ -205,7 +205,7 @@ def _identity_of_old_file(ticks: object, written_at: float) -> float | None:
     """
     if not isinstance(ticks, int) or isinstance(ticks, bool):
         return None
-    return _proc.created_from_ticks(ticks, written_at)
+    return _pids.created_from_ticks(ticks, written_at)
 
 
 @contextlib.contextmanager

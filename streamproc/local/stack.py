@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-from streamproc.local import _proc, _servers
+from streamproc.local import _pids, _ports, _servers, _signals, _wait
 from streamproc.local._state import STATE_FILE, StackError, StackInfo, State, locked
 
 _log = logging.getLogger("streamproc.local")
@@ -22,8 +22,8 @@ START_TIMEOUT = 30.0
 
 
 def _alive(state: State) -> bool:
-    broker_ok = not state.broker_enabled or _proc.is_alive(state.broker_pid, state.broker_created)
-    pg_ok = not state.postgres_enabled or _proc.is_alive(state.postgres_pid, state.postgres_created)
+    broker_ok = not state.broker_enabled or _pids.is_alive(state.broker_pid, state.broker_created)
+    pg_ok = not state.postgres_enabled or _pids.is_alive(state.postgres_pid, state.postgres_created)
     return broker_ok and pg_ok
 
 
@@ -102,7 +102,7 @@ def start_stack(
             started = time.monotonic()
             deadline = started + timeout
             if broker:  # Tansu is up within milliseconds: no need to overlap
-                state.broker_port = _proc.free_port()
+                state.broker_port = _ports.free_port()
                 _servers.spawn_broker(state)
                 _servers.await_broker(state, deadline, new_port_on_failure=True)
                 state.timings["broker_s"] = round(time.monotonic() - started, 3)
@@ -110,7 +110,7 @@ def start_stack(
                 pg_started = time.monotonic()
                 _servers.init_postgres(state, timeout)
                 state.timings["initdb_s"] = round(time.monotonic() - pg_started, 3)
-                state.postgres_port = _proc.free_port()
+                state.postgres_port = _ports.free_port()
                 _servers.spawn_postgres(state)
                 _servers.await_postgres(state, deadline, new_port_on_failure=True)
                 state.timings["postgres_s"] = round(time.monotonic() - pg_started, 3)
@@ -212,7 +212,7 @@ def start_postgres(info: StackInfo, timeout: float = START_TIMEOUT) -> StackInfo
         state = _loaded(info)
         if not state.postgres_enabled:
             raise StackError("this stack has no local PostgreSQL")
-        if not _proc.is_alive(state.postgres_pid, state.postgres_created):
+        if not _pids.is_alive(state.postgres_pid, state.postgres_created):
             _servers.prepare_postgres_user(state)
             _servers.spawn_postgres(state)
             _servers.await_postgres(state, time.monotonic() + timeout, new_port_on_failure=False)
@@ -259,7 +259,7 @@ def start_broker(info: StackInfo, timeout: float = START_TIMEOUT) -> StackInfo:
         state = _loaded(info)
         if not state.broker_enabled:
             raise StackError("this stack has no local broker")
-        if not _proc.is_alive(state.broker_pid, state.broker_created):
+        if not _pids.is_alive(state.broker_pid, state.broker_created):
             _servers.spawn_broker(state)
             _servers.await_broker(state, time.monotonic() + timeout, new_port_on_failure=False)
         state.save()
@@ -281,11 +281,11 @@ def pause_broker(info: StackInfo) -> None:
         StackError: The broker is not running.
     """
     state = _loaded(info)
-    if not _proc.send_signal(state.broker_pid, signal.SIGSTOP, state.broker_created, group=True):
+    if not _signals.send_signal(state.broker_pid, signal.SIGSTOP, state.broker_created, group=True):
         raise StackError("the broker is not running")
     # A signal is delivered asynchronously: return only once the broker stopped,
     # so that nothing it answers afterwards was answered "during" the pause.
-    _proc.wait_until_stopped(state.broker_pid, timeout=5.0)
+    _wait.wait_until_stopped(state.broker_pid, timeout=5.0)
 
 
 def resume_broker(info: StackInfo) -> None:
@@ -298,7 +298,7 @@ def resume_broker(info: StackInfo) -> None:
         StackError: The broker is not running.
     """
     state = _loaded(info)
-    if not _proc.send_signal(state.broker_pid, signal.SIGCONT, state.broker_created, group=True):
+    if not _signals.send_signal(state.broker_pid, signal.SIGCONT, state.broker_created, group=True):
         raise StackError("the broker is not running")
 
 

@@ -1,6 +1,6 @@
 """`loggingConfig.logLevel` for streamproc's own loggers in a process whose host set up logging.
 
-`streamproc run` configures logging itself (`main.configure_logging`). Under
+`streamproc run` configures logging itself (`commands.run.configure_logging`). Under
 the Faust worker, Faust has already configured it from its `-l` option: its
 root handlers pass only records at that level or above. `apply_log_level`
 sets streamproc's loggers to the config's level and lowers the root handlers

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+# Re-exported for the sink modules: it lives with the naming rules (config/names.py),
+# below every folder that writes SQL, so none of them needs the sinks for it.
+from streamproc.config.names import quote_ident as quote_ident
 from streamproc.engine import QuerySpec
 
 # Aggregate output types. first/last keep the JSON value as it was (any type);
@@ -33,19 +36,12 @@ POSITIONS_TABLE = "streamproc_positions"
 QUERIES_TABLE = "streamproc_queries"
 RUNS_TABLE = "streamproc_runs"
 PROGRESS_TABLE = "streamproc_progress"
-#: The file source's files and their ordinals (streamproc.sources.file_registry).
-FILES_TABLE = "streamproc_files"
 #: Which batch job (pipelineId) owns which table (streamproc.sinks.postgres_owners).
 BATCH_JOBS_TABLE = "streamproc_batch_jobs"
 #: Temporary tables (one set per connection) that batches are copied into.
 STAGE_STATES = "streamproc_stage_states"
 STAGE_KEYS = "streamproc_stage_keys"
 STAGE_ROWS = "streamproc_stage_rows"
-
-
-def quote_ident(name: str) -> str:
-    """Quote a possibly schema-qualified identifier for SQL (``a.b`` -> ``"a"."b"``)."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
 @dataclass(frozen=True, slots=True)

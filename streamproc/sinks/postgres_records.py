@@ -2,7 +2,7 @@
 
 `PostgresRecordSink` is the `ResultSink` of a streaming pipeline without
 aggregation. Its rows are the records (`engine.passthrough`), loaded the way a
-batch job loads records as they are (`batch.rows`): each record travels as a
+batch job loads records as they are (`load_rows`): each record travels as a
 jsonb document and `jsonb_populate_record` puts each field into the column of
 its name, converted by PostgreSQL; a jsonb column `record` takes the whole
 record. Two columns say where the record came from, and are the table's key:
@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streamproc.batch.rows import insert_sql, passthrough_columns
 from streamproc.engine import ResultRow
 from streamproc.sinks.layout import quote_ident
+from streamproc.sinks.load_rows import insert_sql, passthrough_columns
 from streamproc.sinks.postgres_registry import (
     create_if_missing,
     has_unique_index,

@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from streamproc.sinks.layout import FILES_TABLE
 from streamproc.sources.base import SourceConflictError
 from streamproc.sources.file_identity import FileId
+
+#: The file source's files and their ordinals, beside the checkpoint's tables (a
+#: reset keeps or drops its rows with them; `status` reads it to name a file).
+FILES_TABLE = "streamproc_files"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from streamproc.batch.files import FileSourceError, list_files
 from streamproc.sources.base import SourceConflictError
 from streamproc.sources.file_access import GZIP_ERRORS, OpenFile, is_gzip, observe
 from streamproc.sources.file_identity import (
@@ -32,6 +31,7 @@ from streamproc.sources.file_identity import (
     reconcile,
 )
 from streamproc.sources.file_lines import MAX_FILE_BYTES
+from streamproc.sources.file_listing import FileSourceError, list_files
 from streamproc.sources.file_registry import FileEntry, FileRegistry
 
 if TYPE_CHECKING:

@@ -19,13 +19,8 @@ TopologyTestDriver and Bytewax's TestingSource are the models):
 
 from __future__ import annotations
 
-from streamproc.testing.checkpoint import (
-    MemoryCheckpoint,
-    MemoryDatabase,
-    MemoryTableSink,
-    RefusedError,
-    typed_key,
-)
+from streamproc.testing.checkpoint import MemoryCheckpoint
+from streamproc.testing.database import MemoryDatabase, RefusedError, typed_key
 from streamproc.testing.messages import MemoryMessages
 from streamproc.testing.pipeline import (
     BadOutput,
@@ -38,6 +33,7 @@ from streamproc.testing.pipeline import (
 )
 from streamproc.testing.ports import memory_ports
 from streamproc.testing.source import MemoryGroup, MemorySource, MemoryTopic
+from streamproc.testing.table_sink import MemoryTableSink
 
 __all__ = [
     "BadOutput",

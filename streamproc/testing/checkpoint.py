@@ -1,269 +1,37 @@
-"""An in-memory checkpoint and result table: the `Checkpoint` port without PostgreSQL.
+"""An in-memory checkpoint: the `Checkpoint` port without PostgreSQL.
 
-`MemoryDatabase` is the shared store (several workers' checkpoints see the
-same one, as they would see one PostgreSQL database); `MemoryCheckpoint` is
-one query's view of it, with the same commit semantics as
-`PostgresCheckpoint` (the contract tests run both); `MemoryTableSink` holds a
-result table; `db.dead_letter_tables` the dead-letter tables of dlqType
-postgresql. The database can be told to fail like PostgreSQL does:
-
-    db.outage = True                      every call raises ConnectionRefusedError
-                                          (an outage: the query waits and replays)
-    db.refuse_key = lambda key: "why"     a commit touching that group key raises a
-                                          refusal (SQLSTATE 22000), as a value
-                                          PostgreSQL cannot store does
-    db.fail_commits.append(exc)           the next commit raises exc
-    db.before_commit[n] = step            step() runs before the first commit tried after
-                                          n succeeded: it may raise (a BaseException
-                                          stands for a kill -9) or start an outage; a
-                                          coroutine it returns is awaited (the commit
-                                          stays in flight while other workers go on)
+`MemoryCheckpoint` is one query's view of a `MemoryDatabase` (where several
+workers' checkpoints meet, as in one PostgreSQL database), with the same commit
+semantics as `PostgresCheckpoint`: the contract tests run both. Its result
+table is a `MemoryTableSink`; `db.dead_letter_tables` holds the dead-letter
+tables of dlqType postgresql. How the database is told to fail like PostgreSQL
+does is said in `streamproc.testing.database`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from streamproc.engine import (
-    EXPIRED_STATE,
-    PartialRow,
-    QuerySpec,
-    ResultRow,
-    finalize,
-    merge_states,
-)
-from streamproc.engine.aggregates import plan_for
+from streamproc.engine import QuerySpec
 from streamproc.sinks.base import (
     RESET_HINT,
     BoundedRun,
     CheckpointConflictError,
-    ClosingWindowsError,
     CommitBatch,
     CommitOutcome,
-    DeadLetterRow,
-    LateRow,
     PartitionCheckpoint,
     PartitionCommit,
     QueryIdentity,
-    QueryRunningError,
     ResultSink,
     Watermarks,
-    batch_ids,
-    behind_watermark,
-    check_local_watermark,
-    expiry_bounds,
-    reset_under_worker,
-    stale_partitions,
 )
-from streamproc.sinks.commit_plan import mode_strategy, plan_commit
 from streamproc.sinks.definition import definition_changes
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
-from streamproc.sinks.progress_rows import PROGRESS_KEEP, ProgressRow, progress_row
-
-#: A group key with each value's JSON type, so that 1, 1.0, True and "1" stay apart
-#: where JSON says they differ (see `typed_key`).
-TypedKey = tuple[tuple[str, Any], ...]
-#: (typed key, window start, window end)
-RowId = tuple[TypedKey, int | None, int | None]
-
-
-def typed_key(key: Sequence[Any]) -> TypedKey:
-    """A key whose equality is JSON's: equal numbers are equal, types otherwise apart."""
-    out: list[tuple[str, Any]] = []
-    for value in key:
-        if isinstance(value, bool):
-            out.append(("boolean", value))
-        elif isinstance(value, int | float):
-            number = value + 0.0 if isinstance(value, float) else value
-            if isinstance(number, float) and number.is_integer() and math.isfinite(number):
-                number = int(number)
-            out.append(("number", number))
-        elif value is None:
-            out.append(("null", None))
-        else:
-            out.append((type(value).__name__, value))
-    return tuple(out)
-
-
-class RefusedError(Exception):
-    """A refusal as PostgreSQL reports one (SQLSTATE class 22: data exception)."""
-
-    sqlstate = "22000"
-
-
-@dataclass
-class LedgerEntry:
-    """One ledger row."""
-
-    commit: PartitionCommit
-    committed_at_ms: int
-
-
-@dataclass
-class Position:
-    """Where a partition of a query resumes (`streamproc_positions`)."""
-
-    next_offset: int
-    max_event_ts_ms: int | None
-    watermark_ms: int | None
-    last_record: bytes | None
-    committed_at_ms: int
-
-
-@dataclass
-class Registered:
-    """A query's registration (`streamproc_queries`)."""
-
-    definition: Mapping[str, Any]
-    result_table: str | None
-    #: Changes whenever the query is (re-)registered (see `Registration.incarnation`).
-    incarnation: int = 0
-    global_watermark_ms: int | None = None
-
-
-@dataclass
-class Run:
-    """A bounded run (`streamproc_runs`)."""
-
-    run_id: int
-    ends: dict[int, int]
-    status: str = "running"
-
-
-@dataclass(frozen=True)
-class StoredDeadLetter:
-    """A row of a dead-letter table: the record, its batch id and when (db clock)."""
-
-    row: DeadLetterRow
-    batch_id: str
-    at_ms: int
-
-
-#: (query, source topic, partition, offset): a dead-letter table's unique key.
-SourcePosition = tuple[str, str, int, int]
-
-
-@dataclass
-class MemoryDatabase:
-    """What PostgreSQL would hold: registry, positions, ledger, states, tables, runs."""
-
-    clock_ms: Callable[[], int] = field(default=lambda: 0)
-    queries: dict[str, Registered] = field(default_factory=dict)
-    positions: dict[tuple[str, int], Position] = field(default_factory=dict)
-    ledger: dict[tuple[str, str, int], list[LedgerEntry]] = field(default_factory=dict)
-    #: (query, typed key, window start, partition) -> partial row
-    partials: dict[tuple[str, TypedKey, int | None, int], PartialRow] = field(default_factory=dict)
-    tables: dict[str, dict[RowId, ResultRow]] = field(default_factory=dict)
-    late_tables: dict[str, dict[tuple[str, str, int, int], LateRow]] = field(default_factory=dict)
-    dead_letter_tables: dict[str, dict[SourcePosition, StoredDeadLetter]] = field(
-        default_factory=dict
-    )
-    runs: dict[str, list[Run]] = field(default_factory=dict)
-    #: query -> its newest progress rows (`streamproc_progress`), oldest first,
-    #: with each one's state rows total
-    progress: dict[str, list[tuple[ProgressRow, int]]] = field(default_factory=dict)
-    #: query -> checkpoints that are members of its bounded run
-    run_members: dict[str, set[int]] = field(default_factory=dict)
-    outage: bool = False
-    refuse_key: Callable[[tuple[Any, ...]], str | None] | None = None
-    fail_commits: list[BaseException] = field(default_factory=list)
-    before_commit: dict[int, Callable[[], Awaitable[None] | None]] = field(default_factory=dict)
-    commits: int = 0
-    #: query -> the open checkpoints (workers) holding a claim on it (`postgres_claims`)
-    claims: dict[str, set[int]] = field(default_factory=dict)
-    #: Numbers registrations (`Registered.incarnation`).
-    registrations: int = 0
-
-    def check_reachable(self) -> None:
-        """Raise like a server that is down."""
-        if self.outage:
-            raise ConnectionRefusedError("memory database: connection refused (outage)")
-
-    def check_key(self, key: tuple[Any, ...]) -> None:
-        """Raise like a server refusing a value."""
-        if self.refuse_key is not None:
-            reason = self.refuse_key(key)
-            if reason is not None:
-                raise RefusedError(reason)
-
-    def table_rows(self, table: str) -> list[ResultRow]:
-        """The rows of a result table."""
-        return list(self.tables.get(table, {}).values())
-
-    def ledger_rows(self, query: str, topic: str) -> list[PartitionCommit]:
-        """Every ledger row of a query, by partition and offset."""
-        out = []
-        for (q, t, _p), entries in sorted(self.ledger.items()):
-            if q == query and t == topic:
-                out += [e.commit for e in entries]
-        return out
-
-    def reset(self, query: str, *, drop_table: str | None = None, force: bool = False) -> None:
-        """`streamproc reset`: forget a query's checkpoint (and drop its table).
-
-        Refused while a worker holds a claim on the query, unless forced (a reset
-        the claims could not see: a worker must then find out at its next commit).
-        """
-        if self.claims.get(query) and not force:
-            raise QueryRunningError(f"query {query} is running: stop the worker first")
-        self.queries.pop(query, None)
-        self.runs.pop(query, None)
-        self.progress.pop(query, None)
-        self.positions = {k: v for k, v in self.positions.items() if k[0] != query}
-        self.partials = {k: v for k, v in self.partials.items() if k[0] != query}
-        self.ledger = {k: v for k, v in self.ledger.items() if k[0] != query}
-        for name, late in self.late_tables.items():
-            self.late_tables[name] = {k: v for k, v in late.items() if k[0] != query}
-        for name, letters in self.dead_letter_tables.items():
-            self.dead_letter_tables[name] = {k: v for k, v in letters.items() if k[0] != query}
-        if drop_table is not None:
-            self.tables.pop(drop_table, None)
-
-
-class MemoryTableSink:
-    """A result table in a `MemoryDatabase` (a `ResultSink`)."""
-
-    def __init__(self, db: MemoryDatabase, table: str) -> None:
-        self._db = db
-        self.table = table
-
-    async def start(self) -> None:
-        """Nothing to open."""
-
-    async def stop(self) -> None:
-        """Nothing to close."""
-
-    async def prepare(self, tx: Any) -> None:
-        """Create the table when missing."""
-        self._db.tables.setdefault(self.table, {})
-
-    async def prepare_connection(self, conn: Any) -> None:
-        """Nothing per connection."""
-
-    def check_keys(self, keys: Any) -> None:
-        """Any key fits (refusals come from `MemoryDatabase.refuse_key`)."""
-
-    def encode(self, rows: Sequence[ResultRow]) -> None:
-        """Rows are kept as they are."""
-
-    async def write(
-        self, tx: Any, rows: Sequence[ResultRow], *, insert_only: bool, encoded: Any = None
-    ) -> int:
-        """Upsert rows, or insert the absent ones (returns how many were inserted)."""
-        table = self._db.tables.setdefault(self.table, {})
-        written = 0
-        for row in rows:
-            row_id = (typed_key(row.key), row.window_start_ms, row.window_end_ms)
-            if insert_only and row_id in table:
-                continue
-            table[row_id] = row
-            written += 1
-        return written
+from streamproc.sinks.progress_rows import PROGRESS_KEEP
+from streamproc.testing.commits import MemoryCommits
+from streamproc.testing.database import MemoryDatabase, Position, Registered, Run
 
 
 class MemoryCheckpoint:
@@ -281,16 +49,24 @@ class MemoryCheckpoint:
         progress_keep: int = PROGRESS_KEEP,
     ) -> None:
         self._db = db
-        self._progress_keep = progress_keep
         self._identity = identity
         self._query = identity.query
         self._topic = identity.topic
-        self._spec = spec
         self._sink = sink
         self._late_table = late_table
         self._dlq_table = dlq_table
+        #: The registration this checkpoint opened (a commit of another is refused).
         self._incarnation = 0
-        self._mode = mode_strategy(spec)
+        self._commits = MemoryCommits(
+            db,
+            query=identity.query,
+            topic=identity.topic,
+            spec=spec,
+            sink=sink,
+            late_table=late_table,
+            dlq_table=dlq_table,
+            progress_keep=progress_keep,
+        )
 
     def stage(self, batch: CommitBatch) -> CommitBatch:
         """Nothing to encode: rows and states are kept as they are."""
@@ -492,260 +268,4 @@ class MemoryCheckpoint:
         db.check_reachable()
         if db.fail_commits:
             raise db.fail_commits.pop(0)
-        query = self._query
-        plan = plan_commit(batch, self._spec, self._mode)
-        stale = stale_partitions(
-            batch, {p: pos.next_offset for (q, p), pos in db.positions.items() if q == query}
-        )
-        registered = db.queries.get(query)
-        if registered is None or registered.incarnation != self._incarnation:
-            raise CheckpointConflictError(reset_under_worker(query))
-        if not stale:
-            stale = behind_watermark(batch, registered.global_watermark_ms)
-        if not stale and self._spec.state_timeout_ms is not None and self._spec.window:
-            stale = self._hits_tombstone(batch)
-        if stale:
-            return CommitOutcome(stale=stale)
-        for rows in batch.partials.values():
-            for row in rows:
-                db.check_key(row.key)
-        self._sink.check_keys(row.key for rows in batch.partials.values() for row in rows)
-        # Work on copies: a refusal half-way leaves the database as it was.
-        partials = dict(db.partials)
-        for partition, rows in batch.partials.items():
-            for row in rows:
-                partials[(query, typed_key(row.key), row.window_start_ms, partition)] = row
-        to_write: list[tuple[Sequence[ResultRow], bool]] = []
-        rows_step = plan.rows
-        passthrough = rows_step.kind == "insert"
-        if rows_step.kind in ("insert", "upsert"):
-            to_write.append((rows_step.rows, passthrough))
-        elif rows_step.kind == "merge":
-            to_write.append((self._merge_touched(partials, rows_step.touched), False))
-        now = db.clock_ms()
-        ledger = {k: list(v) for k, v in db.ledger.items()}
-        positions = dict(db.positions)
-        for p in batch.partitions:
-            ledger.setdefault((query, self._topic, p.partition), []).append(LedgerEntry(p, now))
-            positions[(query, p.partition)] = Position(
-                p.next_offset, p.max_event_ts_ms, p.watermark_ms, p.last_record, now
-            )
-        watermark = self._global_watermark(positions, registered, batch, now)
-        check_local_watermark(query, batch, watermark)
-        closed = 0
-        closing = plan.closing
-        if self._spec.window is not None and watermark is not None:
-            ending = [k for k, row in partials.items() if self._closes(k, row, watermark)]
-            # Tombstones of closing windows go: their rows were written when they expired.
-            for k in [k for k in ending if k[3] == TOMBSTONE_PARTITION]:
-                partials.pop(k)
-            ending = [k for k in ending if k[3] != TOMBSTONE_PARTITION]
-            if closing.kind == "append":
-                closed_states = {k: partials.pop(k) for k in sorted(ending, key=lambda k: k[3])}
-                merged = (
-                    list(closing.local_rows)
-                    if closing.local_rows is not None
-                    else self._merge(closed_states.values())
-                )
-                to_write.append((merged, True))
-                closed = len(merged)
-            elif closing.kind == "evict":
-                for k in ending:
-                    partials.pop(k)
-                closed = len(ending)
-            if closing.expiry != "none":
-                final = self._expire(partials, batch, watermark, registered.global_watermark_ms)
-                if final:
-                    to_write.append((final, True))
-                    closed += len(final)
-        if closing.kind != "append":
-            for partition, keys in batch.evicted.items():
-                for key, start, _end in keys:
-                    partials.pop((query, typed_key(key), start, partition), None)
-        for result_rows, insert_only in to_write:
-            try:
-                for result in result_rows:
-                    db.check_key(result.key)
-            except RefusedError as exc:
-                if insert_only:
-                    raise ClosingWindowsError(exc, len(result_rows)) from exc
-                raise
-            if insert_only and not passthrough:
-                table = db.tables.get(getattr(self._sink, "table", ""), {})
-                taken = [
-                    r
-                    for r in result_rows
-                    if (typed_key(r.key), r.window_start_ms, r.window_end_ms) in table
-                ]
-                if taken:
-                    raise CheckpointConflictError(
-                        f"query {query}: {len(taken)} closing window row(s) were already in the "
-                        "result table, which only this query may write; nothing of the batch "
-                        "was written"
-                    )
-        if dry_run:
-            return CommitOutcome((), sum(len(r) for r, _ in to_write), closed, watermark)
-        written = 0
-        for result_rows, insert_only in to_write:
-            written += await self._sink.write(None, result_rows, insert_only=insert_only)
-        if self._late_table:
-            late = db.late_tables.setdefault(self._late_table, {})
-            for r in batch.late_rows:
-                late.setdefault((query, self._topic, r.partition, r.offset), r)
-        if self._dlq_table and batch.dead_letter_rows:
-            letters = db.dead_letter_tables.setdefault(self._dlq_table, {})
-            ids = batch_ids(query, self._topic, batch.partitions)
-            for d in batch.dead_letter_rows:
-                stored = StoredDeadLetter(d, ids[d.partition], now)
-                letters.setdefault((query, self._topic, d.partition, d.offset), stored)
-        db.partials = partials
-        db.ledger = ledger
-        db.positions = positions
-        registered.global_watermark_ms = watermark
-        db.commits += 1
-        total = sum(1 for k in partials if k[0] == query)
-        kept = db.progress.setdefault(query, [])
-        kept.append(
-            (
-                progress_row(
-                    query,
-                    self._topic,
-                    batch,
-                    sink_rows=written,
-                    watermark_ms=watermark,
-                    timings_s={},
-                ),
-                total,
-            )
-        )
-        del kept[: -self._progress_keep]
-        return CommitOutcome((), written, closed, watermark, state_rows_total=total)
-
-    def _hits_tombstone(self, batch: CommitBatch) -> tuple[int, ...]:
-        """The batch's partitions when one of its partials is of an expired (key, window).
-
-        Its worker had not seen the tombstone (another worker's commit made it): the
-        batch is stale, and its replay, with the tombstones restored, finds those
-        records late ("state expired") instead of starting the state afresh.
-        """
-        partials = self._db.partials
-        for rows in batch.partials.values():
-            for row in rows:
-                k = (self._query, typed_key(row.key), row.window_start_ms, TOMBSTONE_PARTITION)
-                if k in partials:
-                    return tuple(p.partition for p in batch.partitions) or tuple(batch.partials)
-        return ()
-
-    def _expire(
-        self,
-        partials: dict[tuple[str, TypedKey, int | None, int], PartialRow],
-        batch: CommitBatch,
-        watermark: int,
-        stored_w: int | None,
-    ) -> list[ResultRow]:
-        """Replace the partials of expired (key, window)s by tombstones (windowed stateTimeout).
-
-        The worker's own list when it closes windows itself (their append rows are
-        among its local rows), else every open (key, window) whose activity merged
-        over all partitions is the timeout or more behind W. Returns the rows to
-        write now: append mode, found here.
-        """
-        query, spec = self._query, self._spec
-        if batch.closes_locally:
-            found = {(typed_key(key), ws): (key, ws, we) for key, ws, we in batch.expired}
-            rows: list[ResultRow] = []
-        else:
-            bounds = expiry_bounds(spec, watermark, stored_w)
-            if bounds is None:
-                return []
-            low, high = bounds
-            slot = plan_for(spec).touch_slot
-            assert slot is not None
-            groups: dict[tuple[TypedKey, int | None], list[PartialRow]] = {}
-            for (q, k, ws, p), row in sorted(partials.items(), key=_by_partition):
-                if q == query and p != TOMBSTONE_PARTITION and ws is not None and low < ws <= high:
-                    groups.setdefault((k, ws), []).append(row)
-            idle = {
-                g: members
-                for g, members in groups.items()
-                if max(r.state[slot] for r in members) <= high
-            }
-            found = {
-                g: (members[0].key, g[1], members[0].window_end_ms) for g, members in idle.items()
-            }
-            rows = (
-                []
-                if spec.output_mode != "append"
-                else self._merge(r for members in idle.values() for r in members)
-            )
-        if not found:
-            return rows
-        held = [x for x in partials if x[0] == query and (x[1], x[2]) in found]
-        for x in held:
-            partials.pop(x)
-        for (k, ws), (key, _ws, we) in found.items():
-            tomb = (query, k, ws, TOMBSTONE_PARTITION)
-            partials[tomb] = PartialRow(key, ws, we, EXPIRED_STATE)
-        return rows
-
-    def _closes(self, k: tuple[str, TypedKey, int | None, int], row: PartialRow, w: int) -> bool:
-        return k[0] == self._query and row.window_end_ms is not None and row.window_end_ms <= w
-
-    def _merge_touched(
-        self,
-        partials: Mapping[tuple[str, TypedKey, int | None, int], PartialRow],
-        keys: Iterable[tuple[Sequence[Any], int | None]],
-    ) -> list[ResultRow]:
-        touched = {(typed_key(key), start) for key, start in keys}
-        return self._merge(
-            row
-            for (q, k, ws, _p), row in sorted(partials.items(), key=_by_partition)
-            if q == self._query and (k, ws) in touched
-        )
-
-    def _merge(self, rows: Any) -> list[ResultRow]:
-        grouped: dict[tuple[TypedKey, int | None], list[PartialRow]] = {}
-        for row in rows:
-            grouped.setdefault((typed_key(row.key), row.window_start_ms), []).append(row)
-        windowed = self._spec.window is not None
-        out = []
-        for group in grouped.values():
-            first = group[0]
-            values = finalize(self._spec, merge_states(self._spec, [r.state for r in group]))
-            out.append(
-                ResultRow(
-                    first.key,
-                    first.window_start_ms if windowed else None,
-                    first.window_end_ms if windowed else None,
-                    values,
-                )
-            )
-        return out
-
-    def _global_watermark(
-        self,
-        positions: Mapping[tuple[str, int], Position],
-        registered: Registered,
-        batch: CommitBatch,
-        now_ms: int,
-    ) -> int | None:
-        idle = batch.idle_timeout_ms
-        mine = [pos for (q, _p), pos in positions.items() if q == self._query]
-        held_back = len(mine) < batch.topic_partitions and idle is None
-        marks: list[int] = []
-        for pos in mine:
-            if idle is not None and now_ms - pos.committed_at_ms > idle:
-                continue
-            if pos.watermark_ms is None:
-                held_back = True
-                break
-            marks.append(pos.watermark_ms)
-        stored = registered.global_watermark_ms
-        current = None if held_back or not marks else min(marks)
-        if current is None or (stored is not None and current <= stored):
-            return stored
-        return current
-
-
-def _by_partition(item: tuple[tuple[str, TypedKey, int | None, int], PartialRow]) -> int:
-    return item[0][3]
+        return await self._commits.run(batch, incarnation=self._incarnation, dry_run=dry_run)

@@ -37,10 +37,11 @@ from streamproc.runtime.query import StreamingQuery
 from streamproc.runtime.routers import BadRouter, LateRouter, RefusedRecord, Routed
 from streamproc.sources.base import RawRecord
 from streamproc.state import memory_store_factory
-from streamproc.testing.checkpoint import MemoryDatabase, MemoryTableSink, typed_key
+from streamproc.testing.database import MemoryDatabase, typed_key
 from streamproc.testing.messages import MemoryMessages
 from streamproc.testing.ports import memory_ports
 from streamproc.testing.source import MemorySource, MemoryTopic
+from streamproc.testing.table_sink import MemoryTableSink
 
 #: The DSN a Kafka-sink pipeline plans with when STREAMPROC_PG_DSN is unset: the
 #: checkpoint is in memory here, but planning insists on knowing where it would be.

@@ -6,8 +6,10 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.routers import bad_router, late_router
 from streamproc.runtime.wiring import QueryPorts, plan_identity
 from streamproc.sources.base import Source
-from streamproc.testing.checkpoint import MemoryCheckpoint, MemoryDatabase, MemoryTableSink
+from streamproc.testing.checkpoint import MemoryCheckpoint
+from streamproc.testing.database import MemoryDatabase
 from streamproc.testing.messages import MemoryMessages
+from streamproc.testing.table_sink import MemoryTableSink
 
 
 def memory_ports(

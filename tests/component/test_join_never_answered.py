@@ -12,8 +12,8 @@ import asyncio
 
 import pytest
 
+from streamproc.commands.run import exit_status
 from streamproc.runtime import query as query_module
-from streamproc.runtime.main import exit_status
 from streamproc.sources.base import PartitionListener
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, table_of

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamproc.commands.run import configure_logging, exit_status, run_query, summary_lines
 from streamproc.config import load_config
-from streamproc.runtime.main import configure_logging, exit_status, run_query, summary_lines
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import QueryFailedError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from streamproc.runtime.main import store_factory_for
+from streamproc.commands.run import store_factory_for
 from streamproc.runtime.plan import QueryPlan, RetryPolicy
 from streamproc.runtime.query import RunStats, StreamingQuery
 from tests.plans import spec_of

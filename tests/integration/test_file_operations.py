@@ -26,8 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
-from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from streamproc.sources.file_lines import decode_offset

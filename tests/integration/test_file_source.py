@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
-from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
 from tests.component.filefeed import FileFeed

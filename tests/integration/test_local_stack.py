@@ -37,8 +37,8 @@ from streamproc.local import (
     stop_postgres,
     stop_stack,
 )
+from streamproc.local._pids import is_alive
 from streamproc.local._probe import postgres_query_one
-from streamproc.local._proc import is_alive
 from tests.waiting import wait_until
 
 PARTITIONS = 4

@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from streamproc.commands.reset_tables import reset_query
+from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
 from streamproc.local import create_topic
-from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.query import StreamingQuery
-from streamproc.sinks.postgres_reset import reset_query
 from tests.component.test_passthrough import stream as stream_of
 from tests.faults.harness import Worker
 from tests.kafka_io import produce, read_topic

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamproc.commands.run import store_factory_for
 from streamproc.local import create_topic
-from streamproc.runtime.main import store_factory_for
 from streamproc.runtime.query import StreamingQuery
 from tests.integration.pipeline_helpers import make_plan
 from tests.kafka_io import produce

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.batch.files import FileSourceError, list_files, read_file
 from streamproc.batch.plan import BatchPlan
+from streamproc.sources.file_listing import FileSourceError, list_files, read_file
 
 
 def _tree(tmp_path: Path) -> Path:

@@ -8,15 +8,15 @@ import json
 import pytest
 
 from streamproc.batch.report import BatchReport, reason_lines, summary_lines
-from streamproc.batch.rows import (
+from streamproc.engine import AggSpec, QuerySpec, ResultRow, WindowSpec
+from streamproc.sinks.layout import result_layout
+from streamproc.sinks.load_rows import (
     STAGE,
     insert_sql,
     passthrough_columns,
     passthrough_table_sql,
     result_doc,
 )
-from streamproc.engine import AggSpec, QuerySpec, ResultRow, WindowSpec
-from streamproc.sinks.layout import result_layout
 
 SPEC = QuerySpec(
     group_by=("user_id", "kind"),

@@ -98,7 +98,7 @@ def test_what_a_batch_job_cannot_do_is_refused_in_one_line(
 
 
 def test_options_a_batch_job_ignores_get_one_warning_each() -> None:
-    from streamproc.runtime.preflight import preflight
+    from streamproc.commands.preflight import preflight
 
     document = mutate(
         {

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from streamproc.commands.preflight import preflight
 from streamproc.config.base import ConfigModel
 from streamproc.config.ignored import IGNORED_OPTIONS
 from streamproc.config.pipeline import PipelineConfig
 from streamproc.config.reference_doc import REGENERATE, field_docs, render, sections
-from streamproc.runtime.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 

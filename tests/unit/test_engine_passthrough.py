@@ -186,7 +186,7 @@ def test_without_transforms_and_without_a_watermark_too() -> None:
 def test_what_a_pass_through_query_refuses_is_one_line(
     changes: dict[tuple[Any, ...], Any], line: str
 ) -> None:
-    from streamproc.runtime.preflight import preflight
+    from streamproc.commands.preflight import preflight
 
     checked = preflight(mutate({("transforms",): [], **changes}), env={})
     assert not checked.ok

@@ -15,7 +15,7 @@ from types import FrameType
 import psutil
 import pytest
 
-from streamproc.local import _proc
+from streamproc.local import _pids, _signals, _spawn, _wait
 from streamproc.local._state import STATE_FILE, State
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -52,13 +52,13 @@ def _start_ticks(pid: int) -> int:
 
 
 def test_is_alive_checks_the_creation_time(sleeper: subprocess.Popen[bytes]) -> None:
-    created = _proc.create_time(sleeper.pid)
+    created = _pids.create_time(sleeper.pid)
     assert created is not None
-    assert _proc.is_alive(sleeper.pid)
-    assert _proc.is_alive(sleeper.pid, created)
+    assert _pids.is_alive(sleeper.pid)
+    assert _pids.is_alive(sleeper.pid, created)
     # The same PID with another creation time: a recycled PID, not ours.
-    assert not _proc.is_alive(sleeper.pid, created - 60)
-    assert not _proc.send_signal(sleeper.pid, signal.SIGKILL, created - 60)
+    assert not _pids.is_alive(sleeper.pid, created - 60)
+    assert not _signals.send_signal(sleeper.pid, signal.SIGKILL, created - 60)
     assert sleeper.poll() is None, "a process that is not ours was signalled"
 
 
@@ -68,16 +68,16 @@ def test_a_zombie_is_not_alive(sleeper: subprocess.Popen[bytes]) -> None:
     while psutil.Process(sleeper.pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert not _proc.is_alive(sleeper.pid)  # exited, not reaped yet: dead
-    assert _proc.wait_gone(sleeper.pid, None, 1.0)
+    assert not _pids.is_alive(sleeper.pid)  # exited, not reaped yet: dead
+    assert _wait.wait_gone(sleeper.pid, None, 1.0)
 
 
 def test_no_process() -> None:
-    assert not _proc.is_alive(0)
-    assert not _proc.is_alive(-1)
-    assert _proc.create_time(0x3FFFFFFF) is None  # above any pid_max
-    assert not _proc.is_alive(0x3FFFFFFF)
-    assert not _proc.terminate(0x3FFFFFFF, None, signal.SIGTERM, 1.0)
+    assert not _pids.is_alive(0)
+    assert not _pids.is_alive(-1)
+    assert _pids.create_time(0x3FFFFFFF) is None  # above any pid_max
+    assert not _pids.is_alive(0x3FFFFFFF)
+    assert not _signals.terminate(0x3FFFFFFF, None, signal.SIGTERM, 1.0)
 
 
 # ----------------------------------------------------------------------------- stopping
@@ -94,7 +94,7 @@ time.sleep(60)
 
 
 def test_terminate_kills_a_stubborn_tree(tmp_path: Path) -> None:
-    proc = _proc.spawn(
+    proc = _spawn.spawn(
         [sys.executable, "-c", _STUBBORN],
         log_file=tmp_path / "out.log",
         env=dict(os.environ),
@@ -105,20 +105,20 @@ def test_terminate_kills_a_stubborn_tree(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the test process did not start its child"
         time.sleep(0.02)
     grandchild = int((tmp_path / "out.log").read_text().split()[0])
-    created = _proc.create_time(proc.pid)
+    created = _pids.create_time(proc.pid)
     started = time.monotonic()
-    assert _proc.terminate(proc.pid, created, signal.SIGTERM, 0.5)
+    assert _signals.terminate(proc.pid, created, signal.SIGTERM, 0.5)
     assert time.monotonic() - started < 6
     assert proc.poll() == -signal.SIGKILL
-    assert _proc.wait_gone(grandchild, None, 5.0), "the grandchild survived"
-    assert not _proc.terminate(proc.pid, created, signal.SIGTERM, 0.5)  # already gone
+    assert _wait.wait_gone(grandchild, None, 5.0), "the grandchild survived"
+    assert not _signals.terminate(proc.pid, created, signal.SIGTERM, 0.5)  # already gone
 
 
 def test_terminate_politely(tmp_path: Path) -> None:
-    proc = _proc.spawn(SLEEPER, log_file=tmp_path / "out.log", env=dict(os.environ), cwd=tmp_path)
-    assert _proc.terminate(proc.pid, _proc.create_time(proc.pid), signal.SIGTERM, 10.0)
+    proc = _spawn.spawn(SLEEPER, log_file=tmp_path / "out.log", env=dict(os.environ), cwd=tmp_path)
+    assert _signals.terminate(proc.pid, _pids.create_time(proc.pid), signal.SIGTERM, 10.0)
     assert proc.returncode == -signal.SIGTERM  # reaped on the way
-    assert not _proc.is_alive(proc.pid)
+    assert not _pids.is_alive(proc.pid)
 
 
 # ----------------------------------------------------------------------------- stack.json
@@ -126,12 +126,12 @@ def test_terminate_politely(tmp_path: Path) -> None:
 
 def test_state_records_the_creation_time(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
     state = State(run_dir=tmp_path, broker_pid=sleeper.pid)
-    state.broker_created = _proc.create_time(sleeper.pid)
+    state.broker_created = _pids.create_time(sleeper.pid)
     state.save()
     loaded = State.load(tmp_path)
     assert loaded is not None
     assert (loaded.broker_pid, loaded.broker_created) == (sleeper.pid, state.broker_created)
-    assert _proc.is_alive(loaded.broker_pid, loaded.broker_created)
+    assert _pids.is_alive(loaded.broker_pid, loaded.broker_created)
 
 
 def _write_old_state(run_dir: Path, pid: int, ticks: int | None) -> None:
@@ -147,12 +147,12 @@ def test_old_state_file_with_start_ticks(tmp_path: Path, sleeper: subprocess.Pop
     state = State.load(tmp_path)
     assert state is not None and state.broker_pid == sleeper.pid
     assert state.broker_created is not None
-    assert _proc.is_alive(state.broker_pid, state.broker_created)  # verified: can be stopped
+    assert _pids.is_alive(state.broker_pid, state.broker_created)  # verified: can be stopped
 
     _write_old_state(tmp_path, sleeper.pid, ticks - 1000)  # the PID was recycled since
     state = State.load(tmp_path)
     assert state is not None
-    assert not _proc.is_alive(state.broker_pid, state.broker_created)
+    assert not _pids.is_alive(state.broker_pid, state.broker_created)
 
 
 def test_old_state_file_that_cannot_be_verified(
@@ -177,7 +177,7 @@ def test_old_state_file_that_cannot_be_verified(
 def test_sigint_deferred_raises_keyboard_interrupt_on_exit(sigint_handler: None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     reached_end = False
-    with pytest.raises(KeyboardInterrupt), _proc._sigint_deferred():
+    with pytest.raises(KeyboardInterrupt), _spawn._sigint_deferred():
         signal.raise_signal(signal.SIGINT)
         reached_end = True
     assert reached_end
@@ -190,7 +190,7 @@ def test_sigint_deferred_hands_over_to_the_previous_handler(sigint_handler: None
         calls.append(signum)
 
     signal.signal(signal.SIGINT, handler)
-    with _proc._sigint_deferred():
+    with _spawn._sigint_deferred():
         signal.raise_signal(signal.SIGINT)
         assert calls == []
     assert calls == [signal.SIGINT]
@@ -201,6 +201,6 @@ def test_sigint_deferred_keeps_an_ignored_sigint_ignored(sigint_handler: None) -
     # A process started with SIGINT ignored (background job, nohup) must not
     # get a KeyboardInterrupt out of the spawn window.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with _proc._sigint_deferred():
+    with _spawn._sigint_deferred():
         signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN

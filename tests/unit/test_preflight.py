@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from streamproc import cli
+from streamproc.commands.preflight import preflight
 from streamproc.config import validate_config
 from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.preflight import preflight
 from tests.unit.test_config_broken import BASE, mutate
 
 S = "streamingConfigJson"

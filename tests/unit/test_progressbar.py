@@ -7,10 +7,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from streamproc.commands.progressbar import ClearBarFilter, ProgressBar, render_bar
+from streamproc.commands.run import progress_bar_for
 from streamproc.config import load_config
-from streamproc.runtime.main import progress_bar_for
 from streamproc.runtime.planning import plan_from_config
-from streamproc.runtime.progressbar import ClearBarFilter, ProgressBar, render_bar
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "streaming-example.json"
 

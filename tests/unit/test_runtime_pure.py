@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from streamproc.batch.plan import batch_plan_from_config
+from streamproc.commands.run import summary_lines
 from streamproc.config import load_config
 from streamproc.engine import LateRecord
 from streamproc.runtime.accounting import RunStats
 from streamproc.runtime.late import LateSummary, RateLimitedLog
-from streamproc.runtime.main import summary_lines
 from streamproc.runtime.planning import plan_from_config
 from streamproc.runtime.routers import bad_router
 from streamproc.sinks.base import batch_id

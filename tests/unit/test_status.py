@@ -7,8 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from streamproc.config.durations import DurationError
-from streamproc.runtime.status import (
+from streamproc.commands.status_model import (
     EXIT_OK,
     EXIT_STALE,
     CheckpointView,
@@ -25,7 +24,8 @@ from streamproc.runtime.status import (
     recent_rate,
     staleness,
 )
-from streamproc.runtime.status_render import text_lines, to_dict
+from streamproc.commands.status_render import text_lines, to_dict
+from streamproc.config.durations import DurationError
 
 T0 = 1_764_000_000_000  # wall time, epoch ms
 MIN = 60_000

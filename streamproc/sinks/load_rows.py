@@ -1,5 +1,9 @@
 """What a batch load writes, as pure values: one JSON document per row, and the SQL.
 
+A batch job's load (`batch/load.py`) and the pass-through streaming sink
+(`postgres_records.py`) both write rows this way, so it lives with the sinks,
+below the batch package that uses it too.
+
 Every row travels as a jsonb document and PostgreSQL turns it into the table's
 row with `jsonb_populate_record`: a field goes to the column of its name,
 converted to the column's type by PostgreSQL itself, so a value the column

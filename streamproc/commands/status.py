@@ -2,7 +2,7 @@
 
     streamproc status CONFIG [--json] [--stale-after DURATION] [--batches N]
 
-The I/O half of `status.py`: the query's rows in PostgreSQL (registration,
+The I/O half of `status_model.py`: the query's rows in PostgreSQL (registration,
 positions, the newest ledger rows, the newest bounded run) and each
 partition's end offset from the broker. Reads only: it joins no consumer
 group and takes no lock, so it is safe beside running workers.
@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.status import (
+from streamproc.commands.status_model import (
     EXIT_ERROR,
     CheckpointView,
     LedgerBatch,
@@ -29,9 +28,9 @@ from streamproc.runtime.status import (
     build_status,
     exit_status,
 )
-from streamproc.runtime.status_render import text_lines, to_json
+from streamproc.commands.status_render import text_lines, to_json
+from streamproc.runtime.plan import QueryPlan
 from streamproc.sinks.layout import (
-    FILES_TABLE,
     LEDGER_TABLE,
     POSITIONS_TABLE,
     PROGRESS_TABLE,
@@ -39,6 +38,7 @@ from streamproc.sinks.layout import (
     RUNS_TABLE,
 )
 from streamproc.sinks.layout import quote_ident as q
+from streamproc.sources.file_registry import FILES_TABLE
 
 #: How many of the newest batches `status` shows by default.
 DEFAULT_BATCHES = 10
@@ -59,9 +59,9 @@ def status_from_cli(
     stdout: TextIO = sys.stdout,
 ) -> int:
     """Run `streamproc status`: 0 fine, 2 stale (with --stale-after), 1 on any error."""
+    from streamproc.commands.preflight import preflight
+    from streamproc.commands.status_model import parse_stale_after
     from streamproc.config.durations import DurationError
-    from streamproc.runtime.preflight import preflight
-    from streamproc.runtime.status import parse_stale_after
 
     try:
         stale_after_ms = None if stale_after is None else parse_stale_after(stale_after)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TextIO
 
 from streamproc.batch.plan import BatchPlan
+from streamproc.commands.progressbar import ClearBarFilter, ProgressBar
 from streamproc.runtime import logformat
 from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.progressbar import ClearBarFilter, ProgressBar
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.runtime.wiring import QueryPorts
 from streamproc.state.base import LocalStateError, WindowStore
@@ -259,7 +259,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:
     """`streamproc run CONFIG`: exit 0 when done or stopped, 1 on a bad config or a failure."""
-    from streamproc.runtime.preflight import preflight
+    from streamproc.commands.preflight import preflight
 
     checked = preflight(config_path)
     for line in checked.problem_lines(config_path):

@@ -1,9 +1,12 @@
 """`streamproc reset` in PostgreSQL: drop a query's checkpoint, or a batch job's claim.
 
-A query's reset is refused while a worker of it runs (`postgres_claims`), drops
-only the result table registered to the query (`--drop-results`), and is an
-error when the database holds no checkpoint of the query. A batch job's reset
+A query's reset is refused while a worker of it runs (`sinks/postgres_claims.py`),
+drops only the result table registered to the query (`--drop-results`), and is
+an error when the database holds no checkpoint of the query. A batch job's reset
 forgets the table it owns (and drops it with `--drop-results`).
+
+It empties the checkpoint's tables (`sinks/`) and the file source's registry
+(`sources/file_registry.py`) together, so it lives with the command, above both.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import Any
 
 from streamproc.sinks.base import CheckpointConflictError, CheckpointError
 from streamproc.sinks.layout import (
-    FILES_TABLE,
     LEDGER_TABLE,
     LEGACY_PARTIALS_TABLE,
     POSITIONS_TABLE,
@@ -26,7 +28,7 @@ from streamproc.sinks.layout import (
 from streamproc.sinks.postgres_claims import lock_out_workers
 from streamproc.sinks.postgres_owners import release_batch_job
 from streamproc.sinks.postgres_registry import ensure_registry_columns, table_exists
-from streamproc.sources.file_registry import keep_files_for_rerun
+from streamproc.sources.file_registry import FILES_TABLE, keep_files_for_rerun
 
 
 @dataclass(frozen=True, slots=True)

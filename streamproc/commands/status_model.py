@@ -1,6 +1,6 @@
 """`streamproc status`: what a query has done and how far behind it is, as text or JSON.
 
-Pure: no PostgreSQL, no Kafka, no clock. `status_read.py` reads the query's
+Pure: no PostgreSQL, no Kafka, no clock. `status.py` reads the query's
 checkpoint rows and the topic's end offsets and hands them in; this module
 works out lag, rates and staleness, and `status_render.py` renders them.
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from streamproc.batch.plan import BatchPlan
+    from streamproc.commands.reset_tables import ResetReport
     from streamproc.runtime.plan import QueryPlan
-    from streamproc.sinks.postgres_reset import ResetReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ def reset_from_cli(
     same lines, each naming the file once.
     """
     if Path(target).is_file():
-        from streamproc.runtime.preflight import preflight
+        from streamproc.commands.preflight import preflight
 
         checked = preflight(target)
         for line in checked.problem_lines(target):
@@ -166,7 +166,7 @@ def reset_from_cli(
 async def _reset(target: ResetTarget, drop_results: bool, wait: bool) -> ResetReport:
     import asyncpg
 
-    from streamproc.sinks.postgres_reset import ResetTables, reset_batch_job, reset_query
+    from streamproc.commands.reset_tables import ResetTables, reset_batch_job, reset_query
 
     conn = await asyncpg.connect(target.dsn, timeout=10)
     try:

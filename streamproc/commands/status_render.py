@@ -1,6 +1,6 @@
 """`streamproc status` rendered: text for a terminal, one JSON document for a machine (pure).
 
-Times: as in `status.py`, `*_ms` values are epoch milliseconds; they are shown
+Times: as in `status_model.py`, `*_ms` values are epoch milliseconds; they are shown
 as ISO-8601 UTC, and spans of wall time in short words (`12.3 s`, `4 min 5 s`).
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from streamproc.runtime.status import (
+from streamproc.commands.status_model import (
     BREAKER_NOTE,
     LedgerBatch,
     PartitionStatus,

@@ -1,6 +1,11 @@
-"""The file source of a batch job: JSON-lines files named by a directory, a file or a glob.
+"""JSON-lines files named by a directory, a file or a glob: listed, and read whole.
 
-Files are read in path order, then line order; (file index, line index) plays the
+A batch job reads its file input with it; the streaming file source
+(`file_watch`) lists its directory with the same `list_files`, so both modes
+name the same files for one `extract.path`. It lives with the sources, so
+that the streaming source need not reach up into `batch/` for it.
+
+A batch job reads files in path order, then line order; (file index, line index) plays the
 part of (partition, offset), so `first`/`last` ties and reports work as for Kafka.
 Dead letters name a file by its path and a digest of its first bytes (`identity`),
 not by its index, which changes when the directory's files do.
