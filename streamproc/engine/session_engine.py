@@ -137,10 +137,12 @@ class SessionEngine(LocalPartitions[SessionPartition]):
         mode = self.spec.output_mode
         parts = [self._parts[p] for p in sorted(self._parts)]
         touched: dict[Key, None] = {}
+        # Without a watermark nothing closes: the heap of ends would only grow.
+        closable = self.spec.delay_ms is not None
         for ps in parts:
             for key in ps.touched:
                 touched[key] = None
-                for s in ps.sessions.get(key, ()):
+                for s in ps.sessions.get(key, ()) if closable else ():
                     if s.dirty:
                         heapq.heappush(self._ends, (s.end_ms, next(self._seq), key))
         keys = dict(touched)
