@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamproc.batch.plan import BatchPlan
 from streamproc.batch.report import BatchReport
-from streamproc.engine import Engine, ResultRow
+from streamproc.engine import Engine, ResultRow, SessionEngine
 from streamproc.runtime.decode import decode_records
 from streamproc.runtime.late import RateLimitedLog, bad_dlq_message
 from streamproc.runtime.quality import QualityGate
@@ -48,7 +48,13 @@ class BatchCollector:
             quality = quality.on_records_only()
         outputs = [a.output for a in spec.aggregations] if spec else []
         self._gate = QualityGate(quality, spec.group_by if spec else (), outputs)
-        self._engine = Engine(spec, memory_store_factory, lambda: 0) if spec else None
+        self._engine: Engine | SessionEngine | None = None
+        if spec is not None and spec.session is not None:
+            # No watermark: no session closes and no record is "session closed"
+            # until the end, whose emit (complete mode) gives every session.
+            self._engine = SessionEngine(spec, lambda: 0)
+        elif spec is not None:
+            self._engine = Engine(spec, memory_store_factory, lambda: 0)
         # A `unique` rule after extract is over the whole input (the job is one
         # batch), so the decoded records are held until the input ends.
         unique = any(r.rule_type == "unique" for r in quality.rules)
