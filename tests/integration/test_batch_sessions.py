@@ -86,7 +86,6 @@ USER_SESSIONS = Query(
         ("events", None, "count"),
         ("page_views_count", "page_views", "count"),
         ("clicks_sum", "clicks", "sum"),
-        ("clicks_max", "clicks", "max"),
     ),
     output_mode="complete",
 )

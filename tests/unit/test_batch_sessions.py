@@ -19,6 +19,7 @@ import json
 import random
 from datetime import datetime
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from streamproc.batch.collect import BatchCollector
 from streamproc.batch.plan import BatchPlan, batch_plan_from_config, result_key
 from streamproc.batch.report import BatchReport
 from streamproc.config import load_config
+from streamproc.demo.events import config_records, stream_spec_for
 from streamproc.engine import SessionSpec
 from streamproc.sources.base import RawRecord
 from tests.reference import Query, assert_tables_equal
@@ -36,6 +38,7 @@ from tests.streams import AGGS, BASE_MS, MINUTE, iso, make_stream
 ALL_AGGS = (
     "count=*:count,value:count,value:sum,value:avg,value:min,value:max,value:first,value:last"
 )
+ROOT = Path(__file__).resolve().parents[2]
 #: The model's query: no watermark (nothing late, nothing closes before the end).
 QUERY = Query(("user_id",), AGGS, output_mode="complete")
 
@@ -170,3 +173,21 @@ def test_every_session_is_final_at_the_end_and_equals_the_model(
         by_key.setdefault(user, []).append((start, end))
     for bounds in by_key.values():
         assert all(a[1] <= b[0] for a, b in pairwise(bounds))
+
+
+def test_the_example_producer_gives_each_user_a_few_sessions() -> None:
+    # `python -m streamproc.demo.produce configs/user-sessions.json --seconds 5` (the
+    # README's command): 1,000 records spread so that users pause, not one long session.
+    cfg = load_config(ROOT / "configs" / "user-sessions.json", env={})
+    spec = stream_spec_for(cfg, 5, 1_000)
+    records = list(config_records(spec, BASE_MS, 1_000))
+    query = Query(
+        ("user_id",),
+        (("events", None, "count"), ("page_views_count", "page_views", "count")),
+        output_mode="complete",
+    )
+    model = expected_sessions(query, 30 * MINUTE, [0], one_phase({0: records}))
+    per_user: dict[Any, int] = {}
+    for user, _, _ in model.table:
+        per_user[user] = per_user.get(user, 0) + 1
+    assert len(per_user) == 8 and all(2 <= n <= 15 for n in per_user.values()), per_user
