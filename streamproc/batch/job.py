@@ -3,7 +3,8 @@
     input (Kafka from startingOffsets to the ends at start, or JSON-lines files)
       -> decode (not JSON / not an object: bad)
       -> data-quality rules after extract
-      -> aggregation: the streaming engine, every window final at the end
+      -> aggregation: the streaming engine without a watermark (collect.py), every
+         window, or session of a gapDuration, final at the end
          | no aggregation: the records themselves
       -> one PostgreSQL transaction: the table, the write mode, the rows, and the
          dead letters (dlqType kafka: sent before the commit; postgresql: rows of
