@@ -156,6 +156,15 @@ def _check_upsert_keys(spec: QuerySpec, mode: WriteMode, keys: tuple[str, ...]) 
     # types) and the window bounds: an upsert can only match rows on that key.
     if mode != "upsert":
         return
+    if spec.session is not None:
+        # A session's bounds are its row's key and move as the input grows: an upsert
+        # over a grown input would leave the old bounds' row beside the new one (two
+        # overlapping sessions of a key, counted twice), with nothing said.
+        raise ValueError(
+            "load.writeMode: upsert cannot keep session windows right (a session's bounds "
+            "are its row's key and move when a rerun's input grows or merges sessions); "
+            "use overwrite to recompute the sessions, or append"
+        )
     wanted = result_key(spec)
     if sorted(keys) != sorted(wanted):
         raise ValueError(

@@ -272,8 +272,8 @@ def refuse_sessions(cfg: PipelineConfig, kind: str) -> None:
     raise ValueError(
         f"transforms[{index}].parameters.gapDuration: session windows "
         f"({format_duration_ms(agg.gap_duration_ms)} gap) are not yet supported by the "
-        f"{kind} runtime (they run in the pure engine, streamproc.engine.SessionEngine, "
-        "only); use windowDuration for tumbling or sliding windows"
+        f"{kind} runtime (they run in batch mode: mode batch); use windowDuration for "
+        "tumbling or sliding windows"
     )
 
 

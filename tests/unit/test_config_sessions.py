@@ -34,8 +34,7 @@ SESSIONS = {
 }
 REFUSED = (
     "session windows (30 seconds gap) are not yet supported by the {kind} runtime (they "
-    "run in the pure engine, streamproc.engine.SessionEngine, only); use windowDuration "
-    "for tumbling or sliding windows"
+    "run in batch mode: mode batch); use windowDuration for tumbling or sliding windows"
 )
 
 
