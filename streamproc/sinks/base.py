@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
+from streamproc.sinks.session_commit import SessionCommit
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,9 @@ class CommitBatch:
     # moved, carried by the batch or not (`stale_partitions`). None: the rows
     # depend only on the partitions the batch carries.
     basis: Mapping[int, int | None] | None = None
+    # Session windows: deleted result rows and closed sessions (`session_commit`);
+    # their state-row upserts are `partials`, their deletes `evicted`.
+    sessions: SessionCommit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +191,9 @@ class PartitionCheckpoint:
     max_event_ts_ms: int | None
     partials: tuple[PartialRow, ...] = field(default_factory=tuple)
     last_record: bytes | None = None
+    #: Session windows: (key, start, end) of closed sessions of any partition kept as
+    #: fences (`SessionEngine.restore(closed=...)`); not among `partials`.
+    fences: tuple[WindowKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,14 @@ executors to them:
     2. states      the partitions' absolute partial states, written; evicted ones deleted
     3. rows        per the output mode (`RowsStep`): rows merged by the worker
                    upserted, rows merged from every partition's states, records
-                   inserted once by position, or nothing (append)
+                   inserted once by position, sessions' rows replaced (the rows of
+                   sessions that moved or merged deleted, then the others
+                   upserted), or nothing (append)
     4. side rows   late rows, dead letters, ledger rows, positions
     5. closing     once W is known (`ClosingStep`): closed windows' rows written once
                    (append) or their states dropped (update); idle (key, window)s
-                   expired (windowed stateTimeout)
+                   expired (windowed stateTimeout); sessions: the closed ones'
+                   rows written once (append), their fences kept a gap past W
     6. progress    the batch's row
 
 The output mode is a strategy (`mode_strategy`) chosen once per query, like the
@@ -32,6 +35,7 @@ from typing import Literal, Protocol
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
 from streamproc.sinks.base import (
+    CheckpointError,
     CommitBatch,
     DeadLetterRow,
     LateRow,
@@ -39,8 +43,8 @@ from streamproc.sinks.base import (
     ProgressNote,
 )
 
-RowsKind = Literal["none", "upsert", "merge", "insert"]
-ClosingKind = Literal["none", "append", "evict"]
+RowsKind = Literal["none", "upsert", "merge", "insert", "replace"]
+ClosingKind = Literal["none", "append", "evict", "sessions"]
 ExpiryKind = Literal["none", "given", "scan"]
 
 
@@ -52,12 +56,14 @@ class RowsStep:
         kind: 'upsert' the worker's merged `rows`; 'merge' the (key, window)s in
             `touched` from every partition's stored states, then upsert; 'insert'
             `rows` once each (a pass-through query's records, keyed by position);
-            'none'.
+            'replace' (sessions): delete `deleted` (key, start, end), then upsert
+            `rows`; 'none'.
     """
 
     kind: RowsKind
     rows: Sequence[ResultRow] = ()
     touched: frozenset[tuple[tuple[object, ...], int | None]] = frozenset()
+    deleted: Sequence[WindowKey] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +74,10 @@ class ClosingStep:
         kind: 'append': each closed window's row is written once (the worker's
             `local_rows` when it closes windows itself, else merged from every
             partition's states), and its states dropped; 'evict': closed windows'
-            states dropped (update mode); 'none' (complete mode, pass-through,
-            non-windowed queries).
+            states dropped (update mode); 'sessions': the sessions the worker closed
+            (`closed`): their rows written once in append mode (`local_rows`), their
+            fences kept (append, update) until W passes end + `gap_ms`, when they
+            go; 'none' (complete mode, pass-through, non-windowed queries).
         local_rows: append, worker-merged: the rows of the windows closing now.
         expiry: windowed stateTimeout: 'given' (the worker names the (key, window)s
             it expired, in `expired`), 'scan' (the checkpoint finds the idle ones
@@ -80,6 +88,9 @@ class ClosingStep:
     local_rows: Sequence[ResultRow] | None = None
     expiry: ExpiryKind = "none"
     expired: Sequence[WindowKey] = ()
+    closed: Sequence[WindowKey] = ()
+    fences: bool = False
+    gap_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +173,33 @@ class _Appending:
         return "append"
 
 
+class _Sessions:
+    """Session windows, closed by a worker that owns every partition.
+
+    Its engine's merge is exact, so its rows are the table's: update and complete
+    replace the rows of sessions that moved or merged, append inserts closed ones.
+    With partitions on other workers, sessions must be merged and closed from every
+    partition's states (docs/sessions-design.md): not done yet, so refused.
+    """
+
+    def __init__(self, query_mode: str) -> None:
+        self._mode = query_mode
+
+    def rows(self, batch: CommitBatch) -> RowsStep:
+        if not batch.closes_locally or batch.sessions is None:
+            raise CheckpointError(
+                "session windows are committed only by a worker that owns every "
+                "partition of the topic and closes sessions itself; nothing of the "
+                "batch was written"
+            )
+        if self._mode == "append":
+            return RowsStep("none")
+        return RowsStep("replace", batch.local_rows or (), deleted=batch.sessions.deleted_rows)
+
+    def closing(self, batch: CommitBatch) -> ClosingKind:
+        return "sessions"
+
+
 class _PassingThrough:
     """No aggregation: each record a row, inserted once by its position."""
 
@@ -176,6 +214,8 @@ def mode_strategy(spec: QuerySpec) -> OutputModeStrategy:
     """The query's output-mode strategy (chosen once, when its checkpoint is made)."""
     if spec.passthrough:
         return _PassingThrough()
+    if spec.session is not None:
+        return _Sessions(spec.output_mode)
     if spec.output_mode == "append":
         return _Appending()
     windowed = spec.window is not None
@@ -186,6 +226,9 @@ def mode_strategy(spec: QuerySpec) -> OutputModeStrategy:
 
 def plan_commit(batch: CommitBatch, spec: QuerySpec, mode: OutputModeStrategy) -> CommitPlan:
     """The plan of a batch's commit (pure)."""
+    rows = mode.rows(batch)
+    if spec.session is not None:
+        return _session_plan(batch, spec, rows)
     closing_kind = mode.closing(batch) if spec.window is not None else "none"
     expires = spec.window is not None and spec.state_timeout_ms is not None
     expiry: ExpiryKind = "none"
@@ -197,7 +240,7 @@ def plan_commit(batch: CommitBatch, spec: QuerySpec, mode: OutputModeStrategy) -
         basis=batch.basis,
         states=batch.partials,
         evicted=batch.evicted,
-        rows=mode.rows(batch),
+        rows=rows,
         closing=ClosingStep(closing_kind, local_closing, expiry, batch.expired),
         closes_locally=batch.closes_locally,
         watermark_ms=batch.watermark_ms,
@@ -207,4 +250,32 @@ def plan_commit(batch: CommitBatch, spec: QuerySpec, mode: OutputModeStrategy) -
         dead_letter_rows=batch.dead_letter_rows,
         progress=batch.progress,
         own_rows=batch.own_rows,
+    )
+
+
+def _session_plan(batch: CommitBatch, spec: QuerySpec, rows: RowsStep) -> CommitPlan:
+    """The plan of a session-window batch (its strategy already checked it closes locally)."""
+    assert spec.session is not None and batch.sessions is not None
+    append = spec.output_mode == "append"
+    closing = ClosingStep(
+        "sessions",
+        local_rows=(batch.local_rows or ()) if append else None,
+        closed=batch.sessions.closed,
+        fences=spec.output_mode != "complete",
+        gap_ms=spec.session.gap_ms,
+    )
+    return CommitPlan(
+        partitions=batch.partitions,
+        basis=batch.basis,
+        states=batch.partials,
+        evicted=batch.evicted,
+        rows=rows,
+        closing=closing,
+        closes_locally=True,
+        watermark_ms=batch.watermark_ms,
+        topic_partitions=batch.topic_partitions,
+        idle_timeout_ms=batch.idle_timeout_ms,
+        late_rows=batch.late_rows,
+        dead_letter_rows=batch.dead_letter_rows,
+        progress=batch.progress,
     )

@@ -67,6 +67,7 @@ from streamproc.sinks.postgres_ledger import (
     upsert_positions,
 )
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
+from streamproc.sinks.postgres_sessions import close_sessions, replace_rows
 from streamproc.sinks.postgres_state import (
     apply_states,
     delete_states,
@@ -235,6 +236,9 @@ async def _close(
     tally: StateTally,
     encoded: Any,
 ) -> tuple[int, int]:
+    if q.spec.session is not None:
+        step = plan.closing
+        return await close_sessions(conn, q.query, q.spec, q.sink, step, watermark, tally, encoded)
     if watermark is None or q.spec.window is None:
         return 0, 0
     closer = Closer(q.query, q.spec, q.sink, q.expires_windows, _every_partition(plan))
@@ -353,6 +357,8 @@ async def _write_rows(
         return await q.sink.write(conn, step.rows, insert_only=True, encoded=encoded)
     if step.kind == "upsert":
         return await q.sink.write(conn, step.rows, insert_only=False, encoded=encoded)
+    if step.kind == "replace":
+        return await replace_rows(conn, q.sink, q.query, step.deleted, step.rows, encoded)
     partitions = _every_partition(plan)
     claim = getattr(q.sink, "claim_rows", None)
     if claim is None or plan.own_rows is None:

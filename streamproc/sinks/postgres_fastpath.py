@@ -101,12 +101,12 @@ class FastPath:
     def applies(self, plan: CommitPlan) -> bool:
         """True for a plan the function can run: whole, or a claim in two calls.
 
-        Not: a closing or an expiry that merges stored states (append mode, or a state
-        timeout, with windows closed by more than one worker), nor merged rows without
-        the worker's own merge to claim with.
+        Not: session windows, a closing or an expiry that merges stored states (append
+        mode, or a state timeout, with windows closed by more than one worker), nor
+        merged rows without the worker's own merge to claim with.
         """
-        if len(self.row_columns()) > MAX_ROW_COLUMNS:
-            return False
+        if len(self.row_columns()) > MAX_ROW_COLUMNS or self.spec.session is not None:
+            return False  # sessions delete rows and keep fences: statement by statement
         kind = plan.rows.kind
         if kind == "merge" and not self.layout.key_columns:
             return False  # one row for the whole query: claimed statement by statement

@@ -205,7 +205,8 @@ INSERT INTO {state} (query, partition, key, window_start_ms, window_end_ms, stat
 SELECT {q}, t.p, t.k, t.ws, t.we, t.s, t.touched
 FROM unnest(s_part, s_key, s_ws, s_we, s_state, s_touched) AS t(p, k, ws, we, s, touched)
 ON CONFLICT (query, partition, window_start_ms, key)
-DO UPDATE SET state = EXCLUDED.state, touched_ms = EXCLUDED.touched_ms
+DO UPDATE SET window_end_ms = EXCLUDED.window_end_ms, state = EXCLUDED.state,
+  touched_ms = EXCLUDED.touched_ms
 RETURNING xmax = 0 AS inserted)
   SELECT count(*) FILTER (WHERE inserted) INTO v_n FROM up;
   v_inserted := v_inserted + v_n;

@@ -19,6 +19,7 @@ from streamproc.sinks.layout import (
     quote_ident,
 )
 from streamproc.sinks.postgres_state import partial_from_row
+from streamproc.sinks.session_commit import fences_of
 
 _LEDGER = quote_ident(LEDGER_TABLE)
 _POSITIONS = quote_ident(POSITIONS_TABLE)
@@ -56,7 +57,7 @@ async def load_partition(
     # With the partition's partials, the query's tombstones (windowed
     # stateTimeout): an expired (key, window) takes no record of any partition.
     states = await conn.fetch(
-        f"""SELECT key, window_start_ms, window_end_ms, state FROM {_STATE}
+        f"""SELECT partition, key, window_start_ms, window_end_ms, state FROM {_STATE}
             WHERE query = $1 AND partition IN ($2, {TOMBSTONE_PARTITION})""",
         query,
         partition,
@@ -64,12 +65,16 @@ async def load_partition(
     check_chain(f"query {query}, partition {partition} of {topic}", position, chain)
     if position is None:
         return PartitionCheckpoint(partition, None, None, ())
+    # Sessions keep closed ones there as fences (`session_commit`), not partials.
+    sessions = spec.session is not None
+    fenced = [sessions and r["partition"] == TOMBSTONE_PARTITION for r in states]
     return PartitionCheckpoint(
         partition,
         position["next_offset"],
         position["max_event_time_ms"],
-        tuple(partial_from_row(spec, r) for r in states),
+        tuple(partial_from_row(spec, r) for r, f in zip(states, fenced, strict=True) if not f),
         position["last_record"],
+        fences_of(partial_from_row(spec, r) for r, f in zip(states, fenced, strict=True) if f),
     )
 
 

@@ -63,7 +63,8 @@ async def apply_states(conn: Any, query: str) -> int:
               SELECT $1, partition, key, window_start_ms, window_end_ms, state, touched_ms
               FROM {STAGE_STATES}
               ON CONFLICT (query, partition, window_start_ms, key)
-              DO UPDATE SET state = EXCLUDED.state, touched_ms = EXCLUDED.touched_ms
+              DO UPDATE SET window_end_ms = EXCLUDED.window_end_ms, state = EXCLUDED.state,
+                            touched_ms = EXCLUDED.touched_ms
               RETURNING xmax = 0 AS inserted)
             SELECT count(*) FILTER (WHERE inserted) FROM upserted""",
         query,
@@ -129,7 +130,7 @@ def merge_rows(spec: QuerySpec, rows: Iterable[Any]) -> list[ResultRow]:
         grouped[(r["key"], r["window_start_ms"], r["window_end_ms"])].append(
             decode_state(r["state"])
         )
-    windowed = spec.window is not None
+    windowed = spec.windowed
     merged: list[ResultRow] = []
     for (key, start, end), states in grouped.items():
         values = finalize(spec, merge_states(spec, states))
@@ -143,7 +144,7 @@ def merge_rows(spec: QuerySpec, rows: Iterable[Any]) -> list[ResultRow]:
 
 def partial_from_row(spec: QuerySpec, r: Any) -> PartialRow:
     """A stored state row as the engine's partial."""
-    windowed = spec.window is not None
+    windowed = spec.windowed
     return PartialRow(
         decode_key(r["key"]),
         r["window_start_ms"] if windowed else None,

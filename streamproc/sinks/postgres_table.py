@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from streamproc.engine import ResultRow
+from streamproc.engine import ResultRow, WindowKey
 from streamproc.sinks.base import CheckpointError
 from streamproc.sinks.layout import (
     GROUP_KEY_TYPES,
@@ -145,6 +145,42 @@ class PostgresTableSink:
         width = self._key_width
         index = {tuple(record[:width]): i for i, record in enumerate(records)}
         return [index[tuple(r)] for r in existing]
+
+    async def delete_rows(self, tx: Any, keys: Sequence[WindowKey]) -> int:
+        """Delete rows by (group key, window start, window end): rows of sessions that
+        moved or merged (update and complete mode). Returns how many were there."""
+        if not keys:
+            return 0
+        layout = self.layout
+        width = len(layout.group_by)
+        columns = [[key_text(key[i]) for key, _, _ in keys] for i in range(width)]
+        args: list[Any] = [*columns, [key_types(key) for key, _, _ in keys]]
+        args += [[start for _, start, _ in keys], [end for _, _, end in keys]]
+        matches = [
+            f"coalesce(t.{quote_ident(c)}, '') = coalesce(d.k{i}, '')"
+            for i, c in enumerate(layout.group_by)
+        ]
+        if layout.typed:
+            matches.append(f"t.{quote_ident(GROUP_KEY_TYPES)} = d.types")
+        matches += [
+            "t.window_start = timestamptz 'epoch' + d.ws * interval '1 millisecond'",
+            "t.window_end = timestamptz 'epoch' + d.we * interval '1 millisecond'",
+        ]
+        arrays = [f"${i + 1}::text[]" for i in range(width + 1)]
+        arrays += [f"${width + 2}::bigint[]", f"${width + 3}::bigint[]"]
+        names = [f"k{i}" for i in range(width)] + ["types", "ws", "we"]
+        if not layout.typed:
+            args.pop(width)
+            arrays = [f"${i + 1}::text[]" for i in range(width)]
+            arrays += [f"${width + 1}::bigint[]", f"${width + 2}::bigint[]"]
+            names.remove("types")
+        status: str = await tx.execute(
+            f"DELETE FROM {quote_ident(layout.table)} t "
+            f"USING unnest({', '.join(arrays)}) AS d({', '.join(names)}) "
+            f"WHERE {' AND '.join(matches)}",
+            *args,
+        )
+        return int(status.split()[-1])
 
     def encode(self, rows: Sequence[ResultRow]) -> list[Sequence[Any]]:
         """Rows as the staging table's records (see `create_stage_rows_sql`)."""

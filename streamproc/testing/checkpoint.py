@@ -30,6 +30,7 @@ from streamproc.sinks.base import (
 from streamproc.sinks.definition import definition_changes
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.progress_rows import PROGRESS_KEEP
+from streamproc.sinks.session_commit import fences_of
 from streamproc.testing.commits import MemoryCommits
 from streamproc.testing.database import MemoryDatabase, Position, Registered, Run
 
@@ -50,6 +51,7 @@ class MemoryCheckpoint:
     ) -> None:
         self._db = db
         self._identity = identity
+        self._spec = spec
         self._query = identity.query
         self._topic = identity.topic
         self._sink = sink
@@ -170,17 +172,22 @@ class MemoryCheckpoint:
             return PartitionCheckpoint(partition, None, None, ())
         # Tombstones are the query's, not the partition's: a record of any
         # partition for an expired (key, window) is late.
-        partials = tuple(
-            row
+        mine = [
+            (p, row)
             for (q, _k, _ws, p), row in db.partials.items()
             if q == self._query and p in (partition, TOMBSTONE_PARTITION)
-        )
+        ]
+        # Sessions keep closed ones as fences there (`session_commit`), not partials.
+        sessions = self._spec.session is not None
+        partials = tuple(r for p, r in mine if not (sessions and p == TOMBSTONE_PARTITION))
+        fences = fences_of(r for p, r in mine if sessions and p == TOMBSTONE_PARTITION)
         return PartitionCheckpoint(
             partition,
             position.next_offset,
             position.max_event_ts_ms,
             partials,
             position.last_record,
+            fences,
         )
 
     def _check_chain(

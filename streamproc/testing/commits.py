@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streamproc.engine import PartialRow, QuerySpec, ResultRow
+from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
 from streamproc.sinks.base import (
     CheckpointConflictError,
     ClosingWindowsError,
@@ -40,7 +40,13 @@ from streamproc.testing.database import (
     StoredDeadLetter,
     typed_key,
 )
-from streamproc.testing.states import expire_idle, hits_tombstone, merged_rows, touched_rows
+from streamproc.testing.states import (
+    close_sessions,
+    expire_idle,
+    hits_tombstone,
+    merged_rows,
+    touched_rows,
+)
 
 #: Result rows to write, and whether only the absent ones are inserted (closing
 #: windows, pass-through records) rather than upserted.
@@ -55,6 +61,8 @@ class _Draft:
     ledger: dict[tuple[str, str, int], list[LedgerEntry]]
     positions: dict[tuple[str, int], Position]
     writes: list[Write] = field(default_factory=list)
+    #: Result rows (key, start, end) deleted before the writes (sessions that moved).
+    deletes: list[WindowKey] = field(default_factory=list)
     #: Windows closed (or expired) by the commit, for its outcome.
     closed: int = 0
 
@@ -117,6 +125,10 @@ class MemoryCommits:
         check_local_watermark(query, batch, watermark)
         if self._spec.window is not None and watermark is not None:
             self._close_windows(draft, plan.closing, batch, watermark, registered)
+        elif plan.closing.kind == "sessions":
+            draft.closed, final = close_sessions(draft.partials, query, plan.closing, watermark)
+            if final:
+                draft.writes.append((final, True))
         if plan.closing.kind != "append":
             for partition, keys in batch.evicted.items():
                 for key, start, _end in keys:
@@ -125,6 +137,8 @@ class MemoryCommits:
         if dry_run:
             return CommitOutcome((), sum(len(r) for r, _ in draft.writes), draft.closed, watermark)
         written = 0
+        if draft.deletes:
+            await self._sink.delete_rows(None, draft.deletes)  # type: ignore[attr-defined]
         for result_rows, insert_only in draft.writes:
             written += await self._sink.write(None, result_rows, insert_only=insert_only)
         self._write_side_rows(batch, now)
@@ -154,7 +168,8 @@ class MemoryCommits:
     def _draft_rows(self, draft: _Draft, rows_step: RowsStep) -> None:
         """Step 3: the rows the output mode writes now (none in append mode)."""
         passthrough = rows_step.kind == "insert"
-        if rows_step.kind in ("insert", "upsert"):
+        if rows_step.kind in ("insert", "upsert", "replace"):
+            draft.deletes += rows_step.deleted
             draft.writes.append((rows_step.rows, passthrough))
         elif rows_step.kind == "merge":
             touched = touched_rows(draft.partials, self._query, self._spec, rows_step.touched)

@@ -23,7 +23,9 @@ from streamproc.engine import (
 )
 from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import CommitBatch, expiry_bounds
+from streamproc.sinks.commit_plan import ClosingStep
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
+from streamproc.sinks.session_commit import fence_expired, fence_row
 from streamproc.testing.database import StateKey, TypedKey, typed_key
 
 
@@ -137,3 +139,32 @@ def expire_idle(
 def _by_partition(item: tuple[StateKey, PartialRow]) -> int:
     """Sort key: states in partition order, as `PostgresCheckpoint` reads them to merge."""
     return item[0][3]
+
+
+def close_sessions(
+    partials: dict[StateKey, PartialRow],
+    query: str,
+    closing: ClosingStep,
+    watermark: int | None,
+) -> tuple[int, list[ResultRow]]:
+    """Step 5 of a session batch: (sessions closed, rows to insert once).
+
+    The worker closed them (their state rows are among the batch's deletes); here their
+    fences are kept (append, update), fences W passed by a gap dropped, and in append
+    mode their rows are the ones to insert once.
+    """
+    if closing.fences:
+        for closed in closing.closed:
+            row = fence_row(closed)
+            partials[(query, typed_key(row.key), row.window_start_ms, TOMBSTONE_PARTITION)] = row
+    if watermark is not None:
+        gone = [
+            k
+            for k, row in partials.items()
+            if k[0] == query
+            and k[3] == TOMBSTONE_PARTITION
+            and fence_expired(row, watermark, closing.gap_ms)
+        ]
+        for k in gone:
+            del partials[k]
+    return len(closing.closed), list(closing.local_rows or ())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from streamproc.engine import ResultRow
+from streamproc.engine import ResultRow, WindowKey
 from streamproc.testing.database import MemoryDatabase, typed_key
 
 
@@ -54,3 +54,10 @@ class MemoryTableSink:
             table[row_id] = row
             written += 1
         return written
+
+    async def delete_rows(self, tx: Any, keys: Sequence[WindowKey]) -> int:
+        """Delete rows by (key, window start, window end); returns how many were there."""
+        table = self._db.tables.setdefault(self.table, {})
+        return sum(
+            table.pop((typed_key(key), start, end), None) is not None for key, start, end in keys
+        )

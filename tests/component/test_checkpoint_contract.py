@@ -92,6 +92,8 @@ class Backend:
     drop_checkpoint: Callable[[], Awaitable[None]]
     #: The fixture's parameter: memory, postgres or postgres-statements.
     kind: str = ""
+    #: The result table keyed by (k, window start, window end) (session windows).
+    bounded_rows: Callable[[], Awaitable[dict[tuple[Any, ...], tuple[Any, ...]]]] | None = None
 
 
 def progress_view(row: ProgressRow | Any, total: int) -> tuple[Any, ...]:
@@ -161,6 +163,11 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         async def memory_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
             return {(*r.key, r.window_start_ms): r.values for r in db.table_rows(table)}
 
+        async def memory_bounded() -> dict[tuple[Any, ...], tuple[Any, ...]]:
+            return {
+                (*r.key, r.window_start_ms, r.window_end_ms): r.values for r in db.table_rows(table)
+            }
+
         async def memory_late() -> set[tuple[int, int]]:
             return {(p, o) for (_q, _t, p, o) in db.late_tables.get(late_table, {})}
 
@@ -197,6 +204,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             memory_forget,
             memory_drop_checkpoint,
             kind="memory",
+            bounded_rows=memory_bounded,
         )
         return
     import asyncpg
@@ -230,6 +238,16 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     async def pg_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
         rows = await pg.fetch(f"SELECT * FROM {quote_ident(table)}")
         return {(r["k"], datetime_to_ms(r["window_start"])): (r["n"], r["total"]) for r in rows}
+
+    async def pg_bounded() -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        rows = await pg.fetch(f"SELECT * FROM {quote_ident(table)}")
+        return {
+            (r["k"], datetime_to_ms(r["window_start"]), datetime_to_ms(r["window_end"])): (
+                r["n"],
+                r["total"],
+            )
+            for r in rows
+        }
 
     async def pg_late() -> set[tuple[int, int]]:
         rows = await pg.fetch(
@@ -286,6 +304,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         pg_forget,
         pg_drop_checkpoint,
         kind=request.param,
+        bounded_rows=pg_bounded,
     )
     for checkpoint in opened:
         await checkpoint.close()
