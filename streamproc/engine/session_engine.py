@@ -107,6 +107,12 @@ class SessionEngine(LocalPartitions[SessionPartition]):
         #: key -> bounds of its closed merged sessions still within a gap of W.
         self._fences: dict[Key, list[Bounds]] = {}
         self._fence_expiry: list[tuple[int, int, Key, Bounds]] = []
+        #: Whether this worker closes sessions itself (it holds every partition). When
+        #: not, the checkpoint merges and closes them over every partition's state rows:
+        #: a local chain W passed is written as it stands (its changes) and forgotten,
+        #: with no row, no state-row delete and no fence of its own; rule (b) asks only
+        #: the fences the checkpoint gave (`restore(closed=...)`).
+        self.closes_locally = True
 
     # Records ------------------------------------------------------------------------
 
@@ -155,6 +161,8 @@ class SessionEngine(LocalPartitions[SessionPartition]):
         closed: list[WindowKey] = []
         changes: dict[int, list[SessionChange]] = {ps.partition: [] for ps in parts}
         merge2, finalize = self._plan.merge2, self._plan.finalize
+        local = self.closes_locally
+        forget: list[tuple[Key, _Part]] = []
         for key in keys:
             ext = self._external(key)
             before = self._rows_before(parts, key) if mode != "append" and key in touched else []
@@ -163,6 +171,10 @@ class SessionEngine(LocalPartitions[SessionPartition]):
                 start, end = chain[0][0], max(part[1] for part in chain)
                 after.append((start, end))
                 closing = self._closes(end, w)
+                if closing and not local:
+                    if mode != "complete":
+                        forget += [(key, part) for part in chain]
+                    continue
                 if mode == "complete" or (closing if mode == "append" else _dirty(chain)):
                     state = chain_state([(*part[:3], part[3].state) for part in chain], merge2)
                     rows.append(ResultRow(ext, start, end, finalize(state)))
@@ -174,6 +186,8 @@ class SessionEngine(LocalPartitions[SessionPartition]):
             deleted += [(ext, s, e) for s, e in sorted(gone)]
         for ps in parts:
             changes[ps.partition] += ps.take_changes(self._external)
+        for key, part in forget:  # their changes are taken: the checkpoint closes them
+            self._parts[part[2]].remove(key, part[3])
         self._expire_fences(w)
         if w is not None:
             self._last_emit_w = w
@@ -247,6 +261,8 @@ class SessionEngine(LocalPartitions[SessionPartition]):
         for start, stop in self._fences.get(key, ()):
             if start < end and ts < stop:
                 return True
+        if not self.closes_locally:
+            return False  # a local chain is not the merged session: the fences decide
         for chain in chains(self._parts_of(list(self._parts.values()), key)):
             stop = max(part[1] for part in chain)
             if stop <= w and chain[0][0] < end and ts < stop:

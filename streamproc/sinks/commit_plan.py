@@ -43,7 +43,7 @@ from streamproc.sinks.base import (
     ProgressNote,
 )
 
-RowsKind = Literal["none", "upsert", "merge", "insert", "replace"]
+RowsKind = Literal["none", "upsert", "merge", "insert", "replace", "sessions"]
 ClosingKind = Literal["none", "append", "evict", "sessions"]
 ExpiryKind = Literal["none", "given", "scan"]
 
@@ -57,7 +57,8 @@ class RowsStep:
             `touched` from every partition's stored states, then upsert; 'insert'
             `rows` once each (a pass-through query's records, keyed by position);
             'replace' (sessions): delete `deleted` (key, start, end), then upsert
-            `rows`; 'none'.
+            `rows`; 'sessions': the keys in `touched` (start None) made the chains of
+            every partition's state rows (`session_merge`); 'none'.
     """
 
     kind: RowsKind
@@ -75,9 +76,11 @@ class ClosingStep:
             `local_rows` when it closes windows itself, else merged from every
             partition's states), and its states dropped; 'evict': closed windows'
             states dropped (update mode); 'sessions': the sessions the worker closed
-            (`closed`): their rows written once in append mode (`local_rows`), their
-            fences kept (append, update) until W passes end + `gap_ms`, when they
-            go; 'none' (complete mode, pass-through, non-windowed queries).
+            (`closed`), or, when it does not close them, those W closes over every
+            partition's state rows: their rows written once in append mode
+            (`local_rows`), their fences kept (append, update) until W passes end +
+            `gap_ms`, when they go; 'none' (complete mode, pass-through,
+            non-windowed queries).
         local_rows: append, worker-merged: the rows of the windows closing now.
         expiry: windowed stateTimeout: 'given' (the worker names the (key, window)s
             it expired, in `expired`), 'scan' (the checkpoint finds the idle ones
@@ -91,6 +94,8 @@ class ClosingStep:
     closed: Sequence[WindowKey] = ()
     fences: bool = False
     gap_ms: int = 0
+    #: State rows of closed sessions the checkpoint deleted (closed there).
+    gone: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,24 +179,28 @@ class _Appending:
 
 
 class _Sessions:
-    """Session windows, closed by a worker that owns every partition.
+    """Session windows.
 
-    Its engine's merge is exact, so its rows are the table's: update and complete
-    replace the rows of sessions that moved or merged, append inserts closed ones.
-    With partitions on other workers, sessions must be merged and closed from every
-    partition's states (docs/sessions-design.md): not done yet, so refused.
+    A worker that owns every partition closes sessions itself: its engine's merge is
+    exact, so its rows are the table's: update and complete replace the rows of
+    sessions that moved or merged, append inserts closed ones. With partitions on
+    other workers, the checkpoint merges the touched keys' state rows of every
+    partition and closes sessions by W over all of them (`session_merge`).
     """
 
     def __init__(self, query_mode: str) -> None:
         self._mode = query_mode
 
     def rows(self, batch: CommitBatch) -> RowsStep:
-        if not batch.closes_locally or batch.sessions is None:
+        if batch.sessions is None:
             raise CheckpointError(
-                "session windows are committed only by a worker that owns every "
-                "partition of the topic and closes sessions itself; nothing of the "
-                "batch was written"
+                "internal error: a session-window batch without its sessions part; "
+                "nothing of the batch was written"
             )
+        if not batch.closes_locally:
+            keys = {tuple(r.key) for rows in batch.partials.values() for r in rows}
+            keys |= {tuple(k) for gone in batch.evicted.values() for k, _, _ in gone}
+            return RowsStep("sessions", touched=frozenset((k, None) for k in keys))
         if self._mode == "append":
             return RowsStep("none")
         return RowsStep("replace", batch.local_rows or (), deleted=batch.sessions.deleted_rows)
@@ -254,12 +263,12 @@ def plan_commit(batch: CommitBatch, spec: QuerySpec, mode: OutputModeStrategy) -
 
 
 def _session_plan(batch: CommitBatch, spec: QuerySpec, rows: RowsStep) -> CommitPlan:
-    """The plan of a session-window batch (its strategy already checked it closes locally)."""
+    """The plan of a session-window batch (its strategy checked its sessions part)."""
     assert spec.session is not None and batch.sessions is not None
     append = spec.output_mode == "append"
     closing = ClosingStep(
         "sessions",
-        local_rows=(batch.local_rows or ()) if append else None,
+        local_rows=(batch.local_rows or ()) if append and batch.closes_locally else None,
         closed=batch.sessions.closed,
         fences=spec.output_mode != "complete",
         gap_ms=spec.session.gap_ms,
@@ -271,7 +280,7 @@ def _session_plan(batch: CommitBatch, spec: QuerySpec, rows: RowsStep) -> Commit
         evicted=batch.evicted,
         rows=rows,
         closing=closing,
-        closes_locally=True,
+        closes_locally=batch.closes_locally,
         watermark_ms=batch.watermark_ms,
         topic_partitions=batch.topic_partitions,
         idle_timeout_ms=batch.idle_timeout_ms,

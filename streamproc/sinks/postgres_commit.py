@@ -67,7 +67,12 @@ from streamproc.sinks.postgres_ledger import (
     upsert_positions,
 )
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
-from streamproc.sinks.postgres_sessions import close_sessions, replace_rows
+from streamproc.sinks.postgres_sessions import (
+    close_sessions,
+    lock_and_read,
+    merge_touched,
+    replace_rows,
+)
 from streamproc.sinks.postgres_state import (
     apply_states,
     delete_states,
@@ -159,8 +164,7 @@ async def execute(
             q.query,
         )
         if stored is None or stored["incarnation"] != incarnation:
-            # Reset (or registered again) under this worker: the checkpoint it restored
-            # from is gone, and nothing may be written into the new one.
+            # Reset under this worker: what it restored from is gone; write nothing.
             raise CheckpointConflictError(reset_under_worker(q.query))
         stored_w: int | None = stored["global_watermark_ms"]
         if not stale:
@@ -172,9 +176,19 @@ async def execute(
         if stale:
             await conn.execute(f"TRUNCATE {STAGE_STATES}")
             return Executed(CommitOutcome(stale=tuple(stale)))
+        keys: list[bytes] = []
+        before = merged = None
+        if plan.rows.kind == "sessions":  # merged here: merges of the query take turns
+            keys, before = await lock_and_read(conn, q.merge_key, q.query, plan.rows)
+            held.took()
         tally.inserted += await apply_states(conn, q.query)
     with times.phase("sink"):
-        written = await _write_rows(conn, q, plan, plan.rows, staged, held)
+        if before is not None:
+            tally.deleted += await delete_states(conn, q.query, plan.evicted)
+            merged = await merge_touched(conn, q.query, q.spec, q.sink, keys, before)
+            if merged is None:  # replayed on the checkpoint's state: late, or merged
+                return Executed(CommitOutcome(stale=tuple(plan.carried) or tuple(plan.states)))
+        written = await _write_rows(conn, q, plan, plan.rows, staged, held) + (merged or 0)
     with times.phase("ledger"):
         await insert_late_rows(conn, q.query, q.topic, q.late_table, plan.late_rows)
         if plan.dead_letter_rows and q.dlq_table:
@@ -209,8 +223,8 @@ async def execute(
                 # itself: its basis cannot hold; fetched again, it is replayed.
                 return Executed(CommitOutcome(stale=tuple(plan.carried)))
             else:
-                pending = q.spec.window is not None
-        if plan.closing.kind != "append":
+                pending = q.spec.windowed
+        if plan.closing.kind != "append" and before is None:
             # stateTimeout evictions (and update-mode local evictions) drop states
             # that no longer count; closed append windows went with their closing.
             tally.deleted += await delete_states(conn, q.query, plan.evicted)
@@ -238,7 +252,10 @@ async def _close(
 ) -> tuple[int, int]:
     if q.spec.session is not None:
         step = plan.closing
-        return await close_sessions(conn, q.query, q.spec, q.sink, step, watermark, tally, encoded)
+        local = plan.closes_locally
+        return await close_sessions(
+            conn, q.query, q.spec, q.sink, step, watermark, tally, encoded, local
+        )
     if watermark is None or q.spec.window is None:
         return 0, 0
     closer = Closer(q.query, q.spec, q.sink, q.expires_windows, _every_partition(plan))

@@ -14,15 +14,19 @@ batch's states and evictions, applied as for windows. What is particular to sess
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from streamproc.engine import QuerySpec, ResultRow, WindowKey
+from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
+from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import CheckpointError, ResultSink
-from streamproc.sinks.commit_plan import ClosingStep
+from streamproc.sinks.commit_plan import ClosingStep, RowsStep
 from streamproc.sinks.layout import STATE_TABLE, TOMBSTONE_PARTITION, quote_ident
 from streamproc.sinks.postgres_closing import Closer, StateTally, write_final
-from streamproc.sinks.rows import encode_key, encode_state
+from streamproc.sinks.rows import decode_key, decode_state, encode_key, encode_state
 from streamproc.sinks.session_commit import FENCE_STATE
+from streamproc.sinks.session_merge import Stored, conflicts, row_changes
+from streamproc.sinks.session_merge import closing as merged_closing
 
 _STATE = quote_ident(STATE_TABLE)
 
@@ -93,17 +97,113 @@ async def close_sessions(
     watermark_ms: int | None,
     tally: StateTally,
     encoded: Any,
+    local: bool,
 ) -> tuple[int, int]:
-    """Sessions the worker closed: fences kept and expired, append rows inserted once.
+    """Sessions closed: fences kept and expired, append rows inserted once.
+
+    A worker that closes sessions itself names them; else W closes here the chains of
+    every partition's state rows with end <= W.
 
     Returns:
         (rows written, sessions closed).
     """
+    if not local and watermark_ms is not None:
+        closing = await close_merged(conn, query, spec, closing, watermark_ms)
+        tally.deleted += closing.gone
     inserted, deleted = await keep_fences(conn, query, closing, watermark_ms)
     tally.inserted += inserted
     tally.deleted += deleted
     written = 0
     if closing.local_rows:
         closer = Closer(query, spec, sink)
+        encoded = encoded if local else None
         written = await write_final(conn, closer, list(closing.local_rows), encoded)
     return written, len(closing.closed)
+
+
+async def read_sessions(conn: Any, query: str, keys: Sequence[bytes]) -> list[Stored]:
+    """Every stored row (partials of every partition, fences) of these encoded keys."""
+    rows = await conn.fetch(
+        f"""SELECT partition, key, window_start_ms, window_end_ms, state FROM {_STATE}
+            WHERE query = $1 AND key = ANY($2::bytea[]) ORDER BY partition""",
+        query,
+        list(keys),
+    )
+    return [
+        (
+            r["partition"],
+            PartialRow(
+                decode_key(r["key"]),
+                r["window_start_ms"],
+                r["window_end_ms"],
+                decode_state(r["state"]),
+            ),
+        )
+        for r in rows
+    ]
+
+
+async def lock_and_read(
+    conn: Any, merge_key: str, query: str, step: RowsStep
+) -> tuple[list[bytes], list[Stored]]:
+    """Take the query's merge lock; the encoded keys a batch not closed by its worker
+    touched, and their stored rows before the batch."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", merge_key)
+    keys = sorted({encode_key(key) for key, _ in step.touched})
+    return keys, await read_sessions(conn, query, keys)
+
+
+async def merge_touched(
+    conn: Any,
+    query: str,
+    spec: QuerySpec,
+    sink: ResultSink,
+    keys: Sequence[bytes],
+    before: Sequence[Stored],
+) -> int | None:
+    """The touched keys' rows made the chains of every partition's state rows (update,
+    complete; the batch's states applied). Returns rows written, None: stale."""
+    after = await read_sessions(conn, query, keys)
+    if conflicts(after):
+        return None
+    if spec.output_mode == "append":
+        return 0
+    changes = row_changes(spec, before, after)
+    return await replace_rows(conn, sink, query, changes.deleted, changes.upserted, None)
+
+
+async def close_merged(
+    conn: Any, query: str, spec: QuerySpec, closing: ClosingStep, watermark_ms: int
+) -> ClosingStep:
+    """Sessions W closes over every partition's state rows: their state rows deleted
+    (append, update), named in the step, with their rows in append mode."""
+    if spec.output_mode == "complete":
+        return closing
+    keys = await conn.fetch(
+        f"""SELECT DISTINCT key FROM {_STATE}
+            WHERE query = $1 AND partition >= 0 AND window_end_ms <= $2""",
+        query,
+        watermark_ms,
+    )
+    if not keys:
+        return replace(closing, closed=())
+    stored = [s for s in await read_sessions(conn, query, [k["key"] for k in keys]) if s[0] >= 0]
+    closed, parts = merged_closing(spec, stored, watermark_ms)
+    await conn.execute(
+        f"""DELETE FROM {_STATE} s
+            USING unnest($2::int[], $3::bytea[], $4::bigint[]) AS d(p, k, ws)
+            WHERE s.query = $1 AND s.partition = d.p AND s.key = d.k
+              AND s.window_start_ms = d.ws""",
+        query,
+        [p for p, _ in parts],
+        [encode_key(key) for _, (key, _, _) in parts],
+        [start for _, (_, start, _) in parts],
+    )
+    finalize = plan_for(spec).finalize
+    rows = [ResultRow(m.key, m.start_ms, m.end_ms, finalize(list(m.state))) for m in closed]
+    return replace(
+        closing,
+        closed=[(m.key, m.start_ms, m.end_ms) for m in closed],
+        local_rows=rows if spec.output_mode == "append" else None,
+        gone=len(parts),
+    )

@@ -44,6 +44,7 @@ from streamproc.testing.states import (
     close_sessions,
     expire_idle,
     hits_tombstone,
+    merge_session_rows,
     merged_rows,
     touched_rows,
 )
@@ -118,6 +119,15 @@ class MemoryCommits:
         self._check_state_keys(batch)
         draft = _Draft.copy_of(db)
         self._draft_states(draft, batch)
+        if plan.rows.kind == "sessions":
+            changes = merge_session_rows(
+                db.partials, draft.partials, query, self._spec, plan.rows.touched
+            )
+            if changes is None:  # replayed on the checkpoint's state: late, or merged
+                return CommitOutcome(stale=tuple(plan.carried) or tuple(plan.states))
+            if self._spec.output_mode != "append":
+                draft.deletes += changes.deleted
+                draft.writes.append((changes.upserted, False))
         self._draft_rows(draft, plan.rows)
         now = db.clock_ms()
         self._draft_positions(draft, batch, now)
@@ -126,7 +136,9 @@ class MemoryCommits:
         if self._spec.window is not None and watermark is not None:
             self._close_windows(draft, plan.closing, batch, watermark, registered)
         elif plan.closing.kind == "sessions":
-            draft.closed, final = close_sessions(draft.partials, query, plan.closing, watermark)
+            draft.closed, final = close_sessions(
+                draft.partials, query, self._spec, plan.closing, watermark, plan.closes_locally
+            )
             if final:
                 draft.writes.append((final, True))
         if plan.closing.kind != "append":
@@ -159,10 +171,16 @@ class MemoryCommits:
         self._sink.check_keys(row.key for rows in batch.partials.values() for row in rows)
 
     def _draft_states(self, draft: _Draft, batch: CommitBatch) -> None:
-        """Step 2: the partitions' states, written over those the database holds."""
+        """Step 2: the partitions' states, written over those the database holds
+        (sessions: the deleted ones first, as their rows are merged next)."""
+        query = self._query
+        if self._spec.session is not None:
+            for partition, keys in batch.evicted.items():
+                for key, start, _end in keys:
+                    draft.partials.pop((query, typed_key(key), start, partition), None)
         for partition, rows in batch.partials.items():
             for row in rows:
-                key = (self._query, typed_key(row.key), row.window_start_ms, partition)
+                key = (query, typed_key(row.key), row.window_start_ms, partition)
                 draft.partials[key] = row
 
     def _draft_rows(self, draft: _Draft, rows_step: RowsStep) -> None:

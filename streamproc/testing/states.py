@@ -11,6 +11,7 @@ them on its draft, before anything is written.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from streamproc.engine import (
@@ -26,6 +27,7 @@ from streamproc.sinks.base import CommitBatch, expiry_bounds
 from streamproc.sinks.commit_plan import ClosingStep
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.session_commit import fence_expired, fence_row
+from streamproc.sinks.session_merge import RowChanges, Stored, closing, conflicts, row_changes
 from streamproc.testing.database import StateKey, TypedKey, typed_key
 
 
@@ -141,20 +143,52 @@ def _by_partition(item: tuple[StateKey, PartialRow]) -> int:
     return item[0][3]
 
 
+def _stored(
+    partials: Mapping[StateKey, PartialRow], query: str, keys: set[TypedKey] | None
+) -> list[Stored]:
+    return [
+        (k[3], row)
+        for k, row in sorted(partials.items(), key=_by_partition)
+        if k[0] == query and (keys is None or k[1] in keys)
+    ]
+
+
+def merge_session_rows(
+    before: Mapping[StateKey, PartialRow],
+    after: Mapping[StateKey, PartialRow],
+    query: str,
+    spec: QuerySpec,
+    touched: Iterable[tuple[Sequence[Any], int | None]],
+) -> RowChanges | None:
+    """Step 3 of a session batch not closed by its worker: the touched keys' rows made
+    the chains of every partition's state rows; None when the batch is stale."""
+    keys = {typed_key(key) for key, _ in touched}
+    now = _stored(after, query, keys)
+    if conflicts(now, typed_key):
+        return None
+    return row_changes(spec, _stored(before, query, keys), now)
+
+
 def close_sessions(
     partials: dict[StateKey, PartialRow],
     query: str,
-    closing: ClosingStep,
+    spec: QuerySpec,
+    step: ClosingStep,
     watermark: int | None,
+    local: bool,
 ) -> tuple[int, list[ResultRow]]:
     """Step 5 of a session batch: (sessions closed, rows to insert once).
 
-    The worker closed them (their state rows are among the batch's deletes); here their
-    fences are kept (append, update), fences W passed by a gap dropped, and in append
-    mode their rows are the ones to insert once.
+    A worker that closes sessions itself names them (their state rows are among the
+    batch's deletes, their rows in `local_rows`); else the chains of every partition's
+    state rows with end <= W are closed here. Fences are kept (append, update), fences
+    W passed by a gap dropped, and in append mode the closed rows inserted once.
     """
-    if closing.fences:
-        for closed in closing.closed:
+    if not local:
+        step = _closed_here(partials, query, spec, step, watermark)
+    closing_ = step
+    if closing_.fences:
+        for closed in closing_.closed:
             row = fence_row(closed)
             partials[(query, typed_key(row.key), row.window_start_ms, TOMBSTONE_PARTITION)] = row
     if watermark is not None:
@@ -163,8 +197,38 @@ def close_sessions(
             for k, row in partials.items()
             if k[0] == query
             and k[3] == TOMBSTONE_PARTITION
-            and fence_expired(row, watermark, closing.gap_ms)
+            and fence_expired(row, watermark, closing_.gap_ms)
         ]
         for k in gone:
             del partials[k]
-    return len(closing.closed), list(closing.local_rows or ())
+    return len(closing_.closed), list(closing_.local_rows or ())
+
+
+def _closed_here(
+    partials: dict[StateKey, PartialRow],
+    query: str,
+    spec: QuerySpec,
+    step: ClosingStep,
+    watermark: int | None,
+) -> ClosingStep:
+    """The sessions W closes over every partition: their state rows dropped (append,
+    update), named in the step with their rows (append)."""
+    if watermark is None or spec.output_mode == "complete":
+        return step
+    ending = {
+        k[1]
+        for k, row in partials.items()
+        if k[0] == query and k[3] >= 0 and (row.window_end_ms or 0) <= watermark
+    }
+    if not ending:
+        return replace(step, closed=())
+    closed, parts = closing(spec, _stored(partials, query, ending), watermark)
+    for p, (key, start, _end) in parts:
+        del partials[(query, typed_key(key), start, p)]
+    finalize = plan_for(spec).finalize
+    rows = [ResultRow(m.key, m.start_ms, m.end_ms, finalize(list(m.state))) for m in closed]
+    return replace(
+        step,
+        closed=[(m.key, m.start_ms, m.end_ms) for m in closed],
+        local_rows=rows if spec.output_mode == "append" else None,
+    )

@@ -60,9 +60,12 @@ class SessionWorker:
     spec: QuerySpec
     checkpoint: Checkpoint
     streams: Mapping[int, Sequence[Any]]
+    #: The partitions this worker owns (None: every one; it closes sessions itself).
+    owned: Sequence[int] | None = None
     engine: SessionEngine = field(init=False)
-    #: Phases committed so far (each one `process` call), for the reference model.
-    committed: list[Phase] = field(default_factory=list)
+    #: Phases committed so far (each one `process` call), for the reference model;
+    #: workers of one query share it.
+    log: list[Phase] = field(default_factory=list)
     pending: list[Phase] = field(default_factory=list)
     late: dict[tuple[int, int], str] = field(default_factory=dict)
     pending_late: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -73,18 +76,38 @@ class SessionWorker:
 
     @property
     def partitions(self) -> list[int]:
+        """Every partition of the topic."""
         return sorted(self.streams)
+
+    @property
+    def mine(self) -> list[int]:
+        """The partitions this worker owns."""
+        return self.partitions if self.owned is None else sorted(self.owned)
+
+    @property
+    def local(self) -> bool:
+        return self.mine == self.partitions
 
     def _new_engine(self) -> SessionEngine:
         engine = SessionEngine(self.spec, clock=lambda: 0)
-        engine.assign(self.partitions)
+        engine.closes_locally = self.local
+        engine.assign(self.mine)
         return engine
+
+    async def _remote_marks(self) -> None:
+        """Other workers' partitions in W, and W, as the checkpoint has them."""
+        marks = await self.checkpoint.watermarks()
+        for p in self.partitions:
+            if p not in self.mine:
+                self.engine.set_remote_watermark(p, marks.partitions.get(p))
+        if marks.global_ms is not None:
+            self.engine.advance_global_watermark(marks.global_ms)
 
     async def restore(self) -> None:
         """A new engine from the checkpoint alone; what was not committed is gone."""
         self.engine = engine = self._new_engine()
         self.pending, self.pending_late = [], {}
-        for p in self.partitions:
+        for p in self.mine:
             loaded = await self.checkpoint.load_partition(p)
             engine.restore(
                 p,
@@ -93,23 +116,23 @@ class SessionWorker:
                 next_offset=loaded.next_offset,
                 closed=loaded.fences,
             )
-        marks = await self.checkpoint.watermarks()
-        if marks.global_ms is not None:
-            engine.advance_global_watermark(marks.global_ms)
+        await self._remote_marks()
 
     def done(self) -> bool:
         return all(
-            (self.engine.partition_next_offset(p) or 0) >= len(self.streams[p])
-            for p in self.partitions
+            (self.engine.partition_next_offset(p) or 0) >= len(self.streams[p]) for p in self.mine
         )
 
     async def step(self, take: Mapping[int, int], *, commit: bool = True) -> CommitOutcome | None:
         """Process up to take[p] next records of each partition; emit and commit them."""
+        await self._remote_marks()
         engine = self.engine
-        starts = {p: engine.partition_next_offset(p) or 0 for p in self.partitions}
-        basis = {p: engine.partition_next_offset(p) for p in self.partitions}
+        starts = {p: engine.partition_next_offset(p) or 0 for p in self.mine}
+        basis = {p: engine.partition_next_offset(p) for p in self.mine}
         batch: list[tuple[int, int, Any]] = []
         for p, n in take.items():
+            if p not in self.mine:
+                continue
             records = self.streams[p][starts[p] : starts[p] + n]
             batch += [(p, starts[p] + i, r) for i, r in enumerate(records)]
         result = engine.process(batch)
@@ -118,7 +141,7 @@ class SessionWorker:
         emission = engine.emit()
         if not commit:
             return None
-        parts = session_batch_parts(emission, self.partitions)
+        parts = session_batch_parts(emission, self.mine)
         carried = []
         for p in sorted({p for p, _, _ in batch}):
             n = sum(1 for q, _, _ in batch if q == p)
@@ -145,18 +168,18 @@ class SessionWorker:
                 tuple(carried),
                 parts.partials,
                 parts.evicted,
-                parts.rows,
+                parts.rows if self.local else None,
                 late_rows,
                 topic_partitions=len(self.partitions),
-                closes_locally=True,
+                closes_locally=self.local,
                 watermark_ms=emission.global_watermark_ms,
-                basis=basis,
+                basis=basis if self.local else None,
                 sessions=parts.sessions,
             )
         )
         assert not outcome.stale, outcome
         self.outcomes.append(outcome)
-        self.committed += self.pending
+        self.log += self.pending
         self.late.update(self.pending_late)
         self.pending, self.pending_late = [], {}
         return outcome
@@ -168,14 +191,16 @@ class SessionWorker:
     def reference(self) -> Any:
         assert self.spec.session is not None
         gap = self.spec.session.gap_ms
-        return expected_sessions(Query.of(self.spec), gap, self.partitions, self.committed)
+        return expected_sessions(Query.of(self.spec), gap, self.partitions, self.log)
 
 
-async def run_with_restarts(worker: SessionWorker, seed: int) -> None:
-    """Feed every record in random steps, with crashes before a commit and restarts."""
+async def run_with_restarts(*workers: SessionWorker, seed: int) -> None:
+    """Feed every record in random steps of random workers, with crashes before a
+    commit and restarts."""
     rng = random.Random(seed)
-    while not worker.done():
-        take = {p: rng.randint(0, 4) for p in worker.partitions if rng.random() < 0.8}
+    while not all(w.done() for w in workers):
+        worker = rng.choice([w for w in workers if not w.done()])
+        take = {p: rng.randint(0, 4) for p in worker.mine if rng.random() < 0.8}
         fate = rng.random()
         if fate < 0.12:
             await worker.step(take, commit=False)  # killed before its commit

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from streamproc.sinks.base import CheckpointError
+from streamproc.engine import PartialRow
+from streamproc.sinks.base import CheckpointError, CommitBatch, PartitionCommit
+from streamproc.sinks.session_commit import SessionCommit
 from tests.component.sessions_driver import SessionWorker, random_streams, run_with_restarts
 from tests.component.sessions_driver import session_spec as spec
 from tests.component.test_checkpoint_contract import Backend
@@ -46,7 +48,7 @@ async def test_committed_sessions_equal_the_reference_row_by_row_across_restarts
     s = spec(mode)
     worker = SessionWorker(s, backend.make(s), random_streams(seed, 3, 25))
     await worker.checkpoint.open()
-    await run_with_restarts(worker, seed)
+    await run_with_restarts(worker, seed=seed)
     table = await rows(backend)
     ref = worker.reference()
     assert_tables_equal(table, ref.table)
@@ -59,6 +61,31 @@ async def test_committed_sessions_equal_the_reference_row_by_row_across_restarts
     loaded = [await worker.checkpoint.load_partition(p) for p in worker.partitions]
     stored = sum(len(x.partials) for x in loaded) + len(loaded[0].fences)
     assert worker.outcomes[-1].state_rows_total == stored
+
+
+@pytest.mark.parametrize("mode", ["update", "complete", "append"])
+@pytest.mark.parametrize("seed", [4, 5, 6])
+async def test_sessions_merged_across_workers_equal_the_reference_row_by_row(
+    backend: Backend, mode: str, seed: int
+) -> None:
+    # Four partitions, keys on every one, over two workers (0, 1 and 2, 3): neither
+    # merges a session; the checkpoint chains every partition's state rows, and closes
+    # by W over all of them. Kills before commits and restarts of either worker.
+    s = spec(mode)
+    streams = random_streams(seed, 4, 20)
+    first = SessionWorker(s, backend.make(s), streams, owned=[0, 1])
+    second = SessionWorker(s, backend.make(s), streams, owned=[2, 3], log=first.log)
+    second.late = first.late
+    for w in (first, second):
+        await w.checkpoint.open()
+    await run_with_restarts(first, second, seed=seed)
+    table = await rows(backend)
+    ref = first.reference()
+    assert_tables_equal(table, ref.table)
+    assert len(table) == len(ref.table) > 0
+    assert first.late == ref.late_reasons
+    if mode != "append":
+        assert_no_overlap(table)
 
 
 async def test_update_deletes_the_rows_of_merged_sessions_in_the_same_commit(
@@ -127,19 +154,55 @@ async def test_append_writes_a_session_once_when_w_passes_its_end_and_keeps_a_fe
     assert worker.engine.fences == ((("a",), 0, 15),)
 
 
-async def test_a_session_batch_of_a_worker_not_owning_every_partition_is_refused(
-    backend: Backend,
-) -> None:
+async def test_a_session_batch_without_its_sessions_part_is_refused(backend: Backend) -> None:
+    # A batch built as for fixed windows (no deleted rows, no closed sessions) would
+    # leave rows of moved sessions behind: refused, nothing written.
     s = spec("update")
     worker = SessionWorker(s, backend.make(s), {0: [{"t": 0, "k": "a", "v": 1}], 1: []})
     await worker.checkpoint.open()
-    unowned = worker.checkpoint.commit
+    plain = worker.checkpoint.commit
 
-    async def commit_not_local(batch: Any, *, dry_run: bool = False) -> Any:
-        return await unowned(replace(batch, closes_locally=False), dry_run=dry_run)
+    async def commit_plain(batch: Any, *, dry_run: bool = False) -> Any:
+        return await plain(replace(batch, sessions=None), dry_run=dry_run)
 
-    worker.checkpoint.commit = commit_not_local  # type: ignore[method-assign]
-    with pytest.raises(CheckpointError, match="owns every partition"):
+    worker.checkpoint.commit = commit_plain  # type: ignore[method-assign]
+    with pytest.raises(CheckpointError, match="without its sessions part"):
         await worker.step({0: 1})
     assert await rows(backend) == {}
     assert (await worker.checkpoint.load_partition(0)).next_offset is None
+
+
+async def test_a_batch_reopening_a_session_closed_over_every_partition_is_stale(
+    backend: Backend,
+) -> None:
+    #   p0 (worker A): a@0              z@30     W = min(27, 17) = 17: a [0,10) closed
+    #   p1 (worker B):        z@20               and kept as a fence
+    #   then B, not knowing the fence, commits a partial a [5,15): it would reopen the
+    #   closed session, so the batch is stale (replayed, its record is late)
+    s = spec("update")
+    streams = {0: [{"t": 0, "k": "a", "v": 1}, {"t": 30, "k": "z", "v": 1}]}
+    streams[1] = [{"t": 20, "k": "z", "v": 1}]
+    a = SessionWorker(s, backend.make(s), streams, owned=[0])
+    b = SessionWorker(s, backend.make(s), streams, owned=[1], log=a.log)
+    for w in (a, b):
+        await w.checkpoint.open()
+    await a.step({0: 1})
+    await b.step({1: 1})
+    outcome = await a.step({0: 1})
+    assert outcome is not None and outcome.global_watermark_ms == 17
+    assert outcome.closed_windows == 1
+    before = await rows(backend)
+    assert before == {("a", 0, 10): (1, 1), ("z", 20, 30): (1, 1), ("z", 30, 40): (1, 1)}
+    assert (await b.checkpoint.load_partition(1)).fences == ((("a",), 0, 10),)
+    reopening = CommitBatch(
+        (PartitionCommit(1, 1, 2, 1, 1, 0, 0, 0, 20, 17),),
+        {1: (PartialRow(("a",), 5, 15, (1, 1)),)},
+        {},
+        None,
+        topic_partitions=2,
+        sessions=SessionCommit(),
+    )
+    outcome = await b.checkpoint.commit(reopening)
+    assert outcome.stale == (1,)
+    assert await rows(backend) == before
+    assert (await b.checkpoint.load_partition(1)).next_offset == 1

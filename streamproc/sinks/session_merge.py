@@ -1,0 +1,116 @@
+"""Sessions merged and closed by the checkpoint, over every partition's state rows.
+
+With partitions spread over several workers, no worker's merge is the session's: the
+checkpoint chains the state rows of every partition (`merge_sessions`, the rule the
+engine uses) for each key a batch touched, and makes the key's result rows those
+chains. Pure: each checkpoint reads the rows and applies what these return.
+
+    rows      the chains of a key's state rows before the batch are its rows in the
+              table (every commit keeps them so); after the batch's state rows are
+              applied, rows of chains that no longer exist are deleted, the others
+              upserted (update, complete)
+    stale     a batch whose state rows overlap a fence (a session closed already: its
+              records are late, "session closed"), or two partial sessions of one
+              partition (a worker forgot a closed piece the batch touches) is stale:
+              replayed on a state restored from the checkpoint, the records are late
+              or merge into the stored piece
+    closing   chains with end <= W are closed: append writes their rows once; append
+              and update drop their state rows and keep fences
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from streamproc.engine import MergedSession, PartialRow, QuerySpec, ResultRow, WindowKey
+from streamproc.engine.aggregates import plan_for
+from streamproc.engine.sessions import merge_sessions
+from streamproc.sinks.rows import encode_key
+
+#: (partition, state row) of a partial session (partition >= 0) or a fence (-1).
+Stored = tuple[int, PartialRow]
+
+
+def _chains(spec: QuerySpec, rows: Iterable[Stored]) -> list[MergedSession]:
+    return merge_sessions(spec, [(p, r) for p, r in rows if p >= 0])
+
+
+def bounds_of(spec: QuerySpec, rows: Iterable[Stored]) -> set[WindowKey]:
+    """(key, start, end) of the merged sessions of partial sessions (fences left out)."""
+    return {(m.key, m.start_ms, m.end_ms) for m in _chains(spec, rows)}
+
+
+def session_rows(spec: QuerySpec, rows: Iterable[Stored]) -> list[ResultRow]:
+    """The result rows of the merged sessions of partial sessions (fences left out)."""
+    finalize = plan_for(spec).finalize
+    return [
+        ResultRow(m.key, m.start_ms, m.end_ms, finalize(list(m.state))) for m in _chains(spec, rows)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChanges:
+    """What a batch does to the result rows of the keys it touched."""
+
+    deleted: list[WindowKey]
+    upserted: list[ResultRow]
+
+
+def row_changes(spec: QuerySpec, before: Iterable[Stored], after: Sequence[Stored]) -> RowChanges:
+    """Rows of the touched keys: chains before the batch and after it."""
+    rows = session_rows(spec, after)
+    now = {(r.key, r.window_start_ms, r.window_end_ms) for r in rows}
+    gone = sorted(bounds_of(spec, before) - now, key=repr)
+    return RowChanges(gone, rows)
+
+
+def conflicts(rows: Iterable[Stored], key_of: Any = encode_key) -> bool:
+    """A partial session overlaps a fence of its key, or another of its partition.
+
+    Args:
+        rows: Every stored row (partials and fences) of the keys a batch touched, after it.
+        key_of: Maps a group key to a comparable one that keeps types apart (1,
+            "1", true): its stored encoding.
+    """
+    by: dict[tuple[Any, int], list[tuple[int, int]]] = {}
+    fences: dict[Any, list[tuple[int, int]]] = {}
+    for p, r in rows:
+        assert r.window_start_ms is not None and r.window_end_ms is not None
+        span = (r.window_start_ms, r.window_end_ms)
+        if p < 0:
+            fences.setdefault(key_of(r.key), []).append(span)
+        else:
+            by.setdefault((key_of(r.key), p), []).append(span)
+    for (key, _p), spans in by.items():
+        spans.sort()
+        if any(b[0] < a[1] for a, b in pairwise(spans)):
+            return True
+        for fs, fe in fences.get(key, ()):
+            if any(s < fe and fs < e for s, e in spans):
+                return True
+    return False
+
+
+def closing(
+    spec: QuerySpec, rows: Iterable[Stored], watermark_ms: int
+) -> tuple[list[MergedSession], list[tuple[int, WindowKey]]]:
+    """Merged sessions W closes, and (partition, (key, start, end)) of their state rows."""
+    closed = [m for m in _chains(spec, rows) if m.end_ms <= watermark_ms]
+    parts: list[tuple[int, WindowKey]] = [
+        (p, (m.key, s, e)) for m in closed for p, s, e in m.partials
+    ]
+    return closed, parts
+
+
+__all__ = [
+    "RowChanges",
+    "Stored",
+    "bounds_of",
+    "closing",
+    "conflicts",
+    "row_changes",
+    "session_rows",
+]
