@@ -43,6 +43,7 @@ from streamproc.engine.results import (
     Emission,
     PartialRow,
     ResultRow,
+    WindowKey,
 )
 from streamproc.engine.spec import QuerySpec
 from streamproc.state.base import WindowStore
@@ -196,6 +197,7 @@ class Engine(LocalPartitions[PartitionState]):
         partials: Iterable[PartialRow],
         *,
         next_offset: int | None = None,
+        closed: Iterable[WindowKey] = (),
     ) -> None:
         """Replace a partition's state with what the runtime committed.
 

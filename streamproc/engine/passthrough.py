@@ -35,8 +35,10 @@ from streamproc.engine.results import (
     PartialRow,
     PartitionProgress,
     ResultRow,
+    WindowKey,
     new_result_row,
 )
+from streamproc.engine.session_stream import SessionStreamEngine
 from streamproc.engine.spec import QuerySpec
 from streamproc.engine.watermarks import partition_watermark
 from streamproc.state.base import WindowStore
@@ -72,8 +74,10 @@ class StreamEngine(Protocol):
         partials: Iterable[PartialRow],
         *,
         next_offset: int | None = None,
+        closed: Iterable[WindowKey] = (),
     ) -> None:
-        """Replace a partition's state with what the runtime committed."""
+        """Replace a partition's state with what the runtime committed (`closed`: the
+        fences of session windows, ignored by the other engines)."""
         ...
 
     def set_remote_watermark(
@@ -217,6 +221,7 @@ class PassThroughEngine(LocalPartitions[_Partition]):
         partials: Iterable[PartialRow],
         *,
         next_offset: int | None = None,
+        closed: Iterable[WindowKey] = (),
     ) -> None:
         """Reset a partition to its committed position (a pass-through query has no partials).
 
@@ -263,9 +268,12 @@ class PassThroughEngine(LocalPartitions[_Partition]):
 def engine_for(
     spec: QuerySpec, store_factory: Callable[[int], WindowStore], clock: Callable[[], int]
 ) -> StreamEngine:
-    """The engine of a query: `PassThroughEngine` without aggregation, else `Engine`."""
+    """The engine of a query: `PassThroughEngine` without aggregation,
+    `SessionStreamEngine` for session windows, else `Engine`."""
     if spec.passthrough:
         return PassThroughEngine(spec, clock)
+    if spec.session is not None:
+        return SessionStreamEngine(spec, clock)
     return Engine(spec, store_factory, clock)
 
 

@@ -184,6 +184,11 @@ class Emission:
             stateTimeout, only when asked to expire locally): the runtime replaces
             their stored partials, every partition's, by a tombstone. In append mode
             their rows are in `rows`; their partials are not in `partials`.
+        deleted_rows: Session windows (update, complete): (key, start, end) of rows
+            written before that no longer exist (a session moved or merged); delete
+            them in the transaction that writes `rows`. Sessions' `partials` are their
+            state-row upserts and `evicted` their deletes; `closed` the merged sessions
+            this emit closed.
     """
 
     rows: tuple[ResultRow, ...]
@@ -192,6 +197,7 @@ class Emission:
     closed: tuple[WindowKey, ...]
     global_watermark_ms: int | None
     expired: tuple[WindowKey, ...] = ()
+    deleted_rows: tuple[WindowKey, ...] = ()
 
 
 def _fast_constructor(cls: type[Any]) -> Any:
