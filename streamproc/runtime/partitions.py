@@ -285,7 +285,9 @@ class PartitionTracker:
         p = checkpoint.partition
         self.engine.revoke([p])
         self.engine.assign([p])
-        self.engine.restore(p, checkpoint.max_event_ts_ms, checkpoint.partials)
+        self.engine.restore(
+            p, checkpoint.max_event_ts_ms, checkpoint.partials, closed=checkpoint.fences
+        )
 
     async def _apply(self, checkpoint: PartitionCheckpoint) -> None:
         self._restore_engine(checkpoint)

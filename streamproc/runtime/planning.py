@@ -11,7 +11,7 @@ from typing import Literal
 from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
 from streamproc.config.names import IDENTIFIER_MAX
 from streamproc.config.transform import aggregation_transforms
-from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.engine import AggSpec, QuerySpec, SessionSpec, WindowSpec
 from streamproc.engine.spec import EventTimeFormat
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.quality import QualityPlan, QualityRule, json_keys
@@ -55,7 +55,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
     if agg is None:
         spec = _passthrough_spec(cfg)
     else:
-        refuse_sessions(cfg, "streaming")
+        _refuse_sessions_to_kafka(cfg, agg)
         _refuse_windowed_state_timeout(cfg, agg)
         spec = QuerySpec(
             group_by=tuple(agg.group_by),
@@ -67,6 +67,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
             window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
             if agg.windowed and agg.window_size_ms
             else None,
+            session=SessionSpec(agg.gap_duration_ms) if agg.gap_duration_ms else None,
             idle_timeout_ms=wm.idle_timeout_ms if wm else None,
             state_timeout_ms=cfg.state_timeout_ms,
             jump_warning_ms=wm.jump_warning_ms if wm else None,
@@ -250,30 +251,17 @@ def _passthrough_spec(cfg: PipelineConfig) -> QuerySpec:
     )
 
 
-def refuse_sessions(cfg: PipelineConfig, kind: str) -> None:
-    """Stop planning a streaming run of a session-window aggregation, with one line.
-
-    Session windows (issue 22) run in the pure engine (`SessionEngine`) and in batch
-    mode (`streamproc.batch`, every session final at the end); their streaming commit
-    (state rows, deletes of merged sessions) is not in the runtime yet, and a run that
-    wrote fixed-window rows for them would be silently wrong.
-
-    Args:
-        cfg: A validated config.
-        kind: The runtime named in the message ('streaming').
-
-    Raises:
-        ValueError: the aggregation has gapDuration.
-    """
-    agg = cfg.aggregation
-    if agg is None or agg.gap_duration_ms is None:
+def _refuse_sessions_to_kafka(cfg: PipelineConfig, agg: AggregationParams) -> None:
+    """Session windows write to a table: their rows move (update, complete delete the
+    rows of sessions that moved or merged), which a topic's messages cannot undo."""
+    if agg.gap_duration_ms is None or cfg.load.sink_type == "postgresql":
         return
     index = aggregation_transforms(cfg.transforms)[0][0]
     raise ValueError(
         f"transforms[{index}].parameters.gapDuration: session windows "
-        f"({format_duration_ms(agg.gap_duration_ms)} gap) are not yet supported by the "
-        f"{kind} runtime (they run in batch mode: mode batch); use windowDuration for "
-        "tumbling or sliding windows"
+        f"({format_duration_ms(agg.gap_duration_ms)} gap) write to a postgresql table "
+        f"(load.sinkType {cfg.load.sink_type!r}): a session's row moves as it grows or "
+        "merges, and a message on a topic cannot be taken back"
     )
 
 

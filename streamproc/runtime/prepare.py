@@ -26,6 +26,7 @@ from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.quality import QualityGate, Quarantined, per_partition
 from streamproc.runtime.routers import BadRouter, DeadLetter, LateRouter, Routed
 from streamproc.sinks.base import CommitBatch, PartitionCommit
+from streamproc.sinks.session_commit import SessionCommit
 from streamproc.sources.base import RawRecord, record_digest
 from streamproc.timing import PhaseTimes
 
@@ -145,7 +146,10 @@ def closes_locally(spec: QuerySpec, owns_every_partition: bool) -> bool:
     same partition watermarks), so the windows it closes are exactly the ones
     the checkpoint closes. Their partial states then need not be written at
     all: the checkpoint drops every stored state of a closed window by W.
+    Sessions too (every output mode): else the checkpoint merges and closes them.
     """
+    if spec.session is not None:
+        return owns_every_partition and spec.idle_timeout_ms is None
     return (
         owns_every_partition
         and spec.idle_timeout_ms is None
@@ -166,6 +170,8 @@ def local_rows(
     output_mode = spec.output_mode
     if spec.passthrough:
         return emission.rows  # one row per record: nothing to merge across partitions
+    if spec.session is not None:  # valid only when the engine closed sessions itself
+        return emission.rows if closes_locally(spec, owns_every_partition) else None
     if not owns_every_partition:
         return None
     if output_mode == "append":
@@ -224,13 +230,17 @@ def prepare_commit(
         and not any(emission.partials.values())
         and not (local and emission.rows)
         and not emission.expired
+        and not (spec.session and (any(emission.evicted.values()) or emission.closed))
     ):
         return None
     routed = route(batch, late, bad)
     rows = local_rows(emission, spec, owns_every_partition)
     merged_locally = local or (rows is not None and not spec.passthrough)
     own = None
-    if rows is None and not spec.passthrough and spec.output_mode != "append":
+    sessions = None
+    if spec.session is not None:
+        sessions = SessionCommit(emission.deleted_rows, emission.closed)
+    elif rows is None and not spec.passthrough and spec.output_mode != "append":
         own = _touched_rows(emission, spec)
     commit = CommitBatch(
         partitions=partitions,
@@ -246,6 +256,7 @@ def prepare_commit(
         watermark_ms=emission.global_watermark_ms,
         expired=emission.expired,
         basis=dict(expected_positions or {}) if merged_locally else None,
+        sessions=sessions,
     )
     return PreparedBatch(
         commit, routed.dead_letters, batch.result.late, batch.bad_items(), batch.raws

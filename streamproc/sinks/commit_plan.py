@@ -270,7 +270,9 @@ def _session_plan(batch: CommitBatch, spec: QuerySpec, rows: RowsStep) -> Commit
         "sessions",
         local_rows=(batch.local_rows or ()) if append and batch.closes_locally else None,
         closed=batch.sessions.closed,
-        fences=spec.output_mode != "complete",
+        # Complete mode keeps closed sessions in state: a worker closing them itself
+        # knows them; else the checkpoint fences those closing (rule (b)).
+        fences=spec.output_mode != "complete" or not batch.closes_locally,
         gap_ms=spec.session.gap_ms,
     )
     return CommitPlan(

@@ -185,7 +185,7 @@ async def execute(
     with times.phase("sink"):
         if before is not None:
             tally.deleted += await delete_states(conn, q.query, plan.evicted)
-            merged = await merge_touched(conn, q.query, q.spec, q.sink, keys, before)
+            merged = await merge_touched(conn, q.query, q.spec, q.sink, keys, before, plan.states)
             if merged is None:  # replayed on the checkpoint's state: late, or merged
                 return Executed(CommitOutcome(stale=tuple(plan.carried) or tuple(plan.states)))
         written = await _write_rows(conn, q, plan, plan.rows, staged, held) + (merged or 0)
@@ -366,7 +366,7 @@ async def _write_rows(
 ) -> int:
     """Step 3 of the plan: the rows a batch writes before closing."""
     encoded = staged.rows if staged is not None else None
-    if step.kind == "none":
+    if step.kind in ("none", "sessions"):  # sessions: merged with the states (execute)
         return 0
     if step.kind == "insert":
         # One row per record, keyed by its source position: a position already in

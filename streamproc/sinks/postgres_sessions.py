@@ -13,7 +13,7 @@ batch's states and evictions, applied as for windows. What is particular to sess
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,10 +25,12 @@ from streamproc.sinks.layout import STATE_TABLE, TOMBSTONE_PARTITION, quote_iden
 from streamproc.sinks.postgres_closing import Closer, StateTally, write_final
 from streamproc.sinks.rows import decode_key, decode_state, encode_key, encode_state
 from streamproc.sinks.session_commit import FENCE_STATE
-from streamproc.sinks.session_merge import Stored, conflicts, row_changes
+from streamproc.sinks.session_merge import Stored, conflicts, newly_closed, row_changes
 from streamproc.sinks.session_merge import closing as merged_closing
 
 _STATE = quote_ident(STATE_TABLE)
+#: No lower bound on a closing session's end (append, update: every one W passed).
+_NO_LOWER = -(2**62)
 
 
 async def replace_rows(
@@ -160,11 +162,12 @@ async def merge_touched(
     sink: ResultSink,
     keys: Sequence[bytes],
     before: Sequence[Stored],
+    written: Mapping[int, Sequence[PartialRow]],
 ) -> int | None:
     """The touched keys' rows made the chains of every partition's state rows (update,
     complete; the batch's states applied). Returns rows written, None: stale."""
     after = await read_sessions(conn, query, keys)
-    if conflicts(after):
+    if conflicts(after, [(p, r) for p, rows in written.items() for r in rows]):
         return None
     if spec.output_mode == "append":
         return 0
@@ -176,18 +179,23 @@ async def close_merged(
     conn: Any, query: str, spec: QuerySpec, closing: ClosingStep, watermark_ms: int
 ) -> ClosingStep:
     """Sessions W closes over every partition's state rows: their state rows deleted
-    (append, update), named in the step, with their rows in append mode."""
-    if spec.output_mode == "complete":
-        return closing
+    (append, update), named in the step, with their rows in append mode; complete mode
+    keeps them and names those that closed within a gap of W (fences)."""
+    complete = spec.output_mode == "complete"
     keys = await conn.fetch(
         f"""SELECT DISTINCT key FROM {_STATE}
-            WHERE query = $1 AND partition >= 0 AND window_end_ms <= $2""",
+            WHERE query = $1 AND partition >= 0 AND window_end_ms <= $2
+              AND window_end_ms > $3""",
         query,
         watermark_ms,
+        watermark_ms - closing.gap_ms if complete else _NO_LOWER,
     )
     if not keys:
         return replace(closing, closed=())
     stored = [s for s in await read_sessions(conn, query, [k["key"] for k in keys]) if s[0] >= 0]
+    if complete:  # kept in state; fenced for rule (b)
+        found = newly_closed(spec, stored, watermark_ms, closing.gap_ms)
+        return replace(closing, closed=[(m.key, m.start_ms, m.end_ms) for m in found])
     closed, parts = merged_closing(spec, stored, watermark_ms)
     await conn.execute(
         f"""DELETE FROM {_STATE} s

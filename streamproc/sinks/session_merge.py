@@ -10,19 +10,19 @@ chains. Pure: each checkpoint reads the rows and applies what these return.
               applied, rows of chains that no longer exist are deleted, the others
               upserted (update, complete)
     stale     a batch whose state rows overlap a fence (a session closed already: its
-              records are late, "session closed"), or two partial sessions of one
+              records are late, "session closed"), or another partial session of their
               partition (a worker forgot a closed piece the batch touches) is stale:
               replayed on a state restored from the checkpoint, the records are late
               or merge into the stored piece
     closing   chains with end <= W are closed: append writes their rows once; append
-              and update drop their state rows and keep fences
+              and update drop their state rows and keep fences; complete keeps them in
+              state and keeps fences of those that closed within a gap of W
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 from streamproc.engine import MergedSession, PartialRow, QuerySpec, ResultRow, WindowKey
@@ -67,31 +67,42 @@ def row_changes(spec: QuerySpec, before: Iterable[Stored], after: Sequence[Store
     return RowChanges(gone, rows)
 
 
-def conflicts(rows: Iterable[Stored], key_of: Any = encode_key) -> bool:
-    """A partial session overlaps a fence of its key, or another of its partition.
+def conflicts(rows: Iterable[Stored], written: Iterable[Stored], key_of: Any = encode_key) -> bool:
+    """A partial session the batch wrote overlaps a fence of its key, or another partial
+    session of its partition.
 
     Args:
         rows: Every stored row (partials and fences) of the keys a batch touched, after it.
+        written: (partition, state row) the batch upserted.
         key_of: Maps a group key to a comparable one that keeps types apart (1,
             "1", true): its stored encoding.
     """
-    by: dict[tuple[Any, int], list[tuple[int, int]]] = {}
     fences: dict[Any, list[tuple[int, int]]] = {}
+    mine: dict[tuple[Any, int], list[tuple[int, int]]] = {}
     for p, r in rows:
         assert r.window_start_ms is not None and r.window_end_ms is not None
         span = (r.window_start_ms, r.window_end_ms)
         if p < 0:
             fences.setdefault(key_of(r.key), []).append(span)
         else:
-            by.setdefault((key_of(r.key), p), []).append(span)
-    for (key, _p), spans in by.items():
-        spans.sort()
-        if any(b[0] < a[1] for a, b in pairwise(spans)):
+            mine.setdefault((key_of(r.key), p), []).append(span)
+    for p, r in written:
+        s, e = r.window_start_ms, r.window_end_ms
+        assert s is not None and e is not None
+        key = key_of(r.key)
+        if any(fs < e and s < fe for fs, fe in fences.get(key, ())):
             return True
-        for fs, fe in fences.get(key, ()):
-            if any(s < fe and fs < e for s, e in spans):
-                return True
+        if any(os != s and os < e and s < oe for os, oe in mine.get((key, p), ())):
+            return True
     return False
+
+
+def newly_closed(
+    spec: QuerySpec, rows: Iterable[Stored], watermark_ms: int, gap_ms: int
+) -> list[MergedSession]:
+    """Complete mode keeps closed sessions in state: those W closed within a gap (their
+    fences, rule (b) of "session closed")."""
+    return [m for m in _chains(spec, rows) if watermark_ms - gap_ms < m.end_ms <= watermark_ms]
 
 
 def closing(

@@ -121,7 +121,7 @@ class MemoryCommits:
         self._draft_states(draft, batch)
         if plan.rows.kind == "sessions":
             changes = merge_session_rows(
-                db.partials, draft.partials, query, self._spec, plan.rows.touched
+                db.partials, draft.partials, query, self._spec, plan.rows.touched, plan.states
             )
             if changes is None:  # replayed on the checkpoint's state: late, or merged
                 return CommitOutcome(stale=tuple(plan.carried) or tuple(plan.states))

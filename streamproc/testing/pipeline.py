@@ -251,7 +251,7 @@ def named_rows(plan: QueryPlan, rows: Iterable[ResultRow]) -> list[dict[str, Any
     out = []
     for row in sorted(rows, key=_row_order):
         named: dict[str, Any] = dict(zip(spec.group_by, row.key, strict=True))
-        if spec.window is not None:
+        if spec.windowed:  # fixed windows or sessions
             named["window_start_ms"] = row.window_start_ms
             named["window_end_ms"] = row.window_end_ms
         named.update(zip(outputs, row.values, strict=True))

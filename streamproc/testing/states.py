@@ -27,7 +27,14 @@ from streamproc.sinks.base import CommitBatch, expiry_bounds
 from streamproc.sinks.commit_plan import ClosingStep
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.session_commit import fence_expired, fence_row
-from streamproc.sinks.session_merge import RowChanges, Stored, closing, conflicts, row_changes
+from streamproc.sinks.session_merge import (
+    RowChanges,
+    Stored,
+    closing,
+    conflicts,
+    newly_closed,
+    row_changes,
+)
 from streamproc.testing.database import StateKey, TypedKey, typed_key
 
 
@@ -159,12 +166,13 @@ def merge_session_rows(
     query: str,
     spec: QuerySpec,
     touched: Iterable[tuple[Sequence[Any], int | None]],
+    written: Mapping[int, Sequence[PartialRow]],
 ) -> RowChanges | None:
     """Step 3 of a session batch not closed by its worker: the touched keys' rows made
     the chains of every partition's state rows; None when the batch is stale."""
     keys = {typed_key(key) for key, _ in touched}
     now = _stored(after, query, keys)
-    if conflicts(now, typed_key):
+    if conflicts(now, [(p, r) for p, rows in written.items() for r in rows], typed_key):
         return None
     return row_changes(spec, _stored(before, query, keys), now)
 
@@ -213,8 +221,18 @@ def _closed_here(
 ) -> ClosingStep:
     """The sessions W closes over every partition: their state rows dropped (append,
     update), named in the step with their rows (append)."""
-    if watermark is None or spec.output_mode == "complete":
+    if watermark is None:
         return step
+    if spec.output_mode == "complete":  # kept in state; fenced for rule (b)
+        recent = {
+            k[1]
+            for k, row in partials.items()
+            if k[0] == query
+            and k[3] >= 0
+            and watermark - step.gap_ms < (row.window_end_ms or 0) <= watermark
+        }
+        found = newly_closed(spec, _stored(partials, query, recent), watermark, step.gap_ms)
+        return replace(step, closed=[(m.key, m.start_ms, m.end_ms) for m in found])
     ending = {
         k[1]
         for k, row in partials.items()

@@ -172,14 +172,16 @@ async def test_a_session_batch_without_its_sessions_part_is_refused(backend: Bac
     assert (await worker.checkpoint.load_partition(0)).next_offset is None
 
 
+@pytest.mark.parametrize("mode", ["update", "complete", "append"])
 async def test_a_batch_reopening_a_session_closed_over_every_partition_is_stale(
-    backend: Backend,
+    backend: Backend, mode: str
 ) -> None:
     #   p0 (worker A): a@0              z@30     W = min(27, 17) = 17: a [0,10) closed
     #   p1 (worker B):        z@20               and kept as a fence
     #   then B, not knowing the fence, commits a partial a [5,15): it would reopen the
-    #   closed session, so the batch is stale (replayed, its record is late)
-    s = spec("update")
+    #   closed session, so the batch is stale (replayed, its record is late); complete
+    #   mode keeps the session in state and fences it all the same
+    s = spec(mode)
     streams = {0: [{"t": 0, "k": "a", "v": 1}, {"t": 30, "k": "z", "v": 1}]}
     streams[1] = [{"t": 20, "k": "z", "v": 1}]
     a = SessionWorker(s, backend.make(s), streams, owned=[0])
@@ -192,7 +194,10 @@ async def test_a_batch_reopening_a_session_closed_over_every_partition_is_stale(
     assert outcome is not None and outcome.global_watermark_ms == 17
     assert outcome.closed_windows == 1
     before = await rows(backend)
-    assert before == {("a", 0, 10): (1, 1), ("z", 20, 30): (1, 1), ("z", 30, 40): (1, 1)}
+    if mode == "append":
+        assert before == {("a", 0, 10): (1, 1)}
+    else:
+        assert before == {("a", 0, 10): (1, 1), ("z", 20, 30): (1, 1), ("z", 30, 40): (1, 1)}
     assert (await b.checkpoint.load_partition(1)).fences == ((("a",), 0, 10),)
     reopening = CommitBatch(
         (PartitionCommit(1, 1, 2, 1, 1, 0, 0, 0, 20, 17),),

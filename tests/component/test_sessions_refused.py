@@ -1,8 +1,8 @@
-"""`streamproc.testing.run_pipeline` and session windows (issue 22, phase 1).
+"""`streamproc.testing.run_pipeline` and session windows to a Kafka topic (issue 22).
 
-It runs the runtime's plan, which does not commit sessions yet, so it refuses them
-with the line `streamproc run` prints; the pure engine runs them
-(tests/unit/test_engine_sessions.py).
+Sessions run through `run_pipeline` (tests/component/test_sessions_streaming.py); to a
+topic they are refused with the line `streamproc run` prints: a session's row moves as
+it grows or merges, and a message cannot be taken back.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 from streamproc.testing import run_pipeline
 from tests.unit.test_config_broken import mutate
-from tests.unit.test_config_sessions import REFUSED, SESSIONS, P
+from tests.unit.test_config_sessions import REFUSED, SESSIONS, TO_KAFKA, P
 
 
-def test_run_pipeline_refuses_sessions_with_the_runs_line() -> None:
+def test_run_pipeline_refuses_sessions_to_a_topic_with_the_runs_line() -> None:
     with pytest.raises(ValueError) as raised:
-        run_pipeline(mutate(SESSIONS), [], env={})
-    assert str(raised.value) == f"{P}.gapDuration: " + REFUSED.format(kind="streaming")
+        run_pipeline(mutate({**SESSIONS, **TO_KAFKA}), [], env={})
+    assert str(raised.value) == f"{P}.gapDuration: " + REFUSED

@@ -2,9 +2,9 @@
 
 The key parses and validates; with `windowDuration`/`slideDuration` it is one error
 line naming both; changing the gap is a definition change. Batch mode runs them
-(`validate` accepts a batch config with a gap); until the streaming runtime commits
-sessions, planning a streaming run with them stops with one line (through `preflight`
-and `streamproc validate`), never a traceback.
+(`validate` accepts a batch config with a gap), and so does the streaming runtime
+(`QuerySpec.session`); a streaming run of sessions to a Kafka topic stops with one line
+(through `preflight` and `streamproc validate`), never a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from streamproc.batch.plan import BatchPlan
 from streamproc.commands.preflight import preflight
 from streamproc.config import validate_config
 from streamproc.engine import SessionSpec
+from streamproc.runtime.plan import QueryPlan
 from streamproc.sinks.definition import definition_changes, query_definition
 from tests.unit.test_config_broken import DELETE, mutate
 from tests.unit.test_definition import SPEC
@@ -32,9 +33,11 @@ SESSIONS = {
     ("transforms", 0, "parameters", "windowDuration"): DELETE,
     ("transforms", 0, "parameters", "gapDuration"): "30 seconds",
 }
+TO_KAFKA = {("load", "sinkType"): "kafka", ("load", "topic"): "order_totals"}
 REFUSED = (
-    "session windows (30 seconds gap) are not yet supported by the {kind} runtime (they "
-    "run in batch mode: mode batch); use windowDuration for tumbling or sliding windows"
+    "session windows (30 seconds gap) write to a postgresql table (load.sinkType 'kafka'): "
+    "a session's row moves as it grows or merges, and a message on a topic cannot be taken "
+    "back"
 )
 
 
@@ -99,10 +102,18 @@ def test_broken_session_config_reports_exactly_one_line(
     assert report.config is None
 
 
-def test_streaming_plan_of_sessions_stops_with_one_line() -> None:
+def test_streaming_plan_of_sessions_runs_them() -> None:
     checked = preflight(mutate(SESSIONS), env={})
+    assert checked.errors == []
+    assert isinstance(checked.plan, QueryPlan)
+    assert checked.plan.spec.session == SessionSpec(30_000)
+    assert checked.plan.spec.window is None
+
+
+def test_streaming_plan_of_sessions_to_a_topic_stops_with_one_line() -> None:
+    checked = preflight(mutate({**SESSIONS, **TO_KAFKA}), env={})
     assert checked.plan is None
-    assert checked.errors == [f"{P}.gapDuration: " + REFUSED.format(kind="streaming")]
+    assert checked.errors == [f"{P}.gapDuration: " + REFUSED]
 
 
 def test_batch_plan_of_sessions_runs_them() -> None:
@@ -128,10 +139,10 @@ def test_cli_validate_prints_the_refusal_on_one_line(
 ) -> None:
     monkeypatch.delenv("ORDERS_PG_PASSWORD", raising=False)
     path = tmp_path / "sessions.json"
-    path.write_text(json.dumps(mutate(SESSIONS)))
+    path.write_text(json.dumps(mutate({**SESSIONS, **TO_KAFKA})))
     assert cli.main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"{path}: {P}.gapDuration: " + REFUSED.format(kind="streaming")]
+    assert err.splitlines() == [f"{path}: {P}.gapDuration: " + REFUSED]
     assert "Traceback" not in err
 
 
