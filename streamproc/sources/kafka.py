@@ -26,6 +26,7 @@ from streamproc.sources.base import (
 )
 from streamproc.sources.kafka_leave import close_abandoned, leave_group_even_in_generation_zero
 from streamproc.sources.kafka_probe import describe_partitions
+from streamproc.sources.position import OFFSET_POSITIONS, OffsetPositions
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +336,10 @@ class KafkaSource:
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
         return await self._position_in(self._reader, partition)
+
+    def positions(self) -> OffsetPositions:
+        """A Kafka offset is its own position."""
+        return OFFSET_POSITIONS
 
     async def _position_in(self, consumer: Any, partition: int) -> int:
         buffered = self._buffered.get(partition)
