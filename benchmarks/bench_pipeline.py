@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import processes, report, workloads
-from benchmarks.services import Services, ledger_count, ledger_late
+from benchmarks.services import Services, bytes_per_row, ledger_count, ledger_late
 
 CASES: dict[str, list[workloads.Query]] = {
     "dense": [workloads.Query("dense")],
@@ -94,6 +94,7 @@ def run_streamproc(
     log = work / "logs" / f"{name}.log"
     done = processes.run(processes.streamproc_command(config), log, RUN_TIMEOUT_S)
     checks = check_streamproc(svc, name, produced, done, log, f"streamproc {q.label}")
+    footprint = asyncio.run(bytes_per_row(svc.dsn, name, name))
     return {
         "query_name": name,
         "seconds": done.seconds,
@@ -103,6 +104,7 @@ def run_streamproc(
         "phases": processes.parse_phases(done.output),
         "lock_share": processes.parse_lock_share(done.output),
         "round_trips": processes.parse_round_trips(done.output),
+        **footprint,
         **checks,
     }
 

@@ -48,6 +48,9 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out["median_lock_share"] = median(locks)
     trips = [r["round_trips"] for r in runs if r.get("round_trips") is not None]
     out["median_round_trips"] = median(trips)
+    for key in ("result_bytes_per_row", "state_bytes_per_row"):
+        sizes = [r[key] for r in runs if r.get(key) is not None]
+        out[f"median_{key}"] = median(sizes)
     return out
 
 
@@ -152,7 +155,9 @@ def pipeline_table(cases: Sequence[dict[str, Any]]) -> str:
         notes.append(f"  {c['case']}: phases {phase_line(s)}")
         notes.append(
             f"  {c['case']}: lock share {lock_line(s.get('median_lock_share'))}; round trips "
-            f"per commit {fmt(s.get('median_round_trips'), '.2f')}"
+            f"per commit {fmt(s.get('median_round_trips'), '.2f')}; bytes per result row "
+            f"{fmt(s.get('median_result_bytes_per_row'), '.0f')} (table and indexes), per "
+            f"state row {fmt(s.get('median_state_bytes_per_row'), '.0f')}"
         )
     return table(headers, rows) + "\n" + "\n".join(notes)
 

@@ -91,3 +91,19 @@ async def table_rows(dsn: str, table: str) -> int | None:
     if not await fetchval(dsn, "SELECT to_regclass($1) IS NOT NULL", f'"{table}"'):
         return None
     return int(await fetchval(dsn, f'SELECT count(*) FROM "{table}"'))
+
+
+async def bytes_per_row(dsn: str, table: str, query: str) -> dict[str, float | None]:
+    """What a query's rows cost PostgreSQL: result table bytes (heap, indexes, TOAST) per row,
+    and the average size of the query's state rows (tuples only: that table is shared)."""
+    out: dict[str, float | None] = {"result_bytes_per_row": None, "state_bytes_per_row": None}
+    rows = await table_rows(dsn, table)
+    if rows:
+        size = await fetchval(dsn, "SELECT pg_total_relation_size($1)", f'"{table}"')
+        out["result_bytes_per_row"] = int(size) / rows
+    if await fetchval(dsn, "SELECT to_regclass('streamproc_state') IS NOT NULL"):
+        avg = await fetchval(
+            dsn, "SELECT avg(pg_column_size(s.*)) FROM streamproc_state s WHERE query = $1", query
+        )
+        out["state_bytes_per_row"] = float(avg) if avg is not None else None
+    return out
