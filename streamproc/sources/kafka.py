@@ -289,7 +289,7 @@ class KafkaSource:
         """End offsets of owned partitions as the last fetch responses gave them (no request).
 
         The high watermark of a fetch response, so right on brokers whose
-        ListOffsets undercounts (STREAMING.md, "The local stack"); absent for a
+        ListOffsets undercounts (OPERATING.md, "The local stack"); absent for a
         partition not fetched yet.
         """
         reader = self._reader
@@ -328,7 +328,7 @@ class KafkaSource:
             await self._reader.seek_to_beginning(tp)
         else:
             # The exact end (a fetch's high watermark), not ListOffsets: that can
-            # answer the last record batch's base offset + 1 (STREAMING.md, "The
+            # answer the last record batch's base offset + 1 (OPERATING.md, "The
             # local stack"), and `latest` would then read records written before it.
             info = await self.describe({partition: None})
             self._reader.seek(tp, info[partition].end)
