@@ -16,7 +16,13 @@ from streamproc.config.source import DEFAULT_FILE_PATTERNS
 from streamproc.config.transform import WINDOW_BOUNDS
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
-from streamproc.runtime.planning import breaker_policy, dlq_table, quality_plan, retry_policy
+from streamproc.runtime.planning import (
+    breaker_policy,
+    dlq_table,
+    quality_plan,
+    refuse_sessions,
+    retry_policy,
+)
 from streamproc.runtime.quality import QualityPlan
 from streamproc.runtime.security import kafka_client_params
 
@@ -98,6 +104,7 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
     agg = cfg.aggregation
     spec = None
     if agg is not None:
+        refuse_sessions(cfg, "batch")
         spec = QuerySpec(
             group_by=tuple(agg.group_by),
             aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),

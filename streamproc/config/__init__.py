@@ -20,7 +20,8 @@ delays and state timeouts in event time, triggers and retries in wall time):
 - ``cfg.aggregation`` (the aggregation transform's parameters, or None):
   ``group_by``, ``aggregations`` (:class:`Aggregation`: ``output``, ``column`` (None
   for ``*``), ``func``), ``window_column``, ``window_size_ms``, ``slide_ms`` (the size
-  when not sliding), ``windowed``, ``output_columns``, ``state_timeout_ms``;
+  when not sliding), ``gap_duration_ms`` (session windows), ``windowed`` (fixed or
+  session), ``sessions``, ``output_columns``, ``state_timeout_ms``;
   ``cfg.state_timeout_ms`` resolves the transform's or the query's.
 - ``cfg.load``: ``sink_type``, ``table``, ``schema_name``, ``topic``, ``write_mode``,
   ``upsert_keys``, ``batchsize``, ``dsn()``; ``cfg.sink_bootstrap_servers``.

@@ -149,7 +149,22 @@ def _check_transforms(d: Draft, found: Findings) -> None:
         )
     for index, p in aggregations:
         base = f"transforms[{index}].parameters"
-        if p.window_column and p.window_size_ms is None and d.ok(f"{base}.windowDuration"):
+        if p.sessions and (p.window_size_ms is not None or p.slide_duration_ms is not None):
+            # One line, not one per field: the two kinds of window exclude each other.
+            fixed = "windowDuration" if p.window_size_ms is not None else "slideDuration"
+            found.error(
+                f"{base}.gapDuration",
+                f"gapDuration (session windows) and {fixed} (fixed windows) are mutually "
+                "exclusive; give one",
+            )
+            continue
+        if p.gap_duration_ms and p.window_column is None and d.ok(f"{base}.windowColumn"):
+            found.error(f"{base}.windowColumn", "required when gapDuration is set")
+        if (
+            p.window_column
+            and not p.windowed
+            and d.ok(f"{base}.windowDuration", f"{base}.gapDuration")
+        ):
             found.error(f"{base}.windowDuration", "required when windowColumn is set")
         if p.window_size_ms and p.window_column is None and d.ok(f"{base}.windowColumn"):
             found.error(f"{base}.windowColumn", "required when windowDuration is set")
@@ -275,6 +290,9 @@ def _check_output_mode(d: Draft, s: StreamingConfig, found: Findings) -> None:
             f"({fmt(s.state_timeout_ms)}); give one",
         )
     timeout = agg.state_timeout_ms or s.state_timeout_ms
+    if timeout and agg.sessions:
+        path = f"{base}.stateTimeout" if agg.state_timeout_ms else f"{_S}.stateTimeout"
+        found.error(path, "does not apply to session windows (the gap ends a session); remove it")
     if timeout and agg.windowed and agg.window_size_ms and timeout >= agg.window_size_ms:
         path = f"{base}.stateTimeout" if agg.state_timeout_ms else f"{_S}.stateTimeout"
         found.warnings.append(

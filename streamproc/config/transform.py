@@ -131,11 +131,18 @@ class AggregationParams(ConfigModel):
             counts non-null values; ``sum``, ``avg``, ``min``, ``max`` skip nulls;
             ``first``/``last`` take the value of the earliest/latest event time.
         window_column: the event-time field the windows are over (with
-            ``windowDuration``; both or neither).
+            ``windowDuration`` or ``gapDuration``; both or neither).
         window_size_ms: ``windowDuration``: the window length in event time;
             windows are aligned to the Unix epoch.
         slide_duration_ms: ``slideDuration``: a sliding window's step, at most
             ``windowDuration``; absent: tumbling windows.
+        gap_duration_ms: NEW; ``gapDuration``: session windows (Spark's
+            ``session_window``) instead of fixed ones: per group, a session is a
+            run of records each less than the gap (event time) from the next;
+            ``window_start`` is its first event time, ``window_end`` its last plus
+            the gap. Not with ``windowDuration``/``slideDuration``. Sessions run in
+            the engine (``streamproc.engine.SessionEngine``) only: planning a run
+            with them stops with one line until the runtime commits them.
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
             for this long (wall time), a windowed one a (key, window) idle this long
             in event time; as ``streamingConfigJson.stateTimeout``.
@@ -154,6 +161,7 @@ class AggregationParams(ConfigModel):
     slide_duration_ms: Annotated[int, DurationMs()] | None = Field(
         default=None, alias="slideDuration"
     )
+    gap_duration_ms: Annotated[int, DurationMs()] | None = Field(default=None, alias="gapDuration")
     state_timeout_ms: Annotated[int, DurationMs()] | None = Field(
         default=None, alias="stateTimeout"
     )
@@ -166,8 +174,13 @@ class AggregationParams(ConfigModel):
 
     @property
     def windowed(self) -> bool:
-        """True when the aggregation is per event-time window."""
-        return self.window_size_ms is not None
+        """True when the aggregation is per event-time window: fixed or session."""
+        return self.window_size_ms is not None or self.gap_duration_ms is not None
+
+    @property
+    def sessions(self) -> bool:
+        """True when the windows are sessions (``gapDuration``)."""
+        return self.gap_duration_ms is not None
 
     @property
     def output_columns(self) -> tuple[str, ...]:

@@ -1,4 +1,7 @@
-"""Pure event-time engine: time parsing, windows, aggregates, watermarks, emission (no I/O)."""
+"""Pure event-time engine: time parsing, windows, sessions, aggregates, watermarks, emission.
+
+No I/O but through the WindowStore port.
+"""
 
 from streamproc.engine.aggregates import MAX_ABS_NUMBER, finalize, merge_states
 from streamproc.engine.engine import Engine, Record
@@ -18,6 +21,7 @@ from streamproc.engine.passthrough import (
 )
 from streamproc.engine.results import (
     EXPIRED_STATE,
+    LATE_SESSION_CLOSED,
     LATE_STATE_EXPIRED,
     LATE_WATERMARK,
     LATE_WINDOW_CLOSED,
@@ -31,18 +35,22 @@ from streamproc.engine.results import (
     WatermarkJump,
     WindowKey,
 )
+from streamproc.engine.session_engine import SessionEmission, SessionEngine
+from streamproc.engine.sessions import MergedSession, SessionChange, merge_sessions, state_row_ops
 from streamproc.engine.spec import (
     AggFunc,
     AggSpec,
     EventTimeFormat,
     OutputMode,
     QuerySpec,
+    SessionSpec,
     WindowSpec,
 )
 from streamproc.engine.windows import open_window_starts, window_start, window_starts
 
 __all__ = [
     "EXPIRED_STATE",
+    "LATE_SESSION_CLOSED",
     "LATE_STATE_EXPIRED",
     "LATE_WATERMARK",
     "LATE_WINDOW_CLOSED",
@@ -58,6 +66,7 @@ __all__ = [
     "EventTimeError",
     "EventTimeFormat",
     "LateRecord",
+    "MergedSession",
     "OutputMode",
     "PartialRow",
     "PartitionProgress",
@@ -65,6 +74,10 @@ __all__ = [
     "QuerySpec",
     "Record",
     "ResultRow",
+    "SessionChange",
+    "SessionEmission",
+    "SessionEngine",
+    "SessionSpec",
     "StreamEngine",
     "WatermarkJump",
     "WindowKey",
@@ -73,10 +86,12 @@ __all__ = [
     "event_time_parser",
     "finalize",
     "format_event_time",
+    "merge_sessions",
     "merge_states",
     "open_window_starts",
     "parse_event_time",
     "record_row",
+    "state_row_ops",
     "window_start",
     "window_starts",
 ]

@@ -20,11 +20,10 @@ Exactly-once contract with the runtime (STREAMING.md, "Exactly once"):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import groupby
-from operator import itemgetter
 from typing import Any
 
 from streamproc.engine.aggregates import checked_state, plan_for
+from streamproc.engine.batches import Record, run_batch
 from streamproc.engine.emission import (
     EmitInput,
     collect_all,
@@ -35,26 +34,18 @@ from streamproc.engine.emission import (
     to_rows,
 )
 from streamproc.engine.groupkeys import checked_internal_key, external_key_fn
-from streamproc.engine.kernel import NO_MIN_TS, NO_TS, build_kernel
+from streamproc.engine.kernel import NO_TS, build_kernel
 from streamproc.engine.localparts import LocalPartitions
 from streamproc.engine.partition import PartitionState
 from streamproc.engine.results import (
     EXPIRED_STATE,
-    BadRecord,
     BatchResult,
     Emission,
-    LateRecord,
     PartialRow,
-    PartitionProgress,
     ResultRow,
-    WatermarkJump,
 )
 from streamproc.engine.spec import QuerySpec
-from streamproc.engine.watermarks import partition_watermark
 from streamproc.state.base import WindowStore
-
-Record = tuple[int, int, Mapping[str, Any]]
-_by_partition = itemgetter(0)
 
 
 class Engine(LocalPartitions[PartitionState]):
@@ -77,6 +68,8 @@ class Engine(LocalPartitions[PartitionState]):
         *,
         max_cached_entries: int = 1_000_000,
     ) -> None:
+        if spec.session is not None:
+            raise ValueError("a session-window query runs in SessionEngine, not Engine")
         super().__init__(spec, clock)
         self._plan = plan_for(spec)
         self._kernel = build_kernel(spec, self._plan)
@@ -100,54 +93,17 @@ class Engine(LocalPartitions[PartitionState]):
         """
         now = self._clock()
         w = self._update_watermark(now)
-        closed_w = NO_TS if w is None else w
-        late: list[LateRecord] = []
-        bad: list[BadRecord] = []
-        jumps: list[tuple[int, int, int, int]] = []
-        counts: dict[int, list[Any]] = {}
-        run = self._kernel.run_segment
-        for partition, group in groupby(records, key=_by_partition):
-            seg = list(group)
-            ps = self._parts.get(partition)
-            if ps is None:
-                ps = self._open(partition, now)
-            if partition not in counts:
-                ps.batch_min_ts = NO_MIN_TS  # the first segment of this call
-            n_late, n_bad = len(late), len(bad)
-            run(ps, seg, closed_w, now, late, bad, jumps)
-            ps.last_active_ms = now
-            ps.next_offset = seg[-1][1] + 1
-            c = counts.get(partition)
-            if c is None:
-                counts[partition] = [len(seg), len(late) - n_late, len(bad) - n_bad, seg[0][1]]
-            else:
-                c[0] += len(seg)
-                c[1] += len(late) - n_late
-                c[2] += len(bad) - n_bad
-        self._update_watermark(now)
-        per_partition: dict[int, PartitionProgress] = {}
-        for partition, (n, n_late, n_bad, first) in counts.items():
-            ps = self._parts[partition]
-            per_partition[partition] = PartitionProgress(
-                records=n,
-                aggregated=n - n_late - n_bad,
-                late=n_late,
-                bad=n_bad,
-                first_offset=first,
-                next_offset=ps.next_offset,
-                max_event_ts_ms=ps.max_event_ts_ms,
-                watermark_ms=partition_watermark(ps.max_event_ts_ms, self.spec.delay_ms),
-                min_event_ts_ms=ps.batch_min_event_ts_ms,
-            )
-        total = sum(p.records for p in per_partition.values())
-        return BatchResult(
-            records=total,
-            aggregated=total - len(late) - len(bad),
-            late=tuple(late),
-            bad=tuple(bad),
-            per_partition=per_partition,
-            jumps=tuple(WatermarkJump(*j) for j in jumps),
+        result = run_batch(
+            records,
+            self._parts,
+            lambda partition: self._open(partition, now),
+            self._kernel.run_segment,
+            NO_TS if w is None else w,
+            now,
+            self.spec.delay_ms,
         )
+        self._update_watermark(now)
+        return result
 
     def emit(self, *, closed_partials: bool = True, expire_idle: bool = False) -> Emission:
         """Produce the trigger's rows, partials, evictions and closed windows.

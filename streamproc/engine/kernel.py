@@ -13,10 +13,13 @@ Per record, in order (the first failing step decides what the record is):
     2. event time < the partition watermark (from earlier records) -> late;
     3. every window of the record closed (end <= global watermark W) -> late, "window
        closed" (only possible with an idle timeout or after W was raised from outside);
+       sessions: its session would start or extend a closed one -> late, "session
+       closed" (`engine.sessions`, the same cases);
     4. with a windowed state timeout: every open window of the record expired (a
        tombstone for its key) -> late, "state expired";
     5. otherwise: advance the partition's max event time, fold the record into the state
-       of each of its open (and, with a state timeout, unexpired) windows.
+       of each of its open (and, with a state timeout, unexpired) windows, or of its
+       session (extended, merged or new: `SessionPartition.insert`).
 
 `run_segment(ps, seg, closed_w, now_ms, late, bad, jumps)` processes consecutive records of one
 partition `ps` (a `PartitionState`); `closed_w` is W at the start of the batch, or a value
@@ -38,6 +41,7 @@ from streamproc.engine.eventtime import (
 )
 from streamproc.engine.groupkeys import internal_key
 from streamproc.engine.results import (
+    LATE_SESSION_CLOSED,
     LATE_STATE_EXPIRED,
     LATE_WATERMARK,
     LATE_WINDOW_CLOSED,
@@ -128,6 +132,8 @@ def _emit_event_time(src: _Source, spec: QuerySpec) -> None:
     # as timestamps): a time within a window size (or the delay) of the limits
     # would make a row or a ledger entry that cannot be written.
     size = spec.window.size_ms if spec.window is not None else 0
+    if spec.session is not None:
+        size = spec.session.gap_ms  # a session ends its last record's time + the gap
     lo = MIN_EVENT_TS_MS + size + (spec.delay_ms or 0)
     hi = MAX_EVENT_TS_MS - size
     if lo != MIN_EVENT_TS_MS or hi != MAX_EVENT_TS_MS:
@@ -226,6 +232,26 @@ def _emit_expiring_windows(
     src.add(3, *body)
 
 
+def _emit_session(
+    src: _Source, gap_ms: int, has_wm: bool, advance: list[str], body: list[str]
+) -> None:
+    """Session windows: late when the record's session would be closed, else placed.
+
+    Only a record behind W can start or touch a closed session (`engine.sessions`,
+    "Late"): the rare case asks the engine, over every local partition and its fences.
+    `insert` extends, merges or starts the record's partial session and gives its state.
+    """
+    if has_wm:
+        src.add(2, "if ts < closed_w and (")
+        src.add(3, f"ts + {gap_ms} <= closed_w or touches_closed(key, ts, closed_w)")
+        src.add(2, "):")
+        src.add(3, f"late_append(LateRecord(p, off, ts, closed_w, {LATE_SESSION_CLOSED!r}, rec))")
+        src.add(3, "continue")
+    src.add(2, *advance)
+    src.add(2, "st = insert(key, ts)")
+    src.add(2, *body)
+
+
 def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     """Generate and compile the batch loop for a query."""
     has_ts = spec.event_time_column is not None
@@ -245,16 +271,19 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
         namespace["edge_reason"] = _edge_reason(spec.event_time_column)
     src = _Source()
     src.add(0, "def run_segment(ps, seg, closed_w, now_ms, late, bad, jumps):")
-    src.add(1, "p = ps.partition", "dirty = ps.dirty", "load = ps.load")
+    if spec.session is not None:
+        src.add(1, "p = ps.partition", "insert = ps.insert", "touches_closed = ps.touches_closed")
+    else:
+        src.add(1, "p = ps.partition", "dirty = ps.dirty", "load = ps.load")
     src.add(1, "late_append = late.append", "bad_append = bad.append")
     if has_ts:
         src.add(1, "max_ts = ps.max_ts", "min_ts = ps.batch_min_ts")
     if has_wm:
         src.add(1, f"wm = max_ts - {spec.delay_ms}")
-    if window is None:
+    if window is None and spec.session is None:
         src.add(1, "ws = None", "wd = dirty.get(None)", "if wd is None:")
         src.add(2, "wd = dirty[None] = {}")
-    else:
+    elif window is not None:
         src.add(1, "last_ws = wd = None")
     src.add(1, "for _, off, rec in seg:")
     src.add(2, "if type(rec) is not dict and not isinstance(rec, Mapping):")
@@ -283,7 +312,9 @@ def build_kernel(spec: QuerySpec, plan: AggregatePlan) -> Kernel:
     if plan.touch_slot is not None:
         touch = "ts" if has_wm else "now_ms"
     body = update_lines(plan, column_var, "ts" if has_ts else "0", touch)
-    if window is None:
+    if spec.session is not None:
+        _emit_session(src, spec.session.gap_ms, has_wm, advance, body)
+    elif window is None:
         src.add(2, *advance)
         src.add(2, "st = wd.get(key)", "if st is None:", "    st = wd[key] = load(None, key)")
         src.add(2, *body)

@@ -16,6 +16,8 @@ WindowKey = tuple[tuple[Any, ...], int | None, int | None]
 LATE_WATERMARK = "event time older than watermark"
 LATE_WINDOW_CLOSED = "window closed"
 LATE_STATE_EXPIRED = "state expired"
+#: A record that would start or extend a session already closed (`engine.sessions`).
+LATE_SESSION_CLOSED = "session closed"
 #: The state of an expired (key, window) (windowed stateTimeout): a tombstone, kept
 #: until W passes the window's end, so that no later record starts its state afresh.
 EXPIRED_STATE: tuple[()] = ()
@@ -30,9 +32,10 @@ class LateRecord:
         offset: Source offset.
         event_ts_ms: The record's event time.
         watermark_ms: The watermark it was compared with: the partition watermark for
-            `LATE_WATERMARK`, the global watermark for `LATE_WINDOW_CLOSED` and
-            `LATE_STATE_EXPIRED`.
-        reason: `LATE_WATERMARK`, `LATE_WINDOW_CLOSED` or `LATE_STATE_EXPIRED`.
+            `LATE_WATERMARK`, the global watermark for `LATE_WINDOW_CLOSED`,
+            `LATE_STATE_EXPIRED` and `LATE_SESSION_CLOSED`.
+        reason: `LATE_WATERMARK`, `LATE_WINDOW_CLOSED`, `LATE_STATE_EXPIRED` or
+            `LATE_SESSION_CLOSED`.
         value: The decoded record.
     """
 

@@ -73,6 +73,30 @@ class WindowSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """Session windows over event time (Spark's `session_window`), per group key.
+
+    A session is a maximal run of a key's records whose event times are each less
+    than `gap_ms` from the next one; it spans `[first event time, last event time +
+    gap)`. Two records exactly `gap_ms` apart are in different sessions. The
+    semantics, lateness and merging are in `streamproc.engine.sessions`.
+
+    A field of its own on `QuerySpec`, beside `window`, rather than a kind of
+    `WindowSpec`: code that reads `spec.window` relies on epoch-aligned windows of one
+    size (end = start + size); a session has neither, so it must not pass for one.
+
+    Attributes:
+        gap_ms: The gap in event-time milliseconds.
+    """
+
+    gap_ms: int
+
+    def __post_init__(self) -> None:
+        if self.gap_ms <= 0:
+            raise ValueError(f"session gap must be positive, got {self.gap_ms} ms")
+
+
+@dataclass(frozen=True, slots=True)
 class QuerySpec:
     """A streaming aggregation query.
 
@@ -97,6 +121,8 @@ class QuerySpec:
             by more than this (`BatchResult.jumps`); None: never.
         passthrough: No aggregation: each accepted record is one result row (append
             mode, no group-by, window or aggregates; see `engine.passthrough`).
+        session: Session windows instead of fixed ones (`window` is then None); run by
+            `SessionEngine`, not `Engine`.
     """
 
     group_by: tuple[str, ...]
@@ -110,11 +136,17 @@ class QuerySpec:
     state_timeout_ms: int | None = None
     jump_warning_ms: int | None = None
     passthrough: bool = False
+    session: SessionSpec | None = None
 
     def __post_init__(self) -> None:
         problems = _problems(self)
         if problems:
             raise ValueError("invalid query: " + "; ".join(problems))
+
+    @property
+    def windowed(self) -> bool:
+        """True when results are per (key, window): fixed windows or sessions."""
+        return self.window is not None or self.session is not None
 
 
 def _problems(spec: QuerySpec) -> list[str]:
@@ -136,18 +168,22 @@ def _problems(spec: QuerySpec) -> list[str]:
         out.append(f"unknown output mode {spec.output_mode!r}")
     if spec.event_time_format not in EVENT_TIME_FORMATS:
         out.append(f"unknown event time format {spec.event_time_format!r}")
+    if spec.window is not None and spec.session is not None:
+        out.append("a query has a window or sessions, not both")
     if spec.event_time_column is None:
-        if spec.window is not None:
+        if spec.windowed:
             out.append("a window needs an event time column")
         if spec.delay_ms is not None:
             out.append("a watermark needs an event time column")
     if spec.delay_ms is not None and spec.delay_ms < 0:
         out.append(f"watermark delay must be >= 0, got {spec.delay_ms} ms")
-    if spec.output_mode == "append" and (spec.window is None or spec.delay_ms is None):
+    if spec.output_mode == "append" and (not spec.windowed or spec.delay_ms is None):
         out.append("append mode needs a window and a watermark")
     if spec.idle_timeout_ms is not None and spec.idle_timeout_ms <= 0:
         out.append(f"idle timeout must be positive, got {spec.idle_timeout_ms} ms")
     if spec.state_timeout_ms is not None:
+        if spec.session is not None:
+            out.append("a state timeout does not apply to sessions (the gap ends them)")
         if spec.window is not None and spec.delay_ms is None:
             out.append("a state timeout on a windowed aggregation needs a watermark")
         if spec.window is not None and spec.output_mode == "complete":
@@ -159,7 +195,7 @@ def _problems(spec: QuerySpec) -> list[str]:
 
 def _passthrough_problems(spec: QuerySpec) -> list[str]:
     out: list[str] = []
-    if spec.aggregations or spec.group_by or spec.window is not None:
+    if spec.aggregations or spec.group_by or spec.windowed:
         out.append("a pass-through query has no aggregations, group-by or window")
     if spec.output_mode != "append":
         out.append("a pass-through query runs in append mode")

@@ -55,6 +55,7 @@ def plan_from_config(cfg: PipelineConfig, env: Mapping[str, str] | None = None) 
     if agg is None:
         spec = _passthrough_spec(cfg)
     else:
+        refuse_sessions(cfg, "streaming")
         _refuse_windowed_state_timeout(cfg, agg)
         spec = QuerySpec(
             group_by=tuple(agg.group_by),
@@ -246,6 +247,32 @@ def _passthrough_spec(cfg: PipelineConfig) -> QuerySpec:
         delay_ms=wm.delay_ms if wm else None,
         idle_timeout_ms=wm.idle_timeout_ms if wm else None,
         passthrough=True,
+    )
+
+
+def refuse_sessions(cfg: PipelineConfig, kind: str) -> None:
+    """Stop planning a run of a session-window aggregation, with one line.
+
+    Session windows (issue 22) run in the pure engine (`SessionEngine`); their commit
+    (state rows, deletes of merged sessions) is not in the runtime yet, and a run that
+    wrote fixed-window rows for them would be silently wrong.
+
+    Args:
+        cfg: A validated config.
+        kind: 'streaming' or 'batch', for the message.
+
+    Raises:
+        ValueError: the aggregation has gapDuration.
+    """
+    agg = cfg.aggregation
+    if agg is None or agg.gap_duration_ms is None:
+        return
+    index = aggregation_transforms(cfg.transforms)[0][0]
+    raise ValueError(
+        f"transforms[{index}].parameters.gapDuration: session windows "
+        f"({format_duration_ms(agg.gap_duration_ms)} gap) are not yet supported by the "
+        f"{kind} runtime (they run in the pure engine, streamproc.engine.SessionEngine, "
+        "only); use windowDuration for tumbling or sliding windows"
     )
 
 

@@ -44,13 +44,18 @@ def query_definition(
             run from another directory is other files.
     """
     window = spec.window
+    shape: dict[str, Any] | None = None
+    if window is not None:
+        shape = {"duration_ms": window.size_ms, "slide_ms": window.slide_ms}
+    elif spec.session is not None:
+        # Sessions (issue 22) under the same name: a fixed window changed to sessions,
+        # or another gap, is a change of "window" (the rows' bounds mean other things).
+        shape = {"gap_ms": spec.session.gap_ms}
     definition: dict[str, Any] = {
         "layout": LAYOUT_VERSION,
         "source topic": topic,
         "group-by": list(spec.group_by),
-        "window": None
-        if window is None
-        else {"duration_ms": window.size_ms, "slide_ms": window.slide_ms},
+        "window": shape,
         "aggregations": [f"{a.output}={a.label}" for a in spec.aggregations],
         "output mode": spec.output_mode,
         "event time": None
@@ -77,7 +82,7 @@ def query_definition(
 _SINCE_LATER = frozenset({"source path"})
 #: The order a value's keys are shown in, whatever order jsonb stored them in (it
 #: sorts keys by length: `{slide_ms ..., duration_ms ...}`); others follow, sorted.
-_KEY_ORDER = ("duration_ms", "slide_ms", "column", "format", "table", "topic")
+_KEY_ORDER = ("duration_ms", "slide_ms", "gap_ms", "column", "format", "table", "topic")
 
 
 def _normal(name: str, value: Any) -> Any:
