@@ -14,13 +14,17 @@ from streamproc.sinks.rows import datetime_to_ms, decode_key, decode_state
 from tests.reference import Query
 
 
-async def read_table(pg: Any, table: str, query: Query) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+async def read_table(
+    pg: Any, table: str, query: Query, *, sessions: bool = False
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     """A (possibly schema-qualified) result table as {(*key, window start ms, end ms): values}.
 
     Args:
         pg: An asyncpg connection.
         table: The result table.
         query: The query that writes it (its group-by, window and aggregates).
+        sessions: The query has session windows (the model's `Query` has no gap field):
+            the rows have window bounds although `query.size_ms` is None.
 
     Returns:
         The rows; (None, None) for the window of a non-windowed query.
@@ -29,7 +33,7 @@ async def read_table(pg: Any, table: str, query: Query) -> dict[tuple[Any, ...],
     out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for r in rows:
         key = tuple(r[c] for c in query.group_by)
-        if query.size_ms:
+        if query.size_ms or sessions:
             key += (datetime_to_ms(r["window_start"]), datetime_to_ms(r["window_end"]))
         else:
             key += (None, None)

@@ -3,6 +3,7 @@
 plan.py    BatchPlan from a validated config (pure; validate builds it too)
 kafka.py   the Kafka input: every partition from startingOffsets to its end at start
 load.py    the load: one PostgreSQL transaction per run, refused rows isolated
+collect.py decode, quality rules and the engine over the input (pure)
 job.py     the orchestration and the report
 
 A file input is listed and read by `sources/file_listing.py`, which the

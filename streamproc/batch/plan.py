@@ -14,13 +14,12 @@ from streamproc.config import PipelineConfig
 from streamproc.config.sink import WriteMode
 from streamproc.config.source import DEFAULT_FILE_PATTERNS
 from streamproc.config.transform import WINDOW_BOUNDS
-from streamproc.engine import AggSpec, QuerySpec, WindowSpec
+from streamproc.engine import AggSpec, QuerySpec, SessionSpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
 from streamproc.runtime.planning import (
     breaker_policy,
     dlq_table,
     quality_plan,
-    refuse_sessions,
     retry_policy,
 )
 from streamproc.runtime.quality import QualityPlan
@@ -35,8 +34,9 @@ class BatchPlan:
 
     Attributes:
         spec: the aggregation as the engine runs it (output mode complete, no
-            watermark: all data is present, so every window is final at the end);
-            None for a pipeline without aggregation, which loads the records.
+            watermark: all data is present, so every window, and every session of
+            a `gapDuration` aggregation, is final at the end); None for a pipeline
+            without aggregation, which loads the records.
         upsert_keys: the columns an upsert matches rows on (as configured).
         batchsize: rows per COPY chunk inside the load's one transaction.
     """
@@ -104,7 +104,8 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
     agg = cfg.aggregation
     spec = None
     if agg is not None:
-        refuse_sessions(cfg, "batch")
+        # Sessions run in SessionEngine (collect.py): without a watermark none closes
+        # before the end, nothing is late, and the end's emit gives every session.
         spec = QuerySpec(
             group_by=tuple(agg.group_by),
             aggregations=tuple(AggSpec(a.output, a.column, a.func) for a in agg.aggregations),
@@ -114,6 +115,7 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
             window=WindowSpec(agg.window_size_ms, agg.slide_ms or agg.window_size_ms)
             if agg.window_size_ms
             else None,
+            session=SessionSpec(agg.gap_duration_ms) if agg.gap_duration_ms else None,
         )
         _check_upsert_keys(spec, load.write_mode, load.upsert_keys or ())
     return BatchPlan(
@@ -144,8 +146,9 @@ def batch_plan_from_config(cfg: PipelineConfig) -> BatchPlan:
 
 
 def result_key(spec: QuerySpec) -> tuple[str, ...]:
-    """The columns that identify an aggregation's row: group-by, then the window bounds."""
-    return spec.group_by + (WINDOW_BOUNDS if spec.window is not None else ())
+    """The columns that identify an aggregation's row: group-by, then the window bounds
+    (a fixed window's or a session's)."""
+    return spec.group_by + (WINDOW_BOUNDS if spec.windowed else ())
 
 
 def _check_upsert_keys(spec: QuerySpec, mode: WriteMode, keys: tuple[str, ...]) -> None:
@@ -153,6 +156,15 @@ def _check_upsert_keys(spec: QuerySpec, mode: WriteMode, keys: tuple[str, ...]) 
     # types) and the window bounds: an upsert can only match rows on that key.
     if mode != "upsert":
         return
+    if spec.session is not None:
+        # A session's bounds are its row's key and move as the input grows: an upsert
+        # over a grown input would leave the old bounds' row beside the new one (two
+        # overlapping sessions of a key, counted twice), with nothing said.
+        raise ValueError(
+            "load.writeMode: upsert cannot keep session windows right (a session's bounds "
+            "are its row's key and move when a rerun's input grows or merges sessions); "
+            "use overwrite to recompute the sessions, or append"
+        )
     wanted = result_key(spec)
     if sorted(keys) != sorted(wanted):
         raise ValueError(

@@ -140,8 +140,8 @@ class AggregationParams(ConfigModel):
             ``session_window``) instead of fixed ones: per group, a session is a
             run of records each less than the gap (event time) from the next;
             ``window_start`` is its first event time, ``window_end`` its last plus
-            the gap. Not with ``windowDuration``/``slideDuration``. Sessions run in
-            the engine (``streamproc.engine.SessionEngine``) only: planning a run
+            the gap. Not with ``windowDuration``/``slideDuration``. Batch mode
+            runs them (every session final at the end); planning a streaming run
             with them stops with one line until the runtime commits them.
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
             for this long (wall time), a windowed one a (key, window) idle this long

@@ -53,6 +53,10 @@ def iso_ms(ts_ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
+#: Values each group-by field takes (`user-0` ... `user-7`).
+KEYS = 8
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigStreamSpec:
     """Records shaped for one pipeline config: its group-by, aggregated and time fields.
@@ -78,7 +82,7 @@ class ConfigStreamSpec:
     counted: tuple[str, ...]
     span_ms: int
     late_by_ms: int
-    keys: int = 8
+    keys: int = KEYS
     late_fraction: float = 0.01
     seed: int = 7
 
@@ -119,12 +123,19 @@ def _encode_time(ts_ms: int, time_format: str) -> Any:
     return iso_ms(ts_ms)
 
 
-def stream_spec_for(cfg: PipelineConfig, seconds: float) -> ConfigStreamSpec:
+def stream_spec_for(
+    cfg: PipelineConfig, seconds: float, count: int | None = None
+) -> ConfigStreamSpec:
     """Records for `cfg`, produced over `seconds` of wall time.
 
     Event time runs faster than wall time so that, within the run, it covers three
     times (window + watermark delay): append-mode windows close and update-mode ones
     are rewritten while one watches. Late records lie a window plus the delay behind.
+
+    With session windows (`gapDuration`) and the number of records `count`, event time
+    covers enough that a key's records are a third of the gap apart on average (keys
+    are drawn at random, so about 5% of a key's pauses reach the gap): each key has a
+    few sessions, not one long one.
     """
     agg = cfg.aggregation
     watermark = cfg.streaming.watermark if cfg.streaming else None
@@ -140,6 +151,10 @@ def stream_spec_for(cfg: PipelineConfig, seconds: float) -> ConfigStreamSpec:
     numbers = {a.column for a in aggregations if a.column and a.func not in ("count", "sum")}
     skip = {*group_by, time_column}
     span_ms = max(int(3 * (size_ms + delay_ms)), int(seconds * 1000))
+    gap_ms = agg.gap_duration_ms if agg else None
+    if gap_ms and count:
+        keys = KEYS ** max(len(group_by), 1)
+        span_ms = max(span_ms, gap_ms * count // (3 * keys))
     return ConfigStreamSpec(
         time_column=time_column,
         time_format=watermark.event_time_format if watermark else "auto",

@@ -80,8 +80,8 @@ async def _produce(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         if not await _wait_for_worker(bootstrap, group, args.wait):
             return _fail(f"no worker joined consumer group {group} within {args.wait:.0f} s")
         await asyncio.sleep(_SETTLE_S)
-    spec = stream_spec_for(cfg, args.seconds)
     count = int(args.seconds * args.rate)
+    spec = stream_spec_for(cfg, args.seconds, count)
     if args.realtime:
         # Event time is wall time: a generator restarted later goes on from its own now.
         spec = dataclasses.replace(spec, span_ms=int(args.seconds * 1000))

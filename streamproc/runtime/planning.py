@@ -251,15 +251,16 @@ def _passthrough_spec(cfg: PipelineConfig) -> QuerySpec:
 
 
 def refuse_sessions(cfg: PipelineConfig, kind: str) -> None:
-    """Stop planning a run of a session-window aggregation, with one line.
+    """Stop planning a streaming run of a session-window aggregation, with one line.
 
-    Session windows (issue 22) run in the pure engine (`SessionEngine`); their commit
+    Session windows (issue 22) run in the pure engine (`SessionEngine`) and in batch
+    mode (`streamproc.batch`, every session final at the end); their streaming commit
     (state rows, deletes of merged sessions) is not in the runtime yet, and a run that
     wrote fixed-window rows for them would be silently wrong.
 
     Args:
         cfg: A validated config.
-        kind: 'streaming' or 'batch', for the message.
+        kind: The runtime named in the message ('streaming').
 
     Raises:
         ValueError: the aggregation has gapDuration.
@@ -271,8 +272,8 @@ def refuse_sessions(cfg: PipelineConfig, kind: str) -> None:
     raise ValueError(
         f"transforms[{index}].parameters.gapDuration: session windows "
         f"({format_duration_ms(agg.gap_duration_ms)} gap) are not yet supported by the "
-        f"{kind} runtime (they run in the pure engine, streamproc.engine.SessionEngine, "
-        "only); use windowDuration for tumbling or sliding windows"
+        f"{kind} runtime (they run in batch mode: mode batch); use windowDuration for "
+        "tumbling or sliding windows"
     )
 
 

@@ -102,7 +102,7 @@ def result_layout(spec: QuerySpec, table: str) -> ResultTableLayout:
     columns = [Column(name, "text") for name in spec.group_by]
     if spec.group_by:
         columns.append(Column(GROUP_KEY_TYPES, "text"))
-    windowed = spec.window is not None
+    windowed = spec.windowed  # a session's bounds are window_start, window_end too
     if windowed:
         columns += [
             Column("window_start", "timestamp with time zone"),

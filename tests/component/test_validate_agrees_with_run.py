@@ -65,14 +65,16 @@ class Outcome:
     refusal: str | None = None
 
 
-# Every config in configs/, and what validate says about it. All of them are streaming
-# configs that plan; a config that could not run would be recorded here with its refusal.
+# Every config in configs/, and what validate says about it. All of them (streaming
+# queries and batch jobs) plan; a config that could not run would be recorded here with
+# its refusal.
 CONFIGS: dict[str, Outcome] = {
     "fraud-detection.json": Outcome([]),
     "sales-dashboard.json": Outcome([]),
     "sales-daily-report.json": Outcome([]),
     "streaming-example.json": Outcome([ENABLE_IDEMPOTENCE_IGNORED, BUFFER_SIZE_IGNORED]),
     "user-analytics.json": Outcome([]),
+    "user-sessions.json": Outcome([]),
 }
 
 P = "transforms[0].parameters"

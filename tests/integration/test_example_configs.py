@@ -1,5 +1,9 @@
 """Every config in configs/ run end to end by `streamproc run`, checked against the model.
 
+The streaming examples run here; the batch examples (`BATCH_EXAMPLES`) run in the batch
+tests named there, and `test_every_config_in_configs_is_run_end_to_end` keeps the two
+lists whole.
+
 Each example is loaded as shipped and changed only where a test must: the topics, the
 table, the late table, the query name and the checkpoint location get fresh names; the
 trigger becomes ``availablenow`` (so that the run ends) and ``startingOffsets``
@@ -187,6 +191,21 @@ EXAMPLES = [
         rule_holds=lambda row: True,
     ),
 ]
+
+
+#: The batch examples (a job, not a query: no checkpoint, trigger or late data), each run
+#: end to end by its own test against the model.
+BATCH_EXAMPLES = {
+    "sales-daily-report.json": "tests/integration/test_batch.py",
+    "user-sessions.json": "tests/integration/test_batch_sessions.py",
+}
+
+
+def test_every_config_in_configs_is_run_end_to_end() -> None:
+    names = {path.name for path in (REPO / "configs").glob("*.json")}
+    assert names == {e.file for e in EXAMPLES} | set(BATCH_EXAMPLES)
+    for name, test in BATCH_EXAMPLES.items():
+        assert f'"configs" / "{name}"' in (REPO / test).read_text()
 
 
 def make_example_stream(example: Example, seed: int) -> dict[int, list[Record]]:

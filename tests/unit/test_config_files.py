@@ -81,8 +81,8 @@ def test_the_expected_files_exist() -> None:
     assert {"streaming-example.json", *SEED_USE_CASES} <= names
 
 
-#: The example of batch mode; every other config is a streaming query.
-BATCH_EXAMPLES = {"sales-daily-report.json"}
+#: The examples of batch mode; every other config is a streaming query.
+BATCH_EXAMPLES = {"sales-daily-report.json", "user-sessions.json"}
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)

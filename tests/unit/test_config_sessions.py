@@ -1,9 +1,10 @@
 """Session windows in the config (issue 22, phase 1): `gapDuration` with `windowColumn`.
 
 The key parses and validates; with `windowDuration`/`slideDuration` it is one error
-line naming both; changing the gap is a definition change. Until the runtime commits
-sessions, planning a streaming or batch run with them stops with one line (through
-`preflight` and `streamproc validate`), never a traceback.
+line naming both; changing the gap is a definition change. Batch mode runs them
+(`validate` accepts a batch config with a gap); until the streaming runtime commits
+sessions, planning a streaming run with them stops with one line (through `preflight`
+and `streamproc validate`), never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from streamproc import cli
+from streamproc.batch.plan import BatchPlan
 from streamproc.commands.preflight import preflight
 from streamproc.config import validate_config
 from streamproc.engine import SessionSpec
@@ -32,8 +34,7 @@ SESSIONS = {
 }
 REFUSED = (
     "session windows (30 seconds gap) are not yet supported by the {kind} runtime (they "
-    "run in the pure engine, streamproc.engine.SessionEngine, only); use windowDuration "
-    "for tumbling or sliding windows"
+    "run in batch mode: mode batch); use windowDuration for tumbling or sliding windows"
 )
 
 
@@ -104,11 +105,22 @@ def test_streaming_plan_of_sessions_stops_with_one_line() -> None:
     assert checked.errors == [f"{P}.gapDuration: " + REFUSED.format(kind="streaming")]
 
 
-def test_batch_plan_of_sessions_stops_with_one_line() -> None:
+def test_batch_plan_of_sessions_runs_them() -> None:
     config = mutate({**SESSIONS, ("mode",): "batch", (S,): DELETE})
     checked = preflight(config, env={})
-    assert checked.plan is None
-    assert checked.errors == [f"{P}.gapDuration: " + REFUSED.format(kind="batch")]
+    assert checked.errors == []
+    assert isinstance(checked.plan, BatchPlan) and checked.plan.spec is not None
+    assert checked.plan.spec.session == SessionSpec(30_000)
+
+
+def test_cli_validate_accepts_a_batch_session_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ORDERS_PG_PASSWORD", raising=False)
+    path = tmp_path / "sessions.json"
+    path.write_text(json.dumps(mutate({**SESSIONS, ("mode",): "batch", (S,): DELETE})))
+    assert cli.main(["validate", str(path)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_cli_validate_prints_the_refusal_on_one_line(
