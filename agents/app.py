@@ -5,7 +5,7 @@
 Faust hosts the worker (CLI, lifecycle, signals, logging); the pipeline's
 hot loop is one `@app.task` that fetches record batches with aiokafka, since
 a per-record Faust stream moves ~11K records/s against ~290K/s for batches
-(STREAMING.md, "Workers"). Start the same command several times to scale out:
+(OPERATING.md, "Workers"). Start the same command several times to scale out:
 the workers share the topic's partitions through one consumer group.
 """
 

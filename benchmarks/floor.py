@@ -4,7 +4,7 @@
 partition from the beginning, aiokafka ``getmany`` with the fetch sizes streamproc
 uses, ``json.loads`` of each value, until every partition reached its end. The end
 is the high watermark of the fetch responses (``consumer.highwater``), not
-ListOffsets: the local broker's ListOffsets undercounts (STREAMING.md, "The local stack").
+ListOffsets: the local broker's ListOffsets undercounts (OPERATING.md, "The local stack").
 Prints ``floor: <records> records`` and exits 0. No streaming processor can read
 and decode the same records faster in one Python process, so the harness reports
 streamproc's throughput against this one.

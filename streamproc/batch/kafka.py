@@ -1,7 +1,7 @@
 """The Kafka input of a batch job: every partition from its start to its end at start.
 
 The end offsets are taken once, when the job starts, from the fetch high
-watermark (exact; ListOffsets undercounts on the local broker: STREAMING.md,
+watermark (exact; ListOffsets undercounts on the local broker: OPERATING.md,
 "The local stack"), through `KafkaSource.describe`. Partitions are assigned by hand: no
 consumer group, no committed offsets; records produced after the start wait for
 the next job.

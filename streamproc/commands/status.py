@@ -287,7 +287,7 @@ def _seven(n: list[int]) -> tuple[int, int, int, int, int, int, int]:
 async def _read_ends(plan: QueryPlan) -> dict[int, TopicEnd]:
     """Every partition's log start and end: the fetch high watermark, not ListOffsets.
 
-    The local broker's ListOffsets undercounts (STREAMING.md, "The local stack"), so the
+    The local broker's ListOffsets undercounts (OPERATING.md, "The local stack"), so the
     end is what a fetch response says, as `KafkaSource.describe` reads it.
     A partition the checkpoint knows but the topic no longer has gets no end.
     """

@@ -18,7 +18,13 @@ from itertools import pairwise
 from typing import Literal
 
 from streamproc.config.durations import parse_duration_ms
-from streamproc.sources.file_lines import decode_offset
+from streamproc.sources.position import (
+    OFFSET_POSITIONS,
+    FilePosition,
+    FilePositions,
+    PositionFormat,
+    SourcePosition,
+)
 
 #: Exit status of `status`: the query is fine (or has no lag).
 EXIT_OK = 0
@@ -120,25 +126,6 @@ class TopicEnd:
 
 
 @dataclass(frozen=True, slots=True)
-class FilePosition:
-    """Where a file source resumes: a file (by its ordinal in `streamproc_files`) and a byte.
-
-    A file source packs both into one offset (``ordinal << 40 | byte``), which
-    means nothing to a reader; status shows them apart.
-
-    Attributes:
-        ordinal: The file's number, in the order the source found the files.
-        path: The file's path as registered; None when `streamproc_files` has no
-            row for it (edited by hand).
-        byte: The byte after the last complete line committed, in that file.
-    """
-
-    ordinal: int
-    path: str | None
-    byte: int
-
-
-@dataclass(frozen=True, slots=True)
 class PartitionStatus:
     """One partition of the source topic.
 
@@ -153,8 +140,9 @@ class PartitionStatus:
         watermark_ms: wm(p) after the partition's last commit (event time).
         max_event_ts_ms: Max event time the partition committed (event time).
         last_commit_ms: Wall time of the partition's last commit.
-        file: A file source's position as file and byte (its committed offset
-            packs both); None for a Kafka partition.
+        position: The committed offset in the source's own terms (`sources.position`):
+            a Kafka offset, or a file source's file and byte (its offset packs
+            both); None when it never committed.
     """
 
     partition: int
@@ -164,7 +152,12 @@ class PartitionStatus:
     watermark_ms: int | None
     max_event_ts_ms: int | None
     last_commit_ms: int | None
-    file: FilePosition | None = None
+    position: SourcePosition | None = None
+
+    @property
+    def file(self) -> FilePosition | None:
+        """A file source's position (file and byte); None for a Kafka partition."""
+        return self.position if isinstance(self.position, FilePosition) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,15 +222,13 @@ def build_status(
 ) -> QueryStatus:
     """Put a query's checkpoint and its topic's ends side by side, partition by partition."""
     files = checkpoint.files
+    # How the source's offsets read: a file source's pack a file and a byte.
+    fmt: PositionFormat = OFFSET_POSITIONS if files is None else FilePositions(files)
     positions = {row.partition: row for row in checkpoint.positions}
     partitions = []
     for p in sorted(set(positions) | set(ends)):
         row = positions.get(p)
         committed = row.next_offset if row else None
-        file = None
-        if files is not None and committed is not None:
-            ordinal, byte = decode_offset(committed)
-            file = FilePosition(ordinal, files.get(ordinal), byte)
         partitions.append(
             PartitionStatus(
                 partition=p,
@@ -247,7 +238,7 @@ def build_status(
                 watermark_ms=row.watermark_ms if row else None,
                 max_event_ts_ms=row.max_event_ts_ms if row else None,
                 last_commit_ms=row.committed_at_ms if row else None,
-                file=file,
+                position=None if committed is None else fmt.position(p, committed),
             )
         )
     return QueryStatus(
@@ -260,7 +251,7 @@ def build_status(
         partitions=tuple(partitions),
         batches=checkpoint.batches,
         run=checkpoint.run,
-        file_source=files is not None,
+        file_source=fmt.kind == "file",
     )
 
 

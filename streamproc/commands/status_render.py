@@ -82,7 +82,7 @@ def _partition_dict(p: PartitionStatus, file_source: bool) -> dict[str, Any]:
         "lag": p.lag,
     }
     if file_source:
-        # The committed offset packs file and byte (ordinal << 40 | byte): shown apart.
+        # The committed offset packs file and byte (sources.position): shown apart.
         out["file"] = None if p.file is None else p.file.path
         out["fileOrdinal"] = None if p.file is None else p.file.ordinal
         out["byte"] = None if p.file is None else p.file.byte
@@ -146,7 +146,7 @@ def _partition_lines(status: QueryStatus) -> list[str]:
             files.append(
                 (
                     str(p.partition),
-                    "-" if where is None else where.path or f"#{where.ordinal} (not listed)",
+                    "-" if where is None else where.file,
                     "-" if where is None else str(where.byte),
                     _iso(p.watermark_ms) or "-",
                     _when(p.last_commit_ms, now),

@@ -2,7 +2,7 @@
 
 Used by ``streamproc local up|down|status``, the demo and the tests. Both
 servers are reached through their network protocols only, exactly like
-Apache Kafka and PostgreSQL in production (STREAMING.md, "The local stack").
+Apache Kafka and PostgreSQL in production (OPERATING.md, "The local stack").
 
 Typical use::
 

@@ -28,7 +28,7 @@ async def create_topic(
         partitions: Number of partitions (replication factor is 1).
         configs: Topic configs set at creation (e.g. ``retention.ms``). On
             the Tansu broker, DescribeConfigs only returns configs that were
-            given here (STREAMING.md, "The local stack", quirk 3).
+            given here (OPERATING.md, "The local stack", quirk 3).
         timeout: Seconds to wait for the partitions to have leaders.
 
     Raises:

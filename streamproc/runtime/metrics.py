@@ -4,7 +4,7 @@ Every record read is counted in exactly one of aggregated, late, bad or
 filtered. The metrics added with the progress record follow Prometheus
 naming (base units: seconds; `_timestamp_seconds` for points in time) and
 carry only the labels pipeline, query, partition, phase, outcome, strategy,
-result and kind, all bounded (STREAMING.md "Progress and metrics" lists
+result and kind, all bounded (OPERATING.md "Progress and metrics" lists
 them all); `streamproc_watermark_ms` stays for the dashboards that read it,
 next to `streamproc_watermark_timestamp_seconds`.
 

@@ -6,7 +6,10 @@ source, decides where a partition resumes. Partition ownership comes from a
 group protocol; changes are reported to a `PartitionListener` and awaited
 before any record of a newly assigned partition is fetched.
 
-`KafkaSource` (aiokafka, a consumer group) implements it;
+Offsets are integers; what one means is the source's (`positions`, see
+`position.py`): a Kafka offset is itself, a file source's is a file and a byte.
+
+`KafkaSource` (aiokafka, a consumer group) and `FileSource` implement it;
 `streamproc.testing.MemorySource` implements it in memory with scripted
 assignments, for component tests.
 """
@@ -16,7 +19,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from streamproc.sources.position import PositionFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,14 @@ class Source(Protocol):
 
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
+        ...
+
+    def positions(self) -> PositionFormat:
+        """How this source's offsets read as positions (a Kafka offset; a file and a byte).
+
+        For what people read (status, log lines); the offsets stored and sought
+        stay integers.
+        """
         ...
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:

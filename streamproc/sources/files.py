@@ -45,6 +45,7 @@ from streamproc.sources.file_access import (
 from streamproc.sources.file_lines import LineChunk, decode_offset, encode_offset
 from streamproc.sources.file_registry import FileRegistry
 from streamproc.sources.file_watch import FileWatch
+from streamproc.sources.position import FilePositions
 
 log = logging.getLogger("streamproc.source")
 
@@ -145,6 +146,8 @@ class FileSource:
     def seek(self, partition: int, offset: int) -> None:
         """Continue at the byte and file the offset names."""
         self._pos = decode_offset(offset)
+        where = self.positions().position(partition, offset)
+        log.info("query %s reads on at %s", self._config.query, where)
         # A restart: say now what grew behind the position while no worker ran.
         self._watch.check_files_behind()
 
@@ -157,6 +160,10 @@ class FileSource:
     async def position(self, partition: int) -> int:
         """The offset of the next line to read."""
         return encode_offset(*(self._pos or (0, 0)))
+
+    def positions(self) -> FilePositions:
+        """Offsets as files (by their registered paths) and bytes."""
+        return FilePositions({e.ordinal: e.path for e in self._watch.entries})
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
         """The end after the last complete line, and the line committed last (checked).

@@ -26,6 +26,7 @@ from streamproc.sources.base import (
 )
 from streamproc.sources.kafka_leave import close_abandoned, leave_group_even_in_generation_zero
 from streamproc.sources.kafka_probe import describe_partitions
+from streamproc.sources.position import OFFSET_POSITIONS, OffsetPositions
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ class KafkaSource:
         """End offsets of owned partitions as the last fetch responses gave them (no request).
 
         The high watermark of a fetch response, so right on brokers whose
-        ListOffsets undercounts (STREAMING.md, "The local stack"); absent for a
+        ListOffsets undercounts (OPERATING.md, "The local stack"); absent for a
         partition not fetched yet.
         """
         reader = self._reader
@@ -327,7 +328,7 @@ class KafkaSource:
             await self._reader.seek_to_beginning(tp)
         else:
             # The exact end (a fetch's high watermark), not ListOffsets: that can
-            # answer the last record batch's base offset + 1 (STREAMING.md, "The
+            # answer the last record batch's base offset + 1 (OPERATING.md, "The
             # local stack"), and `latest` would then read records written before it.
             info = await self.describe({partition: None})
             self._reader.seek(tp, info[partition].end)
@@ -335,6 +336,10 @@ class KafkaSource:
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
         return await self._position_in(self._reader, partition)
+
+    def positions(self) -> OffsetPositions:
+        """A Kafka offset is its own position."""
+        return OFFSET_POSITIONS
 
     async def _position_in(self, consumer: Any, partition: int) -> int:
         buffered = self._buffered.get(partition)

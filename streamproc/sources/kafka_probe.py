@@ -23,7 +23,7 @@ async def describe_partitions(
     """Log start, exact end, and the record at an offset, per partition.
 
     The end is the fetch response's high watermark (ListOffsets can undercount on
-    the local broker: STREAMING.md, "The local stack"): each partition is fetched
+    the local broker: OPERATING.md, "The local stack"): each partition is fetched
     once, at the asked offset or just below the listed end.
 
     Args:

@@ -2,8 +2,9 @@
 
 For a user's own tests, `run_pipeline(config, records)` runs a pipeline
 config over a list of records and returns the result rows, the late and bad
-records and the counts (`streamproc.testing.pipeline`; STREAMING.md "Python
-API"). Underneath, and for tests that script rebalances or outages:
+records and the counts (`streamproc.testing.pipeline`; PYTHON-API.md,
+"Testing one's own pipeline"). Underneath, and for tests that script
+rebalances or outages:
 
 The same `StreamingQuery` that runs against Kafka and PostgreSQL runs here
 over a `MemorySource` and a `MemoryCheckpoint` (Kafka Streams'

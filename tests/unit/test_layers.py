@@ -129,3 +129,14 @@ def test_the_walk_reads_imports_in_functions_and_under_type_checking(tmp_path: P
         "runtime",
         "sinks",
     ]
+
+
+def test_the_readme_draws_the_layers_as_the_table_lists_them() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("```\nagents ", 1)[1].split("```", 1)[0]
+    drawn = [
+        frozenset(name.strip() for name in line.split("  ", 1)[0].split(","))
+        for line in ("agents " + block).splitlines()
+        if line.strip()
+    ]
+    assert tuple(drawn) == LAYERS, "README.md's Layout draws other layers than streamproc/layers.py"

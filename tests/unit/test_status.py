@@ -26,6 +26,7 @@ from streamproc.commands.status_model import (
 )
 from streamproc.commands.status_render import text_lines, to_dict
 from streamproc.config.durations import DurationError
+from streamproc.sources.position import FilePosition, OffsetPosition
 
 T0 = 1_764_000_000_000  # wall time, epoch ms
 MIN = 60_000
@@ -91,6 +92,14 @@ def test_partitions_of_the_checkpoint_and_of_the_topic_are_both_listed() -> None
     ]
     assert status.total_lag == 35
     assert status.last_commit_ms == T0 + MIN
+    # A Kafka offset is its own position; a partition that never committed has none.
+    assert [p.position for p in status.partitions] == [
+        OffsetPosition(0, 50),
+        None,
+        None,
+        OffsetPosition(3, 7),
+    ]
+    assert [p.file for p in status.partitions] == [None] * 4
 
 
 def test_rates_per_batch_over_the_wall_time_since_the_one_before() -> None:
@@ -276,9 +285,13 @@ def test_a_file_source_position_is_shown_as_file_and_byte() -> None:
         checkpoint=view,
         ends={},
     )
+    (where,) = status.partitions
+    assert where.position == where.file == FilePosition(1, "data/b.jsonl", 550)
     text = "\n".join(text_lines(status, None))
     assert "path data, at" in text
     assert str((1 << 40) | 550) not in text
+    table = text.splitlines()[3:5]
+    assert table[0].split() == ["partition", "file", "byte", "watermark", "last", "commit"]
     assert [line.split()[:3] for line in text.splitlines() if "b.jsonl" in line] == [
         ["0", "data/b.jsonl", "550"]
     ]
