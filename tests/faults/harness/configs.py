@@ -66,9 +66,14 @@ class Pipeline:
         default_factory=lambda: {"failureThreshold": 3, "resetTimeoutSeconds": 3}
     )
     fail_fast: bool = False
+    #: Session windows of this gap ("5 minutes") instead of the sliding windows.
+    gap: str | None = None
 
     def document(self) -> dict[str, Any]:
         """The config as JSON."""
+        windows: dict[str, str] = {"windowDuration": "10 minutes", "slideDuration": "5 minutes"}
+        if self.gap is not None:
+            windows = {"gapDuration": self.gap}
         return {
             "pipelineId": self.name,
             "mode": "streaming",
@@ -86,8 +91,7 @@ class Pipeline:
                     "parameters": {
                         "groupByColumns": self.group_by,
                         "windowColumn": "event_time",
-                        "windowDuration": "10 minutes",
-                        "slideDuration": "5 minutes",
+                        **windows,
                         "aggregations": AGG_TEXT,
                     },
                 }
