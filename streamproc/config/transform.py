@@ -141,8 +141,9 @@ class AggregationParams(ConfigModel):
             run of records each less than the gap (event time) from the next;
             ``window_start`` is its first event time, ``window_end`` its last plus
             the gap. Not with ``windowDuration``/``slideDuration``. Batch mode
-            runs them (every session final at the end); planning a streaming run
-            with them stops with one line until the runtime commits them.
+            runs them (every session final at the end), and so does the streaming
+            runtime, exactly once, to a ``postgresql`` table (a ``kafka`` sink is
+            refused with one line); STREAMING.md, "Session windows".
         state_timeout_ms: a non-windowed aggregation evicts a key with no record
             for this long (wall time), a windowed one a (key, window) idle this long
             in event time; as ``streamingConfigJson.stateTimeout``.
