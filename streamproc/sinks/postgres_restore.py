@@ -63,18 +63,19 @@ async def load_partition(
         partition,
     )
     check_chain(f"query {query}, partition {partition} of {topic}", position, chain)
-    if position is None:
-        return PartitionCheckpoint(partition, None, None, ())
     # Sessions keep closed ones there as fences (`session_commit`), not partials.
     sessions = spec.session is not None
     fenced = [sessions and r["partition"] == TOMBSTONE_PARTITION for r in states]
+    fences = fences_of(partial_from_row(spec, r) for r, f in zip(states, fenced, strict=True) if f)
+    if position is None:  # a new partition: no state, but the query's fences
+        return PartitionCheckpoint(partition, None, None, (), fences=fences)
     return PartitionCheckpoint(
         partition,
         position["next_offset"],
         position["max_event_time_ms"],
         tuple(partial_from_row(spec, r) for r, f in zip(states, fenced, strict=True) if not f),
         position["last_record"],
-        fences_of(partial_from_row(spec, r) for r, f in zip(states, fenced, strict=True) if f),
+        fences,
     )
 
 

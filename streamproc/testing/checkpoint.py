@@ -168,8 +168,6 @@ class MemoryCheckpoint:
         position = db.positions.get((self._query, partition))
         chain = [e.commit for e in db.ledger.get((self._query, self._topic, partition), [])]
         self._check_chain(partition, position, chain)
-        if position is None:
-            return PartitionCheckpoint(partition, None, None, ())
         # Tombstones are the query's, not the partition's: a record of any
         # partition for an expired (key, window) is late.
         mine = [
@@ -181,6 +179,8 @@ class MemoryCheckpoint:
         sessions = self._spec.session is not None
         partials = tuple(r for p, r in mine if not (sessions and p == TOMBSTONE_PARTITION))
         fences = fences_of(r for p, r in mine if sessions and p == TOMBSTONE_PARTITION)
+        if position is None:  # a new partition: no state, but the query's fences
+            return PartitionCheckpoint(partition, None, None, (), fences=fences)
         return PartitionCheckpoint(
             partition,
             position.next_offset,

@@ -25,7 +25,9 @@ AGGS = (AggSpec("n", None, "count"), AggSpec("total", "v", "sum"))
 GAP = 10
 
 
-def session_spec(mode: str, delay_ms: int = 3, gap_ms: int = GAP) -> QuerySpec:
+def session_spec(
+    mode: str, delay_ms: int = 3, gap_ms: int = GAP, idle_timeout_ms: int | None = None
+) -> QuerySpec:
     """count(*) as n and sum(v) as total per k, in sessions of `gap_ms`."""
     return QuerySpec(
         group_by=("k",),
@@ -34,6 +36,7 @@ def session_spec(mode: str, delay_ms: int = 3, gap_ms: int = GAP) -> QuerySpec:
         event_time_column="t",
         event_time_format="epoch_millis",
         delay_ms=delay_ms,
+        idle_timeout_ms=idle_timeout_ms,
         session=SessionSpec(gap_ms),
     )
 
@@ -123,8 +126,11 @@ class SessionWorker:
             (self.engine.partition_next_offset(p) or 0) >= len(self.streams[p]) for p in self.mine
         )
 
-    async def step(self, take: Mapping[int, int], *, commit: bool = True) -> CommitOutcome | None:
-        """Process up to take[p] next records of each partition; emit and commit them."""
+    async def step(
+        self, take: Mapping[int, int], *, commit: bool = True, stale: bool = False
+    ) -> CommitOutcome | None:
+        """Process up to take[p] next records of each partition; emit and commit them
+        (stale: the commit must be stale; nothing of it counts, restore next)."""
         await self._remote_marks()
         engine = self.engine
         starts = {p: engine.partition_next_offset(p) or 0 for p in self.mine}
@@ -171,13 +177,16 @@ class SessionWorker:
                 parts.rows if self.local else None,
                 late_rows,
                 topic_partitions=len(self.partitions),
+                idle_timeout_ms=self.spec.idle_timeout_ms,
                 closes_locally=self.local,
                 watermark_ms=emission.global_watermark_ms,
                 basis=basis if self.local else None,
                 sessions=parts.sessions,
             )
         )
-        assert not outcome.stale, outcome
+        assert bool(outcome.stale) == stale, outcome
+        if stale:
+            return outcome
         self.outcomes.append(outcome)
         self.log += self.pending
         self.late.update(self.pending_late)

@@ -211,3 +211,33 @@ async def test_a_batch_reopening_a_session_closed_over_every_partition_is_stale(
     assert outcome.stale == (1,)
     assert await rows(backend) == before
     assert (await b.checkpoint.load_partition(1)).next_offset == 1
+
+
+async def test_a_record_behind_w_within_the_gap_of_a_session_closed_elsewhere_is_late(
+    backend: Backend,
+) -> None:
+    # idleTimeout: a partition without a position does not hold W back.
+    #   p0 (worker A): a@0  z@25         delay 8: W = 17, a's [0,10) closed and fenced
+    #   p1 (worker B):           a@9     new, not late by its own watermark; within the
+    #                                    gap of the closed [0,10): B did not know the
+    #                                    fence, its batch is stale; restored with the
+    #                                    fences, the replay finds a@9 late
+    s = spec("update", delay_ms=8, idle_timeout_ms=3_600_000)
+    streams = {0: [{"t": 0, "k": "a", "v": 1}, {"t": 25, "k": "z", "v": 1}]}
+    streams[1] = [{"t": 9, "k": "a", "v": 4}]
+    a = SessionWorker(s, backend.make(s), streams, owned=[0])
+    b = SessionWorker(s, backend.make(s), streams, owned=[1], log=a.log)
+    b.late = a.late
+    for w in (a, b):
+        await w.checkpoint.open()
+    await b.restore()  # before the session closes: B knows no fence
+    await a.step({0: 2})
+    assert (await b.checkpoint.watermarks()).global_ms == 17
+    assert await rows(backend) == {("a", 0, 10): (1, 1), ("z", 25, 35): (1, 1)}
+    await b.step({1: 1}, stale=True)
+    assert await rows(backend) == {("a", 0, 10): (1, 1), ("z", 25, 35): (1, 1)}
+    await b.restore()
+    await b.step({1: 1})
+    assert b.late == {(1, 0): "session closed"}
+    assert await rows(backend) == {("a", 0, 10): (1, 1), ("z", 25, 35): (1, 1)}
+    assert await backend.late() == {(1, 0)}
