@@ -25,8 +25,8 @@ from streamproc.sinks.base import (
     CheckpointConflictError,
     ClosingWindowsError,
     ResultSink,
-    expiry_bounds,
 )
+from streamproc.sinks.commit_checks import expiry_bounds
 from streamproc.sinks.commit_plan import ClosingStep
 from streamproc.sinks.layout import POSITIONS_TABLE, QUERIES_TABLE, STATE_TABLE, quote_ident
 from streamproc.sinks.postgres_expiry import (
