@@ -22,12 +22,13 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from streamproc.engine import LateRecord, StreamEngine
+from streamproc.port_errors import FailureKind
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.failure_policy import FailurePolicy
-from streamproc.runtime.failures import STOP_ERRORS, FailureKind, classify_failure, is_outage
+from streamproc.runtime.failures import STOP_ERRORS, classify_failure, is_outage
 from streamproc.runtime.offload import Offload
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan

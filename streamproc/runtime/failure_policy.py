@@ -23,10 +23,10 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from streamproc.port_errors import FailureKind, adapter_error
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.failures import (
     STOP_ERRORS,
-    FailureKind,
     QueryFailedError,
     SinkOutage,
     classify_failure,
@@ -51,12 +51,14 @@ SAMPLES = 8
 
 def refusal_signature(exc: BaseException) -> tuple[object, ...]:
     """What a refusal is about: its SQLSTATE and the constraint, table and column it names."""
+    exc = adapter_error(exc)
     names = ("sqlstate", "constraint_name", "table_name", "column_name")
     found = tuple(getattr(exc, name, None) for name in names)
     return found if any(found) else (type(exc).__name__, first_line(exc))
 
 
 def _constraint(exc: BaseException) -> str:
+    exc = adapter_error(exc)
     constraint, table = getattr(exc, "constraint_name", None), getattr(exc, "table_name", None)
     if constraint:
         return f" (constraint {constraint}" + (f" of table {table})" if table else ")")
@@ -99,7 +101,8 @@ class FailurePolicy:
             return QueryFailedError(str(exc))
         log.error("query %s stops on an unexpected error", self._plan.query_name, exc_info=exc)
         return QueryFailedError(
-            f"query {self._plan.query_name} stopped: {type(exc).__name__}: {first_line(exc)}"
+            f"query {self._plan.query_name} stopped: "
+            f"{type(adapter_error(exc)).__name__}: {first_line(exc)}"
         )
 
     async def after_failed_commit(

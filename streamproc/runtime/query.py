@@ -26,9 +26,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from aiokafka.errors import KafkaConnectionError
-
 from streamproc.engine import engine_for
+from streamproc.port_errors import FailureKind, PortUnreachable
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting, RunStats
 from streamproc.runtime.clock import wall_clock_ms
@@ -37,7 +36,6 @@ from streamproc.runtime.committer import BatchCommitter
 from streamproc.runtime.connect_errors import connect_failure_line
 from streamproc.runtime.failures import (
     STOP_ERRORS,
-    FailureKind,
     QueryFailedError,
     SinkOutage,
     classify_failure,
@@ -287,7 +285,7 @@ class StreamingQuery:
             await self._source.start(self, early=early)
             if early:
                 self._run_end.watch_for_others()
-        except KafkaConnectionError as exc:
+        except PortUnreachable as exc:
             raise QueryFailedError(
                 f"query {self.plan.query_name}: cannot reach Kafka: {first_line(exc)} "
                 "(check extract.bootstrapServers, dlqConfig.bootstrapServers and that the "
