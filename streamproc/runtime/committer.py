@@ -98,14 +98,20 @@ class BatchCommitter:
         self._breaker = breaker
         self._guard = EventTimeGuard(plan)
         self._offload = Offload()
-        self.policy = FailurePolicy(
-            plan,
-            committer=self,
-            tracker=tracker,
-            bad=bad,
-            accounting=accounting,
-            breaker=breaker,
-        )
+        #: What a failed delivery becomes (`use_policy`: the query builds it on this
+        #: committer's delivery methods, `failure_policy.Delivery`).
+        self._policy: FailurePolicy | None = None
+
+    def use_policy(self, policy: FailurePolicy) -> None:
+        """Apply this failure policy to failed deliveries (set once, before the first batch)."""
+        self._policy = policy
+
+    @property
+    def policy(self) -> FailurePolicy:
+        """The failure policy of failed deliveries (`use_policy`)."""
+        if self._policy is None:
+            raise RuntimeError("BatchCommitter.use_policy was not called")
+        return self._policy
 
     async def process_and_commit(
         self, raws: list[RawRecord], dead_letters_sent: set[Position], *, isolating: bool = False

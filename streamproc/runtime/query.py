@@ -34,6 +34,7 @@ from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.committer import BatchCommitter
 from streamproc.runtime.connect_errors import connect_failure_line
+from streamproc.runtime.failure_policy import FailurePolicy
 from streamproc.runtime.failures import (
     STOP_ERRORS,
     QueryFailedError,
@@ -125,6 +126,16 @@ class StreamingQuery:
             accounting=self._accounting,
             breaker=self._breaker,
         )
+        # The policy commits a refused batch again, in parts, through the committer.
+        self._policy = FailurePolicy(
+            plan,
+            delivery=self._committer,
+            tracker=self._tracker,
+            bad=ports.bad,
+            accounting=self._accounting,
+            breaker=self._breaker,
+        )
+        self._committer.use_policy(self._policy)
         self._progress = ProgressRecorder(
             plan,
             source=ports.source,
@@ -274,9 +285,7 @@ class StreamingQuery:
         PostgreSQL is, not a traceback; once running, broker outages are waited out.
         """
         try:
-            for sink in (self._ports.dead_letter_writer, self._ports.result_sink):
-                if sink is not None:
-                    await sink.start()
+            await self._ports.start_writers()
             if self.bounded:
                 await self._run_end.begin()
             # A bounded run that began alone starts reading at once, without
@@ -393,7 +402,7 @@ class StreamingQuery:
             except Exception as exc:
                 # A read of the checkpoint (restore, watermarks) failed.
                 if classify_failure(exc) is not FailureKind.UNAVAILABLE:
-                    raise self._committer.policy.fatal(exc) from exc
+                    raise self._policy.fatal(exc) from exc
                 return Outage(exc)
 
     def _launch(
@@ -438,7 +447,7 @@ class StreamingQuery:
             outage, kept = met, False
         if outage is not None:
             # Waiting happens outside the lock so that rebalances go on meanwhile.
-            await self._committer.policy.wait_for_sink(outage, self._stop, self._lock)
+            await self._policy.wait_for_sink(outage, self._stop, self._lock)
             return False
         return kept
 
@@ -478,15 +487,7 @@ class StreamingQuery:
 
     async def _shutdown(self) -> None:
         await self._run_end.close()
-        ports = self._ports
-        closers = [ports.source.stop]
-        closers += [s.stop for s in (ports.dead_letter_writer, ports.result_sink) if s is not None]
-        closers.append(ports.checkpoint.close)
-        for closer in closers:
-            try:
-                await closer()
-            except Exception as exc:
-                log.warning("error while stopping: %s", first_line(exc))
+        await self._ports.stop()
         self._committer.close()
         try:
             self._tracker.engine.close()
