@@ -25,6 +25,7 @@ from streamproc.engine import LateRecord, StreamEngine
 from streamproc.port_errors import FailureKind
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting
+from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.failure_policy import FailurePolicy
@@ -85,7 +86,11 @@ class BatchCommitter:
         dead_letter_writer: MessageWriter | None,
         accounting: Accounting,
         breaker: CircuitBreaker,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        """Args:
+        clock_ms: Wall clock in epoch milliseconds (the event-time guard's, as the engine's).
+        """
         self._plan = plan
         self._tracker = tracker
         self._collector = collector
@@ -96,7 +101,7 @@ class BatchCommitter:
         self._writer = dead_letter_writer
         self._accounting = accounting
         self._breaker = breaker
-        self._guard = EventTimeGuard(plan)
+        self._guard = EventTimeGuard(plan, clock_ms)
         self._offload = Offload()
         #: What a failed delivery becomes (`use_policy`: the query builds it on this
         #: committer's delivery methods, `failure_policy.Delivery`).

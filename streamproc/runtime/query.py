@@ -82,7 +82,8 @@ class StreamingQuery:
         plan: The query, resolved from its config.
         store_factory: Opens the working-state store of a partition.
         ports: The adapters to run on (default: Kafka and PostgreSQL from the plan).
-        clock_ms: Wall clock in epoch milliseconds, for the engine's idleness.
+        clock_ms: Wall clock in epoch milliseconds, for the engine's idleness, the
+            event-time guard and the progress records' timestamps.
         on_progress: Called with each committed batch's progress record.
         """
         self.plan = plan
@@ -125,6 +126,7 @@ class StreamingQuery:
             dead_letter_writer=ports.dead_letter_writer,
             accounting=self._accounting,
             breaker=self._breaker,
+            clock_ms=clock_ms,
         )
         # The policy commits a refused batch again, in parts, through the committer.
         self._policy = FailurePolicy(
