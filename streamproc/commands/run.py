@@ -27,7 +27,7 @@ from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.runtime.wiring import QueryPorts
-from streamproc.sources.kafka import CLIENT_LOGGERS
+from streamproc.sources.kafka_errors import CLIENT_LOGGERS
 from streamproc.state.base import LocalStateError, WindowStore
 from streamproc.state.memory import memory_store_factory
 from streamproc.state.rocks import rocks_store_factory

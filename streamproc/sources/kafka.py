@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
+from aiokafka.errors import IllegalStateError
 
-from streamproc.port_errors import PortUnavailable, PortUnreachable
 from streamproc.sources.alignment import aligned_counts
 from streamproc.sources.base import (
     PartitionInfo,
@@ -26,13 +24,12 @@ from streamproc.sources.base import (
     RawRecord,
     SourceTopicMissingError,
 )
+from streamproc.sources.kafka_errors import consumer_port_errors
 from streamproc.sources.kafka_leave import close_abandoned, leave_group_even_in_generation_zero
 from streamproc.sources.kafka_probe import describe_partitions
 
 log = logging.getLogger(__name__)
 
-#: The Kafka client's loggers: held at WARNING by `streamproc run` (chatty at INFO).
-CLIENT_LOGGERS = ("aiokafka", "kafka")
 #: Seconds `KafkaSource.stop` waits to leave the group cleanly.
 STOP_TIMEOUT_S = 10.0
 #: How long a fetch waits for a partition known to have records on the broker.
@@ -42,22 +39,6 @@ REBALANCE_POLL_MS = 200
 #: Seconds a getmany may take beyond its own timeout (a rebalance under it) before
 #: the fetch gives up on it and returns what it has.
 GETMANY_GRACE_S = 1.0
-
-
-@contextmanager
-def consumer_port_errors() -> Iterator[None]:
-    """Raise the consumer's errors met inside as port-level errors (streamproc/port_errors.py).
-
-    Every Kafka error of a consumer is an outage (timeouts, unknown leaders, a
-    partition no longer assigned, authorization): the broker side has to
-    change, and no record may be skipped meanwhile.
-    """
-    try:
-        yield
-    except KafkaConnectionError as exc:
-        raise PortUnreachable(exc) from exc
-    except KafkaError as exc:
-        raise PortUnavailable(exc) from exc
 
 
 @dataclass(frozen=True, slots=True)
