@@ -22,7 +22,8 @@ from streamproc.engine import (
     merge_states,
 )
 from streamproc.engine.aggregates import plan_for
-from streamproc.sinks.base import CommitBatch, expiry_bounds
+from streamproc.sinks.base import CommitBatch
+from streamproc.sinks.commit_checks import expiry_bounds
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.testing.database import StateKey, TypedKey, typed_key
 
