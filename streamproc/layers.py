@@ -26,8 +26,11 @@ Why each layer is where it is:
 - ``sources`` and ``sinks``: the adapters; neither imports the other (what
   both need sits below, or in the command that joins them, as reset does).
 - ``engine``: windows, watermarks and aggregates, pure.
-- ``state``, ``config``, ``timing``: stores, the config models and naming
-  rules, the phase timer; each stands alone.
+- ``state``, ``config``, ``timing``, ``port_errors``: stores, the config models
+  and naming rules (and the Kafka clients' security settings), the phase timer,
+  and the one error vocabulary of the ports (an outage, a refusal, a fatal
+  error: the adapters raise their client libraries' errors as these, and the
+  runtime classifies only them); each stands alone.
 - ``__init__`` (the package's face: its version) and this table.
 """
 
@@ -44,7 +47,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"runtime"}),
     frozenset({"sources", "sinks"}),
     frozenset({"engine"}),
-    frozenset({"state", "config", "timing"}),
+    frozenset({"state", "config", "timing", "port_errors"}),
     frozenset({"__init__", "layers"}),
 )
 

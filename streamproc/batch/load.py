@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from streamproc.runtime.failures import FailureKind, classify_failure, first_line
+from streamproc.port_errors import FailureKind
+from streamproc.runtime.failures import classify_failure, first_line
 from streamproc.sinks.layout import ResultTableLayout, quote_ident
 from streamproc.sinks.load_rows import (
     STAGE,
@@ -29,6 +30,7 @@ from streamproc.sinks.load_rows import (
     passthrough_columns,
     passthrough_table_sql,
 )
+from streamproc.sinks.postgres_errors import port_error, postgres_port_errors
 from streamproc.sinks.postgres_owners import register_batch_job
 from streamproc.sinks.postgres_registry import (
     create_if_missing,
@@ -104,8 +106,24 @@ async def load(
 
     Raises:
         LoadError: the table does not fit, or (failFast) a row was refused.
-        asyncpg and OS errors: PostgreSQL failed or cannot be reached (rolled back).
+        asyncpg and OS errors: PostgreSQL failed or cannot be reached (rolled back);
+            asyncpg's client-side errors as port-level errors (streamproc/port_errors.py).
     """
+    async with postgres_port_errors():
+        return await _load(
+            dsn, target, docs, batchsize=batchsize, fail_fast=fail_fast, before_commit=before_commit
+        )
+
+
+async def _load(
+    dsn: str,
+    target: LoadTarget,
+    docs: Sequence[Doc],
+    *,
+    batchsize: int,
+    fail_fast: bool,
+    before_commit: Callable[[Any, LoadResult], Awaitable[None]],
+) -> LoadResult:
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
         async with conn.transaction():
@@ -148,7 +166,7 @@ async def _insert(
             status: str = await conn.execute(statement)
             await conn.execute(f"TRUNCATE {STAGE}")
     except Exception as exc:
-        if classify_failure(exc) is not FailureKind.REJECTED:
+        if classify_failure(port_error(exc)) is not FailureKind.REJECTED:
             raise
         if len(chunk) == 1:
             refusal = Refusal(chunk[0][0], first_line(exc))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamproc.config import PipelineConfig
+from streamproc.config.kafka_security import kafka_client_params
 from streamproc.config.sink import WriteMode
 from streamproc.config.source import DEFAULT_FILE_PATTERNS
 from streamproc.config.transform import WINDOW_BOUNDS
@@ -23,7 +24,6 @@ from streamproc.runtime.planning import (
     retry_policy,
 )
 from streamproc.runtime.quality import QualityPlan
-from streamproc.runtime.security import kafka_client_params
 
 _PARAMS = "extract.connectionParams"
 

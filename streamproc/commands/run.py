@@ -27,6 +27,7 @@ from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.query import QueryFailedError, RunStats, StreamingQuery
 from streamproc.runtime.wiring import QueryPorts
+from streamproc.sources.kafka_errors import CLIENT_LOGGERS
 from streamproc.state.base import LocalStateError, WindowStore
 from streamproc.state.memory import memory_store_factory
 from streamproc.state.rocks import rocks_store_factory
@@ -254,7 +255,7 @@ def exit_status(plan: QueryPlan, stats: RunStats) -> int:
 
 def configure_logging(level: str = "INFO") -> None:
     """Log lines on stderr: key=value on a terminal, JSON lines otherwise (`logformat`)."""
-    logformat.configure_logging(level)
+    logformat.configure_logging(level, quiet=CLIENT_LOGGERS)
 
 
 def run_from_cli(config_path: str, *, max_seconds: float | None = None) -> int:

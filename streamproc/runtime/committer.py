@@ -22,12 +22,14 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from streamproc.engine import LateRecord, StreamEngine
+from streamproc.port_errors import FailureKind
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting
+from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.eventtime_guard import EventTimeGuard
 from streamproc.runtime.failure_policy import FailurePolicy
-from streamproc.runtime.failures import STOP_ERRORS, FailureKind, classify_failure, is_outage
+from streamproc.runtime.failures import STOP_ERRORS, classify_failure, is_outage
 from streamproc.runtime.offload import Offload
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
@@ -84,7 +86,11 @@ class BatchCommitter:
         dead_letter_writer: MessageWriter | None,
         accounting: Accounting,
         breaker: CircuitBreaker,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        """Args:
+        clock_ms: Wall clock in epoch milliseconds (the event-time guard's, as the engine's).
+        """
         self._plan = plan
         self._tracker = tracker
         self._collector = collector
@@ -95,16 +101,22 @@ class BatchCommitter:
         self._writer = dead_letter_writer
         self._accounting = accounting
         self._breaker = breaker
-        self._guard = EventTimeGuard(plan)
+        self._guard = EventTimeGuard(plan, clock_ms)
         self._offload = Offload()
-        self.policy = FailurePolicy(
-            plan,
-            committer=self,
-            tracker=tracker,
-            bad=bad,
-            accounting=accounting,
-            breaker=breaker,
-        )
+        #: What a failed delivery becomes (`use_policy`: the query builds it on this
+        #: committer's delivery methods, `failure_policy.Delivery`).
+        self._policy: FailurePolicy | None = None
+
+    def use_policy(self, policy: FailurePolicy) -> None:
+        """Apply this failure policy to failed deliveries (set once, before the first batch)."""
+        self._policy = policy
+
+    @property
+    def policy(self) -> FailurePolicy:
+        """The failure policy of failed deliveries (`use_policy`)."""
+        if self._policy is None:
+            raise RuntimeError("BatchCommitter.use_policy was not called")
+        return self._policy
 
     async def process_and_commit(
         self, raws: list[RawRecord], dead_letters_sent: set[Position], *, isolating: bool = False

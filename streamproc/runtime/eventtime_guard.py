@@ -5,9 +5,9 @@ later record of the partition is late. So:
 
 * with `watermark.maxFutureSkew`, a record whose event time is further ahead
   of the time it was written to the topic (its Kafka timestamp, else the wall
-  clock) is a bad record, with the reason. The Kafka timestamp, not the wall
-  clock at processing, is the reference so that a replay classifies the
-  record the same way;
+  clock: the injected one the engine reads too) is a bad record, with the
+  reason. The Kafka timestamp, not the wall clock at processing, is the
+  reference so that a replay classifies the record the same way;
 * a record that moves its partition's watermark ahead by more than
   `watermark.jumpWarning` (default 1 day) logs a warning naming it (rate
   limited; the engine reports such records, `BatchResult.jumps`);
@@ -19,7 +19,7 @@ later record of the partition is late. So:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamproc.config.durations import format_duration_ms
@@ -57,7 +57,13 @@ def about(ms: int) -> str:
 class EventTimeGuard:
     """Finds event-time outliers in each batch (see the module docstring)."""
 
-    def __init__(self, plan: QueryPlan) -> None:
+    def __init__(self, plan: QueryPlan, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+        """Args:
+        plan: The query (its event-time column and format, watermark.maxFutureSkew).
+        clock_ms: Wall clock in epoch milliseconds: the reference of a record
+            without a Kafka timestamp.
+        """
+        self._clock_ms = clock_ms
         spec = plan.spec
         self._column = spec.event_time_column
         self._parse = event_time_parser(spec.event_time_format)
@@ -73,7 +79,7 @@ class EventTimeGuard:
         if skew is None or column is None or not good:
             return good, []
         written = {(r.partition, r.offset): r for r in raws}
-        now = wall_clock_ms()
+        now = self._clock_ms()
         kept: list[Decoded] = []
         bad: list[UndecodableRecord] = []
         for p, offset, record in good:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from streamproc.port_errors import FailureKind, adapter_error
 from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.failures import (
     STOP_ERRORS,
-    FailureKind,
     QueryFailedError,
     SinkOutage,
     classify_failure,
@@ -36,12 +37,16 @@ from streamproc.runtime.failures import (
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.resilience import CircuitBreaker, CircuitOpenError, outage_delay
-from streamproc.runtime.routers import BadRouter, Position, RefusedRecord, Routed
-from streamproc.sinks.base import ClosingWindowsError, CommitBatch, PartitionCommit, batch_id
+from streamproc.runtime.routers import BadRouter, DeadLetter, Position, RefusedRecord, Routed
+from streamproc.sinks.base import (
+    ClosingWindowsError,
+    CommitBatch,
+    CommitOutcome,
+    PartitionCommit,
+    ProgressNote,
+    batch_id,
+)
 from streamproc.sources.base import RawRecord, record_digest
-
-if TYPE_CHECKING:
-    from streamproc.runtime.committer import BatchCommitter
 
 log = logging.getLogger("streamproc.query")
 
@@ -51,16 +56,57 @@ SAMPLES = 8
 
 def refusal_signature(exc: BaseException) -> tuple[object, ...]:
     """What a refusal is about: its SQLSTATE and the constraint, table and column it names."""
+    exc = adapter_error(exc)
     names = ("sqlstate", "constraint_name", "table_name", "column_name")
     found = tuple(getattr(exc, name, None) for name in names)
     return found if any(found) else (type(exc).__name__, first_line(exc))
 
 
 def _constraint(exc: BaseException) -> str:
+    exc = adapter_error(exc)
     constraint, table = getattr(exc, "constraint_name", None), getattr(exc, "table_name", None)
     if constraint:
         return f" (constraint {constraint}" + (f" of table {table})" if table else ")")
     return ""
+
+
+class Delivery(Protocol):
+    """What the failure policy needs to commit a refused batch again, in parts.
+
+    `BatchCommitter` is one; the query hands it to the policy it builds.
+    """
+
+    async def process_and_commit(
+        self, raws: list[RawRecord], dead_letters_sent: set[Position], *, isolating: bool = False
+    ) -> list[PartitionCommit]:
+        """Process records and commit them in one transaction; returns what was committed."""
+        ...
+
+    async def try_without_keeping(self, raws: list[RawRecord]) -> Exception | None:
+        """The error a commit of these records would raise (nothing is kept)."""
+        ...
+
+    async def send_dead_letters(
+        self,
+        dead_letters: Sequence[DeadLetter],
+        sent: set[Position],
+        retry_if: Callable[[Exception], bool] | None,
+    ) -> None:
+        """Deliver dead letters not sent yet."""
+        ...
+
+    async def commit_with_retry(
+        self,
+        batch: CommitBatch,
+        retry_if: Callable[[Exception], bool] | None,
+        note: ProgressNote | None = None,
+    ) -> CommitOutcome:
+        """One checkpoint transaction, retried per the retry policy through the breaker."""
+        ...
+
+    def record(self, partitions: Sequence[PartitionCommit], outcome: CommitOutcome) -> None:
+        """Next offsets, counts and bounded ends after a durable commit."""
+        ...
 
 
 class FailurePolicy:
@@ -70,14 +116,22 @@ class FailurePolicy:
         self,
         plan: QueryPlan,
         *,
-        committer: BatchCommitter,
+        delivery: Delivery,
         tracker: PartitionTracker,
         bad: BadRouter,
         accounting: Accounting,
         breaker: CircuitBreaker,
     ) -> None:
+        """Args:
+        plan: The query.
+        delivery: Commits records again (in parts) and dead letters (the committer).
+        tracker: The partitions, restored from the checkpoint after a failure.
+        bad: Routes a refused record to the dead letters.
+        accounting: Counts failures, outages and dead letters.
+        breaker: The sink's circuit breaker (paces the wait for the sink).
+        """
         self._plan = plan
-        self._committer = committer
+        self._delivery = delivery
         self._tracker = tracker
         self._bad = bad
         self._accounting = accounting
@@ -99,7 +153,8 @@ class FailurePolicy:
             return QueryFailedError(str(exc))
         log.error("query %s stops on an unexpected error", self._plan.query_name, exc_info=exc)
         return QueryFailedError(
-            f"query {self._plan.query_name} stopped: {type(exc).__name__}: {first_line(exc)}"
+            f"query {self._plan.query_name} stopped: "
+            f"{type(adapter_error(exc)).__name__}: {first_line(exc)}"
         )
 
     async def after_failed_commit(
@@ -192,7 +247,7 @@ class FailurePolicy:
         step = max(1, (len(raws) - 1) // (SAMPLES - 1))
         picks = sorted({*range(0, len(raws), step), len(raws) - 1})[:SAMPLES]
         for i in picks:
-            error = await self._committer.try_without_keeping([raws[i]])
+            error = await self._delivery.try_without_keeping([raws[i]])
             if not await self._tracker.restore_in_place():
                 return False
             if error is None or refusal_signature(error) != signature:
@@ -214,7 +269,7 @@ class FailurePolicy:
         generation = self._tracker.generation
         committed: list[PartitionCommit] = []
         for group in groups:
-            committed += await self._committer.process_and_commit(
+            committed += await self._delivery.process_and_commit(
                 group, dead_letters_sent, isolating=True
             )
             if self._tracker.generation != generation:
@@ -268,7 +323,7 @@ class FailurePolicy:
         )
         if letter.dead_letters:
             try:
-                await self._committer.send_dead_letters(letter.dead_letters, set(), is_outage)
+                await self._delivery.send_dead_letters(letter.dead_letters, set(), is_outage)
             except asyncio.CancelledError:
                 raise
             except Exception as dlq_exc:
@@ -298,7 +353,7 @@ class FailurePolicy:
             idle_timeout_ms=plan.spec.idle_timeout_ms,
         )
         try:
-            outcome = await self._committer.commit_with_retry(batch, is_outage)
+            outcome = await self._delivery.commit_with_retry(batch, is_outage)
         except asyncio.CancelledError:
             raise
         except Exception as ledger_exc:
@@ -313,7 +368,7 @@ class FailurePolicy:
             return []
         self._accounting.dead_lettered()
         log.warning("dead-lettered partition %d offset %d: %s", p, raw.offset, error)
-        self._committer.record((commit,), outcome)
+        self._delivery.record((commit,), outcome)
         return [commit]
 
     async def wait_for_sink(

@@ -12,17 +12,14 @@ Three kinds, because each needs a different answer:
 * ``FATAL``: anything else (a missing table, a privilege, a bug). Neither
   waiting nor dead-lettering is right: the query stops with the error.
 
-Classification reads SQLSTATE classes (``exc.sqlstate``, as asyncpg sets it)
-and exception types; it performs no I/O.
+Classification knows only port-level errors (streamproc/port_errors.py: the
+adapters raise their client libraries' errors as those) and the standard
+library's (an OSError is an outage, a ValueError a refusal); it performs no I/O.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
-from asyncpg.exceptions import InterfaceError
-
+from streamproc.port_errors import FailureKind, adapter_error, port_kind
 from streamproc.runtime.resilience import CircuitOpenError
 from streamproc.sinks.base import CheckpointError, ClosingWindowsError
 from streamproc.sources.base import SourceConflictError, SourceTopicMissingError
@@ -39,26 +36,6 @@ STOP_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class FailureKind(Enum):
-    """What a failed sink or DLQ call means for the batch (see the module docstring)."""
-
-    UNAVAILABLE = "unavailable"
-    REJECTED = "rejected"
-    FATAL = "fatal"
-
-
-# SQLSTATE classes: 08 connection exception, 40 transaction rollback
-# (serialization failure, deadlock), 53 insufficient resources (too many
-# connections, disk full), 57 operator intervention (admin/crash shutdown,
-# "the database system is starting up", statement canceled), 58 system error
-# (I/O error). All of them pass without any change to the data.
-_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-# 22 data exception (out of range, invalid text such as NUL, bad encoding),
-# 23 integrity constraint violation, 54 program limit exceeded (index row too
-# large): the same rows fail the same way on every attempt.
-_REJECTED_CLASSES = frozenset({"22", "23", "54"})
-
-
 def classify_failure(exc: BaseException) -> FailureKind:
     """The kind of a failure raised by a sink transaction or a dead-letter write."""
     if isinstance(exc, STOP_ERRORS):
@@ -69,23 +46,10 @@ def classify_failure(exc: BaseException) -> FailureKind:
         # OSError covers ConnectionRefusedError, ConnectionResetError,
         # TimeoutError (asyncio's too) and DNS failures.
         return FailureKind.UNAVAILABLE
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and len(sqlstate) == 5:
-        if sqlstate[:2] in _UNAVAILABLE_CLASSES:
-            return FailureKind.UNAVAILABLE
-        if sqlstate[:2] in _REJECTED_CLASSES:
-            return FailureKind.REJECTED
-        return FailureKind.FATAL
-    if isinstance(exc, InterfaceError):
-        # asyncpg's client-side errors: a connection the server closed under
-        # us is an outage; the rest (misuse, configuration) are not.
-        return FailureKind.UNAVAILABLE if "connection is closed" in str(exc) else FailureKind.FATAL
-    if isinstance(exc, KafkaError):
-        if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
-            return FailureKind.REJECTED
-        # Timeouts, unknown leaders, not-enough-replicas, authorization: the
-        # broker side has to change, and no record may be dropped meanwhile.
-        return FailureKind.UNAVAILABLE
+    kind = port_kind(exc)
+    if kind is not None:
+        # An adapter's outage, refusal or fatal error, or a SQLSTATE's class.
+        return kind
     if isinstance(exc, ValueError | ArithmeticError):
         # Client-side conversion of a value before it reaches the server: a
         # string PostgreSQL cannot encode (UnicodeEncodeError), a non-finite
@@ -96,6 +60,7 @@ def classify_failure(exc: BaseException) -> FailureKind:
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """A one-line, printable description of an exception (for logs, headers, the ledger)."""
+    exc = adapter_error(exc)  # a port-level error says what its adapter said
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     # Error texts can quote the offending value: keep them storable as text.
     text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")

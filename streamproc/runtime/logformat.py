@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
@@ -105,9 +105,16 @@ def log_handler(fmt: LogFormat, stream: TextIO) -> logging.Handler:
 
 
 def configure_logging(
-    level: str = "INFO", fmt: LogFormat | None = None, stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: LogFormat | None = None,
+    stream: TextIO | None = None,
+    *,
+    quiet: Iterable[str] = (),
 ) -> None:
     """Log to stderr at `level`, in `fmt` (default: as STREAMPROC_LOG_FORMAT says).
+
+    Args:
+        quiet: Loggers held at WARNING whatever `level` is (a client library's).
 
     Raises:
         ValueError: STREAMPROC_LOG_FORMAT has an unknown value.
@@ -118,7 +125,7 @@ def configure_logging(
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO), handlers=[log_handler(fmt, out)]
     )
-    for noisy in ("aiokafka", "kafka"):
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -138,7 +138,7 @@ class PartitionTracker:
         except STOP_ERRORS:
             pass  # the loop meets it again and stops the query with its message
         except Exception as exc:
-            # Never let a rebalance callback fail: aiokafka would log it and
+            # Never let a rebalance callback fail: the Kafka client would log it and
             # carry on with partitions nobody restored.
             log.warning(
                 "cannot restore partitions %s yet (%s); they wait", sorted(self.pending), exc

@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from typing import Literal
 
 from streamproc.config import AggregationParams, PipelineConfig, format_duration_ms
+from streamproc.config.kafka_security import kafka_client_params
 from streamproc.config.names import IDENTIFIER_MAX
 from streamproc.config.transform import aggregation_transforms
 from streamproc.engine import AggSpec, QuerySpec, SessionSpec, WindowSpec
 from streamproc.engine.spec import EventTimeFormat
 from streamproc.runtime.plan import BreakerPolicy, QueryPlan, RetryPolicy
 from streamproc.runtime.quality import QualityPlan, QualityRule, json_keys
-from streamproc.runtime.security import kafka_client_params
 
 
 def _event_time_format(cfg: PipelineConfig) -> EventTimeFormat:

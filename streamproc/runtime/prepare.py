@@ -85,6 +85,29 @@ class PreparedBatch:
     raws: Sequence[RawRecord] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The loop prepared a fetched batch (None: nothing to commit)."""
+
+    batch: PreparedBatch | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """The assignment changed under a fetched batch: nothing prepared, the consumer rewound."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The sink could not be reached while preparing (a checkpoint read): wait, then replay."""
+
+    cause: Exception
+
+
+#: What the loop's preparation of a fetched batch came to.
+PrepareOutcome = Prepared | Rewind | Outage
+
+
 def process_records(
     raws: Sequence[RawRecord],
     engine: StreamEngine,

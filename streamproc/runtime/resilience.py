@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TypeVar
 
+from streamproc.port_errors import adapter_error
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
 
 log = logging.getLogger("streamproc.resilience")
@@ -215,7 +216,7 @@ async def call_with_retry(
                 what,
                 attempt + 1,
                 len(delays) + 1,
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else type(adapter_error(exc)).__name__,
                 delays[attempt],
             )
             if on_retry is not None:

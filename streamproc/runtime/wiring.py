@@ -8,10 +8,12 @@ producer for dead letters when a router writes them. Component tests build
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from streamproc.config import format_duration_ms
+from streamproc.runtime.failures import first_line
 from streamproc.runtime.metrics import unread_counter
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.quality import describe_rule
@@ -32,6 +34,8 @@ from streamproc.sources.kafka import LAGGING_WAIT_MS, KafkaSource, KafkaSourceCo
 # its headers: max_partition_fetch_bytes of the source (4 MiB) and room.
 _DLQ_MAX_REQUEST_BYTES = 8 * 1_048_576
 
+log = logging.getLogger("streamproc.query")
+
 
 @dataclass(frozen=True, slots=True)
 class QueryPorts:
@@ -44,6 +48,23 @@ class QueryPorts:
     bad: BadRouter
     #: Dead letters (late records with sendtodlq, bad records with dlqType kafka).
     dead_letter_writer: MessageWriter | None = None
+
+    async def start_writers(self) -> None:
+        """Start the writers: the dead-letter producer and the result sink."""
+        for sink in (self.dead_letter_writer, self.result_sink):
+            if sink is not None:
+                await sink.start()
+
+    async def stop(self) -> None:
+        """Stop the source, the writers, then the checkpoint; a failure is logged, not raised."""
+        closers = [self.source.stop]
+        closers += [s.stop for s in (self.dead_letter_writer, self.result_sink) if s is not None]
+        closers.append(self.checkpoint.close)
+        for closer in closers:
+            try:
+                await closer()
+            except Exception as exc:
+                log.warning("error while stopping: %s", first_line(exc))
 
 
 def plan_identity(plan: QueryPlan) -> QueryIdentity:

@@ -8,14 +8,41 @@ offset in headers so a reader can drop the duplicates a replay may add.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 
 from streamproc.engine import ResultRow
+from streamproc.port_errors import PortRefused, PortUnavailable, PortUnreachable
 from streamproc.sinks.base import OutgoingMessage
 from streamproc.sinks.rows import ms_to_datetime
+
+
+@asynccontextmanager
+async def producer_port_errors() -> AsyncIterator[None]:
+    """Raise the producer's errors met inside as port-level errors (streamproc/port_errors.py).
+
+    A record too large for the broker is refused (the same record fails again);
+    any other Kafka error (timeouts, unknown leaders, not-enough-replicas,
+    authorization) is an outage: the broker side has to change, and no record
+    may be dropped meanwhile.
+    """
+    try:
+        yield
+    except KafkaConnectionError as exc:
+        raise PortUnreachable(exc) from exc
+    except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+        raise PortRefused(exc) from exc
+    except KafkaError as exc:
+        raise PortUnavailable(exc) from exc
 
 
 class KafkaProducerSink:
@@ -40,7 +67,8 @@ class KafkaProducerSink:
             linger_ms=5,
             **self._params,
         )
-        await self._producer.start()
+        async with producer_port_errors():
+            await self._producer.start()
 
     async def stop(self) -> None:
         """Flush and close."""
@@ -52,12 +80,13 @@ class KafkaProducerSink:
         """Produce every message and wait until the broker acknowledged all of them."""
         if not messages:
             return
-        futures = [
-            await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers))
-            for m in messages
-        ]
-        for future in futures:
-            await future
+        async with producer_port_errors():
+            futures = [
+                await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers))
+                for m in messages
+            ]
+            for future in futures:
+                await future
 
 
 def result_message(

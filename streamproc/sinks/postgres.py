@@ -69,6 +69,7 @@ from streamproc.sinks.postgres_commit import (
     execute,
     merge_claimed,
 )
+from streamproc.sinks.postgres_errors import raises_port_errors
 from streamproc.sinks.postgres_expiry import (
     ensure_touched_column,
 )
@@ -181,6 +182,7 @@ class PostgresCheckpoint:
         self._incarnation: str | None = None
 
     # ------------------------------------------------------------- lifecycle
+    @raises_port_errors
     async def open(self) -> None:
         """Connect, create missing tables, register the query, check the result table."""
         # min_size=0: while the server is down the pool does not keep trying
@@ -236,6 +238,7 @@ class PostgresCheckpoint:
         if self._fast is not None:
             await conn.execute(self._fast.create_sql())
 
+    @raises_port_errors
     async def close(self) -> None:
         """Leave a bounded run, let go of the claim and close the connection pool."""
         await self._run.leave()
@@ -245,12 +248,14 @@ class PostgresCheckpoint:
             self._pool = None
 
     # ------------------------------------------------------------- restoring
+    @raises_port_errors
     async def load_partition(self, partition: int) -> PartitionCheckpoint:
         """A partition's position and open states, after checking its ledger chain
         (`postgres_restore`)."""
         async with self._pool.acquire() as conn:
             return await load_partition(conn, self._query, self._topic, self._spec, partition)
 
+    @raises_port_errors
     async def watermarks(self) -> Watermarks:
         """The committed watermark of every partition with a position, and W."""
         async with self._pool.acquire() as conn:
@@ -263,10 +268,12 @@ class PostgresCheckpoint:
             )
         return Watermarks({r["partition"]: r["watermark_ms"] for r in rows}, w)
 
+    @raises_port_errors
     async def other_workers(self) -> int:
         """How many other workers of the query hold a claim on it now."""
         return await self._claim.others()
 
+    @raises_port_errors
     async def committed_offsets(self) -> dict[int, int]:
         """The next offset of every partition with a position."""
         async with self._pool.acquire() as conn:
@@ -276,17 +283,20 @@ class PostgresCheckpoint:
         return {r["partition"]: r["next_offset"] for r in rows}
 
     # ---------------------------------------------------------- bounded runs
+    @raises_port_errors
     async def begin_run(
         self, trigger: str, take_ends: Callable[[], Awaitable[Mapping[int, int]]]
     ) -> BoundedRun:
         """Join the query's bounded run in progress, or begin one."""
         return await self._run.begin(self._pool, trigger, take_ends)
 
+    @raises_port_errors
     async def finish_run(self, run: BoundedRun) -> None:
         """Mark the bounded run done and leave it."""
         await self._run.finish(self._pool, run)
 
     # ---------------------------------------------------------------- commit
+    @raises_port_errors
     async def commit(self, batch: CommitBatch, *, dry_run: bool = False) -> CommitOutcome:
         """Make one micro-batch durable in one transaction, or report it stale.
 

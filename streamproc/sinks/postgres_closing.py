@@ -25,10 +25,11 @@ from streamproc.sinks.base import (
     CheckpointConflictError,
     ClosingWindowsError,
     ResultSink,
-    expiry_bounds,
 )
+from streamproc.sinks.commit_checks import expiry_bounds
 from streamproc.sinks.commit_plan import ClosingStep
 from streamproc.sinks.layout import POSITIONS_TABLE, QUERIES_TABLE, STATE_TABLE, quote_ident
+from streamproc.sinks.postgres_errors import port_error
 from streamproc.sinks.postgres_expiry import (
     drop_closed_tombstones,
     expire_idle,
@@ -172,7 +173,8 @@ async def write_final(
     try:
         written = await closer.sink.write(conn, merged, insert_only=True, encoded=encoded)
     except Exception as exc:
-        raise ClosingWindowsError(exc, len(merged)) from exc
+        # The sink's own client-side error, in the ports' terms (an outage or not).
+        raise ClosingWindowsError(port_error(exc), len(merged)) from exc
     if written < len(merged):
         raise CheckpointConflictError(
             f"query {closer.query}: {len(merged) - written} closing window row(s) were "

@@ -39,11 +39,9 @@ from streamproc.sinks.base import (
     CommitOutcome,
     ResultSink,
     batch_ids,
-    behind_watermark,
-    check_local_watermark,
     reset_under_worker,
-    stale_partitions,
 )
+from streamproc.sinks.commit_checks import behind_watermark, check_local_watermark, stale_partitions
 from streamproc.sinks.commit_plan import CommitPlan, RowsStep
 from streamproc.sinks.layout import (
     LEDGER_TABLE,

@@ -24,6 +24,7 @@ from streamproc.sources.base import (
     RawRecord,
     SourceTopicMissingError,
 )
+from streamproc.sources.kafka_errors import consumer_port_errors
 from streamproc.sources.kafka_leave import close_abandoned, leave_group_even_in_generation_zero
 from streamproc.sources.kafka_probe import describe_partitions
 from streamproc.sources.position import OFFSET_POSITIONS, OffsetPositions
@@ -134,36 +135,37 @@ class KafkaSource:
         were another member to read a partition meanwhile, the checkpoint's
         position check lets only one of their batches commit.
         """
-        cfg = self._config
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            # The ledger decides where a partition resumes; this only matters
-            # for a partition with neither a ledger row nor a committed offset.
-            auto_offset_reset=cfg.starting_offsets,
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-            fetch_max_bytes=cfg.fetch_max_bytes,
-            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-            isolation_level="read_uncommitted",
-            # A short broker-side wait keeps continuous and processingtime
-            # triggers from missing records that arrive during a long poll.
-            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-            metadata_max_age_ms=cfg.metadata_max_age_ms,
-            **dict(cfg.client_params),
-        )
-        await self._consumer.start()
-        await self.check_topic_exists(self._consumer)
-        if early:
-            self._early = self._new_consumer(group=False)
-            await self._early.start()
-            count = await self.partition_count()
-            self._early.assign([TopicPartition(cfg.topic, p) for p in range(count)])
-            await listener.on_assigned(set(range(count)))
-            self._join = _Rebalance(self, listener)
-            return
-        self._consumer.subscribe([cfg.topic], listener=_Rebalance(self, listener))
+        with consumer_port_errors():
+            cfg = self._config
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=cfg.bootstrap,
+                group_id=cfg.group_id,
+                enable_auto_commit=False,
+                # The ledger decides where a partition resumes; this only matters
+                # for a partition with neither a ledger row nor a committed offset.
+                auto_offset_reset=cfg.starting_offsets,
+                session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                fetch_max_bytes=cfg.fetch_max_bytes,
+                max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+                isolation_level="read_uncommitted",
+                # A short broker-side wait keeps continuous and processingtime
+                # triggers from missing records that arrive during a long poll.
+                fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+                metadata_max_age_ms=cfg.metadata_max_age_ms,
+                **dict(cfg.client_params),
+            )
+            await self._consumer.start()
+            await self.check_topic_exists(self._consumer)
+            if early:
+                self._early = self._new_consumer(group=False)
+                await self._early.start()
+                count = await self.partition_count()
+                self._early.assign([TopicPartition(cfg.topic, p) for p in range(count)])
+                await listener.on_assigned(set(range(count)))
+                self._join = _Rebalance(self, listener)
+                return
+            self._consumer.subscribe([cfg.topic], listener=_Rebalance(self, listener))
 
     async def join_group(self) -> None:
         """Join the group after an early start (nothing when already in it)."""
@@ -308,34 +310,38 @@ class KafkaSource:
         Raises:
             SourceTopicMissingError: the topic does not exist.
         """
-        consumer = self._consumer or await self._probe_consumer()
-        parts = consumer.partitions_for_topic(self._config.topic)
-        if not parts:
-            await self.check_topic_exists(consumer)
+        with consumer_port_errors():
+            consumer = self._consumer or await self._probe_consumer()
             parts = consumer.partitions_for_topic(self._config.topic)
+            if not parts:
+                await self.check_topic_exists(consumer)
+                parts = consumer.partitions_for_topic(self._config.topic)
         return len(parts or ())
 
     def seek(self, partition: int, offset: int) -> None:
         """Continue fetching partition at offset."""
         self._buffered.pop(partition, None)
-        self._reader.seek(TopicPartition(self._config.topic, partition), offset)
+        with consumer_port_errors():
+            self._reader.seek(TopicPartition(self._config.topic, partition), offset)
 
     async def seek_to_start(self, partition: int) -> None:
         """Position a partition without a checkpoint per startingOffsets."""
         self._buffered.pop(partition, None)
         tp = TopicPartition(self._config.topic, partition)
-        if self._config.starting_offsets == "earliest":
-            await self._reader.seek_to_beginning(tp)
-        else:
-            # The exact end (a fetch's high watermark), not ListOffsets: that can
-            # answer the last record batch's base offset + 1 (OPERATING.md, "The
-            # local stack"), and `latest` would then read records written before it.
-            info = await self.describe({partition: None})
-            self._reader.seek(tp, info[partition].end)
+        with consumer_port_errors():
+            if self._config.starting_offsets == "earliest":
+                await self._reader.seek_to_beginning(tp)
+            else:
+                # The exact end (a fetch's high watermark), not ListOffsets: that can
+                # answer the last record batch's base offset + 1 (OPERATING.md, "The
+                # local stack"), and `latest` would then read records written before it.
+                info = await self.describe({partition: None})
+                self._reader.seek(tp, info[partition].end)
 
     async def position(self, partition: int) -> int:
         """The offset of the next record to fetch from partition."""
-        return await self._position_in(self._reader, partition)
+        with consumer_port_errors():
+            return await self._position_in(self._reader, partition)
 
     def positions(self) -> OffsetPositions:
         """A Kafka offset is its own position."""
@@ -359,8 +365,9 @@ class KafkaSource:
         Read by a consumer outside the group (`kafka_probe.describe_partitions`), so
         the member's positions do not move.
         """
-        probe = await self._probe_consumer()
-        return await describe_partitions(probe, self._config.topic, offsets)
+        with consumer_port_errors():
+            probe = await self._probe_consumer()
+            return await describe_partitions(probe, self._config.topic, offsets)
 
     async def _probe_consumer(self) -> Any:
         if self._probe is None:
@@ -458,9 +465,10 @@ class KafkaSource:
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit consumer-group offsets (informational: the ledger is the truth)."""
         if offsets and self._early is None:  # outside the group there is nothing to commit
-            await self._consumer.commit(
-                {TopicPartition(self._config.topic, p): o for p, o in offsets.items()}
-            )
+            with consumer_port_errors():
+                await self._consumer.commit(
+                    {TopicPartition(self._config.topic, p): o for p, o in offsets.items()}
+                )
 
 
 def _rebalancing(consumer: Any) -> bool:

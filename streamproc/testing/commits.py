@@ -22,11 +22,9 @@ from streamproc.sinks.base import (
     CommitOutcome,
     ResultSink,
     batch_ids,
-    behind_watermark,
-    check_local_watermark,
     reset_under_worker,
-    stale_partitions,
 )
+from streamproc.sinks.commit_checks import behind_watermark, check_local_watermark, stale_partitions
 from streamproc.sinks.commit_plan import ClosingStep, RowsStep, mode_strategy, plan_commit
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.progress_rows import progress_row

@@ -23,7 +23,8 @@ from streamproc.engine import (
     merge_states,
 )
 from streamproc.engine.aggregates import plan_for
-from streamproc.sinks.base import CommitBatch, expiry_bounds
+from streamproc.sinks.base import CommitBatch
+from streamproc.sinks.commit_checks import expiry_bounds
 from streamproc.sinks.commit_plan import ClosingStep
 from streamproc.sinks.layout import TOMBSTONE_PARTITION
 from streamproc.sinks.session_commit import fence_expired, fence_row

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from streamproc.commands.run import exit_status
-from streamproc.runtime import query as query_module
+from streamproc.runtime import run_end as run_end_module
 from streamproc.sources.base import PartitionListener
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, table_of
@@ -36,7 +36,7 @@ class UnansweredJoin(MemorySource):
 async def test_a_member_whose_join_is_never_answered_ends_when_the_run_completes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(query_module, "JOIN_POLL_S", 0.05)
+    monkeypatch.setattr(run_end_module, "JOIN_POLL_S", 0.05)
     stream = make_stream(600, seed=8)
     topic = fill_topic(stream)
     db = MemoryDatabase()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from streamproc.runtime import query as query_module
+from streamproc.runtime import run_end as run_end_module
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, table_of
 from tests.reference import Query, assert_tables_equal, expected
@@ -204,7 +204,7 @@ async def test_a_worker_whose_rejoin_is_never_answered_ends_with_the_run(
     # whether the run is complete.
     # a begins the run alone and joins the group once it sees b: soon, and long
     # before its 1,600 records are read.
-    monkeypatch.setattr(query_module, "RUN_POLL_S", 0.001)
+    monkeypatch.setattr(run_end_module, "RUN_POLL_S", 0.001)
     stream = shared_keys_stream(per_partition=400)
     topic = fill_topic(stream)
     db = MemoryDatabase()

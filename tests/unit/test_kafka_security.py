@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.runtime.security import kafka_client_params
+from streamproc.config.kafka_security import kafka_client_params
 
 P = "extract.connectionParams"
 SECRET = "s3cr3t-Pa55"

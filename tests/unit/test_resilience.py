@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from streamproc.runtime.failures import FailureKind, classify_failure, first_line
+from streamproc.port_errors import FailureKind
+from streamproc.runtime.failures import classify_failure, first_line
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
 from streamproc.runtime.resilience import (
     BreakerState,
