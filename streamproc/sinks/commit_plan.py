@@ -192,6 +192,8 @@ class _Sessions:
         self._mode = query_mode
 
     def rows(self, batch: CommitBatch) -> RowsStep:
+        if batch.sessions is None and _empty(batch):
+            return RowsStep("none")  # a dead letter's batch: positions only
         if batch.sessions is None:
             raise CheckpointError(
                 "internal error: a session-window batch without its sessions part; "
@@ -262,18 +264,35 @@ def plan_commit(batch: CommitBatch, spec: QuerySpec, mode: OutputModeStrategy) -
     )
 
 
+def _empty(batch: CommitBatch) -> bool:
+    """The batch changes no state and writes no row."""
+    return (
+        not any(batch.partials.values())
+        and not any(batch.evicted.values())
+        and not (batch.local_rows)
+    )
+
+
 def _session_plan(batch: CommitBatch, spec: QuerySpec, rows: RowsStep) -> CommitPlan:
-    """The plan of a session-window batch (its strategy checked its sessions part)."""
-    assert spec.session is not None and batch.sessions is not None
+    """The plan of a session-window batch (its strategy checked its sessions part).
+
+    A batch without one (a dead letter's: positions and side rows only) closes
+    nothing, and W waits for the next batch, which closes what it passed.
+    """
+    assert spec.session is not None
     append = spec.output_mode == "append"
-    closing = ClosingStep(
-        "sessions",
-        local_rows=(batch.local_rows or ()) if append and batch.closes_locally else None,
-        closed=batch.sessions.closed,
-        # Complete mode keeps closed sessions in state: a worker closing them itself
-        # knows them; else the checkpoint fences those closing (rule (b)).
-        fences=spec.output_mode != "complete" or not batch.closes_locally,
-        gap_ms=spec.session.gap_ms,
+    closing = (
+        ClosingStep("none")
+        if batch.sessions is None
+        else ClosingStep(
+            "sessions",
+            local_rows=(batch.local_rows or ()) if append and batch.closes_locally else None,
+            closed=batch.sessions.closed,
+            # Complete mode keeps closed sessions in state: a worker closing them itself
+            # knows them; else the checkpoint fences those closing (rule (b)).
+            fences=spec.output_mode != "complete" or not batch.closes_locally,
+            gap_ms=spec.session.gap_ms,
+        )
     )
     return CommitPlan(
         partitions=batch.partitions,

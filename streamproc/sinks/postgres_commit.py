@@ -208,7 +208,9 @@ async def execute(
             conn, q.query, plan.topic_partitions, plan.idle_timeout_ms
         )
         advances = candidate is not None and (stored_w is None or candidate > stored_w)
-        if advances or plan.closes_locally:
+        # A session batch that closes nothing (a dead letter's) leaves W to the next one.
+        holds = q.spec.session is not None and plan.closing.kind == "none"
+        if (advances or plan.closes_locally) and not holds:
             if await _alone(conn, q, held):
                 watermark = await advance_watermark(conn, q.query, candidate, stored_w)
                 check_local_watermark(q.query, batch, watermark)

@@ -130,6 +130,8 @@ class MemoryCommits:
         now = db.clock_ms()
         self._draft_positions(draft, batch, now)
         watermark = self._global_watermark(draft.positions, registered, batch, now)
+        if self._spec.session is not None and plan.closing.kind == "none":
+            watermark = registered.global_watermark_ms  # a dead letter's: W waits
         check_local_watermark(query, batch, watermark)
         if self._spec.window is not None and watermark is not None:
             self._close_windows(draft, plan.closing, batch, watermark, registered)

@@ -241,3 +241,24 @@ async def test_a_record_behind_w_within_the_gap_of_a_session_closed_elsewhere_is
     assert b.late == {(1, 0): "session closed"}
     assert await rows(backend) == {("a", 0, 10): (1, 1), ("z", 25, 35): (1, 1)}
     assert await backend.late() == {(1, 0)}
+
+
+async def test_a_dead_letters_batch_commits_its_position_and_w_waits_for_the_next(
+    backend: Backend,
+) -> None:
+    # The failure policy commits a refused record alone: a position, no state, no
+    # sessions part. It closes nothing; the next batch moves W and closes.
+    s = spec("append")
+    streams = {0: [{"t": 0, "k": "a", "v": 1}, {"t": 30, "k": "x"}, {"t": 31, "k": "z", "v": 1}]}
+    worker = SessionWorker(s, backend.make(s), streams)
+    await worker.checkpoint.open()
+    await worker.step({0: 1})
+    dead_letter = CommitBatch((PartitionCommit(0, 1, 2, 1, 0, 0, 1, 0, 30, 27),), {}, {}, ())
+    outcome = await worker.checkpoint.commit(dead_letter)
+    assert not outcome.stale and outcome.global_watermark_ms == -3
+    assert await rows(backend) == {}
+    await worker.restore()  # as the runtime's engine: past the dead letter
+    outcome = await worker.step({0: 1})
+    assert outcome is not None and outcome.global_watermark_ms == 28
+    assert outcome.closed_windows == 1
+    assert await rows(backend) == {("a", 0, 10): (1, 1)}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
-from streamproc.engine import QuerySpec, ResultRow
-from streamproc.sinks.base import CommitBatch
+from streamproc.engine import PartialRow, QuerySpec, ResultRow, SessionSpec
+from streamproc.sinks.base import CheckpointError, CommitBatch
 from streamproc.sinks.commit_plan import mode_strategy, plan_commit
+from streamproc.sinks.session_commit import SessionCommit
 from tests.plans import spec_of
 from tests.reference import Query
 from tests.streams import AGGS, MINUTE
@@ -75,3 +79,54 @@ def test_a_pass_through_query_inserts_its_records_once() -> None:
     spec = QuerySpec((), (), "append", passthrough=True)
     plan = plan_commit(batch(local=True), spec, mode_strategy(spec))
     assert (plan.rows.kind, plan.closing.kind, plan.rows.rows) == ("insert", "none", [ROW])
+
+
+#: A session batch: a partial session upserted on partition 0, one deleted on
+#: partition 1, the row of a session that moved, a session W closed.
+GONE = (("v",), 5 * MINUTE, 8 * MINUTE)
+CLOSED = (("w",), 0, 3 * MINUTE)
+
+
+def session_batch(*, local: bool) -> CommitBatch:
+    return CommitBatch(
+        (),
+        {0: (PartialRow(("u",), 0, 10 * MINUTE, (1,) * len(AGGS)),)},
+        {1: (GONE,)},
+        [ROW] if local else None,
+        closes_locally=local,
+        sessions=SessionCommit(deleted_rows=(GONE,), closed=(CLOSED,)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "local", "rows", "local_rows", "fences"),
+    [
+        ("update", True, "replace", None, True),
+        ("complete", True, "replace", None, False),
+        ("append", True, "none", [ROW], True),
+        ("update", False, "sessions", None, True),
+        ("complete", False, "sessions", None, True),
+        ("append", False, "sessions", None, True),
+    ],
+)
+def test_sessions_replace_rows_when_their_worker_closes_them_else_the_checkpoint_merges(
+    mode: str, local: bool, rows: str, local_rows: Any, fences: bool
+) -> None:
+    spec = replace(
+        spec_of(query("update")), output_mode=mode, window=None, session=SessionSpec(MINUTE)
+    )
+    plan = plan_commit(session_batch(local=local), spec, mode_strategy(spec))
+    assert (plan.rows.kind, plan.closing.kind, plan.closes_locally) == (rows, "sessions", local)
+    assert plan.closing.local_rows == local_rows and plan.closing.fences == fences
+    assert plan.closing.closed == (CLOSED,) and plan.closing.gap_ms == MINUTE
+    assert plan.evicted == {1: (GONE,)}
+    if rows == "replace":
+        assert (plan.rows.rows, plan.rows.deleted) == ([ROW], (GONE,))
+    if rows == "sessions":  # every key the batch wrote or deleted a state row of
+        assert plan.rows.touched == frozenset({(("u",), None), (("v",), None)})
+
+
+def test_a_session_batch_without_its_sessions_part_is_refused() -> None:
+    spec = replace(spec_of(query("update")), window=None, session=SessionSpec(MINUTE))
+    with pytest.raises(CheckpointError, match="without its sessions part"):
+        plan_commit(replace(session_batch(local=True), sessions=None), spec, mode_strategy(spec))
