@@ -26,11 +26,12 @@ from benchmarks import processes, report, workloads
 from benchmarks.services import Services, bytes_per_row, ledger_count, ledger_late
 
 CASES: dict[str, list[workloads.Query]] = {
-    "dense": [workloads.Query("dense")],
+    "dense": [workloads.Query("dense"), workloads.Query("dense/sessions", gap="30 seconds")],
     "sparse": [
         workloads.Query("sparse"),
         workloads.Query("sparse/append", output_mode="append"),
         workloads.Query("sparse/sliding", window="60 seconds", slide="10 seconds"),
+        workloads.Query("sparse/sessions", gap="30 seconds"),
     ],
 }
 RUN_TIMEOUT_S = 3_600.0

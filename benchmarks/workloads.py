@@ -136,6 +136,8 @@ class Query:
     aggregations: str = AGGREGATIONS
     max_records_per_trigger: int | None = None
     late_table: bool = True
+    #: Session windows of this gap instead of the fixed window.
+    gap: str | None = None
 
 
 def config_document(
@@ -148,6 +150,9 @@ def config_document(
         "windowDuration": q.window,
         "aggregations": q.aggregations,
     }
+    if q.gap:
+        del params["windowDuration"]
+        params["gapDuration"] = q.gap
     if q.slide:
         params["slideDuration"] = q.slide
     streaming: dict[str, Any] = {

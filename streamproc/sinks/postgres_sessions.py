@@ -78,7 +78,7 @@ async def keep_fences(
             encode_state(FENCE_STATE),
         )
         inserted = int(status.split()[-1])
-    if watermark_ms is not None and closing.fences:
+    if watermark_ms is not None:
         status = await conn.execute(
             f"""DELETE FROM {_STATE} WHERE query = $1 AND partition = $2
                 AND window_end_ms <= $3""",

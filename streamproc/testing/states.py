@@ -195,9 +195,8 @@ def close_sessions(
     """
     if not local:
         step = _closed_here(partials, query, spec, step, watermark)
-    closing_ = step
-    if closing_.fences:
-        for closed in closing_.closed:
+    if step.fences:
+        for closed in step.closed:
             row = fence_row(closed)
             partials[(query, typed_key(row.key), row.window_start_ms, TOMBSTONE_PARTITION)] = row
     if watermark is not None:
@@ -206,11 +205,11 @@ def close_sessions(
             for k, row in partials.items()
             if k[0] == query
             and k[3] == TOMBSTONE_PARTITION
-            and fence_expired(row, watermark, closing_.gap_ms)
+            and fence_expired(row, watermark, step.gap_ms)
         ]
         for k in gone:
             del partials[k]
-    return len(closing_.closed), list(closing_.local_rows or ())
+    return len(step.closed), list(step.local_rows or ())
 
 
 def _closed_here(
