@@ -144,6 +144,10 @@ class PartitionTracker:
                 "cannot restore partitions %s yet (%s); they wait", sorted(self.pending), exc
             )
 
+    def where(self, partition: int, offset: int) -> str:
+        """How a log line names an offset of a partition, in the source's own terms."""
+        return str(self._source.positions().position(partition, offset))
+
     @property
     def owns_every_partition(self) -> bool:
         """True when this worker owns the whole topic (it can merge rows locally)."""
