@@ -101,7 +101,7 @@ class BatchCommitter:
         self._writer = dead_letter_writer
         self._accounting = accounting
         self._breaker = breaker
-        self._guard = EventTimeGuard(plan, clock_ms)
+        self._guard = EventTimeGuard(plan, clock_ms, tracker.where)
         self._offload = Offload()
         #: What a failed delivery becomes (`use_policy`: the query builds it on this
         #: committer's delivery methods, `failure_policy.Delivery`).

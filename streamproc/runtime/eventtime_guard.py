@@ -29,6 +29,7 @@ from streamproc.runtime.decode import UndecodableRecord
 from streamproc.runtime.late import RateLimitedLog
 from streamproc.runtime.plan import QueryPlan
 from streamproc.sources.base import RawRecord
+from streamproc.sources.position import Where, offset_where
 
 log = logging.getLogger("streamproc.eventtime")
 
@@ -57,13 +58,20 @@ def about(ms: int) -> str:
 class EventTimeGuard:
     """Finds event-time outliers in each batch (see the module docstring)."""
 
-    def __init__(self, plan: QueryPlan, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        plan: QueryPlan,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        where: Where = offset_where,
+    ) -> None:
         """Args:
         plan: The query (its event-time column and format, watermark.maxFutureSkew).
         clock_ms: Wall clock in epoch milliseconds: the reference of a record
             without a Kafka timestamp.
+        where: How a line names a record's position (the source's terms).
         """
         self._clock_ms = clock_ms
+        self._where = where
         spec = plan.spec
         self._column = spec.event_time_column
         self._parse = event_time_parser(spec.event_time_format)
@@ -113,11 +121,10 @@ class EventTimeGuard:
         for jump in result.jumps:
             record = values.get((jump.partition, jump.offset), {})
             self._jumps.warning(
-                "partition %d offset %d (%s %r) moved the watermark %s ahead at once, from %s "
+                "%s (%s %r) moved the watermark %s ahead at once, from %s "
                 "to %s: every later record of the partition older than that is late; if the "
                 "record is wrong, set watermark.maxFutureSkew to make such records bad instead",
-                jump.partition,
-                jump.offset,
+                self._where(jump.partition, jump.offset),
                 column,
                 record.get(column),
                 about(jump.to_ms - jump.from_ms),

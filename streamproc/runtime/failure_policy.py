@@ -295,7 +295,7 @@ class FailurePolicy:
             raise QueryFailedError(
                 f"query {self._plan.query_name}: the sink refused {streak} records in a row, "
                 f"each alone, for the same reason: {error}{_constraint(exc)}; that is a sink "
-                f"problem, not bad data: partition {p} offset {raw.offset} was not "
+                f"problem, not bad data: {self._tracker.where(p, raw.offset)} was not "
                 "dead-lettered; fix the table (or the sink) and run again"
             ) from exc
         tracker = self._tracker
@@ -335,9 +335,8 @@ class FailurePolicy:
                 # The DLQ refuses it too (too large): the ledger row says so and
                 # where the record is, so it can be found in the source topic.
                 log.error(
-                    "partition %d offset %d: rejected by the sink and by the DLQ (%s)",
-                    p,
-                    raw.offset,
+                    "%s: rejected by the sink and by the DLQ (%s)",
+                    tracker.where(p, raw.offset),
                     first_line(dlq_exc),
                 )
                 commit = replace(commit, error=f"{error}; not dead-lettered: {first_line(dlq_exc)}")
@@ -360,14 +359,14 @@ class FailurePolicy:
             if is_outage(ledger_exc):
                 raise SinkOutage(ledger_exc) from ledger_exc
             raise QueryFailedError(
-                f"query {plan.query_name}: partition {p} offset {raw.offset} was rejected by the "
+                f"query {plan.query_name}: {tracker.where(p, raw.offset)} was rejected by the "
                 f"sink ({error}) and cannot be recorded as dead-lettered: {first_line(ledger_exc)}"
             ) from ledger_exc
         if outcome.stale:
             await tracker.replay_from_ledger()
             return []
         self._accounting.dead_lettered()
-        log.warning("dead-lettered partition %d offset %d: %s", p, raw.offset, error)
+        log.warning("dead-lettered %s: %s", tracker.where(p, raw.offset), error)
         self._delivery.record((commit,), outcome)
         return [commit]
 

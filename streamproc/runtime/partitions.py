@@ -144,6 +144,10 @@ class PartitionTracker:
                 "cannot restore partitions %s yet (%s); they wait", sorted(self.pending), exc
             )
 
+    def where(self, partition: int, offset: int) -> str:
+        """How a log line names an offset of a partition, in the source's own terms."""
+        return str(self._source.positions().position(partition, offset))
+
     @property
     def owns_every_partition(self) -> bool:
         """True when this worker owns the whole topic (it can merge rows locally)."""
@@ -158,8 +162,15 @@ class PartitionTracker:
                 (re-created, truncated, records deleted before they were read) or
                 its ledger chain is broken.
         """
+        # A rebalance can start another restore while this one awaits the
+        # checkpoint (an early start handed over to the group during a replay):
+        # that one owns the tracker from then on, and this one stops, lest it
+        # seek partitions this member no longer holds with what it read before.
+        generation = self.generation
         # Read every time: partitions added to the topic join W and the group.
         self.partition_count = await self._source.partition_count()
+        if self.generation != generation:
+            return
         pending = sorted(self.pending)
         for p in pending:
             self.engine.restore(p, None, ())
@@ -167,8 +178,11 @@ class PartitionTracker:
         checkpoints = {p: await self._checkpoint.load_partition(p) for p in pending}
         await self._check_source(checkpoints)
         for p in pending:
+            if self.generation != generation:
+                return
             with log_context(partition=p):
-                await self._apply(checkpoints[p])
+                if not await self._apply(checkpoints[p], generation):
+                    continue  # no longer ours: its revocation is on its way
             self.pending.discard(p)
 
     async def _check_source(self, checkpoints: dict[int, PartitionCheckpoint]) -> None:
@@ -289,17 +303,25 @@ class PartitionTracker:
             p, checkpoint.max_event_ts_ms, checkpoint.partials, closed=checkpoint.fences
         )
 
-    async def _apply(self, checkpoint: PartitionCheckpoint) -> None:
-        self._restore_engine(checkpoint)
+    async def _apply(self, checkpoint: PartitionCheckpoint, generation: int) -> bool:
+        """Restore a partition and seek it to its commit; False when it is not this
+        member's any more, or a newer restore took over (nothing done then)."""
         p = checkpoint.partition
+        if p not in self._source.assignment():
+            return False
+        self._restore_engine(checkpoint)
         if checkpoint.next_offset is not None:
             self._source.seek(p, checkpoint.next_offset)
             self.next[p] = checkpoint.next_offset
             self._positioned.add(p)
         else:
             await self._source.seek_to_start(p)
-            self.next[p] = await self._source.position(p)
+            position = await self._source.position(p)
+            if self.generation != generation:
+                return False
+            self.next[p] = position
         self.committed[p] = self.next[p]
+        return True
 
     async def refresh_remote_watermarks(self) -> None:
         """Count other workers' partitions in W, and never let W be below the committed W."""

@@ -23,7 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from streamproc.engine import QuerySpec
 from streamproc.runtime.late import RateLimitedLog
+from streamproc.sources.position import Where, offset_where
 
 RuleType = Literal["not_null", "range", "unique", "pattern", "allowed_values"]
 #: A JSON value as rules compare it: its type apart ("1" is not 1, true is not 1).
@@ -233,11 +235,23 @@ class QualityGate:
     Logging is rate limited (wall time); everything else is pure.
     """
 
-    def __init__(self, plan: QualityPlan, group_by: Sequence[str], outputs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        plan: QualityPlan,
+        group_by: Sequence[str],
+        outputs: Sequence[str],
+        where: Where = offset_where,
+    ) -> None:
         self._plan = plan
+        self._where = where
         self._group_by = tuple(group_by)
         self._outputs = tuple(outputs)
         self._log = RateLimitedLog(logging.getLogger("streamproc.quality"))
+
+    @classmethod
+    def of(cls, plan: QualityPlan, spec: QuerySpec, where: Where = offset_where) -> QualityGate:
+        """The gate of a query: its rules, group columns and aggregate outputs."""
+        return cls(plan, spec.group_by, [a.output for a in spec.aggregations], where)
 
     def filter_records(
         self, records: list[tuple[int, int, dict[str, Any]]]
@@ -258,7 +272,7 @@ class QualityGate:
         drop: dict[int, Quarantined] = {}
         for v in violations:
             partition, offset, _ = records[v.index]
-            where = f"partition {partition} offset {offset}"
+            where = self._where(partition, offset)
             if v.blocking and plan.on_failure == "abort":
                 raise QualityAbortError(f"data quality: {where}: {v.reason} (onFailure: abort)")
             if v.blocking and plan.on_failure == "continue":

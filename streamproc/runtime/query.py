@@ -118,9 +118,7 @@ class StreamingQuery:
             tracker=self._tracker,
             collector=self._collector,
             checkpoint=ports.checkpoint,
-            quality=QualityGate(
-                plan.quality, plan.spec.group_by, [a.output for a in plan.spec.aggregations]
-            ),
+            quality=QualityGate.of(plan.quality, plan.spec, self._tracker.where),
             late=ports.late,
             bad=ports.bad,
             dead_letter_writer=ports.dead_letter_writer,

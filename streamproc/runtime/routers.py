@@ -38,6 +38,7 @@ from streamproc.runtime.late import (
 from streamproc.runtime.plan import QueryPlan
 from streamproc.sinks.base import DeadLetterRow, LateRow, OutgoingMessage
 from streamproc.sources.base import RawRecord
+from streamproc.sources.position import Where, offset_where
 
 #: Where a record was read: (partition, offset).
 Position = tuple[int, int]
@@ -133,16 +134,16 @@ class LogLate(DropLate):
 
     strategy = "loganddrop"
 
-    def __init__(self) -> None:
+    def __init__(self, where: Where = offset_where) -> None:
         self._log = RateLimitedLog(logging.getLogger("streamproc.late"))
+        self._where = where
 
     def committed(self, records: Sequence[LateRecord]) -> None:
         """One log line per late record, at most 20 per 10 s."""
         for record in records:
             self._log.warning(
-                "late record dropped: partition %d offset %d event time %s watermark %s (%s)",
-                record.partition,
-                record.offset,
+                "late record dropped: %s event time %s watermark %s (%s)",
+                self._where(record.partition, record.offset),
                 record.event_ts_ms,
                 record.watermark_ms,
                 record.reason,
@@ -203,24 +204,22 @@ class CountBad:
 class LogBad(CountBad):
     """dlqType logging: a rate-limited log line per bad or refused record."""
 
-    def __init__(self) -> None:
+    def __init__(self, where: Where = offset_where) -> None:
         self._log = RateLimitedLog(logging.getLogger("streamproc.dlq"))
+        self._where = where
 
     def refused(self, record: RefusedRecord, out: Routed) -> None:
         """A log line; no dead letter."""
         self._log.warning(
-            "record rejected by the sink: partition %d offset %d: %s",
-            record.raw.partition,
-            record.raw.offset,
+            "record rejected by the sink: %s: %s",
+            self._where(record.raw.partition, record.raw.offset),
             record.error,
         )
 
     def committed(self, items: Sequence[tuple[RawRecord, str]]) -> None:
         """One log line per bad record, at most 20 per 10 s."""
         for raw, reason in items:
-            self._log.warning(
-                "bad record: partition %d offset %d: %s", raw.partition, raw.offset, reason
-            )
+            self._log.warning("bad record: %s: %s", self._where(raw.partition, raw.offset), reason)
 
 
 class DeadLetterBad(CountBad):
@@ -281,23 +280,23 @@ class TableBad(CountBad):
         )
 
 
-def late_router(plan: QueryPlan) -> LateRouter:
-    """The late router of a plan's lateDataConfig."""
+def late_router(plan: QueryPlan, where: Where = offset_where) -> LateRouter:
+    """The late router of a plan's lateDataConfig; `where` names positions in its lines."""
     if plan.late_strategy == "sendtodlq" and plan.late_dlq_topic:
         return DeadLetterLate(plan.late_dlq_topic, plan.topic)
     if plan.late_strategy == "separatestream":
         return SideTableLate()
     if plan.late_strategy == "loganddrop":
-        return LogLate()
+        return LogLate(where)
     return DropLate()
 
 
-def bad_router(plan: QueryPlan) -> BadRouter:
-    """The bad-record router of a plan's dlqConfig."""
+def bad_router(plan: QueryPlan, where: Where = offset_where) -> BadRouter:
+    """The bad-record router of a plan's dlqConfig; `where` names positions in its lines."""
     if plan.dlq_type == "kafka" and plan.dlq_topic:
         return DeadLetterBad(plan.dlq_topic, plan.topic)
     if plan.dlq_type == "postgresql" and plan.dlq_table:
         return TableBad()
     if plan.dlq_type == "logging":
-        return LogBad()
+        return LogBad(where)
     return CountBad()

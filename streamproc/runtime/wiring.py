@@ -29,6 +29,7 @@ from streamproc.sources.base import Source
 from streamproc.sources.file_registry import PostgresFileRegistry
 from streamproc.sources.files import FileSource, FileSourceConfig
 from streamproc.sources.kafka import LAGGING_WAIT_MS, KafkaSource, KafkaSourceConfig
+from streamproc.sources.position import where_of
 
 # A dead-letter producer must carry any record the source can deliver, plus
 # its headers: max_partition_fetch_bytes of the source (4 MiB) and room.
@@ -156,7 +157,8 @@ def kafka_postgres_ports(plan: QueryPlan) -> QueryPorts:
         dlq_table=plan.dlq_table,
     )
     source = _source(plan, plan.dsn)
-    late, bad = late_router(plan), bad_router(plan)
+    where = where_of(source.positions)
+    late, bad = late_router(plan, where), bad_router(plan, where)
     writer: MessageWriter | None = None
     if late.strategy == "sendtodlq" or bad.uses_producer:
         writer = KafkaProducerSink(

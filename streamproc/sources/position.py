@@ -13,7 +13,7 @@ offsets do not change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -107,6 +107,20 @@ class OffsetPositions:
 
 #: The format of every source whose offsets are its positions.
 OFFSET_POSITIONS = OffsetPositions()
+
+#: How a log line names a partition's offset: ``partition 3 offset 17``, ``file a.jsonl byte 9``.
+Where = Callable[[int, int], str]
+
+
+def offset_where(partition: int, offset: int) -> str:
+    """A Kafka-style position: the partition and the offset."""
+    return str(OffsetPosition(partition, offset))
+
+
+def where_of(positions: Callable[[], PositionFormat]) -> Where:
+    """How a source's log lines name a position, asked of the source at each line (a
+    file source's paths change as files are found)."""
+    return lambda partition, offset: str(positions().position(partition, offset))
 
 
 class FilePositions:

@@ -6,6 +6,7 @@ from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.routers import bad_router, late_router
 from streamproc.runtime.wiring import QueryPorts, plan_identity
 from streamproc.sources.base import Source
+from streamproc.sources.position import where_of
 from streamproc.testing.checkpoint import MemoryCheckpoint
 from streamproc.testing.database import MemoryDatabase
 from streamproc.testing.messages import MemoryMessages
@@ -31,4 +32,6 @@ def memory_ports(
         late_table=plan.late_table if plan.late_strategy == "separatestream" else None,
         dlq_table=plan.dlq_table,
     )
-    return QueryPorts(source, checkpoint, sink, late_router(plan), bad_router(plan), dead_letters)
+    where = where_of(source.positions)
+    late, bad = late_router(plan, where), bad_router(plan, where)
+    return QueryPorts(source, checkpoint, sink, late, bad, dead_letters)
