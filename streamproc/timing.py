@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-#: The phases of a progress record, in batch order (runtime/progress.py).
+#: The phases of a progress record, in batch order (runtime/query_progress.py).
 PHASES = ("fetch", "decode", "engine", "checkpoint", "sink", "commit")
 
 #: Runtime phase -> progress phase. `lock` is left out: it is the time shared locks

@@ -31,7 +31,7 @@ from streamproc.batch.load import LoadResult, LoadTarget, RowRefusedError, load
 from streamproc.batch.plan import BatchPlan
 from streamproc.batch.report import BatchReport
 from streamproc.runtime.connect_errors import connect_failure_line
-from streamproc.runtime.failures import first_line, is_outage
+from streamproc.runtime.failure_kinds import first_line, is_outage
 from streamproc.runtime.resilience import CircuitBreaker, call_with_retry
 from streamproc.sinks.base import DeadLetterRow
 from streamproc.sinks.layout import dead_letter_table_sql, result_layout

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from streamproc.port_errors import FailureKind
-from streamproc.runtime.failures import classify_failure, first_line
+from streamproc.runtime.failure_kinds import classify_failure, first_line
 from streamproc.sinks.layout import ResultTableLayout, quote_ident
 from streamproc.sinks.load_rows import (
     STAGE,

@@ -17,7 +17,7 @@ from streamproc.config.source import DEFAULT_FILE_PATTERNS
 from streamproc.config.transform import WINDOW_BOUNDS
 from streamproc.engine import AggSpec, QuerySpec, SessionSpec, WindowSpec
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
-from streamproc.runtime.planning import (
+from streamproc.runtime.planner import (
     breaker_policy,
     dlq_table,
     quality_plan,

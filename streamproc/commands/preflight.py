@@ -17,7 +17,7 @@ from streamproc.config import PipelineConfig, ignored, validate_config
 from streamproc.config.loader import ConfigSource
 from streamproc.config.transform import aggregation_transforms
 from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 
 _S = "streamingConfigJson"
 

@@ -137,7 +137,7 @@ def reset_from_cli(
         report = asyncio.run(_reset(resolved, drop_results, wait))
     except Exception as exc:
         from streamproc.runtime.connect_errors import connect_failure_line
-        from streamproc.runtime.failures import first_line
+        from streamproc.runtime.failure_kinds import first_line
         from streamproc.sinks.base import CheckpointError
 
         if isinstance(exc, CheckpointError):

@@ -121,7 +121,7 @@ async def _read_checkpoint(
     import asyncpg
 
     from streamproc.runtime.connect_errors import connect_failure_line
-    from streamproc.runtime.failures import first_line
+    from streamproc.runtime.failure_kinds import first_line
 
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
@@ -294,7 +294,7 @@ async def _read_ends(plan: QueryPlan) -> dict[int, TopicEnd]:
     if plan.source_type == "file":
         # Byte offsets across files make no record count: no ends, lag unknown.
         return {}
-    from streamproc.runtime.failures import first_line
+    from streamproc.runtime.failure_kinds import first_line
     from streamproc.sources.base import SourceTopicMissingError
     from streamproc.sources.kafka import KafkaSource, KafkaSourceConfig
 

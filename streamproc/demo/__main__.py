@@ -145,7 +145,7 @@ async def _demo(bootstrap: str, dsn: str, workdir: Path) -> int:
     from streamproc.commands.run import store_factory_for, summary_lines
     from streamproc.config import load_config
     from streamproc.local import create_topic
-    from streamproc.runtime.planning import plan_from_config
+    from streamproc.runtime.planner import plan_from_config
     from streamproc.runtime.query import StreamingQuery
 
     for topic, partitions in TOPICS.items():

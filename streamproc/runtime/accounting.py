@@ -22,7 +22,7 @@ from streamproc.engine import LateRecord
 from streamproc.runtime import metrics
 from streamproc.runtime.late import LateSummary
 from streamproc.runtime.partitions import Restored
-from streamproc.runtime.progress import QueryProgress
+from streamproc.runtime.query_progress import QueryProgress
 from streamproc.runtime.routers import BadRouter, LateRouter
 from streamproc.sinks.base import CommitOutcome, PartitionCommit, ProgressNote
 from streamproc.sources.base import RawRecord, UnreadCounting

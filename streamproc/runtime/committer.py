@@ -28,8 +28,8 @@ from streamproc.runtime.accounting import Accounting
 from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.eventtime_guard import EventTimeGuard
+from streamproc.runtime.failure_kinds import STOP_ERRORS, classify_failure, is_outage
 from streamproc.runtime.failure_policy import FailurePolicy
-from streamproc.runtime.failures import STOP_ERRORS, classify_failure, is_outage
 from streamproc.runtime.offload import Offload
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
@@ -151,7 +151,7 @@ class BatchCommitter:
             return await self.policy.after_failed_commit(
                 exc, raws, prepared.commit.partitions, dead_letters_sent, isolating=isolating
             )
-        return await self._settled(prepared, outcome)
+        return await self._apply_outcome(prepared, outcome)
 
     async def prepare_next(self, raws: list[RawRecord]) -> PreparedBatch | None:
         """Prepare a batch whose commit may overlap the next batch's preparation.
@@ -234,10 +234,10 @@ class BatchCommitter:
             )
             self._tracker.rewind()
             return None
-        committed = await self._settled(prepared, outcome)
+        committed = await self._apply_outcome(prepared, outcome)
         return committed if not outcome.stale else None
 
-    async def _settled(
+    async def _apply_outcome(
         self, prepared: PreparedBatch, outcome: CommitOutcome
     ) -> list[PartitionCommit]:
         if outcome.stale:

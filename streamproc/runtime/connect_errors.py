@@ -15,7 +15,7 @@ import errno
 import socket
 import urllib.parse
 
-from streamproc.runtime.failures import first_line
+from streamproc.runtime.failure_kinds import first_line
 
 #: SQLSTATE classes and codes that mean the login itself failed: 28 invalid
 #: authorization (a wrong password, an unknown role, no pg_hba.conf entry), 08

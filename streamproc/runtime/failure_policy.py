@@ -26,7 +26,7 @@ from typing import Protocol
 
 from streamproc.port_errors import FailureKind, adapter_error
 from streamproc.runtime.accounting import Accounting
-from streamproc.runtime.failures import (
+from streamproc.runtime.failure_kinds import (
     STOP_ERRORS,
     QueryFailedError,
     SinkOutage,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from streamproc.engine import StreamEngine
-from streamproc.runtime.failures import STOP_ERRORS
+from streamproc.runtime.failure_kinds import STOP_ERRORS
 from streamproc.runtime.logcontext import log_context
 from streamproc.sinks.base import (
     RESET_HINT,

@@ -34,8 +34,7 @@ from streamproc.runtime.clock import wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.committer import BatchCommitter
 from streamproc.runtime.connect_errors import connect_failure_line
-from streamproc.runtime.failure_policy import FailurePolicy
-from streamproc.runtime.failures import (
+from streamproc.runtime.failure_kinds import (
     STOP_ERRORS,
     QueryFailedError,
     SinkOutage,
@@ -43,15 +42,16 @@ from streamproc.runtime.failures import (
     first_line,
     is_outage,
 )
+from streamproc.runtime.failure_policy import FailurePolicy
 from streamproc.runtime.gcpolicy import batch_pace
 from streamproc.runtime.inflight import InFlight
 from streamproc.runtime.logcontext import log_context
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import Outage, Prepared, PreparedBatch, PrepareOutcome, Rewind
-from streamproc.runtime.progress import QueryProgress, phase_delta
-from streamproc.runtime.progress_record import ProgressRecorder
+from streamproc.runtime.progress_recorder import ProgressRecorder
 from streamproc.runtime.quality import QualityAbortError, QualityGate
+from streamproc.runtime.query_progress import QueryProgress, phase_delta
 from streamproc.runtime.resilience import BreakerState, CircuitBreaker, call_with_retry
 from streamproc.runtime.routers import Position
 from streamproc.runtime.run_end import RunEnd
@@ -328,7 +328,7 @@ class StreamingQuery:
                     step = await self._prepare(raws, generation)
                 # Only preparation phases count: the batch in flight adds others meanwhile.
                 prepare_seconds = phase_delta(before, self.stats.times.snapshot())
-                kept = await self._settle(step.cause if isinstance(step, Outage) else None)
+                kept = await self._settle_inflight(step.cause if isinstance(step, Outage) else None)
                 prepared = step.batch if isinstance(step, Prepared) else None
                 if prepared is not None:
                     if kept and generation == self._tracker.generation:
@@ -338,11 +338,11 @@ class StreamingQuery:
                             self._tracker.discard_planned()
                             self._tracker.rewind()  # fetched again, after what committed
                 self.stats.batch_seconds += time.perf_counter() - started
-                if await self._run_end.over(bool(raws), self._settle, self._stop):
+                if await self._run_end.over(bool(raws), self._settle_inflight, self._stop):
                     return
                 self._watch_progress()
         finally:
-            await self._settle()
+            await self._settle_inflight()
 
     def _watch_progress(self) -> None:
         """Say (within a minute) when nothing moves on though there is work; stop a stuck run."""
@@ -384,7 +384,7 @@ class StreamingQuery:
                 if tracker.pending:
                     # Partitions assigned while the sink was unreachable: restore
                     # and seek them first; what was fetched meanwhile comes again.
-                    await self._settle_locked()
+                    await self._settle_inflight_under_lock()
                     tracker.generation += 1
                     tracker.rewind()
                     await tracker.restore_pending()
@@ -431,7 +431,7 @@ class StreamingQuery:
         if inflight is not None:
             await asyncio.wait({inflight.task})
 
-    async def _settle(self, met: Exception | None = None) -> bool:
+    async def _settle_inflight(self, met: Exception | None = None) -> bool:
         """Handle the outcome of the batch in flight; False when what followed it is void.
 
         Args:
@@ -440,7 +440,7 @@ class StreamingQuery:
         outage: Exception | None = None
         async with self._lock:
             try:
-                kept = await self._settle_locked()
+                kept = await self._settle_inflight_under_lock()
             except SinkOutage as exc:
                 outage, kept = exc.cause, False
         if outage is None and met is not None:
@@ -451,7 +451,7 @@ class StreamingQuery:
             return False
         return kept
 
-    async def _settle_locked(self) -> bool:
+    async def _settle_inflight_under_lock(self) -> bool:
         inflight, self._inflight = self._inflight, None
         if inflight is None:
             return True

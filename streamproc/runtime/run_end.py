@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from streamproc.runtime.accounting import RunStats
 from streamproc.runtime.collect import BatchCollector
-from streamproc.runtime.failures import first_line, is_outage
+from streamproc.runtime.failure_kinds import first_line, is_outage
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.stall import StallWatch
 from streamproc.sinks.base import BoundedRun, Checkpoint

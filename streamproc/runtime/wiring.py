@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from streamproc.config import format_duration_ms
-from streamproc.runtime.failures import first_line
+from streamproc.runtime.failure_kinds import first_line
 from streamproc.runtime.metrics import unread_counter
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.quality import describe_rule

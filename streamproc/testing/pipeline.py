@@ -32,7 +32,7 @@ from streamproc.config import PipelineConfig, load_config
 from streamproc.config.loader import ConfigSource
 from streamproc.engine import LateRecord, ResultRow
 from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from streamproc.runtime.routers import BadRouter, LateRouter, RefusedRecord, Routed
 from streamproc.sources.base import RawRecord

@@ -27,7 +27,7 @@ from streamproc.port_errors import (
     PortUnavailable,
     PortUnreachable,
 )
-from streamproc.runtime.failures import classify_failure
+from streamproc.runtime.failure_kinds import classify_failure
 from streamproc.sinks.kafka import producer_port_errors
 from streamproc.sinks.postgres_errors import port_error, raises_port_errors
 from streamproc.sources.kafka_errors import consumer_port_errors

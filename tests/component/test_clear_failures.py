@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.runtime.failures import QueryFailedError
+from streamproc.runtime.failure_kinds import QueryFailedError
 from streamproc.testing import MemoryDatabase, MemoryMessages, MemorySource, MemoryTopic
 from tests.component.harness import TOPIC, fill_topic, make_plan, new_query
 from tests.reference import Query

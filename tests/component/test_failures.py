@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from streamproc.runtime.failures import QueryFailedError
+from streamproc.runtime.failure_kinds import QueryFailedError
 from streamproc.runtime.plan import QueryPlan
 from streamproc.testing import MemoryDatabase, MemoryMessages, MemorySource
 from tests.component.harness import fill_topic, make_plan, new_query, run_to_end, table_of

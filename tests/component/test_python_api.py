@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from streamproc.config import load_config
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from streamproc.state import memory_store_factory
 from streamproc.testing import MemoryDatabase, MemorySource, MemoryTopic, memory_ports

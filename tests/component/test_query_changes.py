@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from streamproc.engine import AggSpec, QuerySpec, WindowSpec
-from streamproc.runtime.failures import QueryFailedError
+from streamproc.runtime.failure_kinds import QueryFailedError
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource, MemoryTopic
 from tests.component.harness import TOPIC, fill_topic, make_plan, new_query, table_of
 from tests.reference import Query, assert_tables_equal, expected

@@ -28,7 +28,7 @@ from streamproc.batch.plan import BatchPlan, batch_plan_from_config
 from streamproc.commands.preflight import preflight
 from streamproc.commands.run import run_from_cli
 from streamproc.config import load_config
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from tests.unit.test_config_broken import BASE, CASES, DELETE, mutate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from typing import Any
 from streamproc.commands.run import configure_logging, exit_status, run_query, summary_lines
 from streamproc.config import load_config
 from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import QueryFailedError
 from streamproc.runtime.wiring import QueryPorts, kafka_postgres_ports
 from streamproc.sinks.base import CommitBatch, CommitOutcome

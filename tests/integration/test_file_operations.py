@@ -28,7 +28,7 @@ import pytest
 
 from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from streamproc.sources.file_lines import decode_offset
 from tests.component.filefeed import FileFeed

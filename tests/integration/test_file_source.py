@@ -22,7 +22,7 @@ import pytest
 
 from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import QueryFailedError, StreamingQuery
 from tests.component.filefeed import FileFeed
 from tests.integration.cli_helpers import BIN, REPO

@@ -19,7 +19,7 @@ from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
 from streamproc.local import create_topic
 from streamproc.runtime.plan import QueryPlan
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import StreamingQuery
 from tests.component.test_passthrough import stream as stream_of
 from tests.faults.harness import Worker

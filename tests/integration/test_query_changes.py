@@ -20,7 +20,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streamproc.local import create_topic
-from streamproc.runtime.failures import QueryFailedError
+from streamproc.runtime.failure_kinds import QueryFailedError
 from streamproc.sinks.rows import datetime_to_ms
 from tests.integration.cli_helpers import BIN, last_line, run_cli, write_config
 from tests.integration.pipeline_helpers import make_plan, run_workers

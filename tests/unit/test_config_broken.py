@@ -823,7 +823,7 @@ def test_pattern_and_allowed_values_rules_plan_as_written() -> None:
             ],
         }
     )
-    from streamproc.runtime.planning import quality_plan
+    from streamproc.runtime.planner import quality_plan
     from streamproc.runtime.quality import check, json_keys
 
     rules = quality_plan(load_config(config, env={}), None).rules

@@ -15,7 +15,7 @@ from streamproc.engine import (
     engine_for,
     record_row,
 )
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.prepare import local_rows
 from streamproc.sinks.definition import query_definition
 from streamproc.sinks.kafka import record_message

@@ -20,7 +20,7 @@ from streamproc.port_errors import (
     port_kind,
     sqlstate_kind,
 )
-from streamproc.runtime.failures import classify_failure, first_line, is_outage
+from streamproc.runtime.failure_kinds import classify_failure, first_line, is_outage
 from streamproc.sinks.base import ClosingWindowsError
 
 

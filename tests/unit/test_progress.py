@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from streamproc.runtime.accounting import UnreadTally
-from streamproc.runtime.progress import PHASES, build_progress, fold_phases, phase_delta
+from streamproc.runtime.query_progress import PHASES, build_progress, fold_phases, phase_delta
 from streamproc.sinks.base import PartitionCommit, ProgressNote
 
 

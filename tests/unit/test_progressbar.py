@@ -10,7 +10,7 @@ from pathlib import Path
 from streamproc.commands.progressbar import ClearBarFilter, ProgressBar, render_bar
 from streamproc.commands.run import progress_bar_for
 from streamproc.config import load_config
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "streaming-example.json"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streamproc.port_errors import FailureKind
-from streamproc.runtime.failures import classify_failure, first_line
+from streamproc.runtime.failure_kinds import classify_failure, first_line
 from streamproc.runtime.plan import BreakerPolicy, RetryPolicy
 from streamproc.runtime.resilience import (
     BreakerState,

@@ -14,7 +14,7 @@ from streamproc.config import load_config
 from streamproc.engine import LateRecord
 from streamproc.runtime.accounting import RunStats
 from streamproc.runtime.late import LateSummary, RateLimitedLog
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.routers import bad_router
 from streamproc.sinks.base import batch_id
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from streamproc.commands.run import store_factory_for
 from streamproc.config import load_config
-from streamproc.runtime.planning import plan_from_config
+from streamproc.runtime.planner import plan_from_config
 from streamproc.runtime.query import RunStats, StreamingQuery
 from tests.waiting import wait_until
 

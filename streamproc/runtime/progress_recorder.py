@@ -19,7 +19,7 @@ from streamproc.runtime.inflight import InFlight
 from streamproc.runtime.partitions import PartitionTracker
 from streamproc.runtime.plan import QueryPlan
 from streamproc.runtime.prepare import PreparedBatch
-from streamproc.runtime.progress import QueryProgress, build_progress, fold_phases
+from streamproc.runtime.query_progress import QueryProgress, build_progress, fold_phases
 from streamproc.sinks.base import ProgressNote
 from streamproc.sources.base import Source
 
