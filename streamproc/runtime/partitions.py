@@ -162,15 +162,19 @@ class PartitionTracker:
                 (re-created, truncated, records deleted before they were read) or
                 its ledger chain is broken.
         """
-        # A rebalance can start another restore while this one awaits the
-        # checkpoint (an early start handed over to the group during a replay):
-        # that one owns the tracker from then on, and this one stops, lest it
-        # seek partitions this member no longer holds with what it read before.
+        # While this awaits the checkpoint, what the source holds can change (an
+        # early start handed over to the group during a replay) and a newer
+        # restore can take over (generation): this one then stops, and never
+        # seeks a partition the source no longer holds (Kafka refuses that).
         generation = self.generation
         # Read every time: partitions added to the topic join W and the group.
         self.partition_count = await self._source.partition_count()
         if self.generation != generation:
             return
+        # Only what the source holds is ours to restore: a partition can leave the
+        # tracker's set without a revocation it hears of (a rejoin after a failed
+        # heartbeat), and one kept pending but never held would stall the loop.
+        self.pending &= self._source.assignment()
         pending = sorted(self.pending)
         for p in pending:
             self.engine.restore(p, None, ())
@@ -181,9 +185,9 @@ class PartitionTracker:
             if self.generation != generation:
                 return
             with log_context(partition=p):
-                if not await self._apply(checkpoints[p], generation):
-                    continue  # no longer ours: its revocation is on its way
-            self.pending.discard(p)
+                applied = await self._apply(checkpoints[p], generation)
+            if applied or p not in self._source.assignment():
+                self.pending.discard(p)  # restored, or not ours any more
 
     async def _check_source(self, checkpoints: dict[int, PartitionCheckpoint]) -> None:
         """Refuse to resume where the topic's offsets went back or lost unread records.

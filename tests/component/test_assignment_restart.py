@@ -139,3 +139,36 @@ async def test_a_replay_overtaken_by_a_revocation_seeks_only_what_the_member_hol
         assert tracker.next[p] == tracker.committed[p] == restored.next_offset
     await source.stop()
     await checkpoint.close()
+
+
+async def test_a_pending_partition_the_source_does_not_hold_is_dropped_not_retried() -> None:
+    # A partition can leave the tracker's set without a revocation it hears of (a
+    # rejoin after a failed heartbeat). Kept pending, the loop retried restoring it
+    # before every batch and never committed again (the rebalance fault test stalled).
+    stream = make_stream(400, seed=6)
+    topic = fill_topic(stream)
+    db = MemoryDatabase()
+    plan = make_plan(QUERY)
+    await run_to_end(plan, topic, db)
+    ports = memory_ports(plan, MemorySource(topic, MemoryGroup(topic)), db)
+    checkpoint = ports.checkpoint
+    await checkpoint.open()
+    tracker = PartitionTracker(
+        plan.query_name,
+        ports.source,
+        checkpoint,
+        lambda: Engine(plan.spec, memory_store_factory, lambda: 0),
+    )
+    source = ports.source
+    await source.start(Listener(tracker))
+    source.assignment = lambda: {0, 1, 3}  # type: ignore[method-assign]
+    tracker.next.clear()
+    tracker.committed.clear()
+    tracker.pending = {1, 2}
+    await tracker.restore_pending()
+    assert tracker.pending == set()
+    restored = await checkpoint.load_partition(1)
+    assert tracker.next[1] == tracker.committed[1] == restored.next_offset
+    assert 2 not in tracker.next
+    await source.stop()
+    await checkpoint.close()
