@@ -14,6 +14,7 @@ import asyncio
 from streamproc.engine import Engine
 from streamproc.runtime.decode import decode_records
 from streamproc.runtime.partitions import PartitionTracker
+from streamproc.runtime.wiring import QueryPorts
 from streamproc.sinks.base import PartitionCheckpoint
 from streamproc.state import memory_store_factory
 from streamproc.testing import MemoryDatabase, MemoryGroup, MemorySource, memory_ports
@@ -78,28 +79,32 @@ async def test_a_prepared_uncommitted_batch_leaves_nothing_behind_an_assignment_
     await checkpoint.close()
 
 
+async def committed_tracker(seed: int) -> tuple[PartitionTracker, QueryPorts]:
+    """A tracker started on a stream committed to its end, owning all four partitions."""
+    topic = fill_topic(make_stream(400, seed=seed))
+    db = MemoryDatabase()
+    plan = make_plan(QUERY)
+    await run_to_end(plan, topic, db)
+    ports = memory_ports(plan, MemorySource(topic, MemoryGroup(topic)), db)
+    await ports.checkpoint.open()
+    tracker = PartitionTracker(
+        plan.query_name,
+        ports.source,
+        ports.checkpoint,
+        lambda: Engine(plan.spec, memory_store_factory, lambda: 0),
+    )
+    await ports.source.start(Listener(tracker))
+    return tracker, ports
+
+
 async def test_a_replay_overtaken_by_a_revocation_seeks_only_what_the_member_holds() -> None:
     # A worker replays from the ledger after a stale batch; while the replay awaits the
     # checkpoint, the group takes partition 3 away (an early start handed over to the
     # group). The replay must not go on to seek partition 3: a Kafka consumer refuses
     # a seek of a partition it does not hold ("No current assignment"), and the
     # worker died on it in 4 of 32 runs of a fault test.
-    stream = make_stream(400, seed=5)
-    topic = fill_topic(stream)
-    db = MemoryDatabase()
-    plan = make_plan(QUERY)
-    await run_to_end(plan, topic, db)
-    ports = memory_ports(plan, MemorySource(topic, MemoryGroup(topic)), db)
-    checkpoint = ports.checkpoint
-    await checkpoint.open()
-    tracker = PartitionTracker(
-        plan.query_name,
-        ports.source,
-        checkpoint,
-        lambda: Engine(plan.spec, memory_store_factory, lambda: 0),
-    )
-    source = ports.source
-    await source.start(Listener(tracker))
+    tracker, ports = await committed_tracker(seed=5)
+    source, checkpoint = ports.source, ports.checkpoint
     held = set(source.assignment())
     assert held == {0, 1, 2, 3}
     sought: list[int] = []
@@ -145,22 +150,8 @@ async def test_a_pending_partition_the_source_does_not_hold_is_dropped_not_retri
     # A partition can leave the tracker's set without a revocation it hears of (a
     # rejoin after a failed heartbeat). Kept pending, the loop retried restoring it
     # before every batch and never committed again (the rebalance fault test stalled).
-    stream = make_stream(400, seed=6)
-    topic = fill_topic(stream)
-    db = MemoryDatabase()
-    plan = make_plan(QUERY)
-    await run_to_end(plan, topic, db)
-    ports = memory_ports(plan, MemorySource(topic, MemoryGroup(topic)), db)
-    checkpoint = ports.checkpoint
-    await checkpoint.open()
-    tracker = PartitionTracker(
-        plan.query_name,
-        ports.source,
-        checkpoint,
-        lambda: Engine(plan.spec, memory_store_factory, lambda: 0),
-    )
-    source = ports.source
-    await source.start(Listener(tracker))
+    tracker, ports = await committed_tracker(seed=6)
+    source, checkpoint = ports.source, ports.checkpoint
     source.assignment = lambda: {0, 1, 3}  # type: ignore[method-assign]
     tracker.next.clear()
     tracker.committed.clear()
