@@ -29,6 +29,7 @@ from streamproc.sinks.base import (
     PartitionCheckpoint,
 )
 from streamproc.sources.base import RawRecord, Source, record_digest
+from streamproc.sources.position import where_of
 
 log = logging.getLogger("streamproc.query")
 
@@ -69,6 +70,8 @@ class PartitionTracker:
         self._source = source
         self._checkpoint = checkpoint
         self._new_engine = new_engine
+        #: How a log line names an offset of a partition, in the source's own terms.
+        self.where = where_of(source.positions)
         self.engine = new_engine()
         self.generation = 0
         #: Owned, restored partitions -> the offset the next batch starts at (after
@@ -144,10 +147,6 @@ class PartitionTracker:
                 "cannot restore partitions %s yet (%s); they wait", sorted(self.pending), exc
             )
 
-    def where(self, partition: int, offset: int) -> str:
-        """How a log line names an offset of a partition, in the source's own terms."""
-        return str(self._source.positions().position(partition, offset))
-
     @property
     def owns_every_partition(self) -> bool:
         """True when this worker owns the whole topic (it can merge rows locally)."""
@@ -184,10 +183,11 @@ class PartitionTracker:
         for p in pending:
             if self.generation != generation:
                 return
-            with log_context(partition=p):
-                applied = await self._apply(checkpoints[p], generation)
-            if applied or p not in self._source.assignment():
-                self.pending.discard(p)  # restored, or not ours any more
+            if p in self._source.assignment():
+                with log_context(partition=p):
+                    if not await self._apply(checkpoints[p], generation):
+                        return  # a newer restore took over meanwhile
+            self.pending.discard(p)  # restored, or not this member's any more
 
     async def _check_source(self, checkpoints: dict[int, PartitionCheckpoint]) -> None:
         """Refuse to resume where the topic's offsets went back or lost unread records.
@@ -308,11 +308,9 @@ class PartitionTracker:
         )
 
     async def _apply(self, checkpoint: PartitionCheckpoint, generation: int) -> bool:
-        """Restore a partition and seek it to its commit; False when it is not this
-        member's any more, or a newer restore took over (nothing done then)."""
+        """Restore a held partition and seek it to its commit; False when a newer
+        restore took over while this one awaited the source."""
         p = checkpoint.partition
-        if p not in self._source.assignment():
-            return False
         self._restore_engine(checkpoint)
         if checkpoint.next_offset is not None:
             self._source.seek(p, checkpoint.next_offset)

@@ -9,8 +9,6 @@ every offset exactly once.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import os
 import random
 from pathlib import Path
@@ -19,10 +17,11 @@ from typing import Any
 import pytest
 
 from streamproc.local import create_topic
-from tests.faults.harness import PipelineFactory, Worker, check_ledger, clean_run, fault_query
+from tests.faults.harness import PipelineFactory, check_ledger, clean_run, fault_query
+from tests.faults.harness.lives import finish_available_now, kill_lives
 from tests.kafka_io import produce
 from tests.reference import assert_tables_equal, expected
-from tests.results import ledger_records, read_late_table, read_partials, read_table
+from tests.results import read_late_table, read_partials, read_table
 from tests.streams import make_stream
 
 RECORDS = 200_000
@@ -51,39 +50,20 @@ async def test_kill9_at_random_instants_equals_a_clean_run(
     )
     config = pipe.write(tmp_path)
 
-    progress = [0]
-    for life in range(KILLS):
-        worker = Worker(config, tmp_path / f"worker-{life}.log", session_timeout_ms=SESSION_MS)
-        try:
-            if life % 4 == 3:
-                # Some instants fall in start-up: joining, restoring, first fetch.
-                await asyncio.sleep(rng.uniform(0.5, 4.0))
-            else:
-                await worker.wait_for("assigned partitions [0, 1, 2, 3]")
-                await asyncio.sleep(rng.uniform(0.0, 3.0))
-            assert worker.alive(), worker.text()[-3000:]
-            worker.kill9()
-        finally:
-            worker.stop()
-        progress.append(await ledger_records(pg, unique_name))
-    # The kills landed during the run (most lives committed something, none
-    # finished the topic), and a kill never took back what was committed.
-    assert progress[-1] < RECORDS, progress
-    assert progress == sorted(progress)
-    lives_with_commits = sum(b > a for a, b in itertools.pairwise(progress))
-    assert lives_with_commits >= KILLS // 4, progress
-
+    progress, lives_with_commits = await kill_lives(
+        config,
+        tmp_path,
+        pg,
+        unique_name,
+        kills=KILLS,
+        records=RECORDS,
+        rng=rng,
+        session_ms=SESSION_MS,
+    )
     # At once, while the last killed worker still holds partitions: the
     # availablenow run ends only when the whole query reached its end offsets.
-    finish = pipe.changed(trigger="availablenow", max_records=5_000)  # sizes change nothing
-    finisher = Worker(
-        finish.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
-    )
-    try:
-        assert await finisher.finish(timeout=300) == 0, finisher.text()[-3000:]
-    finally:
-        finisher.stop()
-    assert "the query reached the end offsets of run 1 on all 4 partitions" in finisher.text()
+    finished = await finish_available_now(pipe, tmp_path, SESSION_MS)
+    assert "the query reached the end offsets of run 1 on all 4 partitions" in finished
 
     produced = {p: len(records) for p, records in stream.items()}
     ledger = await check_ledger(pg, unique_name, unique_name, produced)

@@ -11,8 +11,6 @@ its group session times out: then the checkpoint merges and closes sessions.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import os
 import random
 from pathlib import Path
@@ -21,11 +19,12 @@ from typing import Any
 import pytest
 
 from streamproc.local import create_topic
-from tests.faults.harness import PipelineFactory, Worker, check_ledger, clean_run
+from tests.faults.harness import PipelineFactory, check_ledger, clean_run
+from tests.faults.harness.lives import finish_available_now, kill_lives
 from tests.kafka_io import produce
 from tests.reference import Query, assert_tables_equal
 from tests.reference_sessions import expected_sessions, one_phase
-from tests.results import ledger_records, read_partials, read_table
+from tests.results import read_partials, read_table
 from tests.streams import AGGS, MINUTE, make_stream
 
 RECORDS = 40_000
@@ -47,33 +46,17 @@ async def test_kill9_of_a_session_query_equals_a_clean_run(
     pipe = pipeline(trigger="processingtime=500 milliseconds", max_records=700, gap="5 minutes")
     config = pipe.write(tmp_path)
 
-    progress = [0]
-    for life in range(KILLS):
-        worker = Worker(config, tmp_path / f"worker-{life}.log", session_timeout_ms=SESSION_MS)
-        try:
-            if life % 4 == 3:
-                await asyncio.sleep(rng.uniform(0.5, 4.0))
-            else:
-                await worker.wait_for("assigned partitions [0, 1, 2, 3]")
-                await asyncio.sleep(rng.uniform(0.0, 3.0))
-            assert worker.alive(), worker.text()[-3000:]
-            worker.kill9()
-        finally:
-            worker.stop()
-        progress.append(await ledger_records(pg, unique_name))
-    assert progress[-1] < RECORDS, progress
-    assert progress == sorted(progress)
-    lives_with_commits = sum(b > a for a, b in itertools.pairwise(progress))
-    assert lives_with_commits >= KILLS // 4, progress
-
-    finish = pipe.changed(trigger="availablenow", max_records=5_000)
-    finisher = Worker(
-        finish.write(tmp_path, "-finish"), tmp_path / "finish.log", session_timeout_ms=SESSION_MS
+    progress, lives_with_commits = await kill_lives(
+        config,
+        tmp_path,
+        pg,
+        unique_name,
+        kills=KILLS,
+        records=RECORDS,
+        rng=rng,
+        session_ms=SESSION_MS,
     )
-    try:
-        assert await finisher.finish(timeout=300) == 0, finisher.text()[-3000:]
-    finally:
-        finisher.stop()
+    await finish_available_now(pipe, tmp_path, SESSION_MS)
 
     produced = {p: len(records) for p, records in stream.items()}
     ledger = await check_ledger(pg, unique_name, unique_name, produced)

@@ -14,7 +14,7 @@ which makes records "session closed". Whatever the schedule:
   emit no two rows of a key overlap;
 * the state rows built from `SessionEmission.state_rows` alone equal the engine's
   partial sessions, and merging them over partitions (`merge_sessions`) gives rows the
-  sink table holds (update, complete): what phase 2's commit plan will rely on.
+  sink table holds (update, complete): what the sessions' commit plan relies on.
 
 Values are small ints and multiples of 1/4 so that sums are exact in any order.
 """
@@ -310,5 +310,5 @@ def test_a_restart_from_the_last_commit_gives_the_same_table(
     sc: SessionScenario, crash: int
 ) -> None:
     # The restored engine knows only what the emissions said (state rows from the
-    # changes, fences, positions, W): what phase 2's checkpoint will hold.
+    # changes, fences, positions, W): what the checkpoint holds.
     _check(sc, crash % (len(sc.phases) + 1))

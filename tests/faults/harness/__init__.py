@@ -6,7 +6,8 @@ count every produced record once, and tables are compared row by row with the mo
 (tests/reference.py) and with one clean run.
 
 Modules: `configs` (the pipeline and its query), `workers` (worker processes, the clean
-run, metrics), `ledger` (ledger checks and progress waits), `poison` (bad input).
+run, metrics), `ledger` (ledger checks and progress waits), `poison` (bad input),
+`lives` (a worker killed with -9 life after life, then a finish).
 """
 
 from tests.faults.harness.configs import (
