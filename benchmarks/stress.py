@@ -1,7 +1,7 @@
 """Stress: several workers of one query started together, checked against one worker.
 
     python -m benchmarks.stress [--workers 4] [--repeat 3] [--records 1000000]
-                                [--shapes sparse dense sliding] [--faust] [--seed N]
+                                [--shapes sparse dense sliding sessions] [--faust] [--seed N]
 
 Not part of `make test` (minutes per run): a script for anyone to run after a
 change to the commit, the restore or the group handling. Per shape and repeat, a
@@ -21,7 +21,9 @@ when any run was wrong; the logs of a wrong run are kept and named.
 Shapes (benchmarks/workloads.py): sparse and dense are the benchmark workloads
 (update mode, tumbling 10 s, count/sum/avg/max per user); sliding is the sparse
 stream with a region per record, sliding 30 s / 10 s windows and nine aggregates
-per (user_id, region).
+per (user_id, region); sessions is the sparse stream in session windows of a 30 s
+gap with the nine aggregates per user (merges across partitions: users are spread
+over every partition).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def shapes(records: int, seed: int, users: int) -> dict[str, Shape]:
             workloads.Query("sliding", window="30 seconds", slide="10 seconds", aggregations=NINE),
             group_by="user_id,region",
             windows_per_record=3,
+        ),
+        "sessions": Shape(
+            "sessions",
+            sparse,
+            workloads.Query("sessions", gap="30 seconds", aggregations=NINE),
         ),
     }
 
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument(
-        "--shapes", nargs="+", choices=("sparse", "dense", "sliding"), default=["sparse", "dense"]
+        "--shapes", nargs="+", choices=("sparse", "dense", "sliding", "sessions"), default=["sparse", "dense"]
     )
     parser.add_argument("--faust", action="store_true", help="Faust worker processes")
     parser.add_argument("--seed", type=int, default=None, help="first seed (default: random)")

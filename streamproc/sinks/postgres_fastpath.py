@@ -48,10 +48,11 @@ from streamproc.sinks.postgres_fastpath_sql import (
 )
 from streamproc.sinks.postgres_registry import privilege_error
 from streamproc.sinks.progress_rows import ProgressRow
-from streamproc.sinks.rows import encode_key
+from streamproc.sinks.rows import encode_key, encode_state, key_text, key_types
+from streamproc.sinks.session_commit import FENCE_STATE
 
-#: A function takes at most 100 arguments (FUNC_MAX_ARGS); 29 are not row columns.
-FIXED_ARGUMENTS = 29
+#: A function takes at most 100 arguments (FUNC_MAX_ARGS); 30 are not row columns.
+FIXED_ARGUMENTS = 30
 MAX_ROW_COLUMNS = 100 - FIXED_ARGUMENTS
 
 
@@ -101,13 +102,18 @@ class FastPath:
     def applies(self, plan: CommitPlan) -> bool:
         """True for a plan the function can run: whole, or a claim in two calls.
 
-        Not: session windows, a closing or an expiry that merges stored states (append
-        mode, or a state timeout, with windows closed by more than one worker), nor
-        merged rows without the worker's own merge to claim with.
+        Not: sessions merged by the checkpoint (partitions on several workers), a
+        closing or an expiry that merges stored states (append mode, or a state timeout,
+        with windows closed by more than one worker), nor merged rows without the
+        worker's own merge to claim with.
         """
-        if len(self.row_columns()) > MAX_ROW_COLUMNS or self.spec.session is not None:
-            return False  # sessions delete rows and keep fences: statement by statement
+        if len(self.row_columns()) > MAX_ROW_COLUMNS:
+            return False
         kind = plan.rows.kind
+        if self.spec.session is not None:
+            # A worker closing its own sessions replaces rows and keeps fences; merges
+            # over every partition's state rows read them back: statement by statement.
+            return plan.closes_locally and kind in ("replace", "none")
         if kind == "merge" and not self.layout.key_columns:
             return False  # one row for the whole query: claimed statement by statement
         if kind not in ("upsert", "none", "merge") or (kind == "merge" and plan.own_rows is None):
@@ -197,7 +203,7 @@ class FastPath:
         ]
         e_cols = _columns(evicted, 3)
         kind: str = plan.rows.kind
-        if plan.closing.kind == "append" and plan.closing.local_rows is not None:
+        if plan.closing.kind in ("append", "sessions") and plan.closing.local_rows is not None:
             kind = "close"
         records: Sequence[Sequence[Any]] = ()
         if resume is not None:
@@ -239,7 +245,31 @@ class FastPath:
             resume is not None,
             0 if resume is None else resume.written,
             0 if resume is None else resume.inserted_states,
+            json.dumps(self._sessions(plan)),
         ]
+
+    def _sessions(self, plan: CommitPlan) -> Mapping[str, Any]:
+        """`p_sessions`: the rows of sessions that moved or merged, the sessions closed
+        (their fences), whether closed sessions are fenced, and a fence's state."""
+        if self.spec.session is None:
+            return {"deleted": [], "closed": [], "fences": False, "fence": None}
+        typed = self.layout.typed
+        deleted = [
+            [
+                *(key_text(v) for v in key),
+                *([key_types(key)] if typed else []),
+                start,
+                end,
+            ]
+            for key, start, end in plan.rows.deleted
+        ]
+        closed = [[_b64(encode_key(key)), start, end] for key, start, end in plan.closing.closed]
+        return {
+            "deleted": deleted,
+            "closed": closed,
+            "fences": plan.closing.fences,
+            "fence": _b64(encode_state(FENCE_STATE)),
+        }
 
     def call_sql(self) -> str:
         """SELECT ... FROM the function, with one placeholder per argument."""

@@ -22,6 +22,7 @@ from streamproc.sinks.layout import (
     TOMBSTONE_PARTITION,
     quote_ident,
 )
+from streamproc.sinks.postgres_table import session_row_match
 
 if TYPE_CHECKING:
     from streamproc.sinks.postgres_fastpath import FastPath
@@ -77,6 +78,11 @@ def commit_function_sql(fast: FastPath) -> str:
     claim_rows = _claim_rows_sql(fast, table, names, conflict, selected, unnest, alias)
     q, topic = _lit(fast.query), _lit(fast.topic)
     windowed = "true" if fast.spec.window is not None else "false"
+    # A state of a closed window or session makes a batch stale (`behind_watermark`).
+    ends_checked = "true" if fast.spec.windowed else "false"
+    sessions = fast.spec.session is not None
+    # A session batch that closes nothing (a dead letter's) leaves W to the next one.
+    holds_w = "p_closing = 'none'" if sessions else "false"
     size = fast.spec.window.size_ms if fast.spec.window is not None else 0
     expires = fast.spec.window is not None and fast.spec.state_timeout_ms is not None
     positions, state = quote_ident(POSITIONS_TABLE), quote_ident(STATE_TABLE)
@@ -144,7 +150,7 @@ CREATE OR REPLACE FUNCTION {FUNCTION}(
   p_late jsonb, p_dead jsonb, p_closes_locally boolean, p_engine_w bigint,
   p_topic_partitions int, p_idle_ms bigint, p_closing text, x_key bytea[], x_ws bigint[],
   p_tombstone bytea, p_progress jsonb, p_keep int,
-  p_resume boolean, p_written int, p_inserted bigint,
+  p_resume boolean, p_written int, p_inserted bigint, p_sessions jsonb,
   OUT stale int[], OUT written int, OUT closed int, OUT watermark bigint, OUT total bigint,
   OUT pending boolean, OUT held_ms float8, OUT existing jsonb, OUT inserted_states bigint)
 LANGUAGE plpgsql AS $fn$
@@ -194,7 +200,7 @@ RAISE EXCEPTION USING ERRCODE = '{STALE_STATE}', MESSAGE = array_to_string(stale
   IF NOT FOUND OR v_inc IS DISTINCT FROM p_incarnation THEN
 RAISE EXCEPTION USING ERRCODE = '{RESET_STATE}', MESSAGE = 'reset';
   END IF;
-  IF {windowed} AND v_w IS NOT NULL
+  IF {ends_checked} AND v_w IS NOT NULL
  AND EXISTS (SELECT 1 FROM unnest(s_we) AS we WHERE we <= v_w) THEN
 RAISE EXCEPTION USING ERRCODE = '{STALE_STATE}',
   MESSAGE = array_to_string(p_carried_parts, ',');
@@ -211,7 +217,12 @@ RETURNING xmax = 0 AS inserted)
   SELECT count(*) FILTER (WHERE inserted) INTO v_n FROM up;
   v_inserted := v_inserted + v_n;
   END IF;
-  IF p_rows_kind = 'upsert' THEN
+  IF p_rows_kind = 'replace' THEN
+{_delete_session_rows_sql(fast, table) if sessions else ""}
+{upsert_rows};
+GET DIAGNOSTICS v_rows = ROW_COUNT;
+written := written + v_rows;
+  ELSIF p_rows_kind = 'upsert' THEN
 {upsert_rows};
 GET DIAGNOSTICS v_rows = ROW_COUNT;
 written := written + v_rows;
@@ -252,7 +263,8 @@ INTO v_count, v_null, v_cand FROM {positions} WHERE query = {q};
 v_cand := NULL;
   END IF;
   v_new_w := v_w;
-  IF (v_cand IS NOT NULL AND (v_w IS NULL OR v_cand > v_w)) OR p_closes_locally THEN
+  IF ((v_cand IS NOT NULL AND (v_w IS NULL OR v_cand > v_w)) OR p_closes_locally)
+ AND NOT {holds_w} THEN
 v_held := pg_try_advisory_xact_lock(hashtext({_lit("streamproc:" + fast.query)}));
 IF v_held THEN
   v_held_at := clock_timestamp();
@@ -293,6 +305,7 @@ IF v_held THEN
     END IF;
     {expiry}
   END IF;
+  {_close_sessions_sql(fast, insert_rows, cols[0][0]) if sessions else ""}
 ELSIF p_closes_locally THEN
   RAISE EXCEPTION USING ERRCODE = '{STALE_STATE}',
     MESSAGE = array_to_string(p_carried_parts, ',');
@@ -339,6 +352,74 @@ total := v_last_total + v_inserted - v_deleted;
   held_ms := extract(epoch from clock_timestamp() - v_held_at) * 1000;
 END
 $fn$"""
+
+
+def _delete_session_rows_sql(fast: FastPath, table: str) -> str:
+    """Rows of sessions that moved or merged deleted before the batch's are upserted.
+
+    `p_sessions->'deleted'` holds one array per row: its group values as stored (text,
+    null for null), their types when the table has them, and the session's bounds in
+    ms. Matched as `PostgresTableSink.delete_rows` matches them: by index, and keys
+    with a null group value apart.
+    """
+    layout = fast.layout
+    at = len(layout.group_by)
+    types = f"d.x->>{at}"
+    at += int(layout.typed)
+    match = session_row_match(
+        layout, lambda i: f"(d.x->>{i})", types, f"d.x->>{at}", f"d.x->>{at + 1}"
+    )
+    deleted = "jsonb_array_elements(p_sessions->'deleted') AS d(x)"
+    return f"""IF jsonb_array_length(p_sessions->'deleted') > 0 THEN
+  DELETE FROM {table} t USING {deleted} WHERE {match.equal};
+  IF EXISTS (SELECT 1 FROM {deleted} WHERE {match.has_null}) THEN
+    DELETE FROM {table} t USING {deleted} WHERE {match.has_null} AND {match.null_safe};
+  END IF;
+END IF;"""
+
+
+def _close_sessions_sql(fast: FastPath, insert_rows: str, first_column: str) -> str:
+    """What `postgres_sessions.close_sessions` does for a worker that closes its sessions:
+    the closed sessions' fences kept (append, update), those W passed by a gap deleted,
+    and in append mode the closed sessions' rows inserted once."""
+    assert fast.spec.session is not None
+    gap = fast.spec.session.gap_ms
+    q = _lit(fast.query)
+    state = quote_ident(STATE_TABLE)
+    return f"""IF p_closing = 'sessions' THEN
+    IF (p_sessions->>'fences')::boolean
+       AND jsonb_array_length(p_sessions->'closed') > 0 THEN
+      INSERT INTO {state} (query, partition, key, window_start_ms, window_end_ms, state)
+      SELECT {q}, {TOMBSTONE_PARTITION}, decode(f.x->>0, 'base64'), (f.x->>1)::bigint,
+             (f.x->>2)::bigint,
+             decode(p_sessions->>'fence', 'base64')
+      FROM jsonb_array_elements(p_sessions->'closed') AS f(x)
+      ON CONFLICT (query, partition, window_start_ms, key)
+      DO UPDATE SET window_end_ms = EXCLUDED.window_end_ms;
+      GET DIAGNOSTICS v_n = ROW_COUNT; v_inserted := v_inserted + v_n;
+    END IF;
+    IF v_new_w IS NOT NULL THEN
+      DELETE FROM {state} WHERE query = {q} AND partition = {TOMBSTONE_PARTITION}
+        AND window_end_ms <= v_new_w - {gap};
+      GET DIAGNOSTICS v_n = ROW_COUNT; v_deleted := v_deleted + v_n;
+    END IF;
+    IF p_rows_kind = 'close' THEN
+      BEGIN
+        {insert_rows};
+      EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME, v_table = TABLE_NAME;
+        RAISE EXCEPTION USING ERRCODE = '{CLOSING_STATE}', MESSAGE = SQLSTATE || '|'
+          || coalesce(v_constraint, '') || '|' || coalesce(v_table, '') || '|' || SQLERRM;
+      END;
+      GET DIAGNOSTICS v_rows = ROW_COUNT;
+      IF v_rows < cardinality(r_{first_column}) THEN
+        RAISE EXCEPTION USING ERRCODE = '{CLOSING_TAKEN_STATE}',
+          MESSAGE = (cardinality(r_{first_column}) - v_rows)::text;
+      END IF;
+      written := written + v_rows;
+    END IF;
+    closed := closed + jsonb_array_length(p_sessions->'closed');
+  END IF;"""
 
 
 def _claim_rows_sql(

@@ -9,7 +9,8 @@ checkpoint's transaction. Group values are text, with their JSON types in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from streamproc.engine import ResultRow, WindowKey
@@ -153,34 +154,31 @@ class PostgresTableSink:
             return 0
         layout = self.layout
         width = len(layout.group_by)
-        columns = [[key_text(key[i]) for key, _, _ in keys] for i in range(width)]
-        args: list[Any] = [*columns, [key_types(key) for key, _, _ in keys]]
-        args += [[start for _, start, _ in keys], [end for _, _, end in keys]]
-        matches = [
-            f"coalesce(t.{quote_ident(c)}, '') = coalesce(d.k{i}, '')"
-            for i, c in enumerate(layout.group_by)
-        ]
+        args: list[Any] = [[key_text(key[i]) for key, _, _ in keys] for i in range(width)]
+        names = [f"k{i}" for i in range(width)]
         if layout.typed:
-            matches.append(f"t.{quote_ident(GROUP_KEY_TYPES)} = d.types")
-        matches += [
-            "t.window_start = timestamptz 'epoch' + d.ws * interval '1 millisecond'",
-            "t.window_end = timestamptz 'epoch' + d.we * interval '1 millisecond'",
-        ]
-        arrays = [f"${i + 1}::text[]" for i in range(width + 1)]
-        arrays += [f"${width + 2}::bigint[]", f"${width + 3}::bigint[]"]
-        names = [f"k{i}" for i in range(width)] + ["types", "ws", "we"]
-        if not layout.typed:
-            args.pop(width)
-            arrays = [f"${i + 1}::text[]" for i in range(width)]
-            arrays += [f"${width + 1}::bigint[]", f"${width + 2}::bigint[]"]
-            names.remove("types")
-        status: str = await tx.execute(
-            f"DELETE FROM {quote_ident(layout.table)} t "
-            f"USING unnest({', '.join(arrays)}) AS d({', '.join(names)}) "
-            f"WHERE {' AND '.join(matches)}",
-            *args,
+            args.append([key_types(key) for key, _, _ in keys])
+            names.append("types")
+        args += [[start for _, start, _ in keys], [end for _, _, end in keys]]
+        names += ["ws", "we"]
+        arrays = [f"${i + 1}::text[]" for i in range(len(names) - 2)]
+        arrays += [f"${len(names) - 1}::bigint[]", f"${len(names)}::bigint[]"]
+        source = f"unnest({', '.join(arrays)}) AS d({', '.join(names)})"
+        match = session_row_match(layout, lambda i: f"d.k{i}", "d.types", "d.ws", "d.we")
+        table = quote_ident(layout.table)
+        nulls = any(v is None for key, _, _ in keys for v in key)
+        statement = (
+            f"WITH a AS (DELETE FROM {table} t USING {source} WHERE {match.equal} RETURNING 1)"
+            + (
+                f", b AS (DELETE FROM {table} t USING {source} WHERE {match.has_null} "
+                f"AND {match.null_safe} RETURNING 1)"
+                if nulls
+                else ""
+            )
+            + " SELECT (SELECT count(*) FROM a)"
+            + (" + (SELECT count(*) FROM b)" if nulls else "")
         )
-        return int(status.split()[-1])
+        return int(await tx.fetchval(statement, *args))
 
     def encode(self, rows: Sequence[ResultRow]) -> list[Sequence[Any]]:
         """Rows as the staging table's records (see `create_stage_rows_sql`)."""
@@ -250,6 +248,44 @@ class PostgresTableSink:
             f"SELECT {', '.join(keys)} FROM {STAGE_ROWS} s "
             f"WHERE NOT EXISTS (SELECT 1 FROM i WHERE {' AND '.join(matches) or 'true'})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RowMatch:
+    """How a result row `t` is matched to a (group key, start, end) to delete.
+
+    Attributes:
+        equal: Equalities of every group value, its types and bounds: what an index
+            serves; it never matches a key with a null group value.
+        has_null: The key to delete has a null group value.
+        null_safe: A null group value matches a null one (the rows `equal` misses); no
+            index serves it (a scan of the table), so it is used only for such keys.
+    """
+
+    equal: str
+    has_null: str
+    null_safe: str
+
+
+def session_row_match(
+    layout: ResultTableLayout, value: Callable[[int], str], types: str, ws: str, we: str
+) -> RowMatch:
+    """The conditions matching a result row `t` to a key given as SQL expressions.
+
+    Args:
+        value: The SQL of the i-th group value (text, null for null).
+        types, ws, we: The SQL of its types letters, window start and end in ms.
+    """
+    columns = [f"t.{quote_ident(c)}" for c in layout.group_by]
+    rest = [f"t.{quote_ident(GROUP_KEY_TYPES)} = {types}"] if layout.typed else []
+    rest += [
+        f"t.window_start = timestamptz 'epoch' + ({ws})::bigint * interval '1 millisecond'",
+        f"t.window_end = timestamptz 'epoch' + ({we})::bigint * interval '1 millisecond'",
+    ]
+    equal = [f"{c} = {value(i)}" for i, c in enumerate(columns)] + rest
+    null_safe = [f"coalesce({c}, '') = coalesce({value(i)}, '')" for i, c in enumerate(columns)]
+    has_null = " OR ".join(f"{value(i)} IS NULL" for i in range(len(columns))) or "false"
+    return RowMatch(" AND ".join(equal), f"({has_null})", " AND ".join(null_safe + rest))
 
 
 def _json_values(layout: ResultTableLayout) -> list[bool]:
