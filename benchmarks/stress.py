@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument(
-        "--shapes", nargs="+", choices=("sparse", "dense", "sliding", "sessions"), default=["sparse", "dense"]
+        "--shapes",
+        nargs="+",
+        choices=("sparse", "dense", "sliding", "sessions"),
+        default=["sparse", "dense"],
     )
     parser.add_argument("--faust", action="store_true", help="Faust worker processes")
     parser.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
