@@ -7,7 +7,8 @@ count every produced record once, and tables are compared row by row with the mo
 
 Modules: `configs` (the pipeline and its query), `workers` (worker processes, the clean
 run, metrics), `ledger` (ledger checks and progress waits), `poison` (bad input),
-`lives` (a worker killed with -9 life after life, then a finish).
+`lives` (a worker killed with -9 life after life, then a finish), `rebalance` (three
+workers, one killed with -9, a fourth added; the checks against the model and a clean run).
 """
 
 from tests.faults.harness.configs import (
