@@ -42,6 +42,8 @@ from streamproc.engine.sessions import (
     Session,
     SessionChange,
     SessionPartition,
+    bounded_chains,
+    chain_bounds,
     chain_state,
     chains,
     state_row_ops,
@@ -163,12 +165,14 @@ class SessionEngine(LocalPartitions[SessionPartition]):
         merge2, finalize = self._plan.merge2, self._plan.finalize
         local = self.closes_locally
         forget: list[tuple[Key, _Part]] = []
+        external = self._external
         for key in keys:
-            ext = self._external(key)
-            before = self._rows_before(parts, key) if mode != "append" and key in touched else []
+            ext = external(key)
+            found = [(ps.partition, mine) for ps in parts if (mine := ps.sessions.get(key))]
+            before = self._rows_before(found) if mode != "append" and key in touched else ()
             after: list[Bounds] = []
-            for chain in chains(self._parts_of(parts, key)):
-                start, end = chain[0][0], max(part[1] for part in chain)
+            entries = [(s.start_ms, s.end_ms, p, s) for p, mine in found for s in mine]
+            for start, end, chain in bounded_chains(entries):
                 after.append((start, end))
                 closing = self._closes(end, w)
                 if closing and not local:
@@ -176,14 +180,18 @@ class SessionEngine(LocalPartitions[SessionPartition]):
                         forget += [(key, part) for part in chain]
                     continue
                 if mode == "complete" or (closing if mode == "append" else _dirty(chain)):
-                    state = chain_state([(*part[:3], part[3].state) for part in chain], merge2)
+                    if len(chain) == 1:
+                        state = list(chain[0][3].state)
+                    else:
+                        state = chain_state([(*part[:3], part[3].state) for part in chain], merge2)
                     rows.append(ResultRow(ext, start, end, finalize(state)))
                 if closing:
                     closed.append((ext, start, end))
                     if mode != "complete":
                         self._evict(key, ext, chain, changes)
-            gone = set(before) - set(after)
-            deleted += [(ext, s, e) for s, e in sorted(gone)]
+            if before and before != after:
+                gone = set(before).difference(after)
+                deleted += [(ext, s, e) for s, e in sorted(gone)]
         for ps in parts:
             changes[ps.partition] += ps.take_changes(self._external)
         for key, part in forget:  # their changes are taken: the checkpoint closes them
@@ -213,15 +221,20 @@ class SessionEngine(LocalPartitions[SessionPartition]):
         return [(s.start_ms, s.end_ms, partition, s) for partition, mine in found for s in mine]
 
     @staticmethod
-    def _rows_before(parts: Sequence[SessionPartition], key: Key) -> list[Bounds]:
-        """Bounds of the merged sessions of a key as of the last emit (the table's rows)."""
-        stored = [
-            (start, end, ps.partition, None)
-            for ps in parts
-            for s in ps.sessions.get(key, ())
-            for start, end in s.rows_before()
-        ]
-        return [(c[0][0], max(part[1] for part in c)) for c in chains(stored)]
+    def _rows_before(found: Sequence[tuple[int, Sequence[Session]]]) -> list[Bounds]:
+        """Bounds of the merged sessions of a key as of the last emit (the table's rows).
+
+        Args:
+            found: (partition, its partial sessions of the key) of the local partitions.
+        """
+        stored: list[Bounds] = []
+        for _, mine in found:
+            for s in mine:
+                if s.stored is not None:
+                    stored.append(s.stored)
+                if s.absorbed:
+                    stored += s.absorbed
+        return chain_bounds(stored)
 
     def _evict(
         self,

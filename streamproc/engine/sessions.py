@@ -322,24 +322,54 @@ class SessionPartition:
 # Merging across partitions ---------------------------------------------------------
 
 
-def chains(parts: Iterable[tuple[int, int, int, Any]]) -> list[list[tuple[int, int, int, Any]]]:
+def bounded_chains(
+    parts: Iterable[tuple[int, int, int, Any]],
+) -> list[tuple[int, int, list[tuple[int, int, int, Any]]]]:
     """Group (start, end, partition, payload) partial sessions into merged sessions.
 
     A merged session is a chain of partial sessions each overlapping the next
     (half-open: touching is not overlapping). Sorted by start, a partial joins the
     current chain when it starts before the chain's end so far. Chains come in start
-    order, their parts in (start, partition) order.
+    order as (start, end, parts), their parts in (start, partition) order.
     """
     ordered = sorted(parts, key=lambda part: (part[0], part[2]))
-    out: list[list[tuple[int, int, int, Any]]] = []
-    end = NO_TS
+    out: list[tuple[int, int, list[tuple[int, int, int, Any]]]] = []
+    start = end = NO_TS
+    chain: list[tuple[int, int, int, Any]] = []
     for part in ordered:
-        if out and part[0] < end:
-            out[-1].append(part)
-            end = max(end, part[1])
+        if chain and part[0] < end:
+            chain.append(part)
+            if part[1] > end:
+                end = part[1]
         else:
-            out.append([part])
-            end = part[1]
+            if chain:
+                out.append((start, end, chain))
+            start, end, chain = part[0], part[1], [part]
+    if chain:
+        out.append((start, end, chain))
+    return out
+
+
+def chains(parts: Iterable[tuple[int, int, int, Any]]) -> list[list[tuple[int, int, int, Any]]]:
+    """The chains of `bounded_chains`, without their bounds."""
+    return [chain for _, _, chain in bounded_chains(parts)]
+
+
+def chain_bounds(bounds: list[Bounds]) -> list[Bounds]:
+    """(start, end) of the merged sessions of partial sessions given by their bounds."""
+    if len(bounds) < 2:
+        return list(bounds)
+    bounds.sort()
+    out: list[Bounds] = []
+    start, end = bounds[0]
+    for s, e in bounds[1:]:
+        if s < end:
+            if e > end:
+                end = e
+        else:
+            out.append((start, end))
+            start, end = s, e
+    out.append((start, end))
     return out
 
 
