@@ -9,13 +9,23 @@ batch's states and evictions, applied as for windows. What is particular to sess
     closing   append: the closed sessions' rows inserted once; append, update: each
               closed session kept as a fence (a row of partition -1 with an empty
               state) until W passes its end + gap, when it is deleted
+    indexes   a session query's state rows are read by key (every partition's) and
+              by end (closing by W) when several workers merge them: two partial
+              indexes of the state table, on this query's rows only, serve those
+              reads (`ensure_session_indexes`; other queries' writes never touch
+              them). Their statements name the query as a literal, so that the
+              planner can use an index whose predicate names it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
+
+import asyncpg
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
 from streamproc.engine.aggregates import plan_for
@@ -28,6 +38,7 @@ from streamproc.sinks.session_commit import FENCE_STATE
 from streamproc.sinks.session_merge import Stored, conflicts, newly_closed, row_changes
 from streamproc.sinks.session_merge import closing as merged_closing
 
+log = logging.getLogger(__name__)
 _STATE = quote_ident(STATE_TABLE)
 #: No lower bound on a closing session's end (append, update: every one W passed).
 _NO_LOWER = -(2**62)
@@ -123,14 +134,76 @@ async def close_sessions(
     return written, len(closing.closed)
 
 
+def session_index_names(query: str) -> tuple[str, str]:
+    """The names of a session query's partial indexes (by key, by end): <= 63 bytes."""
+    digest = hashlib.sha1(query.encode()).hexdigest()[:16]
+    return f"streamproc_state_sk_{digest}", f"streamproc_state_se_{digest}"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def ensure_session_indexes(conn: Any, query: str) -> bool:
+    """Create the query's partial indexes of the state table when missing.
+
+    Inside the caller's transaction, under its DDL lock. Looked up first: `CREATE
+    INDEX IF NOT EXISTS` would lock the state table against every query's writes even
+    when the index exists. A user who may write the state table but does not own it
+    cannot index it: the query runs without them (merges over several workers then
+    read the query's state rows whole), and a warning says so.
+
+    Returns:
+        True when both indexes exist.
+    """
+    by_key, by_end = session_index_names(query)
+    found = await conn.fetch(
+        "SELECT c.relname FROM pg_class c WHERE c.relkind = 'i' AND c.relname = ANY($1)",
+        [by_key, by_end],
+    )
+    present = {r["relname"] for r in found}
+    where = f"WHERE query = {_literal(query)}"
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the rest standing
+            for name, column in ((by_key, "key"), (by_end, "window_end_ms")):
+                if name not in present:
+                    await conn.execute(
+                        f"CREATE INDEX IF NOT EXISTS {name} ON {_STATE} ({column}) {where}"
+                    )
+    except asyncpg.InsufficientPrivilegeError as exc:
+        log.warning(
+            "query %s: cannot index its session state rows (%s); it runs without them: "
+            "merging sessions over several workers reads every state row of the query",
+            query,
+            exc,
+        )
+        return False
+    return True
+
+
+async def drop_session_indexes(conn: Any, query: str) -> None:
+    """Drop a session query's indexes of the state table (its reset), if it has them."""
+    for name in session_index_names(query):
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+            await conn.execute(f"DROP INDEX IF EXISTS {name}")
+
+
+def read_sessions_sql(query: str) -> str:
+    """Every stored row of the encoded keys $1 (the query's index by key serves it)."""
+    return f"""SELECT partition, key, window_start_ms, window_end_ms, state FROM {_STATE}
+               WHERE query = {_literal(query)} AND key = ANY($1::bytea[]) ORDER BY partition"""
+
+
+def closing_keys_sql(query: str) -> str:
+    """The keys of partial sessions ending in ($2, $1] (the query's index by end)."""
+    return f"""SELECT DISTINCT key FROM {_STATE}
+               WHERE query = {_literal(query)} AND partition >= 0 AND window_end_ms <= $1
+                 AND window_end_ms > $2"""
+
+
 async def read_sessions(conn: Any, query: str, keys: Sequence[bytes]) -> list[Stored]:
     """Every stored row (partials of every partition, fences) of these encoded keys."""
-    rows = await conn.fetch(
-        f"""SELECT partition, key, window_start_ms, window_end_ms, state FROM {_STATE}
-            WHERE query = $1 AND key = ANY($2::bytea[]) ORDER BY partition""",
-        query,
-        list(keys),
-    )
+    rows = await conn.fetch(read_sessions_sql(query), list(keys))
     return [
         (
             r["partition"],
@@ -183,10 +256,7 @@ async def close_merged(
     keeps them and names those that closed within a gap of W (fences)."""
     complete = spec.output_mode == "complete"
     keys = await conn.fetch(
-        f"""SELECT DISTINCT key FROM {_STATE}
-            WHERE query = $1 AND partition >= 0 AND window_end_ms <= $2
-              AND window_end_ms > $3""",
-        query,
+        closing_keys_sql(query),
         watermark_ms,
         watermark_ms - closing.gap_ms if complete else _NO_LOWER,
     )

@@ -13,12 +13,22 @@ from typing import Any
 
 import pytest
 
-from streamproc.engine import PartialRow
+from streamproc.commands.reset_tables import reset_query
+from streamproc.engine import PartialRow, QuerySpec
 from streamproc.sinks.base import CheckpointError, CommitBatch, PartitionCommit
+from streamproc.sinks.layout import quote_ident, result_layout
+from streamproc.sinks.postgres import PostgresCheckpoint
+from streamproc.sinks.postgres_sessions import (
+    closing_keys_sql,
+    read_sessions_sql,
+    session_index_names,
+)
+from streamproc.sinks.postgres_table import PostgresTableSink
+from streamproc.sinks.rows import datetime_to_ms
 from streamproc.sinks.session_commit import SessionCommit
 from tests.component.sessions_driver import SessionWorker, random_streams, run_with_restarts
 from tests.component.sessions_driver import session_spec as spec
-from tests.component.test_checkpoint_contract import Backend
+from tests.component.test_checkpoint_contract import Backend, identity
 from tests.component.test_checkpoint_contract import backend as backend
 from tests.reference import assert_tables_equal
 
@@ -284,3 +294,99 @@ async def test_a_dead_letters_batch_commits_its_position_and_w_waits_for_the_nex
     assert outcome is not None and outcome.global_watermark_ms == 28
     assert outcome.closed_windows == 1
     assert await rows(backend) == {("a", 0, 10): (1, 1)}
+
+
+@pytest.mark.parametrize("mode", ["update", "append"])
+async def test_merges_over_several_workers_read_state_rows_through_the_query_s_own_indexes(
+    pg: Any, pg_dsn: str, unique_name: str, mode: str
+) -> None:
+    # With partitions on two workers the checkpoint reads the touched keys' state rows
+    # (every partition's) and, closing, the rows W passed: the query's partial indexes
+    # serve both (usable: their predicate names the query), not a scan of every row.
+    s = spec(mode)
+    streams = {0: [{"t": 0, "k": "a", "v": 1}, {"t": 30, "k": "z", "v": 1}]}
+    streams[1] = [{"t": 20, "k": "z", "v": 1}]
+    a = SessionWorker(s, statements(pg_dsn, unique_name, s), streams, owned=[0])
+    b = SessionWorker(s, statements(pg_dsn, unique_name, s), streams, owned=[1], log=a.log)
+    for w in (a, b):
+        await w.checkpoint.open()
+    # The merge: a's session closes over both workers' partitions.
+    await a.step({0: 1})
+    await b.step({1: 1})
+    outcome = await a.step({0: 1})
+    assert outcome is not None and outcome.global_watermark_ms == 17
+    rows = await pg.fetch(f"SELECT k, window_start, window_end FROM {quote_ident(unique_name)}")
+    assert ("a", 0, 10) in {(r[0], datetime_to_ms(r[1]), datetime_to_ms(r[2])) for r in rows}
+    # A query with many state rows (20,000: keys over four partitions and many starts),
+    # as the planner sees it once analyzed.
+    await pg.execute(
+        """INSERT INTO streamproc_state (query, partition, key, window_start_ms,
+                                          window_end_ms, state)
+            SELECT $1, i % 4, ('k' || (i % 5000))::bytea, 1000 + i, 2000 + i, ''::bytea
+            FROM generate_series(1, 20000) AS i""",
+        unique_name,
+    )
+    await pg.execute("ANALYZE streamproc_state")
+    by_key, by_end = session_index_names(unique_name)
+    plans = []
+    async with pg.transaction():
+        await pg.execute("SET LOCAL enable_seqscan = off")
+        for statement, args in [
+            (read_sessions_sql(unique_name), [[b"k"]]),
+            (closing_keys_sql(unique_name), [100, 0]),
+        ]:
+            lines = await pg.fetch(f"EXPLAIN {statement}", *args)
+            plans.append("\n".join(r[0] for r in lines))
+    assert by_key in plans[0], plans[0]
+    assert by_end in plans[1], plans[1]
+    for w in (a, b):
+        await w.checkpoint.close()
+    # A reset drops them with the query's state rows.
+    await reset_query(pg, unique_name)
+    for name in (by_key, by_end):
+        assert await pg.fetchval("SELECT to_regclass($1)", name) is None
+
+
+def statements(dsn: str, name: str, s: QuerySpec) -> PostgresCheckpoint:
+    """A PostgreSQL checkpoint of the query `name` writing the table `name`."""
+    sink = PostgresTableSink(result_layout(s, name))
+    return PostgresCheckpoint(dsn, identity=identity(name, s, name), spec=s, sink=sink)
+
+
+async def test_a_user_who_cannot_index_the_state_table_runs_session_queries_without_indexes(
+    pg: Any, pg_dsn: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tables made by someone else: this user may read and write them, not index them.
+    # The session query runs (merges read the query's state rows whole) and says so.
+    s = spec("update")
+    first = statements(pg_dsn, f"{unique_name}_a", s)
+    await first.open()  # the checkpoint's tables exist
+    await first.close()
+    other = f"{unique_name}_b"
+    await PostgresTableSink(result_layout(s, other)).prepare(pg)
+    role = f"{unique_name}_rw"
+    await pg.execute(f'CREATE ROLE "{role}" LOGIN')
+    await pg.execute(
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+    )
+    limited = pg_dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
+    streams = {0: [{"t": 0, "k": "a", "v": 1}], 1: [{"t": 5, "k": "a", "v": 2}]}
+    a = SessionWorker(s, statements(limited, other, s), streams, owned=[0])
+    b = SessionWorker(s, statements(limited, other, s), streams, owned=[1], log=a.log)
+    try:
+        for w in (a, b):
+            await w.checkpoint.open()
+        await a.step({0: 1})
+        await b.step({1: 1})
+    finally:
+        for w in (a, b):
+            await w.checkpoint.close()
+    rows = await pg.fetch(f"SELECT k, window_start, window_end FROM {quote_ident(other)}")
+    assert [(r[0], datetime_to_ms(r[1]), datetime_to_ms(r[2])) for r in rows] == [("a", 0, 15)]
+    for name in session_index_names(other):
+        assert await pg.fetchval("SELECT to_regclass($1)", name) is None
+    warned = [r.getMessage() for r in caplog.records if "cannot index" in r.getMessage()]
+    assert warned and warned[0].startswith(
+        f"query {other}: cannot index its session state rows (must be owner of table "
+        "streamproc_state); it runs without them"
+    ), warned
