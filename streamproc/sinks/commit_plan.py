@@ -29,7 +29,7 @@ late and bad routers; it decides steps 3 and 5.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -42,6 +42,7 @@ from streamproc.sinks.base import (
     PartitionCommit,
     ProgressNote,
 )
+from streamproc.sinks.rows import encode_key
 
 RowsKind = Literal["none", "upsert", "merge", "insert", "replace", "sessions"]
 ClosingKind = Literal["none", "append", "evict", "sessions"]
@@ -58,12 +59,14 @@ class RowsStep:
             `rows` once each (a pass-through query's records, keyed by position);
             'replace' (sessions): delete `deleted` (key, start, end), then upsert
             `rows`; 'sessions': the keys in `touched` (start None) made the chains of
-            every partition's state rows (`session_merge`); 'none'.
+            every partition's state rows (`session_merge`); 'none'. `touched` holds
+            each (key, start) once, keys told apart by their stored encoding: 1 and
+            true are two keys, although Python holds them equal (a set would keep one).
     """
 
     kind: RowsKind
     rows: Sequence[ResultRow] = ()
-    touched: frozenset[tuple[tuple[object, ...], int | None]] = frozenset()
+    touched: tuple[tuple[tuple[object, ...], int | None], ...] = ()
     deleted: Sequence[WindowKey] = ()
 
 
@@ -147,10 +150,19 @@ class OutputModeStrategy(Protocol):
         ...
 
 
-def _touched(batch: CommitBatch) -> frozenset[tuple[tuple[object, ...], int | None]]:
-    return frozenset(
-        (tuple(r.key), r.window_start_ms) for rows in batch.partials.values() for r in rows
-    )
+Touched = tuple[tuple[tuple[object, ...], int | None], ...]
+
+
+def distinct(pairs: Iterable[tuple[Sequence[object], int | None]]) -> Touched:
+    """(key, start) pairs, each once: keys compared by their stored encoding."""
+    seen: dict[tuple[bytes, int | None], tuple[tuple[object, ...], int | None]] = {}
+    for key, start in pairs:
+        seen.setdefault((encode_key(key), start), (tuple(key), start))
+    return tuple(seen.values())
+
+
+def _touched(batch: CommitBatch) -> Touched:
+    return distinct((r.key, r.window_start_ms) for rows in batch.partials.values() for r in rows)
 
 
 class _Upserting:
@@ -200,9 +212,9 @@ class _Sessions:
                 "nothing of the batch was written"
             )
         if not batch.closes_locally:
-            keys = {tuple(r.key) for rows in batch.partials.values() for r in rows}
-            keys |= {tuple(k) for gone in batch.evicted.values() for k, _, _ in gone}
-            return RowsStep("sessions", touched=frozenset((k, None) for k in keys))
+            keys = [(r.key, None) for rows in batch.partials.values() for r in rows]
+            keys += [(k, None) for gone in batch.evicted.values() for k, _, _ in gone]
+            return RowsStep("sessions", touched=distinct(keys))
         if self._mode == "append":
             return RowsStep("none")
         return RowsStep("replace", batch.local_rows or (), deleted=batch.sessions.deleted_rows)

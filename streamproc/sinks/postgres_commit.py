@@ -177,7 +177,7 @@ async def execute(
         keys: list[bytes] = []
         before = merged = None
         if plan.rows.kind == "sessions":  # merged here: merges of the query take turns
-            keys, before = await lock_and_read(conn, q.merge_key, q.query, plan.rows)
+            keys, before = await lock_and_read(conn, q.merge_key, q.query, q.spec, plan.rows)
             held.took()
         tally.inserted += await apply_states(conn, q.query)
     with times.phase("sink"):

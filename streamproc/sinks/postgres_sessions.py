@@ -35,7 +35,15 @@ from streamproc.sinks.layout import STATE_TABLE, TOMBSTONE_PARTITION, quote_iden
 from streamproc.sinks.postgres_closing import Closer, StateTally, write_final
 from streamproc.sinks.rows import decode_key, decode_state, encode_key, encode_state
 from streamproc.sinks.session_commit import FENCE_STATE
-from streamproc.sinks.session_merge import Stored, conflicts, newly_closed, row_changes
+from streamproc.sinks.session_merge import (
+    Chained,
+    Span,
+    Stored,
+    chained_bounds,
+    conflicts,
+    newly_closed,
+    row_changes,
+)
 from streamproc.sinks.session_merge import closing as merged_closing
 
 log = logging.getLogger(__name__)
@@ -188,9 +196,11 @@ async def drop_session_indexes(conn: Any, query: str) -> None:
             await conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
-def read_sessions_sql(query: str) -> str:
-    """Every stored row of the encoded keys $1 (the query's index by key serves it)."""
-    return f"""SELECT partition, key, window_start_ms, window_end_ms, state FROM {_STATE}
+def read_sessions_sql(query: str, *, states: bool = True) -> str:
+    """Every stored row of the encoded keys $1 (the query's index by key serves it);
+    without `states`, their bounds only."""
+    state = ", state" if states else ""
+    return f"""SELECT partition, key, window_start_ms, window_end_ms{state} FROM {_STATE}
                WHERE query = {_literal(query)} AND key = ANY($1::bytea[]) ORDER BY partition"""
 
 
@@ -218,14 +228,32 @@ async def read_sessions(conn: Any, query: str, keys: Sequence[bytes]) -> list[St
     ]
 
 
+async def read_spans(conn: Any, query: str, keys: Sequence[bytes]) -> list[Span]:
+    """The bounds of every stored row of these encoded keys (states are not read)."""
+    rows = await conn.fetch(read_sessions_sql(query, states=False), list(keys))
+    decoded: dict[bytes, tuple[tuple[Any, ...], bytes]] = {}
+    out: list[Span] = []
+    for r in rows:
+        found = decoded.get(r["key"])
+        if found is None:
+            values = tuple(decode_key(r["key"]))
+            # Compared as the rows after are: the encoding of the decoded values.
+            found = decoded[r["key"]] = (values, encode_key(values))
+        out.append((r["partition"], found[1], found[0], r["window_start_ms"], r["window_end_ms"]))
+    return out
+
+
 async def lock_and_read(
-    conn: Any, merge_key: str, query: str, step: RowsStep
-) -> tuple[list[bytes], list[Stored]]:
+    conn: Any, merge_key: str, query: str, spec: QuerySpec, step: RowsStep
+) -> tuple[list[bytes], Chained]:
     """Take the query's merge lock; the encoded keys a batch not closed by its worker
-    touched, and their stored rows before the batch."""
+    touched, and their merged sessions before the batch (none needed in append mode:
+    its rows are written at closing)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", merge_key)
     keys = sorted({encode_key(key) for key, _ in step.touched})
-    return keys, await read_sessions(conn, query, keys)
+    if spec.output_mode == "append":
+        return keys, {}
+    return keys, chained_bounds(await read_spans(conn, query, keys))
 
 
 async def merge_touched(
@@ -234,7 +262,7 @@ async def merge_touched(
     spec: QuerySpec,
     sink: ResultSink,
     keys: Sequence[bytes],
-    before: Sequence[Stored],
+    before: Chained,
     written: Mapping[int, Sequence[PartialRow]],
 ) -> int | None:
     """The touched keys' rows made the chains of every partition's state rows (update,

@@ -27,7 +27,7 @@ from typing import Any
 
 from streamproc.engine import MergedSession, PartialRow, QuerySpec, ResultRow, WindowKey
 from streamproc.engine.aggregates import plan_for
-from streamproc.engine.sessions import merge_sessions
+from streamproc.engine.sessions import chain_bounds, merge_sessions
 from streamproc.sinks.rows import encode_key
 
 #: (partition, state row) of a partial session (partition >= 0) or a fence (-1).
@@ -36,11 +36,6 @@ Stored = tuple[int, PartialRow]
 
 def _chains(spec: QuerySpec, rows: Iterable[Stored]) -> list[MergedSession]:
     return merge_sessions(spec, [(p, r) for p, r in rows if p >= 0])
-
-
-def bounds_of(spec: QuerySpec, rows: Iterable[Stored]) -> set[WindowKey]:
-    """(key, start, end) of the merged sessions of partial sessions (fences left out)."""
-    return {(m.key, m.start_ms, m.end_ms) for m in _chains(spec, rows)}
 
 
 def session_rows(spec: QuerySpec, rows: Iterable[Stored]) -> list[ResultRow]:
@@ -59,11 +54,46 @@ class RowChanges:
     upserted: list[ResultRow]
 
 
-def row_changes(spec: QuerySpec, before: Iterable[Stored], after: Sequence[Stored]) -> RowChanges:
-    """Rows of the touched keys: chains before the batch and after it."""
+#: (partition, key as compared, group values, start, end) of a stored row: its
+#: bounds without its state (the rows before a batch need no more).
+Span = tuple[int, Any, tuple[Any, ...], int, int]
+#: (key as compared, start, end) -> (group values, start, end) of merged sessions.
+Chained = dict[tuple[Any, int, int], WindowKey]
+
+
+def chained_bounds(spans: Iterable[Span]) -> Chained:
+    """The merged sessions of partial sessions (fences left out), by bounds alone."""
+    by_key: dict[Any, tuple[tuple[Any, ...], list[tuple[int, int]]]] = {}
+    for p, compared, values, start, end in spans:
+        if p >= 0:
+            by_key.setdefault(compared, (values, []))[1].append((start, end))
+    return {
+        (compared, s, e): (values, s, e)
+        for compared, (values, bounds) in by_key.items()
+        for s, e in chain_bounds(bounds)
+    }
+
+
+def spans_of(rows: Iterable[Stored], key_of: Any = encode_key) -> list[Span]:
+    """Stored rows as spans (`key_of` compares keys: type-exact)."""
+    out: list[Span] = []
+    for p, r in rows:
+        assert r.window_start_ms is not None and r.window_end_ms is not None
+        out.append((p, key_of(r.key), tuple(r.key), r.window_start_ms, r.window_end_ms))
+    return out
+
+
+def row_changes(
+    spec: QuerySpec, before: Chained, after: Sequence[Stored], key_of: Any = encode_key
+) -> RowChanges:
+    """Rows of the touched keys: chains before the batch (`chained_bounds`) and after it.
+
+    Keys are compared by `key_of` (their stored encoding): 1, 1.0 and true are not
+    one key, although Python holds them equal.
+    """
     rows = session_rows(spec, after)
-    now = {(r.key, r.window_start_ms, r.window_end_ms) for r in rows}
-    gone = sorted(bounds_of(spec, before) - now, key=repr)
+    now = {(key_of(r.key), r.window_start_ms, r.window_end_ms) for r in rows}
+    gone = sorted((b for k, b in before.items() if k not in now), key=repr)
     return RowChanges(gone, rows)
 
 
@@ -117,11 +147,14 @@ def closing(
 
 
 __all__ = [
+    "Chained",
     "RowChanges",
+    "Span",
     "Stored",
-    "bounds_of",
+    "chained_bounds",
     "closing",
     "conflicts",
     "row_changes",
     "session_rows",
+    "spans_of",
 ]

@@ -31,10 +31,12 @@ from streamproc.sinks.session_commit import fence_expired, fence_row
 from streamproc.sinks.session_merge import (
     RowChanges,
     Stored,
+    chained_bounds,
     closing,
     conflicts,
     newly_closed,
     row_changes,
+    spans_of,
 )
 from streamproc.testing.database import StateKey, TypedKey, typed_key
 
@@ -175,7 +177,8 @@ def merge_session_rows(
     now = _stored(after, query, keys)
     if conflicts(now, [(p, r) for p, rows in written.items() for r in rows], typed_key):
         return None
-    return row_changes(spec, _stored(before, query, keys), now)
+    before_spans = spans_of(_stored(before, query, keys), typed_key)
+    return row_changes(spec, chained_bounds(before_spans), now, typed_key)
 
 
 def close_sessions(

@@ -94,6 +94,9 @@ class Backend:
     kind: str = ""
     #: The result table keyed by (k, window start, window end) (session windows).
     bounded_rows: Callable[[], Awaitable[dict[tuple[Any, ...], tuple[Any, ...]]]] | None = None
+    #: Every result row's values, sorted: rows whose keys Python holds equal (1, true)
+    #: stay apart.
+    values: Callable[[], Awaitable[list[tuple[Any, ...]]]] | None = None
 
 
 def progress_view(row: ProgressRow | Any, total: int) -> tuple[Any, ...]:
@@ -163,6 +166,9 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         async def memory_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
             return {(*r.key, r.window_start_ms): r.values for r in db.table_rows(table)}
 
+        async def memory_values() -> list[tuple[Any, ...]]:
+            return sorted(tuple(r.values) for r in db.table_rows(table))
+
         async def memory_bounded() -> dict[tuple[Any, ...], tuple[Any, ...]]:
             return {
                 (*r.key, r.window_start_ms, r.window_end_ms): r.values for r in db.table_rows(table)
@@ -205,6 +211,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
             memory_drop_checkpoint,
             kind="memory",
             bounded_rows=memory_bounded,
+            values=memory_values,
         )
         return
     import asyncpg
@@ -238,6 +245,10 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
     async def pg_rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
         rows = await pg.fetch(f"SELECT * FROM {quote_ident(table)}")
         return {(r["k"], datetime_to_ms(r["window_start"])): (r["n"], r["total"]) for r in rows}
+
+    async def pg_values() -> list[tuple[Any, ...]]:
+        rows = await pg.fetch(f"SELECT n, total FROM {quote_ident(table)}")
+        return sorted((r["n"], r["total"]) for r in rows)
 
     async def pg_bounded() -> dict[tuple[Any, ...], tuple[Any, ...]]:
         rows = await pg.fetch(f"SELECT * FROM {quote_ident(table)}")
@@ -305,6 +316,7 @@ async def backend(request: pytest.FixtureRequest, unique_name: str) -> AsyncIter
         pg_drop_checkpoint,
         kind=request.param,
         bounded_rows=pg_bounded,
+        values=pg_values,
     )
     for checkpoint in opened:
         await checkpoint.close()
@@ -371,6 +383,21 @@ async def test_a_commit_is_what_a_restore_reads_back(backend: Backend) -> None:
     assert dict(marks.partitions) == {0: 15_000} and marks.global_ms is None  # 1 of 2 known
     assert await checkpoint.committed_offsets() == {0: 5}
     assert await backend.rows() == {("a", 10_000): (5, 2.5)}
+
+
+async def test_rows_of_keys_python_holds_equal_are_merged_apart_from_every_partition(
+    backend: Backend,
+) -> None:
+    # Two workers' batches each touch keys 1 and true in one window: the checkpoint
+    # merges each key's row from every partition's states. 1 == True in Python: a set
+    # of touched keys would keep one of them, and the other's row would miss a partition.
+    checkpoint = backend.make(spec("update"))
+    await checkpoint.open()
+    for p, (one, true) in enumerate([(1.0, 2.0), (4.0, 8.0)]):
+        partials = {p: (PartialRow((1,), 0, W, (1, one)), PartialRow((True,), 0, W, (1, true)))}
+        await checkpoint.commit(batch((commit(p, 0, 2, 1, 1),), partials))
+    assert backend.values is not None
+    assert await backend.values() == [(2, 5.0), (2, 10.0)]
 
 
 async def test_a_commit_counts_its_round_trips_to_postgresql(backend: Backend) -> None:

@@ -162,6 +162,30 @@ async def test_moved_sessions_of_null_empty_and_other_keys_each_delete_only_thei
     assert await rows(backend) == {(k, 19, 30): (2, 2) for k in keys}
 
 
+async def test_merged_sessions_of_keys_python_holds_equal_move_apart_over_two_workers(
+    backend: Backend,
+) -> None:
+    #   p0 (worker A): 1@20  true@20         -> [20,30) for each key
+    #   p1 (worker B): true@19  1@25         -> true [19,30), 1 [20,35): both rows move
+    # 1 and true are one key to Python (1 == True): the rows before the batch must be
+    # told apart by their stored encoding, or one of the moved rows stays behind.
+    s = spec("update")
+    streams = {0: [{"t": 20, "k": 1, "v": 1}, {"t": 20, "k": True, "v": 2}]}
+    streams[1] = [{"t": 19, "k": True, "v": 4}, {"t": 25, "k": 1, "v": 8}]
+    a = SessionWorker(s, backend.make(s), streams, owned=[0])
+    b = SessionWorker(s, backend.make(s), streams, owned=[1], log=a.log)
+    for w in (a, b):
+        await w.checkpoint.open()
+    await a.step({0: 2})
+    await b.step({1: 2})
+    table = await rows(backend)
+    got = sorted((type(k).__name__, str(k), st, e, v) for (k, st, e), v in table.items())
+    kinds = {"memory": ("bool", "True", "int", "1")}.get(backend.kind, ("str", "true", "str", "1"))
+    assert got == sorted(
+        [(kinds[0], kinds[1], 19, 30, (2, 6)), (kinds[2], kinds[3], 20, 35, (2, 9))]
+    ), got
+
+
 async def test_append_writes_a_session_once_when_w_passes_its_end_and_keeps_a_fence(
     backend: Backend,
 ) -> None:
