@@ -67,8 +67,8 @@ from streamproc.sinks.postgres_ledger import (
 from streamproc.sinks.postgres_progress import LAST_PROGRESS_SQL, insert_progress
 from streamproc.sinks.postgres_sessions import (
     close_sessions,
-    lock_and_read,
     merge_touched,
+    read_before,
     replace_rows,
 )
 from streamproc.sinks.postgres_state import (
@@ -174,11 +174,15 @@ async def execute(
         if stale:
             await conn.execute(f"TRUNCATE {STAGE_STATES}")
             return Executed(CommitOutcome(stale=tuple(stale)))
-        keys: list[bytes] = []
-        before = merged = None
-        if plan.rows.kind == "sessions":  # merged here: merges of the query take turns
-            keys, before = await lock_and_read(conn, q.merge_key, q.query, q.spec, plan.rows)
-            held.took()
+    keys: list[bytes] = []
+    before = merged = None
+    if plan.rows.kind == "sessions":  # merged here: merges of the query take turns
+        with times.phase("lock_wait"):
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", q.merge_key)
+        held.took()
+        with times.phase("states"):
+            keys, before = await read_before(conn, q.query, q.spec, plan.rows)
+    with times.phase("states"):
         tally.inserted += await apply_states(conn, q.query)
     with times.phase("sink"):
         if before is not None:

@@ -243,13 +243,12 @@ async def read_spans(conn: Any, query: str, keys: Sequence[bytes]) -> list[Span]
     return out
 
 
-async def lock_and_read(
-    conn: Any, merge_key: str, query: str, spec: QuerySpec, step: RowsStep
+async def read_before(
+    conn: Any, query: str, spec: QuerySpec, step: RowsStep
 ) -> tuple[list[bytes], Chained]:
-    """Take the query's merge lock; the encoded keys a batch not closed by its worker
-    touched, and their merged sessions before the batch (none needed in append mode:
-    its rows are written at closing)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", merge_key)
+    """The encoded keys a batch not closed by its worker touched, and their merged
+    sessions before the batch (none needed in append mode: its rows are written at
+    closing). Under the query's merge lock, taken by the caller."""
     keys = sorted({encode_key(key) for key, _ in step.touched})
     if spec.output_mode == "append":
         return keys, {}
