@@ -28,7 +28,7 @@ from streamproc.sinks.layout import (
 from streamproc.sinks.postgres_claims import lock_out_workers
 from streamproc.sinks.postgres_owners import release_batch_job
 from streamproc.sinks.postgres_registry import ensure_registry_columns, table_exists
-from streamproc.sinks.postgres_sessions import drop_session_indexes
+from streamproc.sinks.postgres_sessions import drop_session_index
 from streamproc.sources.file_registry import FILES_TABLE, keep_files_for_rerun
 
 
@@ -149,10 +149,10 @@ async def reset_query(
             )
         for table in drop:
             await conn.execute(f"DROP TABLE {quote_ident(table)}")
-        # A session query's own indexes of the state table: empty now, and every write
-        # of any query's state rows would still check their predicate. A rerun makes
-        # them again.
-        await drop_session_indexes(conn, query)
+        # A session query's own index of the state table: empty now, and every write
+        # of any query's state rows would still check its predicate. A rerun makes it
+        # again.
+        await drop_session_index(conn, query)
     late = registered["late_table"] if registered is not None else named.late_table
     dlq = registered["dlq_table"] if registered is not None else named.dlq_table
     return ResetReport(

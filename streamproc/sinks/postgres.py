@@ -90,7 +90,7 @@ from streamproc.sinks.postgres_registry import (
 )
 from streamproc.sinks.postgres_restore import load_partition
 from streamproc.sinks.postgres_runs import RunMembership
-from streamproc.sinks.postgres_sessions import ensure_session_indexes
+from streamproc.sinks.postgres_sessions import ensure_session_index
 from streamproc.sinks.postgres_state import state_records
 from streamproc.sinks.postgres_table import PostgresTableSink
 from streamproc.sinks.progress_rows import PROGRESS_KEEP, progress_row
@@ -220,7 +220,7 @@ class PostgresCheckpoint:
             )
             self._incarnation = registration.incarnation
             if self._spec.session is not None:
-                await ensure_session_indexes(conn, self._query)
+                await ensure_session_index(conn, self._query)
             await refuse_vanished_table(conn, self._identity)
             await self._sink.prepare(conn)
             if registration.changed_settings:

@@ -9,12 +9,15 @@ batch's states and evictions, applied as for windows. What is particular to sess
     closing   append: the closed sessions' rows inserted once; append, update: each
               closed session kept as a fence (a row of partition -1 with an empty
               state) until W passes its end + gap, when it is deleted
-    indexes   a session query's state rows are read by key (every partition's) and
-              by end (closing by W) when several workers merge them: two partial
-              indexes of the state table, on this query's rows only, serve those
-              reads (`ensure_session_indexes`; other queries' writes never touch
-              them). Their statements name the query as a literal, so that the
-              planner can use an index whose predicate names it.
+    index     a session query's state rows are read by key (every partition's) when
+              several workers merge them: a partial index of the state table on the
+              query's rows only serves those reads (`ensure_session_index`; other
+              queries' writes never touch it; a state row's key never changes, so an
+              update stays HOT). Its statements name the query as a literal, so that
+              the planner can use an index whose predicate names it. No index by end:
+              it would make every state update (a session's end moves) a non-HOT one,
+              for one worker too; closing by W over several workers reads the
+              query's state rows once per move of W instead.
 """
 
 from __future__ import annotations
@@ -142,46 +145,40 @@ async def close_sessions(
     return written, len(closing.closed)
 
 
-def session_index_names(query: str) -> tuple[str, str]:
-    """The names of a session query's partial indexes (by key, by end): <= 63 bytes."""
-    digest = hashlib.sha1(query.encode()).hexdigest()[:16]
-    return f"streamproc_state_sk_{digest}", f"streamproc_state_se_{digest}"
+def session_index_name(query: str) -> str:
+    """The name of a session query's partial index of the state table (<= 63 bytes)."""
+    return f"streamproc_state_sk_{hashlib.sha1(query.encode()).hexdigest()[:16]}"
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-async def ensure_session_indexes(conn: Any, query: str) -> bool:
-    """Create the query's partial indexes of the state table when missing.
+async def ensure_session_index(conn: Any, query: str) -> bool:
+    """Create the query's partial index of the state table (by key) when missing.
 
     Inside the caller's transaction, under its DDL lock. Looked up first: `CREATE
     INDEX IF NOT EXISTS` would lock the state table against every query's writes even
     when the index exists. A user who may write the state table but does not own it
-    cannot index it: the query runs without them (merges over several workers then
-    read the query's state rows whole), and a warning says so.
+    cannot index it: the query runs without (merges over several workers then read
+    the query's state rows whole), and a warning says so.
 
     Returns:
-        True when both indexes exist.
+        True when the index exists.
     """
-    by_key, by_end = session_index_names(query)
-    found = await conn.fetch(
-        "SELECT c.relname FROM pg_class c WHERE c.relkind = 'i' AND c.relname = ANY($1)",
-        [by_key, by_end],
-    )
-    present = {r["relname"] for r in found}
-    where = f"WHERE query = {_literal(query)}"
+    name = session_index_name(query)
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+        return True
     try:
         async with conn.transaction():  # a savepoint: a refusal leaves the rest standing
-            for name, column in ((by_key, "key"), (by_end, "window_end_ms")):
-                if name not in present:
-                    await conn.execute(
-                        f"CREATE INDEX IF NOT EXISTS {name} ON {_STATE} ({column}) {where}"
-                    )
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {name} ON {_STATE} (key) "
+                f"WHERE query = {_literal(query)}"
+            )
     except asyncpg.InsufficientPrivilegeError as exc:
         log.warning(
-            "query %s: cannot index its session state rows (%s); it runs without them: "
-            "merging sessions over several workers reads every state row of the query",
+            "query %s: cannot index its session state rows (%s); it runs without the "
+            "index: merging sessions over several workers reads every state row of the query",
             query,
             exc,
         )
@@ -189,11 +186,11 @@ async def ensure_session_indexes(conn: Any, query: str) -> bool:
     return True
 
 
-async def drop_session_indexes(conn: Any, query: str) -> None:
-    """Drop a session query's indexes of the state table (its reset), if it has them."""
-    for name in session_index_names(query):
-        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
-            await conn.execute(f"DROP INDEX IF EXISTS {name}")
+async def drop_session_index(conn: Any, query: str) -> None:
+    """Drop a session query's index of the state table (its reset), if it has one."""
+    name = session_index_name(query)
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+        await conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 def read_sessions_sql(query: str, *, states: bool = True) -> str:
@@ -205,7 +202,7 @@ def read_sessions_sql(query: str, *, states: bool = True) -> str:
 
 
 def closing_keys_sql(query: str) -> str:
-    """The keys of partial sessions ending in ($2, $1] (the query's index by end)."""
+    """The keys of partial sessions ending in ($2, $1]."""
     return f"""SELECT DISTINCT key FROM {_STATE}
                WHERE query = {_literal(query)} AND partition >= 0 AND window_end_ms <= $1
                  AND window_end_ms > $2"""
