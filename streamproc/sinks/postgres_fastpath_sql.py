@@ -282,19 +282,7 @@ IF v_held THEN
         AND window_start_ms <= v_new_w - {size};
       GET DIAGNOSTICS v_n = ROW_COUNT; v_deleted := v_deleted + v_n;
       IF p_rows_kind = 'close' THEN
-        BEGIN
-          {insert_rows};
-        EXCEPTION WHEN OTHERS THEN
-          GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME, v_table = TABLE_NAME;
-          RAISE EXCEPTION USING ERRCODE = '{CLOSING_STATE}', MESSAGE = SQLSTATE || '|'
-            || coalesce(v_constraint, '') || '|' || coalesce(v_table, '') || '|' || SQLERRM;
-        END;
-        GET DIAGNOSTICS v_rows = ROW_COUNT;
-        IF v_rows < cardinality(r_{cols[0][0]}) THEN
-          RAISE EXCEPTION USING ERRCODE = '{CLOSING_TAKEN_STATE}',
-            MESSAGE = (cardinality(r_{cols[0][0]}) - v_rows)::text;
-        END IF;
-        written := written + v_rows;
+        {insert_closing_rows(insert_rows, cols[0][0])}
         closed := closed + v_rows;
       END IF;
     ELSIF p_closing = 'evict' THEN
@@ -354,6 +342,24 @@ END
 $fn$"""
 
 
+def insert_closing_rows(insert_rows: str, first_column: str) -> str:
+    """The closing rows inserted once each: a refusal raised as SPCLO (with its cause),
+    a row already there as SPCLT (how many); `written` counts them, `v_rows` holds it."""
+    return f"""BEGIN
+          {insert_rows};
+        EXCEPTION WHEN OTHERS THEN
+          GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME, v_table = TABLE_NAME;
+          RAISE EXCEPTION USING ERRCODE = '{CLOSING_STATE}', MESSAGE = SQLSTATE || '|'
+            || coalesce(v_constraint, '') || '|' || coalesce(v_table, '') || '|' || SQLERRM;
+        END;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows < cardinality(r_{first_column}) THEN
+          RAISE EXCEPTION USING ERRCODE = '{CLOSING_TAKEN_STATE}',
+            MESSAGE = (cardinality(r_{first_column}) - v_rows)::text;
+        END IF;
+        written := written + v_rows;"""
+
+
 def _delete_session_rows_sql(fast: FastPath, table: str) -> str:
     """Rows of sessions that moved or merged deleted before the batch's are upserted.
 
@@ -404,19 +410,7 @@ def _close_sessions_sql(fast: FastPath, insert_rows: str, first_column: str) -> 
       GET DIAGNOSTICS v_n = ROW_COUNT; v_deleted := v_deleted + v_n;
     END IF;
     IF p_rows_kind = 'close' THEN
-      BEGIN
-        {insert_rows};
-      EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME, v_table = TABLE_NAME;
-        RAISE EXCEPTION USING ERRCODE = '{CLOSING_STATE}', MESSAGE = SQLSTATE || '|'
-          || coalesce(v_constraint, '') || '|' || coalesce(v_table, '') || '|' || SQLERRM;
-      END;
-      GET DIAGNOSTICS v_rows = ROW_COUNT;
-      IF v_rows < cardinality(r_{first_column}) THEN
-        RAISE EXCEPTION USING ERRCODE = '{CLOSING_TAKEN_STATE}',
-          MESSAGE = (cardinality(r_{first_column}) - v_rows)::text;
-      END IF;
-      written := written + v_rows;
+      {insert_closing_rows(insert_rows, first_column)}
     END IF;
     closed := closed + jsonb_array_length(p_sessions->'closed');
   END IF;"""

@@ -11,13 +11,13 @@ batch's states and evictions, applied as for windows. What is particular to sess
               state) until W passes its end + gap, when it is deleted
     index     a session query's state rows are read by key (every partition's) when
               several workers merge them: a partial index of the state table on the
-              query's rows only serves those reads (`ensure_session_index`; other
-              queries' writes never touch it; a state row's key never changes, so an
-              update stays HOT). Its statements name the query as a literal, so that
-              the planner can use an index whose predicate names it. No index by end:
-              it would make every state update (a session's end moves) a non-HOT one,
-              for one worker too; closing by W over several workers reads the
-              query's state rows once per move of W instead.
+              query's rows only serves those reads (`ensure_session_index`, made
+              before the query's first such merge; other queries' writes never touch
+              it). Its statements name the query as a literal, so that the planner
+              can use an index whose predicate names it. No index by end: it would
+              make every state update (a session's end moves) a non-HOT one; closing
+              by W over several workers reads the query's state rows once per move
+              of W instead.
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def _literal(text: str) -> str:
 async def ensure_session_index(conn: Any, query: str) -> bool:
     """Create the query's partial index of the state table (by key) when missing.
 
-    Inside the caller's transaction, under its DDL lock. Looked up first: `CREATE
+    Inside the caller's transaction, under its DDL lock (a short one of its own:
+    building the index holds back every query's writes of state rows). Looked up
+    first: `CREATE
     INDEX IF NOT EXISTS` would lock the state table against every query's writes even
     when the index exists. A user who may write the state table but does not own it
     cannot index it: the query runs without (merges over several workers then read
