@@ -9,7 +9,7 @@ import pytest
 
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, SessionSpec
 from streamproc.sinks.base import CheckpointError, CommitBatch
-from streamproc.sinks.commit_plan import mode_strategy, plan_commit
+from streamproc.sinks.commit_plan import distinct, mode_strategy, plan_commit
 from streamproc.sinks.session_commit import SessionCommit
 from tests.plans import spec_of
 from tests.reference import Query
@@ -60,7 +60,7 @@ def test_each_output_mode_plans_its_rows_and_its_closing(
     plan = plan_commit(batch(local=local, closes=local and windowed), spec, mode_strategy(spec))
     assert (plan.rows.kind, plan.closing.kind) == (rows, closing)
     if rows == "merge":
-        assert plan.rows.touched == frozenset() and plan.own_rows == [ROW]
+        assert plan.rows.touched == () and plan.own_rows == [ROW]
     if closing == "append":
         # Closing rows merged by the worker only when it closes windows itself.
         assert (plan.closing.local_rows is not None) == local
@@ -123,10 +123,17 @@ def test_sessions_replace_rows_when_their_worker_closes_them_else_the_checkpoint
     if rows == "replace":
         assert (plan.rows.rows, plan.rows.deleted) == ([ROW], (GONE,))
     if rows == "sessions":  # every key the batch wrote or deleted a state row of
-        assert plan.rows.touched == frozenset({(("u",), None), (("v",), None)})
+        assert sorted(plan.rows.touched, key=repr) == [(("u",), None), (("v",), None)]
 
 
 def test_a_session_batch_without_its_sessions_part_is_refused() -> None:
     spec = replace(spec_of(query("update")), window=None, session=SessionSpec(MINUTE))
     with pytest.raises(CheckpointError, match="without its sessions part"):
         plan_commit(replace(session_batch(local=True), sessions=None), spec, mode_strategy(spec))
+
+
+def test_touched_keys_are_told_apart_by_their_stored_encoding() -> None:
+    # 1 == True in Python: a set of (key, start) would keep one of them.
+    pairs = [((1,), 0), ((True,), 0), (("1",), 0), ((1,), 0), ((1,), 10), ((True,), 0)]
+    assert distinct(pairs) == (((1,), 0), ((True,), 0), (("1",), 0), ((1,), 10))
+    assert [type(k[0]) for k, _ in distinct(pairs)] == [int, bool, str, int]
