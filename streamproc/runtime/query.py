@@ -21,7 +21,6 @@ See STREAMING.md "Exactly once" and FAULTS.md for the failure policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ from streamproc.engine import engine_for
 from streamproc.port_errors import FailureKind, PortUnreachable
 from streamproc.runtime import metrics
 from streamproc.runtime.accounting import Accounting, RunStats
-from streamproc.runtime.clock import wall_clock_ms
+from streamproc.runtime.clock import wait_for_tick, wall_clock_ms
 from streamproc.runtime.collect import BatchCollector
 from streamproc.runtime.committer import BatchCommitter
 from streamproc.runtime.connect_errors import connect_failure_line
@@ -313,7 +312,8 @@ class StreamingQuery:
         try:
             while not self._stop.is_set():
                 if self.plan.trigger == "processingtime":
-                    next_tick = await self._wait_for_tick(next_tick)
+                    interval_s = (self.plan.trigger_interval_ms or 1000) / 1000
+                    next_tick = await wait_for_tick(next_tick, interval_s, self._stop)
                     if self._stop.is_set():
                         break
                 generation = self._tracker.generation
@@ -338,11 +338,18 @@ class StreamingQuery:
                             self._tracker.discard_planned()
                             self._tracker.rewind()  # fetched again, after what committed
                 self.stats.batch_seconds += time.perf_counter() - started
-                if await self._run_end.over(bool(raws), self._settle_inflight, self._stop):
+                if await self._run_end.over(bool(raws), self._settle_timed, self._stop):
                     return
                 self._watch_progress()
         finally:
-            await self._settle_inflight()
+            await self._settle_timed()
+
+    async def _settle_timed(self) -> bool:
+        """Settle the batch in flight outside a batch's span: its wait is batch time too."""
+        started = time.perf_counter()
+        kept = await self._settle_inflight()
+        self.stats.batch_seconds += time.perf_counter() - started
+        return kept
 
     def _watch_progress(self) -> None:
         """Say (within a minute) when nothing moves on though there is work; stop a stuck run."""
@@ -469,15 +476,6 @@ class StreamingQuery:
             self._progress.committed(inflight)
         await self._commit_offsets(committed)
         return True
-
-    async def _wait_for_tick(self, next_tick: float) -> float:
-        interval = (self.plan.trigger_interval_ms or 1000) / 1000
-        delay = next_tick - time.monotonic()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-        # A batch that overran its interval starts the next one at once.
-        return max(next_tick + interval, time.monotonic())
 
     async def _commit_offsets(self, partitions: list[PartitionCommit]) -> None:
         try:

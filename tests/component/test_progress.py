@@ -13,8 +13,10 @@ partition 0 before partition 1, so the batches are:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -113,3 +115,22 @@ async def test_without_include_metrics_progress_goes_to_debug(
     levels = [r.levelno for r in caplog.records if r.name == "streamproc.progress"]
     assert levels == [logging.DEBUG] * 3
     assert len(query.recent_progress) == 3
+
+
+async def test_the_wait_for_the_last_commit_counts_as_batch_time() -> None:
+    # The loop's batch time is what the lock share is over: the commit of the last
+    # batch, settled after the loop, is part of it (a run whose last commit waited
+    # long for a lock reported more time in locks than in batches).
+    plan = replace(make_plan(QUERY, name="last_commit_q"), max_records_per_trigger=100)
+    query = new_query(plan, MemorySource(scripted_topic()), MemoryDatabase())
+    checkpoint = query._checkpoint
+    commit = checkpoint.commit
+
+    async def slow_commit(batch: Any, *, dry_run: bool = False) -> Any:
+        await asyncio.sleep(1.0)
+        return await commit(batch, dry_run=dry_run)
+
+    checkpoint.commit = slow_commit  # type: ignore[method-assign]
+    stats = await query.run()
+    assert stats.batches == 1
+    assert stats.batch_seconds >= 1.0
