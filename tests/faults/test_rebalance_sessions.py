@@ -22,7 +22,7 @@ from tests.reference import Query
 from tests.reference_sessions import expected_sessions, one_phase
 from tests.streams import AGGS, MINUTE, make_stream
 
-RECORDS = 40_000
+RECORDS = 30_000
 USERS = 200
 GAP_MS = 5 * MINUTE
 
