@@ -26,7 +26,8 @@ The final table holds every session of the accepted records (append: those whose
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 from tests.reference import (
@@ -57,6 +58,18 @@ def sessions_of(records: Sequence[Accepted], gap_ms: int) -> list[list[Accepted]
         else:
             out.append([r])
     return out
+
+
+def assert_no_overlap(table: Iterable[tuple[Any, ...]]) -> None:
+    """No two sessions of one key overlap: rows keyed (*group values, start, end)."""
+    by_key: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+    for *key, start, end in table:
+        assert start is not None and end is not None
+        by_key.setdefault(tuple(key), []).append((start, end))
+    for key, spans in by_key.items():
+        spans.sort()
+        for (_, e1), (s2, _) in pairwise(spans):
+            assert e1 <= s2, f"two overlapping sessions of {key}: {spans}"
 
 
 def bounds(session: Sequence[Accepted], gap_ms: int) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from streamproc.sinks.load_rows import (
     passthrough_columns,
     passthrough_table_sql,
 )
-from streamproc.sinks.postgres_errors import port_error, postgres_port_errors
+from streamproc.sinks.postgres_errors import port_error, raises_port_errors
 from streamproc.sinks.postgres_owners import register_batch_job
 from streamproc.sinks.postgres_registry import (
     create_if_missing,
@@ -93,6 +93,7 @@ class LoadResult:
     deleted: int = 0
 
 
+@raises_port_errors
 async def load(
     dsn: str,
     target: LoadTarget,
@@ -109,21 +110,6 @@ async def load(
         asyncpg and OS errors: PostgreSQL failed or cannot be reached (rolled back);
             asyncpg's client-side errors as port-level errors (streamproc/port_errors.py).
     """
-    async with postgres_port_errors():
-        return await _load(
-            dsn, target, docs, batchsize=batchsize, fail_fast=fail_fast, before_commit=before_commit
-        )
-
-
-async def _load(
-    dsn: str,
-    target: LoadTarget,
-    docs: Sequence[Doc],
-    *,
-    batchsize: int,
-    fail_fast: bool,
-    before_commit: Callable[[Any, LoadResult], Awaitable[None]],
-) -> LoadResult:
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
         async with conn.transaction():

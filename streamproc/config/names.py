@@ -43,6 +43,12 @@ def quote_ident(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
+def quote_literal(text: str) -> str:
+    """A string as an SQL literal (``it's`` -> ``'it''s'``), for statements that must name
+    a value in their text (a function's body, a partial index's predicate)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def check_column(name: str) -> str:
     """Return ``name`` if it is a safe SQL column name, else raise ValueError(one line)."""
     if _IDENTIFIER.fullmatch(name) and len(name) <= IDENTIFIER_MAX:

@@ -154,10 +154,17 @@ Touched = tuple[tuple[tuple[object, ...], int | None], ...]
 
 
 def distinct(pairs: Iterable[tuple[Sequence[object], int | None]]) -> Touched:
-    """(key, start) pairs, each once: keys compared by their stored encoding."""
-    seen: dict[tuple[bytes, int | None], tuple[tuple[object, ...], int | None]] = {}
+    """(key, start) pairs, each once: keys compared by their stored encoding.
+
+    Python's equality first (cheap); a pair equal to one kept but of other types (1
+    and true) is kept apart under its encoding.
+    """
+    seen: dict[object, tuple[tuple[object, ...], int | None]] = {}
     for key, start in pairs:
-        seen.setdefault((encode_key(key), start), (tuple(key), start))
+        pair = (tuple(key), start)
+        kept = seen.setdefault(pair, pair)
+        if kept is not pair and list(map(type, kept[0])) != list(map(type, pair[0])):
+            seen.setdefault((encode_key(pair[0]), start), pair)
     return tuple(seen.values())
 
 
@@ -281,7 +288,7 @@ def _empty(batch: CommitBatch) -> bool:
     return (
         not any(batch.partials.values())
         and not any(batch.evicted.values())
-        and not (batch.local_rows)
+        and not batch.local_rows
     )
 
 

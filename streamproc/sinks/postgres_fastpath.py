@@ -47,8 +47,9 @@ from streamproc.sinks.postgres_fastpath_sql import (
     commit_function_sql,
 )
 from streamproc.sinks.postgres_registry import privilege_error
+from streamproc.sinks.postgres_table import deleted_rows
 from streamproc.sinks.progress_rows import ProgressRow
-from streamproc.sinks.rows import encode_key, encode_state, key_text, key_types
+from streamproc.sinks.rows import encode_key, encode_state
 from streamproc.sinks.session_commit import FENCE_STATE
 
 #: A function takes at most 100 arguments (FUNC_MAX_ARGS); 30 are not row columns.
@@ -245,27 +246,16 @@ class FastPath:
             resume is not None,
             0 if resume is None else resume.written,
             0 if resume is None else resume.inserted_states,
-            json.dumps(self._sessions(plan)),
+            None if self.spec.session is None else json.dumps(self._sessions(plan)),
         ]
 
     def _sessions(self, plan: CommitPlan) -> Mapping[str, Any]:
         """`p_sessions`: the rows of sessions that moved or merged, the sessions closed
-        (their fences), whether closed sessions are fenced, and a fence's state."""
-        if self.spec.session is None:
-            return {"deleted": [], "closed": [], "fences": False, "fence": None}
-        typed = self.layout.typed
-        deleted = [
-            [
-                *(key_text(v) for v in key),
-                *([key_types(key)] if typed else []),
-                start,
-                end,
-            ]
-            for key, start, end in plan.rows.deleted
-        ]
+        (their fences), whether closed sessions are fenced, and a fence's state (only
+        the function of a session query reads it)."""
         closed = [[_b64(encode_key(key)), start, end] for key, start, end in plan.closing.closed]
         return {
-            "deleted": deleted,
+            "deleted": deleted_rows(self.layout, plan.rows.deleted),
             "closed": closed,
             "fences": plan.closing.fences,
             "fence": _b64(encode_state(FENCE_STATE)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from streamproc.config.names import quote_literal
 from streamproc.sinks.layout import (
     GROUP_KEY_TYPES,
     LEDGER_TABLE,
@@ -35,10 +36,6 @@ CLOSING_STATE = "SPCLO"
 CLOSING_TAKEN_STATE = "SPCLT"
 
 FUNCTION = "pg_temp.streamproc_commit"
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def commit_function_sql(fast: FastPath) -> str:
@@ -76,7 +73,7 @@ def commit_function_sql(fast: FastPath) -> str:
         f"ON CONFLICT ({conflict}) DO NOTHING"
     )
     claim_rows = _claim_rows_sql(fast, table, names, conflict, selected, unnest, alias)
-    q, topic = _lit(fast.query), _lit(fast.topic)
+    q, topic = quote_literal(fast.query), quote_literal(fast.topic)
     windowed = "true" if fast.spec.window is not None else "false"
     # A state of a closed window or session makes a batch stale (`behind_watermark`).
     ends_checked = "true" if fast.spec.windowed else "false"
@@ -168,7 +165,7 @@ BEGIN
     -- locked and the states written by the first; the merged rows follow.
     SELECT global_watermark_ms INTO v_w FROM {queries} WHERE query = {q};
   ELSE
-  PERFORM pg_advisory_xact_lock_shared(hashtext({_lit("streamproc:" + fast.query)}));
+  PERFORM pg_advisory_xact_lock_shared(hashtext({quote_literal("streamproc:" + fast.query)}));
   WITH ins AS (
 INSERT INTO {positions} (query, partition, topic, next_offset, batch_id)
 SELECT {q}, c.partition, {topic}, c.start_offset, ''
@@ -265,7 +262,7 @@ v_cand := NULL;
   v_new_w := v_w;
   IF ((v_cand IS NOT NULL AND (v_w IS NULL OR v_cand > v_w)) OR p_closes_locally)
  AND NOT {holds_w} THEN
-v_held := pg_try_advisory_xact_lock(hashtext({_lit("streamproc:" + fast.query)}));
+v_held := pg_try_advisory_xact_lock(hashtext({quote_literal("streamproc:" + fast.query)}));
 IF v_held THEN
   v_held_at := clock_timestamp();
   IF v_cand IS NOT NULL AND (v_w IS NULL OR v_cand > v_w) THEN
@@ -308,7 +305,7 @@ WHERE s.query = {q} AND s.partition = e.p AND s.key = e.k AND s.window_start_ms 
 GET DIAGNOSTICS v_n = ROW_COUNT; v_deleted := v_deleted + v_n;
   END IF;
   -- the progress row, alone until COMMIT: its seq and state total carry on
-  PERFORM pg_advisory_xact_lock(hashtext({_lit("streamproc:progress:" + fast.query)}));
+  PERFORM pg_advisory_xact_lock(hashtext({quote_literal("streamproc:progress:" + fast.query)}));
   v_held_at := coalesce(v_held_at, clock_timestamp());
   SELECT seq, state_rows_total INTO v_last_seq, v_last_total FROM {progress}
 WHERE query = {q} ORDER BY seq DESC LIMIT 1;
@@ -390,7 +387,7 @@ def _close_sessions_sql(fast: FastPath, insert_rows: str, first_column: str) -> 
     and in append mode the closed sessions' rows inserted once."""
     assert fast.spec.session is not None
     gap = fast.spec.session.gap_ms
-    q = _lit(fast.query)
+    q = quote_literal(fast.query)
     state = quote_ident(STATE_TABLE)
     return f"""IF p_closing = 'sessions' THEN
     IF (p_sessions->>'fences')::boolean

@@ -30,6 +30,7 @@ from typing import Any
 
 import asyncpg
 
+from streamproc.config.names import quote_literal
 from streamproc.engine import PartialRow, QuerySpec, ResultRow, WindowKey
 from streamproc.engine.aggregates import plan_for
 from streamproc.sinks.base import CheckpointError, ResultSink
@@ -150,32 +151,24 @@ def session_index_name(query: str) -> str:
     return f"streamproc_state_sk_{hashlib.sha1(query.encode()).hexdigest()[:16]}"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-async def ensure_session_index(conn: Any, query: str) -> bool:
+async def ensure_session_index(conn: Any, query: str) -> None:
     """Create the query's partial index of the state table (by key) when missing.
 
     Inside the caller's transaction, under its DDL lock (a short one of its own:
     building the index holds back every query's writes of state rows). Looked up
-    first: `CREATE
-    INDEX IF NOT EXISTS` would lock the state table against every query's writes even
-    when the index exists. A user who may write the state table but does not own it
-    cannot index it: the query runs without (merges over several workers then read
-    the query's state rows whole), and a warning says so.
-
-    Returns:
-        True when the index exists.
+    first: `CREATE INDEX IF NOT EXISTS` would lock the state table against every
+    query's writes even when the index exists. A user who may write the state table
+    but does not own it cannot index it: the query runs without (merges over several
+    workers then read the query's state rows whole), and a warning says so.
     """
     name = session_index_name(query)
     if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
-        return True
+        return
     try:
         async with conn.transaction():  # a savepoint: a refusal leaves the rest standing
             await conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {name} ON {_STATE} (key) "
-                f"WHERE query = {_literal(query)}"
+                f"WHERE query = {quote_literal(query)}"
             )
     except asyncpg.InsufficientPrivilegeError as exc:
         log.warning(
@@ -184,8 +177,6 @@ async def ensure_session_index(conn: Any, query: str) -> bool:
             query,
             exc,
         )
-        return False
-    return True
 
 
 async def drop_session_index(conn: Any, query: str) -> None:
@@ -200,14 +191,7 @@ def read_sessions_sql(query: str, *, states: bool = True) -> str:
     without `states`, their bounds only."""
     state = ", state" if states else ""
     return f"""SELECT partition, key, window_start_ms, window_end_ms{state} FROM {_STATE}
-               WHERE query = {_literal(query)} AND key = ANY($1::bytea[]) ORDER BY partition"""
-
-
-def closing_keys_sql(query: str) -> str:
-    """The keys of partial sessions ending in ($2, $1]."""
-    return f"""SELECT DISTINCT key FROM {_STATE}
-               WHERE query = {_literal(query)} AND partition >= 0 AND window_end_ms <= $1
-                 AND window_end_ms > $2"""
+               WHERE query = {quote_literal(query)} AND key = ANY($1::bytea[]) ORDER BY partition"""
 
 
 async def read_sessions(conn: Any, query: str, keys: Sequence[bytes]) -> list[Stored]:
@@ -282,7 +266,10 @@ async def close_merged(
     keeps them and names those that closed within a gap of W (fences)."""
     complete = spec.output_mode == "complete"
     keys = await conn.fetch(
-        closing_keys_sql(query),
+        f"""SELECT DISTINCT key FROM {_STATE}
+            WHERE query = $1 AND partition >= 0 AND window_end_ms <= $2
+              AND window_end_ms > $3""",
+        query,
         watermark_ms,
         watermark_ms - closing.gap_ms if complete else _NO_LOWER,
     )

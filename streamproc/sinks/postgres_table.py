@@ -153,14 +153,10 @@ class PostgresTableSink:
         if not keys:
             return 0
         layout = self.layout
-        width = len(layout.group_by)
-        args: list[Any] = [[key_text(key[i]) for key, _, _ in keys] for i in range(width)]
-        names = [f"k{i}" for i in range(width)]
-        if layout.typed:
-            args.append([key_types(key) for key, _, _ in keys])
-            names.append("types")
-        args += [[start for _, start, _ in keys], [end for _, _, end in keys]]
+        names = [f"k{i}" for i in range(len(layout.group_by))]
+        names += ["types"] if layout.typed else []
         names += ["ws", "we"]
+        args = [list(column) for column in zip(*deleted_rows(layout, keys), strict=True)]
         arrays = [f"${i + 1}::text[]" for i in range(len(names) - 2)]
         arrays += [f"${len(names) - 1}::bigint[]", f"${len(names)}::bigint[]"]
         source = f"unnest({', '.join(arrays)}) AS d({', '.join(names)})"
@@ -248,6 +244,17 @@ class PostgresTableSink:
             f"SELECT {', '.join(keys)} FROM {STAGE_ROWS} s "
             f"WHERE NOT EXISTS (SELECT 1 FROM i WHERE {' AND '.join(matches) or 'true'})"
         )
+
+
+def deleted_rows(layout: ResultTableLayout, keys: Sequence[WindowKey]) -> list[list[Any]]:
+    """Rows to delete by (group key, start, end) as `session_row_match` matches them:
+    group values as stored (text, None for null), their types when the table has
+    them, start and end in ms."""
+    typed = layout.typed
+    return [
+        [*map(key_text, key), *([key_types(key)] if typed else []), start, end]
+        for key, start, end in keys
+    ]
 
 
 @dataclass(frozen=True, slots=True)

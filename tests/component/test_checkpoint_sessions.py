@@ -8,7 +8,6 @@ partition's watermark is its highest event time - 3; W the least of them).
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -30,21 +29,12 @@ from tests.component.sessions_driver import session_spec as spec
 from tests.component.test_checkpoint_contract import Backend, identity
 from tests.component.test_checkpoint_contract import backend as backend
 from tests.reference import assert_tables_equal
+from tests.reference_sessions import assert_no_overlap
 
 
 async def rows(backend: Backend) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     assert backend.bounded_rows is not None
     return await backend.bounded_rows()
-
-
-def assert_no_overlap(table: dict[tuple[Any, ...], Any]) -> None:
-    spans: dict[Any, list[tuple[int, int]]] = {}
-    for k, start, end in table:
-        spans.setdefault(k, []).append((start, end))
-    for k, found in spans.items():
-        found.sort()
-        for (_, e1), (s2, _) in pairwise(found):
-            assert e1 <= s2, f"two overlapping sessions of {k}: {found}"
 
 
 @pytest.mark.parametrize("mode", ["update", "complete", "append"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from streamproc.testing import MemoryDatabase, run_pipeline
 from tests.component.harness import fill_topic, make_plan, run_to_end, table_of
 from tests.plans import spec_of
 from tests.reference import Query, assert_tables_equal
-from tests.reference_sessions import expected_sessions, one_phase
+from tests.reference_sessions import assert_no_overlap, expected_sessions, one_phase
 from tests.streams import AGGS, BASE_MS
 from tests.unit.test_config_broken import DELETE, mutate
 
@@ -92,12 +91,7 @@ async def test_sessions_equal_the_reference_row_by_row_across_a_restart(
     assert records == sum(map(len, stream.values()))
     assert late == len(ref.late) > 0
     if mode != "append":
-        spans: dict[Any, list[tuple[int, int]]] = {}
-        for user, start, end in table:
-            spans.setdefault(user, []).append((start, end))
-        for found in spans.values():
-            found.sort()
-            assert all(a[1] <= b[0] for a, b in pairwise(found))
+        assert_no_overlap(table)
 
 
 def test_run_pipeline_runs_sessions() -> None:

@@ -11,7 +11,6 @@ same query is refused with one line.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ from streamproc.runtime.query import QueryFailedError, StreamingQuery
 from tests.component.filefeed import FileFeed
 from tests.integration.cli_helpers import BIN, REPO
 from tests.reference import Query, assert_tables_equal, expected
-from tests.reference_sessions import expected_sessions, one_phase
+from tests.reference_sessions import assert_no_overlap, expected_sessions, one_phase
 from tests.results import read_table
 from tests.streams import MINUTE, make_stream
 
@@ -228,9 +227,4 @@ async def test_a_directory_streamed_in_session_windows_across_restarts_equals_th
     assert_tables_equal(table, model.table)
     assert len(table) == len(model.table) > 30
     assert first.late + second.late == len(model.late)
-    spans: dict[Any, list[tuple[int, int]]] = {}
-    for *key, start, end in table:
-        spans.setdefault(tuple(key), []).append((start, end))
-    for found in spans.values():
-        found.sort()
-        assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(found))
+    assert_no_overlap(table)

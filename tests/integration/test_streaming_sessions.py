@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from streamproc.local import create_topic
 from tests.integration.pipeline_helpers import make_plan, run_workers
 from tests.kafka_io import produce
 from tests.reference import Query, assert_tables_equal
-from tests.reference_sessions import expected_sessions, one_phase
+from tests.reference_sessions import assert_no_overlap, expected_sessions, one_phase
 from tests.results import read_table
 from tests.streams import AGGS, MINUTE, halves, make_stream
 
@@ -62,12 +61,7 @@ async def test_sessions_per_output_mode_match_the_reference(
     assert sum(s.records for s in stats) == RECORDS
     assert sum(s.late for s in stats) == len(model.late) > 0
     if mode != "append":
-        spans: dict[Any, list[tuple[int, int]]] = {}
-        for user, start, end in table:
-            spans.setdefault(user, []).append((start, end))
-        for found in spans.values():
-            found.sort()
-            assert all(a[1] <= b[0] for a, b in pairwise(found)), found
+        assert_no_overlap(table)
     states = await pg.fetchval(
         "SELECT count(*) FROM streamproc_state WHERE query = $1 AND partition >= 0", unique_name
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +39,7 @@ from streamproc.engine import (
     merge_sessions,
 )
 from tests.reference import Query, TableKey, typed
-from tests.reference_sessions import Phase, expected_sessions
+from tests.reference_sessions import Phase, assert_no_overlap, expected_sessions
 from tests.unit.sink_simulators import table_key
 
 MISSING = object()
@@ -163,7 +162,7 @@ class Tables:
             emitted = {table_key(r.key, r.window_start_ms, r.window_end_ms) for r in em.rows}
             assert set(self.sink) == emitted, "complete: the deletes left stale rows"
         if mode != "append":
-            _assert_no_overlap(self.sink)
+            assert_no_overlap(self.sink)
         for p, rows in self.state.items():
             upserts, deletes = em.state_rows(p)
             for key, start, _ in deletes:
@@ -198,17 +197,6 @@ class Tables:
         for merged in merge_sessions(self.spec, partials):
             tkey = table_key(merged.key, merged.start_ms, merged.end_ms)
             assert self.sink.get(tkey) == finalize(self.spec, merged.state), tkey
-
-
-def _assert_no_overlap(table: dict[TableKey, Any]) -> None:
-    by_key: dict[Any, list[tuple[int, int]]] = {}
-    for key, start, end in table:
-        assert start is not None and end is not None
-        by_key.setdefault(key, []).append((start, end))
-    for key, spans in by_key.items():
-        spans.sort()
-        for (_, e1), (s2, _) in pairwise(spans):
-            assert e1 <= s2, f"two overlapping sessions of {key}: {spans}"
 
 
 @dataclass
